@@ -1,0 +1,68 @@
+"""What the data stage leaves in a run directory: stats.json and preprocess_report.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from jaxtrain.data.dataset import Dataset
+from jaxtrain.errors import DataError
+
+STATS_FILE = "stats.json"
+REPORT_FILE = "preprocess_report.json"
+
+
+def write_artifacts(dataset: Dataset, workdir: str | os.PathLike) -> None:
+    """Write `stats.json` (fitted statistics, reused by eval/predict) and
+    `preprocess_report.json` (what cleaning did) into `workdir`."""
+    os.makedirs(workdir, exist_ok=True)
+    for name, obj in ((STATS_FILE, dataset.stats), (REPORT_FILE, dataset.report)):
+        tmp = os.path.join(workdir, name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, os.path.join(workdir, name))
+
+
+def load_stats(workdir: str | os.PathLike) -> dict[str, Any]:
+    """The statistics a run saved, for `load_dataset(cfg, stats=...)`."""
+    path = os.path.join(workdir, STATS_FILE)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; the run directory has no saved preprocessing statistics "
+                        "(was it written by `jaxtrain train`?)") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: cannot read the saved statistics ({e})") from None
+
+
+def summary(dataset: Dataset) -> str:
+    """A few human lines: rows in and out per split, and what each rule did."""
+    r = dataset.report
+    rin, rout = r.get("rows_in", {}), r.get("rows_out", {})
+    lines = [f"data {r.get('name', dataset.name)} ({r.get('task', dataset.task)}, {r.get('features')} features): "
+             + ", ".join(f"{s} {rin.get(s, 0)}->{rout.get(s, 0)}" for s in rin)]
+    parts = []
+    if r.get("duplicates", {}).get("rows_dropped"):
+        parts.append(f"{r['duplicates']['rows_dropped']} duplicate rows dropped")
+    m = r.get("missing", {})
+    if m.get("per_column"):
+        cols = ", ".join(f"{k} {v}" for k, v in m["per_column"].items())
+        done = f"{m['rows_dropped']} rows dropped" if m.get("policy") == "drop" else f"imputed ({m['policy']})"
+        parts.append(f"missing in train: {cols}; {done}")
+    if m.get("per_column_eval"):
+        parts.append("missing in eval imputed: " + ", ".join(f"{s} {sum(v.values())}"
+                                                              for s, v in m["per_column_eval"].items()))
+    o = r.get("outliers", {})
+    if o.get("per_column"):
+        cols = ", ".join(f"{k} {v}" for k, v in o["per_column"].items())
+        done = f"{o.get('rows_dropped', 0)} rows dropped" if o["action"] == "drop" else "clipped"
+        parts.append(f"outliers ({o['method']}): {cols}; {done}")
+    if r.get("invalid_labels", {}).get("rows_dropped"):
+        parts.append(f"{r['invalid_labels']['rows_dropped']} rows with invalid labels dropped")
+    for s, cols in r.get("unseen_categories", {}).items():
+        parts.append(f"unseen categories in {s}: " + ", ".join(f"{k} {v}" for k, v in cols.items()))
+    if parts:
+        lines.append("  " + "; ".join(parts))
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""The contract between the data stage and the trainer."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator, Literal
+
+import numpy as np
+
+from jaxtrain.data.options import DataConfig
+
+
+@dataclasses.dataclass
+class Split:
+    """Preprocessed arrays: x float32 (n, *feature_shape); y int32 (n,) or float32 (n,)/(n, k)."""
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of training examples in `epoch`: the one definition every backend uses."""
+    return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
+
+
+@dataclasses.dataclass
+class Dataset:
+    task: Literal["classification", "regression"]
+    num_classes: int | None        # classes for classification, None for regression
+    feature_shape: tuple[int, ...]
+    # Cleaned, transformed, normalized. None when the backend streams the training split
+    # (data.backend=tfdata): then use `train_batches` and `num_train`.
+    train: Split | None
+    val: Split | None
+    test: Split
+    name: str = ""
+    # Fitted preprocessing statistics (JSON-able), saved with a run and reused by eval/predict.
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Counts of what the preprocessing did (rows in/out, per rule and column).
+    report: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Regression targets are standardized for training: y_original = y * scale + mean.
+    target_mean: float = 0.0
+    target_scale: float = 1.0
+    # Training examples after cleaning (== len(train) when train is in memory).
+    num_train: int = -1
+    # True when the training split is streamed from disk rather than held in memory.
+    streaming: bool = False
+    # The backend's batch iterator: (batch_size, seed, epoch) -> (x, y, mask) batches.
+    batcher: Callable[[int, int, int], Iterator] | None = dataclasses.field(default=None, repr=False)
+    # tf.data backend: (encoded rows before normalization, targets, normalized width).
+    raw_train: Any = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.num_train < 0:
+            self.num_train = len(self.train) if self.train is not None else 0
+
+    @property
+    def num_outputs(self) -> int:
+        if self.task == "classification":
+            return int(self.num_classes)
+        ref = self.train if self.train is not None else self.test
+        return 1 if ref.y.ndim == 1 else int(ref.y.shape[1])
+
+    def to_original_units(self, y: np.ndarray) -> np.ndarray:
+        return y * self.target_scale + self.target_mean
+
+    def train_batches(self, batch_size: int, seed: int, epoch: int
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Fixed-shape (x, y, mask) batches covering every training example once, in
+        `epoch_permutation` order; the last batch is padded and masked, never dropped."""
+        if self.batcher is not None:
+            yield from self.batcher(batch_size, seed, epoch)
+            return
+        order = epoch_permutation(len(self.train), seed, epoch)
+        yield from padded_batches(self.train, batch_size, order)
+
+
+def padded_batches(split: Split, batch_size: int, order: np.ndarray | None = None
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    n = len(split)
+    order = np.arange(n) if order is None else order
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        mask = np.ones(batch_size, np.float32)
+        if len(idx) < batch_size:
+            mask[len(idx):] = 0.0
+            idx = np.concatenate([idx, np.zeros(batch_size - len(idx), idx.dtype)])
+        yield split.x[idx], split.y[idx], mask
+
+
+def load_dataset(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Dataset:
+    """Load, clean, transform and normalize the data `cfg` names.
+
+    With `stats` (from a saved run), reuse them instead of fitting new ones.
+    """
+    from jaxtrain.data import preprocess, sources
+    if cfg.streaming:
+        from jaxtrain.data.streaming import load_streaming
+        return load_streaming(cfg, stats)
+    raw = sources.load_raw(cfg)
+    if cfg.backend == "tfdata":
+        from jaxtrain.data import pipeline_tf
+        ds = preprocess.prepare(raw, cfg, stats, keep_raw_train=True)
+        return pipeline_tf.attach(ds, cfg)
+    return preprocess.prepare(raw, cfg, stats)

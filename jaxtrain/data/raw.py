@@ -1,0 +1,59 @@
+"""Raw data as the sources hand it over, before cleaning and transforms.
+
+Two shapes of data: a *table* (numeric columns as one float64 block with NaN for
+missing, text columns as object arrays with None for missing) and an *array* of
+images (any numeric dtype, shape (n, ...)). Each part keeps the source row number
+of every example so that an error can name it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Part:
+    y: np.ndarray                          # labels: float64 (NaN = missing) or object (text, None = missing)
+    rows: np.ndarray                       # source row numbers (CSV: line in the file; arrays: index)
+    num: np.ndarray | None = None          # table: (n, k) float64, NaN = missing
+    txt: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # table: text columns
+    x: np.ndarray | None = None            # array: images (n, ...)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, idx: np.ndarray) -> "Part":
+        return Part(y=self.y[idx], rows=self.rows[idx],
+                    num=None if self.num is None else self.num[idx],
+                    txt={k: v[idx] for k, v in self.txt.items()},
+                    x=None if self.x is None else self.x[idx])
+
+
+@dataclasses.dataclass
+class RawData:
+    kind: Literal["table", "array"]
+    parts: dict[str, Part]                 # {"all": ...} or the source's own {"train", "test"[, "val"]}
+    name: str = ""
+    where: str = ""                        # file or data set name, for messages
+    task: str | None = None                # None: infer from the labels
+    num_classes: int | None = None
+    classes: list[str] | None = None       # names of text labels, when the source knows them
+    num_names: list[str] = dataclasses.field(default_factory=list)
+    txt_kinds: dict[str, str] = dataclasses.field(default_factory=dict)   # name -> category | text
+    target: str = "label"
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def row_label(self, split: str, row: int) -> str:
+        """How a message names one example."""
+        if self.extra.get("row_kind") == "line":
+            return f"{self.where} line {row}"
+        return f"{self.where} {split} example {row}"
+
+
+def table_part(y: np.ndarray, num: np.ndarray, txt: dict[str, np.ndarray] | None = None,
+               rows: np.ndarray | None = None) -> Part:
+    rows = np.arange(len(y)) if rows is None else rows
+    return Part(y=y, rows=rows, num=np.asarray(num, np.float64), txt=dict(txt or {}))
