@@ -149,7 +149,7 @@ def load_csv(cfg: DataConfig) -> RawData:
             txt[n] = col
     ycol = table[:, header.index(cfg.target)]
     ymiss = missing_mask(ycol)
-    if cfg.task != "classification" and _parseable(ycol[~ymiss]) == 1.0:
+    if _parseable(ycol[~ymiss]) == 1.0:
         y = to_float(ycol, path, cfg.target, lines)
     else:
         y = np.char.strip(ycol).astype(object)

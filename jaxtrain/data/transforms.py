@@ -105,7 +105,7 @@ def normalizer_arrays(stats: dict[str, Any], width: int) -> tuple[np.ndarray, np
 def apply_normalizer(x: np.ndarray, stats: dict[str, Any], width: int | None = None) -> np.ndarray:
     """Normalize the first `width` features (all by default) in float64, return float32."""
     shape = x.shape
-    flat = x.reshape(len(x), -1).astype(np.float64)
+    flat = x.reshape(len(x), int(np.prod(shape[1:]))).astype(np.float64)
     width = flat.shape[1] if width is None else width
     arrays = normalizer_arrays(stats, width)
     if arrays is not None:

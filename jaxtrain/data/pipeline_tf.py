@@ -1,0 +1,78 @@
+"""The tf.data backend: same values and same epoch order as the NumPy backend.
+
+The training split is kept encoded but not normalized; each epoch is a tf.data
+pipeline over the `epoch_permutation` indices (that permutation *is* the shuffle,
+so both backends visit examples in the same order): batch the indices, a parallel
+map gathers the rows and normalizes them in float64 (as NumPy does) and casts to
+float32, then prefetch. The last batch is padded with index 0 and masked.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from jaxtrain.data.dataset import Dataset, epoch_permutation
+from jaxtrain.data.options import DataConfig
+from jaxtrain.data.tfhelp import import_tf
+from jaxtrain.data.transforms import normalizer_arrays
+
+
+def padded_order(n: int, batch_size: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    order = epoch_permutation(n, seed, epoch)
+    pad = (-n) % batch_size
+    idx = np.concatenate([order, np.zeros(pad, np.int32)])
+    mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    return idx, mask
+
+
+def normalize_fn(stats: dict[str, Any], width: int, feature_shape: tuple[int, ...]) -> Callable:
+    """A TF function: encoded rows (batch, ...) -> normalized float32, matching apply_normalizer."""
+    tf = import_tf()
+    flat = int(np.prod(feature_shape))
+    arrays = normalizer_arrays(stats, width)
+
+    def fn(x):
+        x = tf.reshape(tf.cast(x, tf.float64), [-1, flat])
+        if arrays is not None:
+            shift, scale = (tf.constant(a, tf.float64) for a in arrays)
+            x = tf.concat([(x[:, :width] - shift) / scale, x[:, width:]], axis=1)
+        return tf.reshape(tf.cast(x, tf.float32), [-1, *feature_shape])
+    return fn
+
+
+def tf_batches(gather: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], n: int,
+               dtypes: tuple[np.dtype, np.dtype], normalize: Callable, cfg: DataConfig,
+               batch_size: int, seed: int, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(x, y, mask) batches: tf.data over the permuted indices, parallel map, prefetch."""
+    tf = import_tf()
+    idx, mask = padded_order(n, batch_size, seed, epoch)
+    parallel = tf.data.AUTOTUNE if cfg.num_parallel_calls == -1 else cfg.num_parallel_calls
+
+    def load(i, m):
+        x, y = tf.numpy_function(gather, [i], [tf.as_dtype(dtypes[0]), tf.as_dtype(dtypes[1])],
+                                 stateful=False)
+        y.set_shape([None])
+        return normalize(x), y, m
+
+    ds = (tf.data.Dataset.from_tensor_slices((idx, mask))
+          .batch(batch_size)
+          .map(load, num_parallel_calls=parallel, deterministic=True)
+          .prefetch(cfg.prefetch if cfg.prefetch > 0 else tf.data.AUTOTUNE))
+    yield from ds.as_numpy_iterator()
+
+
+def attach(ds: Dataset, cfg: DataConfig) -> Dataset:
+    """Make `ds` stream its training split through tf.data (ds.train becomes None)."""
+    enc, y, width = ds.raw_train
+
+    def gather(i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return enc[i], y[i]
+
+    norm = normalize_fn(ds.stats["normalize"], width, tuple(enc.shape[1:]))
+    ds.batcher = functools.partial(tf_batches, gather, len(y), (enc.dtype, y.dtype), norm, cfg)
+    ds.train = None
+    ds.num_train = len(y)
+    return ds

@@ -1,0 +1,184 @@
+"""Sources (csv, idx, npz, builtin, synthetic) and bad input: every error names the file."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from jaxtrain.data import load_dataset
+from jaxtrain.data.options import CleanConfig, DataConfig
+from jaxtrain.errors import DataError, UserError
+
+
+def write_idx(path, arr, gz=True):
+    codes = {np.uint8: 0x08, np.int32: 0x0C}
+    head = bytes([0, 0, codes[arr.dtype.type], arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    body = arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+    data = head + body
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def make_idx(d, n_train=30, n_test=10, shape=(4, 3), gz=True, test_shape=None, seed=0):
+    rng = np.random.default_rng(seed)
+    xtr = rng.integers(0, 256, (n_train, *shape)).astype(np.uint8)
+    xte = rng.integers(0, 256, (n_test, *(test_shape or shape))).astype(np.uint8)
+    ytr = (np.arange(n_train) % 10).astype(np.uint8)
+    yte = (np.arange(n_test) % 10).astype(np.uint8)
+    write_idx(d / "train-images-idx3-ubyte", xtr, gz)
+    write_idx(d / "train-labels-idx1-ubyte", ytr, gz)
+    write_idx(d / "t10k-images-idx3-ubyte", xte, gz)
+    write_idx(d / "t10k-labels-idx1-ubyte", yte, gz)
+    return xtr, ytr, xte, yte
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_values_and_global_minmax(tmp_path, gz):
+    xtr, ytr, xte, yte = make_idx(tmp_path, gz=gz)
+    ds = load_dataset(DataConfig(source="idx", path=str(tmp_path), val_fraction=0.0,
+                                 normalize="minmax_sym", clean=CleanConfig(duplicates=False)))
+    lo, hi = xtr.min(), xtr.max()          # global scope for images, fitted on train only
+    np.testing.assert_allclose(ds.test.x, ((xte.reshape(10, -1) - lo) / (hi - lo) * 2 - 1), atol=1e-6)
+    np.testing.assert_array_equal(ds.test.y, yte)
+    assert ds.feature_shape == (12,) and ds.num_classes == 10 and len(ds.train) == 30
+    # the train split is the source's own, in its own order
+    np.testing.assert_array_equal(ds.train.y, ytr)
+
+
+def test_idx_wrong_image_shape_names_file(tmp_path):
+    make_idx(tmp_path, test_shape=(4, 4))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz.*shape"):
+        load_dataset(DataConfig(source="idx", path=str(tmp_path)))
+
+
+def test_idx_truncated_and_missing(tmp_path):
+    make_idx(tmp_path, gz=False)
+    p = tmp_path / "train-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:-5])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.*truncated"):
+        load_dataset(DataConfig(source="idx", path=str(tmp_path)))
+    p.unlink()
+    with pytest.raises(DataError, match="train-images"):
+        load_dataset(DataConfig(source="idx", path=str(tmp_path)))
+
+
+def test_idx_label_out_of_range(tmp_path):
+    make_idx(tmp_path)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.array([0] * 29 + [12], np.uint8))
+    with pytest.raises(DataError, match=r"\S+ train example 29: label 12 is out of range \[0, 10\)"):
+        load_dataset(DataConfig(source="idx", path=str(tmp_path), val_fraction=0.0))
+
+
+def test_npz_single_and_splits(tmp_path):
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(50, 3)), rng.integers(0, 3, 50)
+    np.savez(tmp_path / "a.npz", x=x, y=y)
+    ds = load_dataset(DataConfig(source="npz", path=str(tmp_path / "a.npz"), val_fraction=0.2, test_fraction=0.2))
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (30, 10, 10)
+    xtr, xte = rng.normal(size=(40, 3)) * 5 + 2, rng.normal(size=(7, 3))
+    np.savez(tmp_path / "b.npz", x_train=xtr, y_train=rng.integers(0, 3, 40), x_test=xte,
+             y_test=rng.integers(0, 3, 7))
+    ds = load_dataset(DataConfig(source="npz", path=str(tmp_path / "b.npz"), val_fraction=0.0))
+    np.testing.assert_allclose(ds.test.x, (xte - xtr.mean(0)) / xtr.std(0), atol=1e-5)
+
+
+def test_npz_bad_inputs(tmp_path):
+    np.savez(tmp_path / "s.npz", x_train=np.zeros((5, 3)), y_train=np.zeros(5), x_test=np.zeros((2, 4)),
+             y_test=np.zeros(2))
+    with pytest.raises(DataError, match=r"s\.npz.*x_test.*shape"):
+        load_dataset(DataConfig(source="npz", path=str(tmp_path / "s.npz")))
+    np.savez(tmp_path / "k.npz", a=np.zeros(3))
+    with pytest.raises(DataError, match=r"k\.npz.*needs arrays 'x' and 'y'"):
+        load_dataset(DataConfig(source="npz", path=str(tmp_path / "k.npz")))
+
+
+# ---------------------------------------------------------------- csv
+
+
+def write(tmp_path, text, name="d.csv"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def csv_cfg(path, **kw):
+    return DataConfig(source="csv", path=path, target=kw.pop("target", "y"), **kw)
+
+
+def test_csv_numeric_text_missing_and_drop_columns(tmp_path):
+    rows = ["id,a,city,y"] + [f"{i},{'' if i == 3 else i * 1.5},{'A' if i % 2 else 'B'},{i * 10.0}"
+                              for i in range(20)]
+    rows[5] = "4,NA,null,40.0"        # missing numeric and text
+    path = write(tmp_path, "\n".join(rows) + "\n")
+    ds = load_dataset(csv_cfg(path, drop_columns=("id",), val_fraction=0.0, test_fraction=0.0,
+                              normalize="none", standardize_target=False))
+    assert ds.stats["feature_names"] == ["a", "city=A", "city=B"]
+    assert ds.report["missing"]["per_column"] == {"a": 2, "city": 1}
+    a = np.array([i * 1.5 for i in range(20) if i not in (3, 4)])
+    x = ds.train.x[np.argsort(ds.train.y)]
+    np.testing.assert_allclose(x[[3, 4], 0], np.median(a))       # imputed with the train median
+    assert x[4, 1:].tolist() == [1.0, 0.0] or x[4, 1:].tolist() == [0.0, 1.0]  # most frequent city
+    np.testing.assert_allclose(ds.to_original_units(np.sort(ds.train.y)), np.arange(20) * 10.0)
+
+
+def test_csv_quoted_and_free_text_hashing(tmp_path):
+    words = ["good fine great", "bad awful poor terrible", "so so, maybe fine", "really great movie ok"]
+    rows = ["review,y"] + [f'"{words[i % 4]} {i}",{i % 2}' for i in range(40)]
+    path = write(tmp_path, "\n".join(rows))
+    ds = load_dataset(csv_cfg(path, hash_dim=16, columns={"review": "text"}, normalize="none"))
+    assert ds.task == "classification" and ds.feature_shape == (16,)
+    np.testing.assert_allclose(np.linalg.norm(ds.train.x, axis=1), 1.0, rtol=1e-5)
+
+
+BAD_CSV = [
+    ("", "empty"),
+    ("a,b,y\n", "only a header"),
+    ("a,b,y\n1,2,3\n4,5\n", r"line 3: 2 fields, but the header has 3"),
+    ("a,b,y\n" + "1,2,3\n" * 5 + "1,x7,3\n", r"line 7 column 'b': 'x7' is not a number"),
+    ("a,b,y\n" + "1,,3\n2,NA,4\n", r"column 'b': every value is missing"),
+    ("a,b,c\n1,2,3\n", r"target column 'y' not in the header"),
+]
+
+
+@pytest.mark.parametrize("text,msg", BAD_CSV)
+def test_csv_bad_input_names_file(tmp_path, text, msg):
+    path = write(tmp_path, text, "bad.csv")
+    with pytest.raises(DataError, match=msg) as e:
+        load_dataset(csv_cfg(path))
+    assert "bad.csv" in str(e.value) and "\n" not in str(e.value)
+    assert isinstance(e.value, UserError)          # the CLI turns it into exit 2
+
+
+def test_csv_label_out_of_range_names_line_and_column(tmp_path):
+    rows = ["a,y"] + [f"{i},{i % 3}" for i in range(10)] + ["5,7"]
+    path = write(tmp_path, "\n".join(rows), "lab.csv")
+    with pytest.raises(DataError, match=r"lab\.csv line 12 column 'y': label 7 is out of range \[0, 3\)"):
+        load_dataset(csv_cfg(path, task="classification", num_classes=3, val_fraction=0.0, test_fraction=0.0))
+    ds = load_dataset(csv_cfg(path, task="classification", num_classes=3, val_fraction=0.0,
+                              test_fraction=0.0, clean=CleanConfig(invalid_labels="drop")))
+    assert len(ds.train) == 10 and ds.report["invalid_labels"]["rows_dropped"] == 1
+
+
+def test_missing_file_and_unknown_names(tmp_path):
+    with pytest.raises(DataError, match="nope.csv"):
+        load_dataset(csv_cfg(str(tmp_path / "nope.csv")))
+    with pytest.raises(DataError, match="no builtin data set"):
+        load_dataset(DataConfig(name="nope"))
+
+
+def test_builtin_digits_and_synthetic():
+    ds = load_dataset(DataConfig())
+    assert ds.feature_shape == (64,) and ds.num_classes == 10
+    total = len(ds.train) + len(ds.val) + len(ds.test)
+    assert total == 1797 and ds.report["rows_out"]["train"] == len(ds.train)
+    hp = load_dataset(DataConfig(source="synthetic", name="house_prices"))
+    rep = hp.report
+    assert rep["duplicates"]["rows_dropped"] > 0 and sum(rep["missing"]["per_column"].values()) > 0
+    assert rep["rows_in"]["train"] - rep["duplicates"]["rows_dropped"] == rep["rows_out"]["train"]
+    assert abs(hp.train.y.mean()) < 1e-5 and abs(hp.train.y.std() - 1) < 1e-5
+    bl = load_dataset(DataConfig(source="synthetic", name="blobs", num_classes=4))
+    assert bl.num_classes == 4 and set(np.unique(bl.train.y)) == {0, 1, 2, 3}
