@@ -1,0 +1,3 @@
+from jaxtrain.cli import entry
+
+entry()

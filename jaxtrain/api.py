@@ -1,0 +1,135 @@
+"""The Python API: train, evaluate. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxtrain import data as data_stage
+from jaxtrain.checkpoint import Checkpointer
+from jaxtrain.config import Config, dump_yaml, load_config
+from jaxtrain.errors import UserError
+from jaxtrain.logging import Console, JsonlWriter
+from jaxtrain.loop import COMPUTE_DTYPES, Evaluator, RunContext, fit, setup
+from jaxtrain.models import build_model
+from jaxtrain.step import split_model
+
+
+def default_workdir(cfg: Config) -> Path:
+    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+
+
+def prepare_workdir(path: str | Path) -> Path:
+    workdir = Path(path)
+    if (workdir / "config.yaml").exists():
+        # Never overwrite a run's results by accident.
+        raise UserError(f"work directory '{workdir}' already holds a run; pass a new --workdir "
+                        f"(or resume it with --resume)")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"work directory '{workdir}' is not writable ({e.strerror}); "
+                        f"pass --workdir with a writable path") from None
+    return workdir
+
+
+def make_model(cfg: Config, dataset: data_stage.Dataset) -> nnx.Module:
+    in_features = int(np.prod(dataset.feature_shape))
+    return build_model(cfg.model, in_features, dataset.num_outputs, seed=cfg.train.seed,
+                       compute_dtype=COMPUTE_DTYPES[cfg.train.precision])
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def train(config: str | Path | dict | Config | None = None, *, workdir: str | Path | None = None,
+          model: nnx.Module | None = None, dataset: data_stage.Dataset | None = None,
+          overrides: list[str] | dict[str, Any] | None = None, console: Console | None = None,
+          **kw_overrides: Any) -> dict:
+    """Train and return the run's summary (also written to WORKDIR/summary.json).
+
+    `config` is a YAML path, a config name from configs/, a dict or a Config.
+    Keyword overrides use double underscores for dots: `optimizer__learning_rate=0.1`.
+    A Python user may pass any `nnx.Module` as `model` and a prepared `dataset`.
+    """
+    t_start = time.perf_counter()
+    over: dict[str, Any] = {}
+    if isinstance(overrides, dict):
+        over.update(overrides)
+    over.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
+    cfg = load_config(config, list(overrides) if isinstance(overrides, list) else None)
+    if over:
+        cfg = load_config(cfg, over)
+    workdir = prepare_workdir(workdir or default_workdir(cfg))
+    console = console or Console(cfg.logging.progress)
+    (workdir / "config.yaml").write_text(dump_yaml(cfg))
+    events = JsonlWriter(workdir / "metrics.jsonl")
+    try:
+        t0 = time.perf_counter()
+        if dataset is None:
+            dataset = data_stage.load_dataset(cfg.data)
+        data_s = time.perf_counter() - t0
+        write_json(workdir / "stats.json", dataset.stats)
+        if model is None:
+            model = make_model(cfg, dataset)
+        run = setup(cfg, model, dataset, RunContext(console=console, events=events, workdir=workdir))
+        summary = fit(run, hooks=[])
+        state = run.state
+        if cfg.checkpoint.enabled:
+            ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.checkpoint.keep, async_save=False)
+            ckpt.save(int(state.step), {"params": state.params}, {"step": int(state.step)}, force=True)
+            ckpt.close()
+        summary["time"]["data_s"] = data_s
+        summary["time"]["total_s"] = time.perf_counter() - t_start
+        summary["workdir"] = str(workdir)
+        write_json(workdir / "summary.json", summary)
+        events.write("summary", **{k: v for k, v in summary.items() if k in ("test", "train", "time")})
+        console.line(f"wrote {workdir}/summary.json")
+        return summary
+    finally:
+        events.close()
+
+
+def load_run(run_dir: str | Path) -> tuple[Config, dict]:
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise UserError(f"'{run}' is not a jaxtrain run directory (no config.yaml); "
+                        f"pass the --workdir of a finished training run")
+    cfg = load_config(run / "config.yaml")
+    stats = json.loads((run / "stats.json").read_text()) if (run / "stats.json").is_file() else None
+    return cfg, stats
+
+
+def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, float]:
+    """Re-evaluate a finished run's saved parameters on a split, with its saved preprocessing."""
+    from jaxtrain import parallel
+    cfg, stats = load_run(run_dir)
+    dataset = data_stage.load_dataset(cfg.data, stats=stats)
+    model = make_model(cfg, dataset)
+    _, eval_def, params, rest = split_model(model)
+    ckpt = Checkpointer(Path(run_dir) / "checkpoints", async_save=False)
+    if ckpt.latest_step() is None:
+        raise UserError(f"run '{run_dir}' has no saved parameters in checkpoints/; "
+                        f"train it with checkpoint.enabled: true")
+    restored, _ = ckpt.restore({"params": params})
+    ckpt.close()
+    mesh = parallel.make_mesh(cfg.parallel)
+    evaluator = Evaluator(eval_def, mesh, cfg.data.eval_batch_size, dataset)
+    target = {"test": dataset.test, "val": dataset.val, "train": dataset.train}.get(split)
+    if target is None:
+        raise UserError(f"split '{split}' is not available for run '{run_dir}'; use test, val or train")
+    params, rest = jax.device_put((restored["params"], rest), parallel.replicated(mesh))
+    return evaluator.evaluate(params, rest, target)

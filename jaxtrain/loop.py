@@ -1,0 +1,207 @@
+"""fit(): epochs of fused, compiled steps; evaluation; hooks; the run's summary.
+
+The hot loop dispatches one compiled call per K steps (see engine.py) and never
+reads a value back from the device inside an epoch: metric sums stay on the
+device and are read once per epoch. Periodic work (checkpoints, early stopping,
+profiling, signal handling) plugs in as `Hook` objects, each in its own module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxtrain import parallel
+from jaxtrain.config import Config
+from jaxtrain.data import Dataset
+from jaxtrain.engine import Engine, fits_on_device
+from jaxtrain.logging import Console, JsonlWriter, format_metrics
+from jaxtrain.metrics import compute_metrics
+from jaxtrain.optim import build_optimizer
+from jaxtrain.step import TrainState, init_state, make_predict, make_train_step, split_model
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What a run needs besides the config: where to write, and an optional clock for tests."""
+    console: Console
+    events: JsonlWriter
+    workdir: Path | None = None
+    clock: Callable[[], float] = time.perf_counter
+
+
+@dataclasses.dataclass
+class Run:
+    """The live state of a fit, as hooks see it."""
+    cfg: Config
+    dataset: Dataset
+    ctx: RunContext
+    mesh: Any
+    engine: Engine
+    evaluator: "Evaluator"
+    state: TrainState
+    epoch: int = 0                 # epoch in progress (0-based)
+    step_in_epoch: int = 0         # steps of it done
+    global_step: int = 0           # known on the host without a device sync
+    history: list = dataclasses.field(default_factory=list)
+    stop_reason: str | None = None  # a hook sets this to end training early
+
+
+class Hook:
+    """Periodic work around the hot loop. Override what you need; all are no-ops."""
+
+    def on_train_start(self, run: Run) -> None: ...
+
+    def after_call(self, run: Run, sums: dict) -> None:
+        """After each compiled call (K steps). `sums` are device arrays: reading them syncs."""
+
+    def on_epoch_end(self, run: Run, record: dict) -> None: ...
+
+    def on_train_end(self, run: Run) -> None: ...
+
+
+class Evaluator:
+    """Runs the model over a whole split in one compiled call and computes metrics on the host."""
+
+    def __init__(self, eval_def, mesh, batch_size: int, dataset: Dataset):
+        self.mesh = mesh
+        self.batch_size = batch_size
+        self.dataset = dataset
+        self._predict = jax.jit(make_predict(eval_def),
+                                out_shardings=parallel.batch_sharding(mesh, 1))
+
+    def outputs(self, params, rest, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        data_size = self.mesh.shape[parallel.DATA_AXIS]
+        b = min(self.batch_size, n)
+        b = max(data_size, math.ceil(b / data_size) * data_size)
+        nb = math.ceil(n / b)
+        padded = np.zeros((nb * b, *x.shape[1:]), x.dtype)
+        padded[:n] = x
+        xs = jax.device_put(padded.reshape(nb, b, *x.shape[1:]), parallel.batch_sharding(self.mesh, 1))
+        out = np.asarray(self._predict(params, rest, xs))
+        return out.reshape(nb * b, *out.shape[2:])[:n]
+
+    def evaluate(self, params, rest, split) -> dict[str, float]:
+        out = self.outputs(params, rest, split.x)
+        d = self.dataset
+        return compute_metrics(d.task, out, split.y, d.target_mean, d.target_scale)
+
+
+def _epoch_record(epoch: int, step: int, sums: dict, elapsed: float) -> dict:
+    record = {"epoch": epoch + 1, "step": step, "loss": sums["loss_sum"] / max(sums["count"], 1.0),
+              "examples_per_sec": sums["count"] / max(elapsed, 1e-9)}
+    if "correct" in sums:
+        record["accuracy"] = sums["correct"] / max(sums["count"], 1.0)
+    if sums["nonfinite"]:
+        record["nonfinite_steps"] = int(sums["nonfinite"])
+    return record
+
+
+def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext) -> Run:
+    """Mesh, optimizer, compiled step and initial state: everything before the first step."""
+    mesh = parallel.make_mesh(cfg.parallel)
+    parallel.check_batch_size(cfg.data.batch_size, mesh)
+    train_def, eval_def, params, rest = split_model(model)
+    from jaxtrain.engine import steps_per_epoch
+    steps = steps_per_epoch(len(dataset.train), cfg.data.batch_size)
+    tx = build_optimizer(cfg.optimizer, steps, cfg.train.epochs, params)
+    state = jax.device_put(init_state(params, rest, tx), parallel.replicated(mesh))
+    train_step = make_train_step(train_def, tx, dataset.task, l1=cfg.optimizer.l1, l2=cfg.optimizer.l2,
+                                 skip_nonfinite=cfg.train.on_nonfinite == "skip_step")
+    engine = Engine(train_step, dataset, mesh, batch_size=cfg.data.batch_size, seed=cfg.train.seed,
+                    on_device=fits_on_device(dataset, cfg.train.on_device_fraction),
+                    steps_per_call=cfg.train.steps_per_call, clock=ctx.clock)
+    evaluator = Evaluator(eval_def, mesh, cfg.data.eval_batch_size, dataset)
+    return Run(cfg=cfg, dataset=dataset, ctx=ctx, mesh=mesh, engine=engine, evaluator=evaluator,
+               state=state)
+
+
+def fit(run: Run, hooks: list[Hook] = ()) -> dict:
+    """Train from `run.epoch`/`run.step_in_epoch` to the configured end; return the summary."""
+    cfg, dataset, ctx, engine = run.cfg, run.dataset, run.ctx, run.engine
+    clock = ctx.clock
+    devices = parallel.device_summary(run.mesh)
+    ctx.console.line(f"devices: {devices['count']} x {devices['kind']} ({devices['platform']}), "
+                     f"processes: {devices['processes']}")
+    ctx.console.line(f"data: {dataset.name} train={engine.n_train} "
+                     f"val={len(dataset.val) if dataset.val else 0} test={len(dataset.test)} "
+                     f"features={dataset.feature_shape} ({'on device' if engine.on_device else 'streamed'}); "
+                     f"batch {cfg.data.batch_size}, {engine.steps} steps/epoch, {engine.k} steps per call")
+    for hook in hooks:
+        hook.on_train_start(run)
+
+    steady_time, steady_examples = 0.0, 0  # epochs after the first one timed: caches are warm
+    first_epoch = run.epoch
+    t_start = clock()
+    while run.epoch < cfg.train.epochs and run.stop_reason is None:
+        t0, compile_before = clock(), engine.compile_s
+        sums = None
+        for run.state, chunk_sums, run.step_in_epoch in engine.run_epoch(run.state, run.epoch,
+                                                                         run.step_in_epoch):
+            run.global_step = run.epoch * engine.steps + run.step_in_epoch
+            sums = chunk_sums if sums is None else jax.tree.map(jnp.add, sums, chunk_sums)
+            ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, engine.steps)
+            for hook in hooks:
+                hook.after_call(run, chunk_sums)
+            if run.stop_reason is not None:
+                break
+        if sums is None:  # resumed exactly at an epoch's end
+            run.epoch, run.step_in_epoch = run.epoch + 1, 0
+            continue
+        sums = {key: float(v) for key, v in jax.device_get(sums).items()}  # the epoch's one sync
+        elapsed = clock() - t0 - (engine.compile_s - compile_before)
+        if run.epoch > first_epoch or cfg.train.epochs - first_epoch == 1:
+            steady_time += elapsed
+            steady_examples += int(sums["count"])
+        record = _epoch_record(run.epoch, run.global_step, sums, elapsed)
+        ctx.events.write("train", **record)
+        line = f"epoch {run.epoch + 1}/{cfg.train.epochs} " + format_metrics(
+            {k: v for k, v in record.items() if k not in ("epoch", "step")})
+        epoch_done = run.step_in_epoch >= engine.steps
+        if dataset.val is not None and epoch_done and (
+                (run.epoch + 1) % cfg.train.eval_every_epochs == 0 or run.epoch + 1 == cfg.train.epochs):
+            val = run.evaluator.evaluate(run.state.params, run.state.rest, dataset.val)
+            ctx.events.write("eval", split="val", epoch=run.epoch + 1, step=run.global_step, **val)
+            record["val"] = val
+            line += " | val " + format_metrics(val)
+        run.history.append(record)
+        ctx.console.line(line)
+        if epoch_done:
+            run.epoch, run.step_in_epoch = run.epoch + 1, 0
+        for hook in hooks:
+            hook.on_epoch_end(run, record)
+
+    for hook in hooks:
+        hook.on_train_end(run)
+    test = run.evaluator.evaluate(run.state.params, run.state.rest, dataset.test)
+    ctx.events.write("eval", split="test", epoch=run.epoch, step=run.global_step, **test)
+    ctx.console.line("test " + format_metrics(test))
+    last = run.history[-1] if run.history else {}
+    return {
+        "config_name": cfg.name,
+        "task": dataset.task,
+        "test": test,
+        "val": last.get("val", {}),
+        "train": {"examples_per_sec": steady_examples / steady_time if steady_time else None,
+                  "loss": last.get("loss"), "epochs": run.epoch, "steps": run.global_step,
+                  **({"accuracy": last["accuracy"]} if "accuracy" in last else {})},
+        "time": {"compile_s": engine.compile_s, "fit_s": clock() - t_start},
+        "devices": devices,
+        "batch": {"global": cfg.data.batch_size,
+                  "per_device": cfg.data.batch_size // run.mesh.shape[parallel.DATA_AXIS]},
+        "execution": {"on_device_data": engine.on_device, "steps_per_call": engine.k},
+        "data": {"train": engine.n_train, "val": len(dataset.val) if dataset.val else 0,
+                 "test": len(dataset.test)},
+        "stopped_early": run.stop_reason,
+    }

@@ -1,0 +1,37 @@
+"""Test setup: 8 simulated CPU devices, so sharding code runs here as on a GPU box."""
+
+import os
+
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import pathlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from jaxtrain.data import Dataset, Split  # noqa: E402
+from jaxtrain.logging import Console, JsonlWriter  # noqa: E402
+
+
+@pytest.fixture
+def quiet():
+    return Console("none")
+
+
+def make_dataset(x, y, task="regression", num_classes=None, test_fraction=0.25, name="arrays"):
+    """A Dataset from arrays, without preprocessing (inputs taken as already normalized)."""
+    n_test = int(len(x) * test_fraction)
+    y = y.astype(np.int32 if task == "classification" else np.float32)
+    return Dataset(task=task, num_classes=num_classes, feature_shape=tuple(x.shape[1:]),
+                   train=Split(x[n_test:].astype(np.float32), y[n_test:]), val=None,
+                   test=Split(x[:n_test].astype(np.float32), y[:n_test]), name=name)
+
+
+@pytest.fixture
+def ctx(tmp_path: pathlib.Path):
+    from jaxtrain.loop import RunContext
+    events = JsonlWriter(tmp_path / "metrics.jsonl")
+    yield RunContext(console=Console("none"), events=events, workdir=tmp_path)
+    events.close()

@@ -1,0 +1,74 @@
+"""Config loading and the CLI's handling of a user's mistakes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from jaxtrain.cli import main
+from jaxtrain.config import dump_yaml, load_config
+from jaxtrain.errors import ConfigError
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_unknown_key_lists_the_valid_keys(capsys, tmp_path):
+    code, err = _run(capsys, "train", "--set", "optimizer.learnig_rate=0.1", "--workdir", str(tmp_path / "r"))
+    assert code == 2
+    assert "optimizer.learnig_rate" in err and "learning_rate" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing written for a rejected config
+
+
+def test_wrong_type_names_the_key(capsys, tmp_path):
+    code, err = _run(capsys, "train", "--set", "train.epochs=many", "--workdir", str(tmp_path / "r"))
+    assert code == 2 and "train.epochs" in err and "many" in err
+
+
+def test_out_of_range_value_names_the_key(capsys, tmp_path):
+    code, err = _run(capsys, "train", "--set", "optimizer.learning_rate=-1", "--workdir", str(tmp_path / "r"))
+    assert code == 2 and "optimizer.learning_rate" in err
+
+
+def test_missing_config_file_is_named(capsys, tmp_path):
+    missing = tmp_path / "nope.yaml"
+    code, err = _run(capsys, "train", str(missing))
+    assert code == 2 and str(missing) in err
+
+
+def test_bad_yaml_names_file_and_line(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: [1,\n")
+    code, err = _run(capsys, "train", str(bad))
+    assert code == 2 and str(bad) in err and "line" in err
+
+
+def test_subprocess_error_has_no_traceback_unless_debug(tmp_path):
+    cmd = [sys.executable, "-m", "jaxtrain", "train", "--set", "model.nme=mlp"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "model.nme" in out.stderr
+    out = subprocess.run(cmd[:3] + ["--debug"] + cmd[3:], capture_output=True, text=True, cwd=tmp_path)
+    assert "Traceback" in out.stderr
+
+
+def test_overrides_and_round_trip(tmp_path):
+    cfg = load_config("digits_mlp", ["model.hidden_sizes=[32, 16]", "optimizer.name=sgd",
+                                      "train.steps_per_call=4"])
+    assert cfg.model.hidden_sizes == (32, 16) and cfg.optimizer.name == "sgd"
+    assert cfg.train.steps_per_call == 4 and cfg.name == "digits_mlp"
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_yaml(cfg))
+    assert load_config(path) == cfg
+
+
+def test_dict_config_rejects_unknown_section():
+    with pytest.raises(ConfigError, match="valid keys.*optimizer"):
+        load_config({"optimiser": {}})
+
+
+def test_shipped_configs_all_load():
+    for name in ("digits_mlp", "house_prices_linear", "mnist_mlp"):
+        assert load_config(name).name == name
