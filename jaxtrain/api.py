@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from datetime import datetime
@@ -113,8 +114,24 @@ def load_run(run_dir: str | Path) -> tuple[Config, dict]:
     return cfg, stats
 
 
-def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, float]:
-    """Re-evaluate a finished run's saved parameters on a split, with its saved preprocessing."""
+@dataclasses.dataclass
+class TrainedRun:
+    """A finished run reloaded: its config, data (with the saved preprocessing), model
+    parameters on the devices, and an Evaluator to run the model over any inputs."""
+    cfg: Config
+    stats: dict | None
+    dataset: data_stage.Dataset
+    evaluator: Evaluator
+    params: Any
+    rest: Any
+
+    def outputs(self, x: np.ndarray) -> np.ndarray:
+        """The model's outputs (logits, or standardized predictions) for preprocessed inputs."""
+        return self.evaluator.outputs(self.params, self.rest, x)
+
+
+def load_trained(run_dir: str | Path) -> TrainedRun:
+    """Reload a finished run's saved parameters and preprocessing (shared by eval, report, predict)."""
     from jaxtrain import parallel
     cfg, stats = load_run(run_dir)
     dataset = data_stage.load_dataset(cfg.data, stats=stats)
@@ -128,8 +145,15 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, float]:
     ckpt.close()
     mesh = parallel.make_mesh(cfg.parallel)
     evaluator = Evaluator(eval_def, mesh, cfg.data.eval_batch_size, dataset)
+    params, rest = jax.device_put((restored["params"], rest), parallel.replicated(mesh))
+    return TrainedRun(cfg=cfg, stats=stats, dataset=dataset, evaluator=evaluator, params=params, rest=rest)
+
+
+def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, float]:
+    """Re-evaluate a finished run's saved parameters on a split, with its saved preprocessing."""
+    trained = load_trained(run_dir)
+    dataset = trained.dataset
     target = {"test": dataset.test, "val": dataset.val, "train": dataset.train}.get(split)
     if target is None:
         raise UserError(f"split '{split}' is not available for run '{run_dir}'; use test, val or train")
-    params, rest = jax.device_put((restored["params"], rest), parallel.replicated(mesh))
-    return evaluator.evaluate(params, rest, target)
+    return trained.evaluator.evaluate(trained.params, trained.rest, target)
