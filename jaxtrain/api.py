@@ -83,7 +83,8 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         if dataset is None:
             dataset = data_stage.load_dataset(cfg.data)
         data_s = time.perf_counter() - t0
-        write_json(workdir / "stats.json", dataset.stats)
+        data_stage.write_artifacts(dataset, workdir)   # stats.json + preprocess_report.json
+        console.line(data_stage.summary(dataset))
         if model is None:
             model = make_model(cfg, dataset)
         run = setup(cfg, model, dataset, RunContext(console=console, events=events, workdir=workdir))

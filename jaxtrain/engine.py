@@ -6,25 +6,48 @@ generator yielding `(state, metric_sums, steps_done)` after every compiled call:
 - on-device: the preprocessed training set is uploaded once; each epoch uploads
   only its permutation, and batches are gathered on the device;
 - streaming: host batches from `Dataset.train_batches` are stacked K at a time
-  and transferred.
+  and transferred by a background thread one chunk ahead (prefetch.py), so host
+  work and transfer overlap with compute.
+
+K (`train.steps_per_call`) is an integer, `epoch`, or `auto`: then `prepare()`
+times a few candidates on throwaway calls over a copy of the state (autotune.py)
+before training starts, so the measurement never changes the results.
 
 Every chunk length is compiled once, ahead of time, and the compile time is
-accumulated in `compile_s` so that it never pollutes throughput figures.
+accumulated in `compile_s` so that it never pollutes throughput figures. A call
+whose arguments no longer match the compiled signature is recompiled with a
+warning that names the cause (compilation.py).
+
+The hot loop makes no implicit transfers: the per-call start offsets are uploaded
+once, and only `jax.device_put` moves data (see tests/test_perf_hygiene.py).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
+import warnings
 from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxtrain import parallel
+from jaxtrain import autotune, parallel
+from jaxtrain.compilation import signature_mismatch
 from jaxtrain.data import Dataset, epoch_permutation
+from jaxtrain.phase_timer import PhaseTimer
+from jaxtrain.prefetch import prefetch_to_device, stack
 from jaxtrain.step import TrainState, make_device_epoch_runner, make_stream_runner
+
+# Streaming chunks stay below this many host bytes (K x batch), bounding memory.
+STREAM_CHUNK_BYTES = 64 << 20
+
+
+class RecompileWarning(UserWarning):
+    """A compiled step had to be compiled again after its first call."""
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -50,12 +73,12 @@ def fits_on_device(dataset: Dataset, fraction: float) -> bool:
     return need <= fraction * limit
 
 
-def resolve_steps_per_call(setting: int | str, steps: int, on_device: bool) -> int:
+def resolve_steps_per_call(setting: int | str, steps: int, on_device: bool) -> int | None:
+    """K for a fixed setting; None for 'auto' (decided by measurement in `Engine.prepare`)."""
     if setting == "epoch":
         return steps
     if setting == "auto":
-        # Whole epochs on the device; a short window when streaming keeps host memory bounded.
-        return steps if on_device else min(steps, 8)
+        return None
     return min(int(setting), steps)
 
 
@@ -64,12 +87,17 @@ class Engine:
                  on_device: bool, steps_per_call: int | str, clock: Callable[[], float] = time.perf_counter):
         self.dataset, self.mesh, self.batch_size, self.seed = dataset, mesh, batch_size, seed
         self.on_device, self.clock = on_device, clock
-        self.n_train = len(dataset.train)
+        self.n_train = dataset.num_train
         self.steps = steps_per_epoch(self.n_train, batch_size)
         self.k = resolve_steps_per_call(steps_per_call, self.steps, on_device)
+        self.k_timings: dict[int, float] = {}   # auto: seconds per step for each K tried
         self.compile_s = 0.0
+        self.recompiles = 0
+        self.timer = PhaseTimer(clock)          # inactive unless profiling
         self._compiled: dict[int, Any] = {}
+        self._starts: dict[int, jax.Array] = {}
         self._repl = parallel.replicated(mesh)
+        self._stack_sharding = parallel.batch_sharding(mesh, 1)
         batch_shard = parallel.batch_sharding(mesh)
 
         def constrain(batch):
@@ -83,40 +111,122 @@ class Engine:
         else:
             self._runner = jax.jit(make_stream_runner(train_step, dataset.task, constrain), donate_argnums=0)
 
+    # ------------------------------------------------------------ compiling and calling
+
+    def _compile(self, num: int, state: TrainState, args: tuple) -> Any:
+        t0 = self.clock()
+        if self.on_device:
+            lowered = self._runner.lower(state, *args, num_steps=num)
+        else:
+            lowered = self._runner.lower(state, *args)
+        compiled = lowered.compile()
+        self.compile_s += self.clock() - t0
+        return compiled
+
     def _call(self, state: TrainState, num: int, *args) -> tuple[TrainState, dict]:
         """Run `num` fused steps, compiling that chunk length once, ahead of time."""
         if num not in self._compiled:
-            t0 = self.clock()
-            if self.on_device:
-                lowered = self._runner.lower(state, *args, num_steps=num)
-            else:
-                lowered = self._runner.lower(state, *args)
-            self._compiled[num] = lowered.compile()
-            self.compile_s += self.clock() - t0
-        return self._compiled[num](state, *args)
+            self._compiled[num] = self._compile(num, state, args)
+        compiled = self._compiled[num]
+        try:
+            return self.timer.call(compiled, num, state, *args)
+        except (TypeError, ValueError) as exc:
+            cause = signature_mismatch(compiled, (state, *args))
+            if "differ" not in str(exc) and "sharding" not in str(exc).lower():
+                raise
+            self.recompiles += 1
+            warnings.warn(f"recompiling the {num}-step train call after its first use: {cause}. "
+                          f"Keep shapes, dtypes and shardings of the state and batches fixed.",
+                          RecompileWarning, stacklevel=2)
+            self._compiled[num] = self._compile(num, state, args)
+            return self.timer.call(self._compiled[num], num, state, *args)
+
+    def _start(self, start: int) -> jax.Array:
+        """The device scalar for a chunk's first step, uploaded once and reused every epoch."""
+        if start not in self._starts:
+            self._starts[start] = jax.device_put(np.int32(start), self._repl)
+        return self._starts[start]
+
+    # ------------------------------------------------------------ choosing K
+
+    def prepare(self, state: TrainState) -> None:
+        """Decide K for `steps_per_call: auto` by timing candidates on a copy of `state`."""
+        if self.k is not None:
+            return
+        max_k = None
+        if not self.on_device:
+            row = self._row_bytes()
+            max_k = max(1, min(64, STREAM_CHUNK_BYTES // max(1, row * self.batch_size)))
+        ks = autotune.candidates(self.steps, max_k)
+        measure = self._measure_on_device if self.on_device else self._stream_measurer(max(ks))
+        k, self.k_timings = autotune.choose(lambda k: measure(state, k), ks)
+        if jax.process_count() > 1:  # every process must run the same chunk lengths
+            from jax.experimental import multihost_utils
+            k = int(multihost_utils.broadcast_one_to_all(np.int32(k)))
+        self.k = k
+
+    def _row_bytes(self) -> int:
+        split = self.dataset.train if self.dataset.train is not None else self.dataset.test
+        return int(split.x[:1].nbytes + split.y[:1].nbytes)
+
+    def _copy(self, state: TrainState) -> TrainState:
+        shardings = jax.tree.map(lambda a: a.sharding, state)
+        return jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=shardings)(state)
+
+    def _time_calls(self, state: TrainState, k: int, make_args: Callable[[int], tuple]) -> float:
+        """Best seconds per step over a few throwaway calls of k steps on a copy of `state`."""
+        scratch = self._copy(state)
+        calls = max(1, min(8, 64 // k))
+        best = math.inf
+        for i in range(calls + 1):  # the first call is a warm-up (allocations, caches)
+            args = make_args(i)
+            t0 = time.perf_counter()
+            scratch, sums = self._call(scratch, k, *args)
+            jax.block_until_ready((scratch, sums))
+            if i:
+                best = min(best, time.perf_counter() - t0)
+        del scratch
+        return best / k
+
+    def _measure_on_device(self, state: TrainState, k: int) -> float:
+        order = jax.device_put(padded_order(self.n_train, self.seed, 0, self.steps * self.batch_size),
+                               self._repl)
+        starts = [s for s in range(0, self.steps - k + 1, k)] or [0]
+        return self._time_calls(state, k, lambda i: (self._x, self._y, order,
+                                                     self._start(starts[i % len(starts)])))
+
+    def _stream_measurer(self, max_k: int) -> Callable[[TrainState, int], float]:
+        sample = list(itertools.islice(self.dataset.train_batches(self.batch_size, self.seed, 0), max_k))
+
+        def measure(state: TrainState, k: int) -> float:
+            chunk = jax.device_put(stack((sample * k)[:k]), self._stack_sharding)
+            return self._time_calls(state, k, lambda i: chunk)
+        return measure
+
+    # ------------------------------------------------------------ the epoch
 
     def run_epoch(self, state: TrainState, epoch: int, start_step: int = 0
                   ) -> Iterator[tuple[TrainState, dict, int]]:
         """Train one epoch from step `start_step` of it; yield after each compiled call."""
+        if self.k is None:
+            self.prepare(state)
+        first_step = epoch * self.steps
         if self.on_device:
-            order = jax.device_put(padded_order(self.n_train, self.seed, epoch,
-                                                self.steps * self.batch_size), self._repl)
+            with self.timer.phase("h2d_transfer"):
+                order = jax.device_put(padded_order(self.n_train, self.seed, epoch,
+                                                    self.steps * self.batch_size), self._repl)
             for start in range(start_step, self.steps, self.k):
                 num = min(self.k, self.steps - start)
-                state, sums = self._call(state, num, self._x, self._y, order,
-                                         jax.device_put(np.int32(start), self._repl))
+                with self.timer.annotate(first_step + start):
+                    state, sums = self._call(state, num, self._x, self._y, order, self._start(start))
                 yield state, sums, start + num
             return
         batches = self.dataset.train_batches(self.batch_size, self.seed, epoch)
         for _ in range(start_step):  # skip what a resumed run already trained on
             next(batches, None)
         done = start_step
-        sharding = parallel.batch_sharding(self.mesh, 1)
-        while True:
-            chunk = [b for _, b in zip(range(self.k), batches)]
-            if not chunk:
-                return
-            stacked = jax.device_put(tuple(np.stack(a) for a in zip(*chunk)), sharding)
-            state, sums = self._call(state, len(chunk), *stacked)
-            done += len(chunk)
+        for num, chunk in prefetch_to_device(batches, self.k, self._stack_sharding, timer=self.timer):
+            with self.timer.annotate(first_step + done):
+                state, sums = self._call(state, num, *chunk)
+            done += num
             yield state, sums, done

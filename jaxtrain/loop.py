@@ -114,7 +114,7 @@ def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext) -> 
     parallel.check_batch_size(cfg.data.batch_size, mesh)
     train_def, eval_def, params, rest = split_model(model)
     from jaxtrain.engine import steps_per_epoch
-    steps = steps_per_epoch(len(dataset.train), cfg.data.batch_size)
+    steps = steps_per_epoch(dataset.num_train, cfg.data.batch_size)
     tx = build_optimizer(cfg.optimizer, steps, cfg.train.epochs, params)
     state = jax.device_put(init_state(params, rest, tx), parallel.replicated(mesh))
     train_step = make_train_step(train_def, tx, dataset.task, l1=cfg.optimizer.l1, l2=cfg.optimizer.l2,
@@ -132,12 +132,15 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
     cfg, dataset, ctx, engine = run.cfg, run.dataset, run.ctx, run.engine
     clock = ctx.clock
     devices = parallel.device_summary(run.mesh)
+    engine.prepare(run.state)  # steps_per_call=auto: time a few K on a copy of the state
     ctx.console.line(f"devices: {devices['count']} x {devices['kind']} ({devices['platform']}), "
                      f"processes: {devices['processes']}")
     ctx.console.line(f"data: {dataset.name} train={engine.n_train} "
                      f"val={len(dataset.val) if dataset.val else 0} test={len(dataset.test)} "
                      f"features={dataset.feature_shape} ({'on device' if engine.on_device else 'streamed'}); "
-                     f"batch {cfg.data.batch_size}, {engine.steps} steps/epoch, {engine.k} steps per call")
+                     f"batch {cfg.data.batch_size}, {engine.steps} steps/epoch, {engine.k} steps per call"
+                     + (" (auto: " + ", ".join(f"K={k} {t * 1e3:.3g} ms/step" for k, t in engine.k_timings.items())
+                        + ")" if engine.k_timings else ""))
     for hook in hooks:
         hook.on_train_start(run)
 
@@ -152,14 +155,16 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
             run.global_step = run.epoch * engine.steps + run.step_in_epoch
             sums = chunk_sums if sums is None else jax.tree.map(jnp.add, sums, chunk_sums)
             ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, engine.steps)
-            for hook in hooks:
-                hook.after_call(run, chunk_sums)
+            with engine.timer.phase("hooks"):
+                for hook in hooks:
+                    hook.after_call(run, chunk_sums)
             if run.stop_reason is not None:
                 break
         if sums is None:  # resumed exactly at an epoch's end
             run.epoch, run.step_in_epoch = run.epoch + 1, 0
             continue
-        sums = {key: float(v) for key, v in jax.device_get(sums).items()}  # the epoch's one sync
+        with engine.timer.phase("metric_transfer"):
+            sums = {key: float(v) for key, v in jax.device_get(sums).items()}  # the epoch's one sync
         elapsed = clock() - t0 - (engine.compile_s - compile_before)
         if run.epoch > first_epoch or cfg.train.epochs - first_epoch == 1:
             steady_time += elapsed
@@ -200,7 +205,9 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
         "devices": devices,
         "batch": {"global": cfg.data.batch_size,
                   "per_device": cfg.data.batch_size // run.mesh.shape[parallel.DATA_AXIS]},
-        "execution": {"on_device_data": engine.on_device, "steps_per_call": engine.k},
+        "execution": {"on_device_data": engine.on_device, "steps_per_call": engine.k,
+                      "steps_per_call_measured_ms": {str(k): t * 1e3 for k, t in engine.k_timings.items()},
+                      "precision": cfg.train.precision, "recompiles": engine.recompiles},
         "data": {"train": engine.n_train, "val": len(dataset.val) if dataset.val else 0,
                  "test": len(dataset.test)},
         "stopped_early": run.stop_reason,
