@@ -1,0 +1,73 @@
+"""Compilation: the persistent cache, and naming the cause of a recompilation.
+
+The engine compiles each chunk length once, ahead of time. An AOT executable
+does not silently recompile: called with arguments whose shapes, dtypes or
+shardings differ from its signature it raises. The engine then warns with the
+cause found here (which argument, compiled as what, called as what) and
+compiles again, so a recompilation is never silent and never fatal.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+
+_cache_dir: str | None = None
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jaxtrain" / "xla"
+
+
+def enable_persistent_cache(setting: str | None) -> str | None:
+    """Turn on JAX's persistent compilation cache in `setting` ('auto' = the user cache dir).
+
+    A second run of the same config then loads its executables instead of compiling
+    them. None/'off' leaves JAX's setting alone. Returns the directory in use.
+    """
+    global _cache_dir
+    if setting in (None, "off", "none", ""):
+        return None
+    path = str(default_cache_dir() if setting == "auto" else Path(setting).expanduser())
+    if _cache_dir == path:
+        return path
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # an unwritable cache must never stop training
+    jax.config.update("jax_compilation_cache_dir", path)
+    # The MLP's steps compile in well under JAX's default 1 s threshold; cache them anyway.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _cache_dir = path
+    return path
+
+
+def _describe(x) -> str:
+    aval = jax.typeof(x) if hasattr(jax, "typeof") else jax.core.get_aval(x)
+    sharding = getattr(x, "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    return f"{aval.str_short()}" + (f" sharded {spec}" if spec is not None else "")
+
+
+def signature_mismatch(compiled, args: tuple) -> str:
+    """Name the arguments whose shape/dtype/sharding differ from `compiled`'s signature."""
+    expected_avals = jax.tree.leaves(compiled.in_avals[0])
+    expected_shardings = jax.tree.leaves(compiled.input_shardings[0])
+    paths_and_leaves = jax.tree_util.tree_flatten_with_path(args)[0]
+    if len(paths_and_leaves) != len(expected_avals):
+        return (f"the arguments' structure changed: {len(paths_and_leaves)} arrays, "
+                f"compiled with {len(expected_avals)}")
+    diffs = []
+    for (path, leaf), aval, sharding in zip(paths_and_leaves, expected_avals, expected_shardings):
+        got = jax.typeof(leaf) if hasattr(jax, "typeof") else jax.core.get_aval(leaf)
+        where = jax.tree_util.keystr(path)
+        if (got.shape, got.dtype) != (aval.shape, aval.dtype):
+            diffs.append(f"{where}: compiled as {aval.str_short()}, called with {got.str_short()}")
+        elif hasattr(leaf, "sharding") and not leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
+            diffs.append(f"{where}: compiled with sharding {sharding}, called with {leaf.sharding}")
+    return "; ".join(diffs[:3]) + (f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else "") \
+        if diffs else "an argument differs from the compiled signature"

@@ -1,0 +1,77 @@
+"""Fused execution: K steps per call must not change the training results."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import make_dataset
+from flax import nnx
+
+from jaxtrain import autotune, load_config
+from jaxtrain.loop import fit, setup
+from jaxtrain.models import MLP
+
+
+def _problem(n=250, d=6, seed=3):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = (x[:, 0] - 0.5 * x[:, 2] > 0).astype(np.int32)
+    return make_dataset(x, y, "classification", 2, test_fraction=0.2)
+
+
+def _train(ctx, ds, k, fraction=1.0, epochs=2):
+    cfg = load_config({"model": {"hidden_sizes": [16]}, "data": {"batch_size": 16},
+                       "optimizer": {"name": "adam", "learning_rate": 0.01},
+                       "train": {"epochs": epochs, "steps_per_call": k, "on_device_fraction": fraction},
+                       "parallel": {"data_axis_size": 1}})
+    run = setup(cfg, MLP(6, (16,), 2, rngs=nnx.Rngs(0)), ds, ctx)
+    summary = fit(run)
+    return run, summary, jax.tree.map(np.asarray, run.state.params)
+
+
+def _assert_bitwise(a, b):
+    jax.tree.map(lambda u, v: np.testing.assert_array_equal(u, v), a, b)
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.0], ids=["on_device", "streaming"])
+def test_k1_k7_and_whole_epoch_are_bitwise_identical(ctx, fraction):
+    ds = _problem()  # 200 train examples, batch 16: 13 steps, the last one masked
+    runs = {k: _train(ctx, ds, k, fraction) for k in (1, 7, "epoch")}
+    assert runs[7][0].engine.k == 7 and runs["epoch"][0].engine.k == 13
+    _assert_bitwise(runs[1][2], runs[7][2])
+    _assert_bitwise(runs[1][2], runs["epoch"][2])
+    # the epoch metrics are sums of the same per-step values (added in a different grouping)
+    for k in (7, "epoch"):
+        assert runs[k][1]["train"]["loss"] == pytest.approx(runs[1][1]["train"]["loss"], rel=1e-6)
+
+
+def test_auto_reports_its_choice_and_measuring_does_not_change_results(ctx):
+    ds = _problem()
+    run, summary, params = _train(ctx, ds, "auto")
+    k = run.engine.k
+    assert k in autotune.candidates(run.engine.steps)
+    assert summary["execution"]["steps_per_call"] == k
+    measured = summary["execution"]["steps_per_call_measured_ms"]
+    assert str(k) in measured and all(v > 0 for v in measured.values())
+    # the throwaway measurement calls ran on a copy: same parameters as a plain K=1 run
+    _assert_bitwise(params, _train(ctx, ds, 1)[2])
+
+
+def test_candidates_prefer_divisors_of_the_epoch():
+    assert autotune.candidates(600) == [1, 8, 30, 600]
+    assert autotune.candidates(13) == [1, 13]                # 13 itself is the divisor near 8
+    assert autotune.candidates(469) == [1, 7, 32, 469]     # 469 = 7 x 67
+    assert autotune.candidates(600, max_k=20) == [1, 8, 20]
+    assert autotune.candidates(1) == [1]
+
+
+def test_choose_takes_a_larger_k_only_when_clearly_faster():
+    per_step = {1: 1.0, 8: 0.5, 30: 0.49, 600: 0.1}  # 30 is not 5% better than 8: stop there
+    tried = []
+
+    def measure(k):
+        tried.append(k)
+        return per_step[k]
+
+    k, timings = autotune.choose(measure, [1, 8, 30, 600])
+    assert k == 8 and tried == [1, 8, 30] and timings == {1: 1.0, 8: 0.5, 30: 0.49}
+    assert autotune.choose(lambda k: 1.0 / k, [1, 8, 30, 600])[0] == 600
