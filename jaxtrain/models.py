@@ -8,6 +8,7 @@ is slower than fp32 on CPU. Activations, loss and softmax stay in float32.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -26,6 +27,51 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def mixed_dot(x: jax.Array, kernel: jax.Array, compute_dtype) -> jax.Array:
+    """x @ kernel with both inputs cast to `compute_dtype`, accumulated and returned in fp32.
+
+    The backward pass is written out because autodiff's is slow here: the transpose
+    of a bf16 dot with an fp32 result multiplies the fp32 cotangent by the kernel
+    upcast to fp32, so two of a layer's three matmuls ran in fp32. Below, the
+    cotangent is cast to bf16 and all three are bf16 x bf16 -> fp32 dots, with
+    fp32 gradients (tests/test_perf_precision.py checks the compiled HLO).
+    """
+    return _dot(x.astype(compute_dtype), kernel.astype(compute_dtype), ((1,), (0,)))
+
+
+def _dot(a: jax.Array, b: jax.Array, contracting) -> jax.Array:
+    return jax.lax.dot_general(a, b, (contracting, ((), ())), preferred_element_type=jnp.float32)
+
+
+def _transposed(a: jax.Array) -> jax.Array:
+    """a.T materialized row-major. XLA's CPU backend runs bf16 dots on its fast library
+    only when the contraction is over the lhs's last dimension; it folds a plain
+    transpose into the dot (contracting over the batch dimension) and then upcasts
+    that dot to fp32. The barrier keeps the transpose a real copy (cheap next to the dot)."""
+    if jax.default_backend() != "cpu":
+        return a.T
+    return jax.lax.optimization_barrier(a.T.reshape(-1)).reshape(a.shape[1], a.shape[0])
+
+
+def _mixed_dot_fwd(x, kernel, compute_dtype):
+    xc, kc = x.astype(compute_dtype), kernel.astype(compute_dtype)
+    # Residuals kept in bf16 (half the memory of fp32); the zero-size arrays carry the input dtypes.
+    return (_dot(xc, kc, ((1,), (0,))),
+            (xc, kc, jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype)))
+
+
+def _mixed_dot_bwd(compute_dtype, residuals, g):
+    xc, kc, x_like, kernel_like = residuals
+    g = g.astype(compute_dtype)
+    dx = _dot(g, kc, ((1,), (1,)))                      # (B, out) x (in, out) -> (B, in)
+    dkernel = _dot(_transposed(xc), g, ((1,), (0,)))    # (in, B) x (B, out) -> (in, out)
+    return dx.astype(x_like.dtype), dkernel.astype(kernel_like.dtype)
+
+
+mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
+
+
 class Dense(nnx.Module):
     """y = x @ kernel + bias, with the matmul in `compute_dtype` and fp32 accumulation."""
 
@@ -39,9 +85,8 @@ class Dense(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...]
         if self.compute_dtype != jnp.float32:
-            x, kernel = x.astype(self.compute_dtype), kernel.astype(self.compute_dtype)
-        y = jnp.dot(x, kernel, preferred_element_type=jnp.float32)
-        return y + self.bias[...]
+            return mixed_dot(x, kernel, self.compute_dtype) + self.bias[...]
+        return jnp.dot(x, kernel, preferred_element_type=jnp.float32) + self.bias[...]
 
 
 class MLP(nnx.Module):
