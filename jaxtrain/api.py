@@ -14,12 +14,15 @@ import numpy as np
 from flax import nnx
 
 from jaxtrain import data as data_stage
-from jaxtrain.checkpoint import Checkpointer
+from jaxtrain import distributed
+from jaxtrain.checkpoint import has_checkpoint, restore_params
 from jaxtrain.config import Config, dump_yaml, load_config
 from jaxtrain.errors import UserError
+from jaxtrain.hooks import strategy_hooks
 from jaxtrain.logging import Console, JsonlWriter
 from jaxtrain.loop import COMPUTE_DTYPES, Evaluator, RunContext, fit, setup
 from jaxtrain.models import build_model
+from jaxtrain.resume import resume, resume_run, resume_source, saved_stats
 from jaxtrain.step import split_model
 
 
@@ -59,45 +62,53 @@ def write_json(path: Path, obj: Any) -> None:
 def train(config: str | Path | dict | Config | None = None, *, workdir: str | Path | None = None,
           model: nnx.Module | None = None, dataset: data_stage.Dataset | None = None,
           overrides: list[str] | dict[str, Any] | None = None, console: Console | None = None,
-          **kw_overrides: Any) -> dict:
+          resume: str | Path | None = None, **kw_overrides: Any) -> dict:
     """Train and return the run's summary (also written to WORKDIR/summary.json).
 
     `config` is a YAML path, a config name from configs/, a dict or a Config.
     Keyword overrides use double underscores for dots: `optimizer__learning_rate=0.1`.
     A Python user may pass any `nnx.Module` as `model` and a prepared `dataset`.
+    `resume=DIR` continues the run in DIR from its latest checkpoint (see `resume`).
     """
     t_start = time.perf_counter()
     over: dict[str, Any] = {}
     if isinstance(overrides, dict):
         over.update(overrides)
     over.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
+    if resume is not None:
+        config, workdir = resume_source(resume, config, workdir)
     cfg = load_config(config, list(overrides) if isinstance(overrides, list) else None)
     if over:
         cfg = load_config(cfg, over)
-    workdir = prepare_workdir(workdir or default_workdir(cfg))
-    console = console or Console(cfg.logging.progress)
-    (workdir / "config.yaml").write_text(dump_yaml(cfg))
-    events = JsonlWriter(workdir / "metrics.jsonl")
+    distributed.initialize(cfg.parallel.distributed)  # a multi-process run joins before any JAX use
+    lead = distributed.is_lead()  # process 0 writes logs and summaries; all take part in checkpoints
+    if resume is None:
+        workdir = distributed.same_on_all(str(workdir or default_workdir(cfg)))
+    workdir = Path(workdir) if resume is not None or not lead else prepare_workdir(workdir)
+    console = console or Console(cfg.logging.progress if lead else "none")
+    if lead:
+        (workdir / "config.yaml").write_text(dump_yaml(cfg))
+    events = JsonlWriter(workdir / "metrics.jsonl" if lead else None)
     try:
         t0 = time.perf_counter()
         if dataset is None:
-            dataset = data_stage.load_dataset(cfg.data)
+            dataset = data_stage.load_dataset(cfg.data, stats=saved_stats(workdir) if resume else None)
         data_s = time.perf_counter() - t0
-        data_stage.write_artifacts(dataset, workdir)   # stats.json + preprocess_report.json
+        if lead:
+            data_stage.write_artifacts(dataset, workdir)   # stats.json + preprocess_report.json
         console.line(data_stage.summary(dataset))
         if model is None:
             model = make_model(cfg, dataset)
         run = setup(cfg, model, dataset, RunContext(console=console, events=events, workdir=workdir))
-        summary = fit(run, hooks=[])
-        state = run.state
-        if cfg.checkpoint.enabled:
-            ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.checkpoint.keep, async_save=False)
-            ckpt.save(int(state.step), {"params": state.params}, {"step": int(state.step)}, force=True)
-            ckpt.close()
+        hooks = strategy_hooks(cfg, workdir)  # early stopping, checkpoints (periodic, best, final)
+        if resume is not None:
+            resume_run(run, workdir / "checkpoints", hooks)
+        summary = fit(run, hooks=hooks)
         summary["time"]["data_s"] = data_s
         summary["time"]["total_s"] = time.perf_counter() - t_start
         summary["workdir"] = str(workdir)
-        write_json(workdir / "summary.json", summary)
+        if lead:
+            write_json(workdir / "summary.json", summary)
         events.write("summary", **{k: v for k, v in summary.items() if k in ("test", "train", "time")})
         console.line(f"wrote {workdir}/summary.json")
         return summary
@@ -138,15 +149,14 @@ def load_trained(run_dir: str | Path) -> TrainedRun:
     dataset = data_stage.load_dataset(cfg.data, stats=stats)
     model = make_model(cfg, dataset)
     _, eval_def, params, rest = split_model(model)
-    ckpt = Checkpointer(Path(run_dir) / "checkpoints", async_save=False)
-    if ckpt.latest_step() is None:
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if not has_checkpoint(ckpt_dir):
         raise UserError(f"run '{run_dir}' has no saved parameters in checkpoints/; "
                         f"train it with checkpoint.enabled: true")
-    restored, _ = ckpt.restore({"params": params})
-    ckpt.close()
+    params = restore_params(ckpt_dir, params)
     mesh = parallel.make_mesh(cfg.parallel)
     evaluator = Evaluator(eval_def, mesh, cfg.data.eval_batch_size, dataset)
-    params, rest = jax.device_put((restored["params"], rest), parallel.replicated(mesh))
+    params, rest = jax.device_put((params, rest), parallel.replicated(mesh))
     return TrainedRun(cfg=cfg, stats=stats, dataset=dataset, evaluator=evaluator, params=params, rest=rest)
 
 

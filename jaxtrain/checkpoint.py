@@ -1,7 +1,16 @@
-"""Orbax checkpoints of the training state, plus JSON metadata, in `WORKDIR/checkpoints/`.
+"""Orbax checkpoints of the whole training state, plus JSON metadata, in `WORKDIR/checkpoints/`.
+
+Layout:
+
+    checkpoints/<step>/state   params, rest (RNG streams), opt_state, step  (Orbax, numpy leaves)
+    checkpoints/<step>/meta    JSON: data position, epoch sums, hook states, config, stats
+    checkpoints/best/<step>/   the same, for the best value of a metric (one kept)
 
 Saves are atomic (Orbax writes `N.orbax-checkpoint-tmp` and renames it), so a
-run killed mid-save leaves the last finished step restorable.
+run killed mid-save leaves the last finished step restorable. A save first
+copies the state to the host (the one sync it needs: the next compiled call
+donates the device buffers), then Orbax writes in a background thread when
+`async_save` is on; the next save, or `close`, waits for the previous one.
 """
 
 from __future__ import annotations
@@ -13,6 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxtrain.errors import UserError
+
+BEST_DIR = "best"
+FORMAT = 2  # meta["format"]: 2 = full training state + data position
 
 
 def _is_key(x: Any) -> bool:
@@ -29,27 +43,68 @@ def from_saveable(tree: Any, like: Any) -> Any:
                         if _is_key(ref) else x, tree, like)
 
 
+def state_tree(state: Any) -> dict[str, Any]:
+    """A TrainState as the dict a checkpoint stores."""
+    return {"step": state.step, "params": state.params, "rest": state.rest, "opt_state": state.opt_state}
+
+
+def _abstract(tree: Any) -> Any:
+    """Shape/dtype (and sharding, for device arrays) of every leaf: the restore target."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def param_name(path: tuple) -> str:
+    """'layers.0.kernel' for a key path into params, whether an nnx.State or restored dicts."""
+    names = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    if names and names[-1] == "value":  # the nnx.Variable wrapper's own leaf
+        names = names[:-1]
+    return ".".join(names)
+
+
+def named_leaves(tree: Any) -> dict[str, Any]:
+    return {param_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 class Checkpointer:
+    """One Orbax CheckpointManager: the last `keep` steps of (state, meta) in `directory`."""
+
     def __init__(self, directory: Path, keep: int = 3, async_save: bool = True):
         self.directory = Path(directory).resolve()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
-    def save(self, step: int, state: Any, meta: dict[str, Any], force: bool = False) -> bool:
-        args = ocp.args.Composite(state=ocp.args.StandardSave(to_saveable(state)),
-                                  meta=ocp.args.JsonSave(meta))
+    def save(self, step: int, state: Any, meta: dict[str, Any], force: bool = True) -> bool:
+        """Save `state` (any pytree; device arrays are copied to the host first) and `meta`.
+
+        A step already on disk is replaced, so a final save after, say, restoring the best
+        parameters wins over the epoch-end save of the same step."""
+        host = jax.device_get(to_saveable(state))
+        if step in self.manager.all_steps():
+            self.manager.wait_until_finished()
+            self.manager.delete(step)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
         return self.manager.save(step, args=args, force=force)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
     def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Restore into the structure, dtypes and shardings of `like` (device arrays or NumPy)."""
         step = self.manager.latest_step() if step is None else step
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_saveable(like))
         out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(_abstract(to_saveable(like))), meta=ocp.args.JsonRestore()))
         return from_saveable(out.state, like), dict(out.meta)
+
+    def restore_raw(self, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Restore without a target: nested dicts of NumPy arrays, whatever the saved structure."""
+        step = self.manager.latest_step() if step is None else step
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        return out.state, dict(out.meta)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -57,3 +112,63 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+# ---------------------------------------------------------------- finding and reading checkpoints
+
+
+def has_checkpoint(path: str | Path) -> bool:
+    """Whether `path` (a checkpoints/ directory) holds at least one complete (renamed) step."""
+    path = Path(path)
+    return path.is_dir() and any(p.name.isdigit() and p.is_dir() for p in path.iterdir())
+
+
+def locate(path: str | Path, best: bool = False) -> tuple[Path, int | None]:
+    """(manager directory, step or None for the latest) for a run directory, a `checkpoints/`
+    directory, or one step's directory inside it."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"checkpoint path '{p}' does not exist; pass a run directory or its checkpoints/")
+    if (p / "checkpoints").is_dir():
+        p = p / "checkpoints"
+    if best:
+        p = p / BEST_DIR
+    if p.name.isdigit() and (p / "state").is_dir():
+        return p.parent, int(p.name)
+    if not has_checkpoint(p):
+        raise UserError(f"'{path}' holds no complete checkpoint; pass a run directory trained with "
+                        f"checkpoint.enabled: true, its checkpoints/ folder, or one step's folder in it")
+    return p, None
+
+
+def load_named_params(path: str | Path, best: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+    """{'layers.0.kernel': array, ...} and the meta of the checkpoint at `path` (see `locate`)."""
+    directory, step = locate(path, best)
+    ckpt = Checkpointer(directory, async_save=False)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise UserError(f"'{path}' holds no complete checkpoint")
+        raw, meta = ckpt.restore_raw(step)
+    finally:
+        ckpt.close()
+    params = raw["params"] if "params" in raw else raw
+    return {name: np.asarray(v) for name, v in named_leaves(params).items()}, meta
+
+
+def restore_params(path: str | Path, params_like: Any, best: bool = False) -> Any:
+    """The saved parameters in the structure of `params_like` (an nnx.State of nnx.Param).
+
+    Every parameter must be present with the same shape: this is for evaluating or
+    predicting with the model a run trained, not for fine-tuning (see finetune.py)."""
+    saved, _ = load_named_params(path, best)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params_like)
+    leaves = []
+    for key_path, ref in flat:
+        name = param_name(key_path)
+        if name not in saved or saved[name].shape != tuple(ref.shape):
+            got = saved[name].shape if name in saved else "missing"
+            raise UserError(f"checkpoint '{path}': parameter '{name}' is {got}, the model needs "
+                            f"{tuple(ref.shape)}; the run's config does not match its checkpoint")
+        leaves.append(saved[name].astype(ref.dtype))
+    return jax.tree_util.tree_unflatten(treedef, leaves)

@@ -26,9 +26,15 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", help="run directory (default: runs/<time>-<config name>)")
 
 
+def _train_resume_args(p: argparse.ArgumentParser) -> None:
+    _train_args(p)
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint "
+                   "(its config.yaml plus any --set; e.g. --set train.epochs=N extends it)")
+
+
 def _train(args: argparse.Namespace) -> int:
     from jaxtrain.api import train
-    train(args.config, workdir=args.workdir, overrides=args.overrides)
+    train(args.config, workdir=args.workdir, overrides=args.overrides, resume=args.resume)
     return 0
 
 
@@ -43,10 +49,67 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    _train_args(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
+                   help="a config key and its values; several --grid flags sweep every combination")
+    p.add_argument("--vectorized", action="store_true",
+                   help="train points that differ only in optimizer learning_rate/weight_decay/momentum "
+                        "together in one compiled program (vmap)")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from jaxtrain.sweep import run_sweep
+    run_sweep(args.config, args.grid, workdir=args.workdir, overrides=args.overrides,
+              vectorized=args.vectorized)
+    return 0
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="work directory of a finished training run")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from jaxtrain.report import write_report
+    print(write_report(args.run_dir))
+    return 0
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="work directory of a finished training run")
+    p.add_argument("--input", required=True, help="CSV with the training feature columns "
+                   "(or .npz with 'x', or an IDX images file)")
+    p.add_argument("--output", help="CSV to write (default: print to stdout)")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from jaxtrain.predict import predict_file
+    predict_file(args.run_dir, args.input, args.output)
+    return 0
+
+
+def _launch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--num-processes", type=int, required=True, help="local processes to start")
+    p.add_argument("--cpu-devices", type=int, help="simulated CPU devices per process (JAX_NUM_CPU_DEVICES)")
+    p.add_argument("--port", type=int, help="coordinator port on 127.0.0.1 (default: a free one)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                   help="a jaxtrain command (train CONFIG ...) or any program, after --")
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from jaxtrain.launch import launch
+    return launch(args.num_processes, args.cmd, cpu_devices=args.cpu_devices, port=args.port)
+
+
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: list[Command] = [
-    ("train", "train a model (default: the digits MLP, offline)", _train_args, _train),
+    ("train", "train a model (default: the digits MLP, offline)", _train_resume_args, _train),
     ("eval", "re-evaluate a finished run's saved parameters", _eval_args, _eval),
+    ("launch", "run N local processes of one multi-process run: launch -n N -- train CONFIG",
+     _launch_args, _launch),
+    ("sweep", "train every point of a hyperparameter grid", _sweep_args, _sweep),
+    ("report", "plot a finished run: curves, sample predictions, confusion matrix", _report_args, _report),
+    ("predict", "apply a finished run to new data, write predictions as CSV", _predict_args, _predict),
 ]
 
 
@@ -64,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jaxtrain.errors import UserError
+    from jaxtrain.errors import NonFiniteError, Preempted, UserError
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -80,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"jaxtrain: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:  # not the user's typo: the run itself went wrong (README: Reliability)
+        if args.debug:
+            raise
+        print(f"jaxtrain: training failed: {e}", file=sys.stderr)
+        return 3
+    except Preempted as e:
+        print(f"jaxtrain: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("jaxtrain: interrupted", file=sys.stderr)
         return 130

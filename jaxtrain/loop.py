@@ -20,13 +20,15 @@ import numpy as np
 from flax import nnx
 
 from jaxtrain import parallel
+from jaxtrain.compilation import enable_persistent_cache
 from jaxtrain.config import Config
 from jaxtrain.data import Dataset
 from jaxtrain.engine import Engine, fits_on_device
 from jaxtrain.logging import Console, JsonlWriter, format_metrics
 from jaxtrain.metrics import compute_metrics
 from jaxtrain.optim import build_optimizer
-from jaxtrain.step import TrainState, init_state, make_predict, make_train_step, split_model
+from jaxtrain.step import (TrainState, add_metrics, init_state, make_predict, make_train_step,
+                           split_model)
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -55,6 +57,8 @@ class Run:
     global_step: int = 0           # known on the host without a device sync
     history: list = dataclasses.field(default_factory=list)
     stop_reason: str | None = None  # a hook sets this to end training early
+    epoch_sums: dict | None = None  # the epoch's metric sums so far (device); a resumed run's start
+    extra: dict = dataclasses.field(default_factory=dict)  # hooks' entries for the summary
 
 
 class Hook:
@@ -78,11 +82,11 @@ class Evaluator:
         self.batch_size = batch_size
         self.dataset = dataset
         self._predict = jax.jit(make_predict(eval_def),
-                                out_shardings=parallel.batch_sharding(mesh, 1))
+                                out_shardings=parallel.output_sharding(mesh, 1))
 
     def outputs(self, params, rest, x: np.ndarray) -> np.ndarray:
         n = len(x)
-        data_size = self.mesh.shape[parallel.DATA_AXIS]
+        data_size = parallel.batch_shards(self.mesh)
         b = min(self.batch_size, n)
         b = max(data_size, math.ceil(b / data_size) * data_size)
         nb = math.ceil(n / b)
@@ -110,18 +114,21 @@ def _epoch_record(epoch: int, step: int, sums: dict, elapsed: float) -> dict:
 
 def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext) -> Run:
     """Mesh, optimizer, compiled step and initial state: everything before the first step."""
+    enable_persistent_cache(cfg.train.compilation_cache)
     mesh = parallel.make_mesh(cfg.parallel)
     parallel.check_batch_size(cfg.data.batch_size, mesh)
+    strategy = parallel.Strategy(cfg.parallel.strategy, mesh)
     train_def, eval_def, params, rest = split_model(model)
     from jaxtrain.engine import steps_per_epoch
     steps = steps_per_epoch(dataset.num_train, cfg.data.batch_size)
     tx = build_optimizer(cfg.optimizer, steps, cfg.train.epochs, params)
-    state = jax.device_put(init_state(params, rest, tx), parallel.replicated(mesh))
+    state = strategy.place_state(init_state(params, rest, tx))
     train_step = make_train_step(train_def, tx, dataset.task, l1=cfg.optimizer.l1, l2=cfg.optimizer.l2,
-                                 skip_nonfinite=cfg.train.on_nonfinite == "skip_step")
+                                 skip_nonfinite=cfg.train.on_nonfinite == "skip_step",
+                                 axis_name=strategy.step_axis)
     engine = Engine(train_step, dataset, mesh, batch_size=cfg.data.batch_size, seed=cfg.train.seed,
                     on_device=fits_on_device(dataset, cfg.train.on_device_fraction),
-                    steps_per_call=cfg.train.steps_per_call, clock=ctx.clock)
+                    steps_per_call=cfg.train.steps_per_call, clock=ctx.clock, strategy=strategy)
     evaluator = Evaluator(eval_def, mesh, cfg.data.eval_batch_size, dataset)
     return Run(cfg=cfg, dataset=dataset, ctx=ctx, mesh=mesh, engine=engine, evaluator=evaluator,
                state=state)
@@ -149,11 +156,12 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
     t_start = clock()
     while run.epoch < cfg.train.epochs and run.stop_reason is None:
         t0, compile_before = clock(), engine.compile_s
-        sums = None
+        sums, run.epoch_sums = run.epoch_sums, None
         for run.state, chunk_sums, run.step_in_epoch in engine.run_epoch(run.state, run.epoch,
                                                                          run.step_in_epoch):
             run.global_step = run.epoch * engine.steps + run.step_in_epoch
-            sums = chunk_sums if sums is None else jax.tree.map(jnp.add, sums, chunk_sums)
+            sums = chunk_sums if sums is None else add_metrics(sums, chunk_sums)
+            run.epoch_sums = sums
             ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, engine.steps)
             with engine.timer.phase("hooks"):
                 for hook in hooks:
@@ -183,9 +191,10 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
         run.history.append(record)
         ctx.console.line(line)
         if epoch_done:
-            run.epoch, run.step_in_epoch = run.epoch + 1, 0
-        for hook in hooks:
-            hook.on_epoch_end(run, record)
+            run.epoch, run.step_in_epoch, run.epoch_sums = run.epoch + 1, 0, None
+        with engine.timer.phase("hooks"):
+            for hook in hooks:
+                hook.on_epoch_end(run, record)
 
     for hook in hooks:
         hook.on_train_end(run)
@@ -204,11 +213,13 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
         "time": {"compile_s": engine.compile_s, "fit_s": clock() - t_start},
         "devices": devices,
         "batch": {"global": cfg.data.batch_size,
-                  "per_device": cfg.data.batch_size // run.mesh.shape[parallel.DATA_AXIS]},
+                  "per_device": cfg.data.batch_size // parallel.batch_shards(run.mesh)},
+        "parallel": {"strategy": cfg.parallel.strategy, "mesh": dict(run.mesh.shape)},
         "execution": {"on_device_data": engine.on_device, "steps_per_call": engine.k,
                       "steps_per_call_measured_ms": {str(k): t * 1e3 for k, t in engine.k_timings.items()},
                       "precision": cfg.train.precision, "recompiles": engine.recompiles},
         "data": {"train": engine.n_train, "val": len(dataset.val) if dataset.val else 0,
                  "test": len(dataset.test)},
         "stopped_early": run.stop_reason,
+        **run.extra,
     }

@@ -72,15 +72,30 @@ def batch_metrics(task: str, outputs: jax.Array, y: jax.Array, losses: jax.Array
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, task: str, *,
                     l1: float = 0.0, l2: float = 0.0, skip_nonfinite: bool = False,
+                    axis_name: str | tuple[str, ...] | None = None,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """Build the pure train step for a model split into (graphdef, params, rest)."""
+    """Build the pure train step for a model split into (graphdef, params, rest).
+
+    `axis_name` makes it a pmap-style step for one device's shard under `shard_map`:
+    gradients and the loss are averaged with `lax.pmean` over that axis, metric sums
+    are summed, so every device ends the step with the same state (parallel.py).
+    """
 
     def loss_fn(params, rest, x, y, mask):
-        model = nnx.merge(graphdef, params, rest)
+        # copy=True: fresh Variables at this trace level, or dropout's RNG counter (created by
+        # the enclosing scan/jit trace) cannot be advanced inside value_and_grad.
+        model = nnx.merge(graphdef, params, rest, copy=True)
         outputs = model(x)
         losses = per_example_loss(task, outputs, y)
         # Masked mean: padding rows weigh nothing; an all-padding batch gives a zero loss.
-        loss = jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        denominator = jnp.maximum(jnp.sum(mask), 1.0)
+        if axis_name is not None:
+            # This shard's masked sum over the *global* count, times the shard count: the pmean
+            # of the shards' losses (and gradients) is then the global masked mean, however the
+            # padding is spread over the shards.
+            denominator = (jnp.maximum(jax.lax.psum(jnp.sum(mask), axis_name), 1.0)
+                           / jax.lax.psum(1, axis_name))
+        loss = jnp.sum(losses * mask) / denominator
         loss = loss + regularization_penalty(params, l1, l2)
         _, new_rest = nnx.state(model, nnx.Param, ...)
         return loss, (outputs, losses, new_rest)
@@ -89,24 +104,45 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, task: str, *,
         x, y, mask = batch
         (loss, (outputs, losses, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.rest, x, y, mask)
+        if axis_name is not None:
+            grads, loss = jax.lax.pmean((grads, loss), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & jnp.all(jnp.array(
-            [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        loss_ok = jnp.isfinite(loss)
+        grads_ok = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)] or [loss_ok])
+        finite = loss_ok & jnp.all(grads_ok)
         new = state.replace(step=state.step + 1, params=params, rest=new_rest, opt_state=opt_state)
         if skip_nonfinite:
             new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
             new = new.replace(step=state.step + 1)
         metrics = batch_metrics(task, outputs, y, losses, mask)
+        if axis_name is not None:
+            metrics = jax.lax.psum(metrics, axis_name)
         metrics["nonfinite"] = (~finite).astype(jnp.float32)
+        # Which step and what went non-finite, for the guard's message (guard.py): the 1-based
+        # global step, and 1 for the loss or 2 + the index of the first non-finite gradient leaf.
+        metrics["first_nonfinite_step"] = jnp.where(finite, 0, state.step + 1).astype(jnp.float32)
+        metrics["first_nonfinite_what"] = jnp.where(
+            finite, 0, jnp.where(loss_ok, 2 + jnp.argmin(grads_ok), 1)).astype(jnp.float32)
         return new, metrics
 
     return train_step
 
 
 def zero_metrics(task: str) -> Metrics:
-    keys = ["loss_sum", "count", "nonfinite"] + (["correct"] if task == "classification" else [])
+    keys = ["loss_sum", "count", "nonfinite", *FIRST_KEYS] + (["correct"] if task == "classification" else [])
     return {k: jnp.zeros((), jnp.float32) for k in keys}
+
+
+# Metrics that keep the value of the first non-finite step instead of a sum.
+FIRST_KEYS = ("first_nonfinite_step", "first_nonfinite_what")
+
+
+def add_metrics(sums: Metrics, m: Metrics) -> Metrics:
+    """Accumulate step (or chunk) metrics: sums add up; FIRST_KEYS keep the first non-finite
+    step's value (exact while step counts stay below 2**24, the float32 integer range)."""
+    seen = sums["nonfinite"] > 0
+    return {k: jnp.where(seen, sums[k], m[k]) if k in FIRST_KEYS else sums[k] + m[k] for k in sums}
 
 
 # ---------------------------------------------------------------- fused drivers
@@ -130,7 +166,7 @@ def make_device_epoch_runner(train_step, task: str, batch_size: int,
             idx = jnp.maximum(idx, 0)
             batch = constrain((jnp.take(x_all, idx, axis=0), jnp.take(y_all, idx, axis=0), mask))
             state, m = train_step(state, batch)
-            return (state, jax.tree.map(jnp.add, sums, m)), None
+            return (state, add_metrics(sums, m)), None
 
         (state, sums), _ = jax.lax.scan(body, (state, zero_metrics(task)), jnp.arange(num_steps))
         return state, sums
@@ -145,7 +181,7 @@ def make_stream_runner(train_step, task: str, constrain: Callable[[Any], Any] = 
         def body(carry, batch):
             state, sums = carry
             state, m = train_step(state, constrain(batch))
-            return (state, jax.tree.map(jnp.add, sums, m)), None
+            return (state, add_metrics(sums, m)), None
 
         (state, sums), _ = jax.lax.scan(body, (state, zero_metrics(task)), (xs, ys, masks))
         return state, sums

@@ -1,0 +1,28 @@
+"""The training-strategy hooks a run gets from its config: early stopping, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jaxtrain.config import Config
+from jaxtrain.hooks.checkpointing import CheckpointHook, restore_run
+from jaxtrain.hooks.early_stopping import EarlyStopping
+from jaxtrain.loop import Hook
+
+__all__ = ["CheckpointHook", "EarlyStopping", "restore_run", "strategy_hooks"]
+
+
+def strategy_hooks(cfg: Config, workdir: str | Path | None) -> list[Hook]:
+    """Early stopping (if configured) before checkpointing, so that the final checkpoint holds
+    the restored best parameters. Checkpoints need a work directory."""
+    hooks: list[Hook] = []
+    ckpt_dir = Path(workdir) / "checkpoints" if workdir is not None else None
+    es = cfg.train.early_stopping
+    if es is not None:
+        hooks.append(EarlyStopping(es, ckpt_dir if cfg.checkpoint.enabled else None))
+    if cfg.checkpoint.enabled and ckpt_dir is not None:
+        # With early stopping and no best_metric of its own, the best checkpoint tracks the same metric.
+        best = (es.metric, es.mode) if es is not None and cfg.checkpoint.best_metric is None else (None, "min")
+        hooks.append(CheckpointHook(cfg.checkpoint, ckpt_dir, stateful=hooks[:],
+                                    best_metric=best[0], best_mode=best[1]))
+    return hooks

@@ -1,0 +1,144 @@
+"""Checkpoints and exact resume: a resumed run must equal the uninterrupted one bit for bit."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtrain import resume, train
+from jaxtrain.checkpoint import Checkpointer
+from jaxtrain.cli import main
+
+# Blobs: 400 rows -> 240 train rows after the val/test splits; batch 16 -> 15 steps per epoch.
+BASE = {"name": "blobs", "data": {"source": "synthetic", "name": "blobs", "synthetic_rows": 400,
+                                  "batch_size": 16, "val_fraction": 0.2, "test_fraction": 0.2},
+        "model": {"hidden_sizes": [16], "dropout": 0.2},  # dropout: the RNG stream must resume too
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+        "train": {"epochs": 3, "steps_per_call": 2},
+        "logging": {"progress": "none"}}
+
+
+def _cfg(**sections):
+    cfg = json.loads(json.dumps(BASE))
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+def _final_state(workdir):
+    ckpt = Checkpointer(workdir / "checkpoints", async_save=False)
+    state, meta = ckpt.restore_raw()
+    ckpt.close()
+    return state, meta
+
+
+def _assert_bitwise_equal(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb) and la
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _summary_metrics(workdir):
+    s = json.loads((workdir / "summary.json").read_text())
+    return {"test": s["test"], "val": s["val"], "loss": s["train"]["loss"],
+            "accuracy": s["train"]["accuracy"], "steps": s["train"]["steps"]}
+
+
+@pytest.mark.parametrize("on_device", [True, False], ids=["on_device", "streaming"])
+@pytest.mark.parametrize("devices", [1, None], ids=["1dev", "8dev"])
+def test_resume_mid_epoch_is_bit_exact(tmp_path, on_device, devices):
+    """45 steps straight == 23 steps (a mid-epoch checkpoint) + resume + the rest."""
+    cfg = _cfg(train={"on_device_fraction": 1.0 if on_device else 0.0},
+               parallel={"data_axis_size": devices},
+               checkpoint={"every_steps": 22, "every_epochs": 100, "keep": 10})
+    full = tmp_path / "full"
+    train(cfg, workdir=full)
+    # Step saves land on the first compiled-call boundary at or after each multiple of 22:
+    # K=2 and epochs of 15 steps put the boundaries of epoch 2 at 17, 19, 21, 23, ...
+    steps = sorted(int(p.name) for p in (full / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [23, 44, 45]
+    # The interrupted run: the directory as it was right after the step-23 save.
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    for s in (44, 45):
+        shutil.rmtree(cut / "checkpoints" / str(s))
+    (cut / "summary.json").unlink()
+    _, meta = Checkpointer(cut / "checkpoints", async_save=False).restore_raw()
+    assert (meta["epoch"], meta["step_in_epoch"]) == (1, 8) and meta["epoch_sums"]["count"] == 8 * 16
+
+    resume(cut)
+    state_full, meta_full = _final_state(full)
+    state_cut, meta_cut = _final_state(cut)
+    assert meta_full["step"] == meta_cut["step"] == 45
+    _assert_bitwise_equal(state_full, state_cut)  # params, optimizer state, RNG streams, step
+    assert _summary_metrics(full) == _summary_metrics(cut)
+
+
+def test_extending_a_finished_run_equals_the_longer_run(tmp_path, capsys):
+    """2 epochs, then `--resume --set train.epochs=4`, equals 4 epochs straight (constant lr)."""
+    long_run, short = tmp_path / "long", tmp_path / "short"
+    train(_cfg(train={"epochs": 4}, parallel={"data_axis_size": 1}), workdir=long_run)
+    train(_cfg(train={"epochs": 2}, parallel={"data_axis_size": 1}), workdir=short)
+    code = main(["train", "--resume", str(short), "--set", "train.epochs=4",
+                 "--set", "logging.progress=plain"])
+    assert code == 0
+    assert "resume: continuing from checkpoint step 30 (epoch 3, step 0 of 15)" in capsys.readouterr().out
+    _assert_bitwise_equal(_final_state(long_run)[0], _final_state(short)[0])
+    assert _summary_metrics(long_run) == _summary_metrics(short)
+    # The resumed run's config (with the new length) replaces the old one.
+    from jaxtrain import load_config
+    assert load_config(short / "config.yaml").train.epochs == 4
+    events = [json.loads(line) for line in (short / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in events if e["event"] == "train"] == [1, 2, 3, 4]
+
+
+def test_checkpoint_contents_and_retention(tmp_path):
+    """Periodic (every epoch), best and final saves; the last `keep` kept; everything a resume needs."""
+    cfg = _cfg(train={"epochs": 4}, parallel={"data_axis_size": 1},
+               checkpoint={"keep": 2, "best_metric": "val.accuracy", "best_mode": "max"})
+    summary = train(cfg, workdir=tmp_path / "run")
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [45, 60]
+    best = [int(p.name) for p in (ckpts / "best").iterdir() if p.name.isdigit()]
+    assert len(best) == 1
+    state, meta = _final_state(tmp_path / "run")
+    assert set(state) == {"step", "params", "rest", "opt_state"}
+    assert int(state["step"]) == 60 and meta["step"] == 60
+    assert (meta["epoch"], meta["step_in_epoch"], meta["steps_per_epoch"]) == (4, 0, 15)
+    assert meta["config"]["train"]["epochs"] == 4 and meta["config"]["model"]["dropout"] == 0.2
+    assert meta["stats"] == json.loads((tmp_path / "run" / "stats.json").read_text())
+    # The dropout RNG key is stored as raw key data.
+    assert any(np.asarray(leaf).dtype == np.uint32 for leaf in jax.tree.leaves(state["rest"]))
+    # The best checkpoint holds the best val accuracy seen in metrics.jsonl.
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    vals = [e for e in events if e["event"] == "eval" and e["split"] == "val"]
+    top = max(vals, key=lambda e: e["accuracy"])  # the first epoch reaching the maximum
+    bckpt = Checkpointer(ckpts / "best", async_save=False)
+    _, bmeta = bckpt.restore_raw()
+    bckpt.close()
+    assert bmeta["step"] == top["step"] == best[0]
+    assert bmeta["hooks"]["checkpoint"]["best_value"] == pytest.approx(top["accuracy"])
+    assert summary["test"]
+
+
+def test_resume_without_a_checkpoint_starts_from_step_zero(tmp_path, capsys):
+    cfg = _cfg(train={"epochs": 1}, parallel={"data_axis_size": 1}, checkpoint={"enabled": False})
+    first = train(cfg, workdir=tmp_path / "run")
+    again = resume(tmp_path / "run", logging__progress="plain")
+    assert "no complete checkpoint" in capsys.readouterr().out
+    assert again["train"]["steps"] == 15
+    assert again["test"] == first["test"]  # from scratch again, with the same seed
+
+
+def test_resume_refuses_what_it_cannot_do(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "not a jaxtrain run directory" in capsys.readouterr().err
+    train(_cfg(train={"epochs": 1}, parallel={"data_axis_size": 1}), workdir=tmp_path / "run")
+    # A different batch size changes the steps per epoch: the data position would not mean the same.
+    assert main(["train", "--resume", str(tmp_path / "run"), "--set", "data.batch_size=32"]) == 2
+    assert "steps per epoch" in capsys.readouterr().err
+    # Training into an existing run without --resume is still refused.
+    assert main(["train", "--workdir", str(tmp_path / "run")]) == 2
