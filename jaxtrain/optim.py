@@ -50,7 +50,10 @@ def build_optimizer(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int,
                     params=None) -> optax.GradientTransformation:
     schedule = learning_rate_schedule(cfg, steps_per_epoch, epochs)
     if cfg.name == "sgd":
-        opt = optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+        # No momentum trace for a plain 0; an array momentum (a vectorized sweep's state,
+        # see vsweep.py) always gets one, since its value is unknown at trace time.
+        plain_zero = isinstance(cfg.momentum, (int, float)) and cfg.momentum == 0
+        opt = optax.sgd(schedule, momentum=None if plain_zero else cfg.momentum, nesterov=cfg.nesterov)
     elif cfg.name == "adam":
         opt = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     else:

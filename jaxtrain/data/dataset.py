@@ -63,6 +63,12 @@ class Dataset:
         ref = self.train if self.train is not None else self.test
         return 1 if ref.y.ndim == 1 else int(ref.y.shape[1])
 
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        """(h, w) or (h, w, c) when the examples are images (for plotting them), else None."""
+        shape = self.stats.get("image_shape")
+        return tuple(shape) if shape else None
+
     def to_original_units(self, y: np.ndarray) -> np.ndarray:
         return y * self.target_scale + self.target_mean
 

@@ -150,6 +150,9 @@ def prepare(raw: RawData, cfg: DataConfig, stats: dict[str, Any] | None = None,
             [f"{n}#{k}" for n in stats.get("text_columns", []) for k in range(cfg.hash_dim)]
         stats["feature_names"] = names if raw.kind == "table" else []
         stats["feature_shape"] = list(enc["train"].shape[1:])
+        # Images keep their shape here even when flattened for the model (reports plot them).
+        stats["image_shape"] = list(raw.extra.get("image_shape") or
+                                    (parts["train"].x.shape[1:] if raw.kind == "array" else [])) or None
     if list(enc["train"].shape[1:]) != list(stats["feature_shape"]):
         raise DataError(f"{raw.where}: examples have shape {list(enc['train'].shape[1:])} but the saved "
                         f"statistics expect {stats['feature_shape']}; the data does not match the run")

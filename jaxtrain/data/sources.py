@@ -30,8 +30,10 @@ def _builtin(cfg: DataConfig) -> RawData:
     task = _BUILTIN[cfg.name]
     names = [str(n) for n in getattr(d, "feature_names", [])] or [f"x{j}" for j in range(d.data.shape[1])]
     nc = int(d.target.max()) + 1 if task == "classification" else None
+    extra = {"image_shape": [8, 8]} if cfg.name == "digits" else {}  # 64 columns are 8x8 pixels
     return RawData("table", {"all": table_part(d.target.astype(np.float64), d.data)}, name=cfg.name,
-                   where=f"builtin data set '{cfg.name}'", task=task, num_classes=nc, num_names=names)
+                   where=f"builtin data set '{cfg.name}'", task=task, num_classes=nc, num_names=names,
+                   extra=extra)
 
 
 # ---------------------------------------------------------------- synthetic

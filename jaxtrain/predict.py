@@ -1,0 +1,99 @@
+"""`jaxtrain predict`: a finished run applied to new raw inputs, predictions as CSV.
+
+The inputs go through the run's saved preprocessing (stats.json, via
+`jaxtrain.data.apply`) and the saved parameters (`api.load_trained`). Output:
+classification: `row, predicted, prob_<class>...`; regression: `row, predicted[_k]`
+in the target's original units.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from jaxtrain.data import apply as apply_stats
+from jaxtrain.errors import DataError
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _is_idx(path: Path) -> bool:
+    name = path.name.removesuffix(".gz")
+    return name.endswith("ubyte") or name.endswith(".idx")
+
+
+def read_inputs(path: str | Path, stats: dict, data_cfg) -> np.ndarray:
+    """Raw inputs from a CSV (columns as in training), an .npz ('x') or an IDX images file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: input file not found; pass --input with an existing CSV, .npz or IDX file")
+    table_model = bool(apply_stats.feature_columns(stats))
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                key = next((k for k in ("x", "x_test") if k in f.files), None)
+                if key is None:
+                    raise DataError(f"{path}: needs an array 'x' of inputs; found: {', '.join(f.files) or 'none'}")
+                x = f[key]
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"{path}: cannot read as .npz ({e})") from None
+    elif _is_idx(path):
+        from jaxtrain.data.sources import read_idx
+        x = read_idx(str(path))
+    else:
+        features, _, _ = apply_stats.read_csv_features(str(path), stats, data_cfg)
+        return features
+    if table_model:  # a table model fed an array: one column per training feature
+        cols = apply_stats.feature_columns(stats)
+        if x.ndim != 2 or x.shape[1] != len(cols):
+            raise DataError(f"{path}: array 'x' has shape {x.shape}, but the model takes {len(cols)} "
+                            f"columns: {', '.join(cols)}")
+        return apply_stats.apply_table(cols, x.astype(str), stats, data_cfg, str(path))
+    return apply_stats.apply_arrays(x, stats, str(path))
+
+
+def predictions_table(outputs: np.ndarray, stats: dict) -> tuple[list[str], list[list]]:
+    """(header, rows) for the model's raw outputs, in user units."""
+    n = len(outputs)
+    if stats["task"] == "classification":
+        probs = _softmax(outputs)
+        names = [str(c) for c in (stats.get("classes") or range(probs.shape[1]))]
+        pred = probs.argmax(1)
+        header = ["row", "predicted"] + [f"prob_{c}" for c in names]
+        return header, [[i, names[pred[i]], *probs[i].tolist()] for i in range(n)]
+    target = stats.get("target", {"mean": 0.0, "scale": 1.0})
+    values = outputs.astype(np.float64).reshape(n, -1) * target["scale"] + target["mean"]
+    header = ["row"] + (["predicted"] if values.shape[1] == 1 else [f"predicted_{k}" for k in range(values.shape[1])])
+    return header, [[i, *values[i].tolist()] for i in range(n)]
+
+
+def predict(run_dir: str | Path, input_path: str | Path) -> tuple[list[str], list[list]]:
+    """Predictions for every example in `input_path`, as (header, rows)."""
+    from jaxtrain.api import load_trained
+    trained = load_trained(run_dir)
+    x = read_inputs(input_path, trained.dataset.stats, trained.cfg.data)
+    return predictions_table(trained.outputs(x), trained.dataset.stats)
+
+
+def predict_file(run_dir: str | Path, input_path: str | Path, output: str | Path | None = None) -> None:
+    """Write the predictions as CSV to `output`, or to stdout."""
+    header, rows = predict(run_dir, input_path)
+    if output is None:
+        _write_csv(sys.stdout, header, rows)
+        return
+    with open(output, "w", newline="") as f:
+        _write_csv(f, header, rows)
+    print(f"wrote {len(rows)} predictions to {output}", file=sys.stderr)
+
+
+def _write_csv(stream, header: list[str], rows: list[list]) -> None:
+    writer = csv.writer(stream)
+    writer.writerow(header)
+    writer.writerows(rows)

@@ -1,0 +1,101 @@
+"""`jaxtrain predict`: saved preprocessing on raw CSV rows gives evaluate's outputs."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from jaxtrain.api import load_trained, train
+from jaxtrain.cli import main
+from jaxtrain.data.preprocess import split_indices
+from jaxtrain.logging import Console
+
+
+def _write_table(path, task, n=240, seed=0):
+    rng = np.random.default_rng(seed)
+    a, c = rng.normal(0, 2, n), rng.uniform(10, 50, n)
+    b = rng.choice(["red", "green", "blue"], n)
+    score = a + (b == "red") * 2.0 - 0.05 * c
+    y = np.digitize(score, np.quantile(score, [1 / 3, 2 / 3])) if task == "classification" \
+        else 1000 * score + 5000 + rng.normal(0, 10, n)
+    rows = [[f"{a[i]:.6f}" if i % 17 else "", b[i], f"{c[i]:.6f}", str(y[i])] for i in range(n)]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["a", "b", "c", "label"])
+        w.writerows(rows)
+    return rows
+
+
+def _train(tmp_path, task):
+    rows = _write_table(tmp_path / "data.csv", task)
+    cfg = {"name": f"csv_{task}", "data": {"source": "csv", "path": str(tmp_path / "data.csv"),
+                                            "target": "label", "task": task, "batch_size": 16},
+           "model": {"hidden_sizes": [8]}, "train": {"epochs": 2}, "parallel": {"data_axis_size": 1}}
+    run = tmp_path / "run"
+    train(cfg, workdir=run, console=Console("none"))
+    _, _, test_idx = split_indices(len(rows), 0.1, 0.2, 0)
+    with open(tmp_path / "new.csv", "w", newline="") as f:  # the test split's raw rows, target kept
+        w = csv.writer(f)
+        w.writerow(["a", "b", "c", "label"])
+        w.writerows(rows[i] for i in test_idx)
+    return run
+
+
+@pytest.fixture(scope="module")
+def class_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("predict_cls")
+    return tmp, _train(tmp, "classification")
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_classification_predictions_equal_evaluate_outputs(class_run):
+    tmp_path, run = class_run
+    assert main(["predict", str(run), "--input", str(tmp_path / "new.csv"),
+                 "--output", str(tmp_path / "pred.csv")]) == 0
+    got = _read(tmp_path / "pred.csv")
+    trained = load_trained(run)
+    logits = trained.outputs(trained.dataset.test.x).astype(np.float64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    classes = [str(c) for c in (trained.dataset.stats.get("classes") or range(3))]
+    assert len(got) == len(probs)
+    np.testing.assert_allclose([[float(r[f"prob_{c}"]) for c in classes] for r in got], probs, atol=1e-6)
+    assert [r["predicted"] for r in got] == [classes[k] for k in probs.argmax(1)]
+
+
+def test_regression_predictions_in_original_units(tmp_path):
+    run = _train(tmp_path, "regression")
+    assert main(["predict", str(run), "--input", str(tmp_path / "new.csv"),
+                 "--output", str(tmp_path / "pred.csv")]) == 0
+    got = np.array([float(r["predicted"]) for r in _read(tmp_path / "pred.csv")])
+    trained = load_trained(run)
+    want = trained.dataset.to_original_units(trained.outputs(trained.dataset.test.x)[:, 0].astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert abs(np.median(got)) > 100  # original units (thousands), not standardized values
+
+
+@pytest.mark.parametrize("drop, add", [("c", None), (None, "zzz"), ("b", "colour")])
+def test_mismatched_columns_exit_2_naming_them(class_run, tmp_path, capsys, drop, add):
+    data_dir, run = class_run
+    with open(data_dir / "new.csv", newline="") as f:
+        table = list(csv.reader(f))
+    header = table[0]
+    if drop:
+        j = header.index(drop)
+        table = [r[:j] + r[j + 1:] for r in table]
+    if add:
+        table = [r + ([add] if i == 0 else ["1"]) for i, r in enumerate(table)]
+    with open(tmp_path / "bad.csv", "w", newline="") as f:
+        csv.writer(f).writerows(table)
+    capsys.readouterr()
+    assert main(["predict", str(run), "--input", str(tmp_path / "bad.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.csv" in err
+    if drop:
+        assert f"missing column(s): {drop}" in err
+    if add:
+        assert f"unexpected column(s): {add}" in err

@@ -1,0 +1,62 @@
+"""`jaxtrain report`: the expected files, and a confusion matrix NumPy agrees with."""
+
+import json
+
+import numpy as np
+
+from jaxtrain.api import load_trained, train
+from jaxtrain.cli import main
+from jaxtrain.logging import Console
+from jaxtrain.report import read_history, sample_indices
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_classification_report_on_digits_images(tmp_path):
+    run = tmp_path / "digits"
+    train("digits_mlp", workdir=run, console=Console("none"),
+          overrides={"train.epochs": 2, "parallel.data_axis_size": 1, "model.hidden_sizes": [16]})
+    assert main(["report", str(run)]) == 0
+    for name in ("curves.png", "confusion_matrix.png", "samples.png"):
+        assert (run / name).read_bytes()[:8] == PNG, name
+    md = (run / "report.md").read_text()
+    assert "![samples](samples.png)" in md and "confusion_matrix.png" in md
+
+    trained = load_trained(run)
+    assert trained.dataset.image_shape == (8, 8)
+    y = trained.dataset.test.y
+    pred = np.argmax(trained.outputs(trained.dataset.test.x), axis=1)
+    want = np.bincount(y * 10 + pred, minlength=100).reshape(10, 10)
+    got = np.loadtxt(run / "confusion_matrix.csv", delimiter=",", dtype=np.int64)
+    np.testing.assert_array_equal(got, want)
+    summary = json.loads((run / "summary.json").read_text())
+    assert np.trace(got) / got.sum() == summary["test"]["accuracy"]
+
+    history = read_history(run)
+    assert [e for e, _ in history["loss"]["train"]] == [1, 2]
+    assert [e for e, _ in history["accuracy"]["val"]] == [1, 2]
+
+
+def test_sample_indices_put_mistakes_in_the_grid():
+    y = np.zeros(100, np.int64)
+    pred = y.copy()
+    pred[[3, 50, 90]] = 1
+    pick = sample_indices(pred, y)
+    assert len(pick) == 25 and {3, 50, 90} <= set(pick.tolist())
+    assert list(pick) == sorted(pick)
+
+
+def test_regression_report(tmp_path):
+    run = tmp_path / "houses"
+    train("house_prices_linear", workdir=run, console=Console("none"),
+          overrides={"train.epochs": 3, "parallel.data_axis_size": 1, "data.synthetic_rows": 300})
+    assert main(["report", str(run)]) == 0
+    assert (run / "regression.png").read_bytes()[:8] == PNG
+    assert (run / "curves.png").read_bytes()[:8] == PNG
+    assert not (run / "confusion_matrix.png").exists()
+    assert "regression.png" in (run / "report.md").read_text()
+
+
+def test_report_on_a_non_run_exits_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "metrics.jsonl" in capsys.readouterr().err
