@@ -10,6 +10,7 @@ them; `--set section.key=value` overrides one key, the value parsed as YAML.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -77,7 +78,11 @@ class OptimizerConfig:
     freeze: tuple[str, ...] = ()
 
     def validate(self, key: str) -> None:
-        _check(self.learning_rate > 0, f"{key}.learning_rate", f"must be positive, got {self.learning_rate}")
+        _check(self.learning_rate > 0 and math.isfinite(self.learning_rate), f"{key}.learning_rate",
+               f"must be a positive number, got {self.learning_rate}")
+        _check(0.0 <= self.b1 < 1.0 and 0.0 <= self.b2 < 1.0, f"{key}.b1/b2", "must be in [0, 1)")
+        _check(self.eps > 0, f"{key}.eps", "must be positive")
+        _check(self.decay_factor > 0, f"{key}.decay_factor", "must be positive")
         _check(0.0 <= self.momentum < 1.0, f"{key}.momentum", f"must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
         _check(self.l1 >= 0 and self.l2 >= 0, f"{key}.l1/l2", "penalties must be >= 0")
@@ -95,6 +100,7 @@ class EarlyStoppingConfig:
 
     def validate(self, key: str) -> None:
         _check(self.patience >= 1, f"{key}.patience", "must be >= 1")
+        _check(self.min_delta >= 0, f"{key}.min_delta", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +120,7 @@ class TrainConfig:
 
     def validate(self, key: str) -> None:
         _check(self.epochs >= 1, f"{key}.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.seed >= 0, f"{key}.seed", f"must be >= 0, got {self.seed}")
         _check(not isinstance(self.steps_per_call, int) or self.steps_per_call >= 1,
                f"{key}.steps_per_call", "must be >= 1, 'auto' or 'epoch'")
         _check(0 <= self.on_device_fraction <= 1, f"{key}.on_device_fraction", "must be in [0, 1]")
@@ -169,6 +176,10 @@ class Config:
     parallel: ParallelConfig = ParallelConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    def validate(self, key: str) -> None:
+        from jaxtrain.preflight import check_config  # options that span sections
+        check_config(self)
 
 
 # ---------------------------------------------------------------- conversion

@@ -19,4 +19,14 @@ class DataError(UserError):
 
 
 class NonFiniteError(Exception):
-    """Training produced a non-finite loss or gradient (exit status 1, not 2)."""
+    """Training produced a non-finite loss or gradient (exit status 3, not 2: not a typo)."""
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint (exit status 128 + signum)."""
+
+    def __init__(self, signum: int, step: int):
+        import signal
+        self.signum, self.step = signum, step
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; "
+                         f"a checkpoint was saved, continue with --resume")
