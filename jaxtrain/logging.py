@@ -1,4 +1,5 @@
-"""Where run events go: `metrics.jsonl` (always), the console, a progress bar on a terminal."""
+"""Where run events go: `metrics.jsonl` (always), the console, a progress bar with examples/s
+and ETA on a terminal, TensorBoard event files (`logging.tensorboard: true`)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,47 @@ class Console:
         if self._bar_open:
             self.stream.write("\n")
             self._bar_open = False
+
+
+class Throughput:
+    """Examples/s and ETA for the progress bar, from host-side step counts only (no device
+    sync). The clock starts at the first update, after the first compiled call returned,
+    so compilation does not drag the rate down. Dispatch is asynchronous, so a rate over a
+    few calls can run ahead of the device; over an epoch it settles to the true one."""
+
+    def __init__(self, total_steps: int, batch_size: int, clock=time.perf_counter):
+        self.total_steps, self.batch_size, self.clock = total_steps, batch_size, clock
+        self._start: tuple[float, int] | None = None
+
+    def update(self, steps_done: int) -> dict[str, float]:
+        """{'rate': examples/s, 'eta_s': seconds left} once measurable, else {}."""
+        now = self.clock()
+        if self._start is None:
+            self._start = (now, steps_done)
+            return {}
+        t0, s0 = self._start
+        if steps_done <= s0 or now <= t0:
+            return {}
+        steps_per_s = (steps_done - s0) / (now - t0)
+        return {"rate": steps_per_s * self.batch_size,
+                "eta_s": max(self.total_steps - steps_done, 0) / steps_per_s}
+
+
+class TensorBoardWriter:
+    """Scalars as TensorBoard event files, via tensorboardX (no TensorFlow needed)."""
+
+    def __init__(self, logdir: Path):
+        from tensorboardX import SummaryWriter
+        self._writer = SummaryWriter(str(logdir))
+
+    def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(f"{prefix}/{key}", value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

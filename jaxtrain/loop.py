@@ -21,10 +21,11 @@ from flax import nnx
 
 from jaxtrain import parallel
 from jaxtrain.compilation import enable_persistent_cache
+from jaxtrain.augment import make_augment
 from jaxtrain.config import Config
 from jaxtrain.data import Dataset
 from jaxtrain.engine import Engine, fits_on_device
-from jaxtrain.logging import Console, JsonlWriter, format_metrics
+from jaxtrain.logging import Console, JsonlWriter, Throughput, format_metrics
 from jaxtrain.metrics import compute_metrics
 from jaxtrain.optim import build_optimizer
 from jaxtrain.step import (TrainState, add_metrics, init_state, make_predict, make_train_step,
@@ -125,7 +126,8 @@ def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext) -> 
     state = strategy.place_state(init_state(params, rest, tx))
     train_step = make_train_step(train_def, tx, dataset.task, l1=cfg.optimizer.l1, l2=cfg.optimizer.l2,
                                  skip_nonfinite=cfg.train.on_nonfinite == "skip_step",
-                                 axis_name=strategy.step_axis)
+                                 axis_name=strategy.step_axis,
+                                 augment=make_augment(cfg.train.augment, dataset.feature_shape, cfg.train.seed))
     engine = Engine(train_step, dataset, mesh, batch_size=cfg.data.batch_size, seed=cfg.train.seed,
                     on_device=fits_on_device(dataset, cfg.train.on_device_fraction),
                     steps_per_call=cfg.train.steps_per_call, clock=ctx.clock, strategy=strategy)
@@ -154,6 +156,7 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
     steady_time, steady_examples = 0.0, 0  # epochs after the first one timed: caches are warm
     first_epoch = run.epoch
     t_start = clock()
+    throughput = Throughput(cfg.train.epochs * engine.steps, cfg.data.batch_size, clock)  # bar's ex/s, ETA
     while run.epoch < cfg.train.epochs and run.stop_reason is None:
         t0, compile_before = clock(), engine.compile_s
         sums, run.epoch_sums = run.epoch_sums, None
@@ -162,7 +165,8 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
             run.global_step = run.epoch * engine.steps + run.step_in_epoch
             sums = chunk_sums if sums is None else add_metrics(sums, chunk_sums)
             run.epoch_sums = sums
-            ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, engine.steps)
+            ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, engine.steps,
+                                 **throughput.update(run.global_step))
             with engine.timer.phase("hooks"):
                 for hook in hooks:
                     hook.after_call(run, chunk_sums)

@@ -1,0 +1,60 @@
+"""TensorBoard event files parse back with the logged scalars; the progress bar's rate and ETA."""
+
+import io
+import json
+import struct
+
+import pytest
+
+from jaxtrain.api import train
+from jaxtrain.logging import Console, Throughput
+
+
+def read_events(path):
+    """Records of a TFRecord file (length, crc, data, crc), parsed as tensorboard Event protos."""
+    from tensorboardX.proto import event_pb2
+    data, pos, events = path.read_bytes(), 0, []
+    while pos < len(data):
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+        pos += 12 + length + 4
+    return events
+
+
+def test_tensorboard_events_hold_the_epoch_scalars(tmp_path):
+    run = tmp_path / "run"
+    train("digits_mlp", workdir=run, console=Console("none"),
+          overrides={"train.epochs": 3, "logging.tensorboard": True, "parallel.data_axis_size": 1,
+                     "model.hidden_sizes": [16]})
+    files = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(files) == 1
+    scalars = {}
+    for e in read_events(files[0]):
+        for v in e.summary.value:
+            scalars.setdefault(v.tag, []).append((e.step, v.simple_value))
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_ev = [r for r in logged if r["event"] == "train"]
+    val_ev = [r for r in logged if r["event"] == "eval" and r["split"] == "val"]
+    assert [s for s, _ in scalars["train/loss"]] == [r["step"] for r in train_ev]
+    assert [v for _, v in scalars["train/loss"]] == pytest.approx([r["loss"] for r in train_ev], rel=1e-6)
+    assert [v for _, v in scalars["train/accuracy"]] == pytest.approx([r["accuracy"] for r in train_ev])
+    assert [v for _, v in scalars["val/loss"]] == pytest.approx([r["loss"] for r in val_ev], rel=1e-6)
+
+
+def test_no_tensorboard_directory_by_default(tmp_path):
+    train("digits_mlp", workdir=tmp_path / "run", console=Console("none"),
+          overrides={"train.epochs": 1, "parallel.data_axis_size": 1, "model.hidden_sizes": [8]})
+    assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_throughput_rate_and_eta_from_a_fake_clock():
+    now = [100.0]
+    t = Throughput(total_steps=100, batch_size=32, clock=lambda: now[0])
+    assert t.update(10) == {}          # first call (compilation) starts the clock
+    now[0] += 2.0
+    got = t.update(30)                 # 20 steps in 2 s = 10 steps/s
+    assert got["rate"] == pytest.approx(320.0)
+    assert got["eta_s"] == pytest.approx(7.0)
+    out = io.StringIO()
+    Console("bar", out).progress("epoch 1", 3, 10, **got)
+    assert "320 ex/s" in out.getvalue() and "ETA 7s" in out.getvalue()
