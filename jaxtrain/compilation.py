@@ -65,7 +65,8 @@ def signature_mismatch(compiled, args: tuple) -> str:
     diffs = []
     for (path, leaf), aval, sharding in zip(paths_and_leaves, expected_avals, expected_shardings):
         got = jax.typeof(leaf) if hasattr(jax, "typeof") else jax.core.get_aval(leaf)
-        where = jax.tree_util.keystr(path)
+        first = getattr(path[0], "idx", None)
+        where = ("state" if first == 0 else f"argument {first}") + jax.tree_util.keystr(path[1:])
         if (got.shape, got.dtype) != (aval.shape, aval.dtype):
             diffs.append(f"{where}: compiled as {aval.str_short()}, called with {got.str_short()}")
         elif hasattr(leaf, "sharding") and not leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
