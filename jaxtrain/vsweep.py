@@ -41,6 +41,7 @@ VECTOR_KEYS = tuple(f"optimizer.{f}" for f in VECTOR_FIELDS)
 def _can_vectorize(cfg: Config) -> bool:
     """Vectorized training covers the plain fit: in-memory data, no per-run hooks."""
     return (cfg.data.backend == "numpy" and not cfg.data.streaming
+            and getattr(cfg.parallel, "strategy", "sharded") == "sharded"
             and getattr(cfg.train, "early_stopping", None) is None
             and not getattr(cfg.train, "augment", None)
             and getattr(cfg.model, "init_from", None) is None)
