@@ -17,7 +17,13 @@ from jaxtrain import data as data_stage
 from jaxtrain import distributed
 from jaxtrain.checkpoint import has_checkpoint, restore_params
 from jaxtrain.config import Config, dump_yaml, load_config
-from jaxtrain.errors import UserError
+from jaxtrain.errors import NonFiniteError, Preempted, UserError
+from jaxtrain.guard import NonFiniteGuard
+from jaxtrain.preflight import check_before_training
+from jaxtrain.signals import PreemptionHook
+from jaxtrain.workdir import WorkdirLock, explain_os_error
+from jaxtrain.finetune import init_from
+from jaxtrain import profiling
 from jaxtrain.hooks import strategy_hooks
 from jaxtrain.tensorboard import logging_hooks
 from jaxtrain.logging import Console, JsonlWriter
@@ -55,8 +61,12 @@ def make_model(cfg: Config, dataset: data_stage.Dataset) -> nnx.Module:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)  # atomic: a reader never sees half a file
 
 
@@ -86,9 +96,11 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     if resume is None:
         workdir = distributed.same_on_all(str(workdir or default_workdir(cfg)))
     workdir = Path(workdir) if resume is not None or not lead else prepare_workdir(workdir)
+    # One live run per directory (exit 2 otherwise); the kernel frees it if this process dies.
+    lock = WorkdirLock(workdir).acquire() if lead else None
     console = console or Console(cfg.logging.progress if lead else "none")
     if lead:
-        (workdir / "config.yaml").write_text(dump_yaml(cfg))
+        write_text_atomic(workdir / "config.yaml", dump_yaml(cfg))  # a kill never leaves half of it
     events = JsonlWriter(workdir / "metrics.jsonl" if lead else None)
     try:
         t0 = time.perf_counter()
@@ -100,12 +112,18 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         console.line(data_stage.summary(dataset))
         if model is None:
             model = make_model(cfg, dataset)
+        if cfg.model.init_from:  # fine-tuning: matching parameters from a trained run
+            init_from(model, cfg.model.init_from, console, events)
+        check_before_training(cfg, model, dataset, workdir)  # options vs data, memory, disk space
         run = setup(cfg, model, dataset, RunContext(console=console, events=events, workdir=workdir))
         hooks = strategy_hooks(cfg, workdir)  # early stopping, checkpoints (periodic, best, final)
+        hooks += profiling.hooks_for(cfg, workdir)  # train.profile: step-time breakdown and trace
         hooks += logging_hooks(cfg, workdir if lead else None)  # TensorBoard
         if resume is not None:
             resume_run(run, workdir / "checkpoints", hooks)
-        summary = fit(run, hooks=hooks)
+        # The guard goes first (nothing non-finite is saved), the preemption hook last (after the save).
+        summary = fit(run, hooks=[NonFiniteGuard(cfg.train.on_nonfinite), *hooks, PreemptionHook()])
+        summary["status"] = "completed"
         summary["time"]["data_s"] = data_s
         summary["time"]["total_s"] = time.perf_counter() - t_start
         summary["workdir"] = str(workdir)
@@ -114,8 +132,18 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         events.write("summary", **{k: v for k, v in summary.items() if k in ("test", "train", "time")})
         console.line(f"wrote {workdir}/summary.json")
         return summary
+    except (NonFiniteError, Preempted) as e:
+        # No summary.json: it would look like a result. The reason goes into metrics.jsonl.
+        events.write("failed" if isinstance(e, NonFiniteError) else "preempted", message=str(e))
+        for hook in hooks:  # let a checkpoint save in flight finish: it holds a good state
+            getattr(hook, "close", lambda: None)()
+        raise
+    except OSError as e:  # disk full or permissions while saving: one line, exit 2
+        raise (explain_os_error(e, workdir, "writing the run") or e) from None
     finally:
         events.close()
+        if lock is not None:
+            lock.release()
 
 
 def load_run(run_dir: str | Path) -> tuple[Config, dict]:

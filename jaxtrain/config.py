@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -104,6 +105,24 @@ class EarlyStoppingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Image augmentation inside the train step (augment.py); 0 turns each kind off."""
+    shift: int = 0                # largest random shift, in pixels, on each axis
+    rotate: float = 0.0           # largest random rotation, in degrees
+    noise: float = 0.0            # std of Gaussian noise added to the normalized inputs
+    # (height, width[, channels]) when the features are flat and not a square grayscale image.
+    image_shape: tuple[int, ...] | None = None
+
+    def validate(self, key: str) -> None:
+        _check(self.shift >= 0, f"{key}.shift", f"must be >= 0 pixels, got {self.shift}")
+        _check(0 <= self.rotate <= 180, f"{key}.rotate", f"must be in [0, 180] degrees, got {self.rotate}")
+        _check(self.noise >= 0, f"{key}.noise", f"must be >= 0, got {self.noise}")
+
+    def __bool__(self) -> bool:  # `if cfg.train.augment:` asks whether any augmentation is on
+        return bool(self.shift or self.rotate or self.noise)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
     seed: int = 0
@@ -115,8 +134,14 @@ class TrainConfig:
     eval_every_epochs: int = 1
     on_nonfinite: Literal["stop", "skip_step"] = "stop"
     early_stopping: EarlyStoppingConfig | None = None
-    augment: dict[str, float] = dataclasses.field(default_factory=dict)
+    augment: AugmentConfig = AugmentConfig()
     profile: bool = False
+    # Step-time profiling: calls timed for the breakdown, and the first traced call / traced calls.
+    profile_trace_calls: int = 5
+    profile_steps: int = 0    # > 0: stop training after this many steps (`jaxtrain profile --steps`)
+    # JAX's persistent compilation cache: "auto" (the user cache dir, ~/.cache/jaxtrain/xla),
+    # a directory, or null to leave it off.
+    compilation_cache: str | None = "auto"
 
     def validate(self, key: str) -> None:
         _check(self.epochs >= 1, f"{key}.epochs", f"must be >= 1, got {self.epochs}")
@@ -129,10 +154,20 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DistributedConfig:
-    coordinator: str | None = None
+    """Multi-process runs (see distributed.py); unset values come from the environment."""
+    # auto: join when the settings below, `jaxtrain launch` or a cluster (SLURM, TPU pod) say so.
+    enabled: bool | Literal["auto"] = "auto"
+    coordinator: str | None = None   # host:port of process 0
     num_processes: int | None = None
     process_id: int | None = None
     initialization_timeout_s: int = 60
+    # A process silent this long counts as dead, and the others stop with an error.
+    heartbeat_timeout_s: int = 30
+
+    def validate(self, key: str) -> None:
+        _check(self.initialization_timeout_s >= 1, f"{key}.initialization_timeout_s", "must be >= 1")
+        _check(self.heartbeat_timeout_s >= 1, f"{key}.heartbeat_timeout_s", "must be >= 1")
+        _check(self.num_processes is None or self.num_processes >= 1, f"{key}.num_processes", "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +175,17 @@ class ParallelConfig:
     strategy: Literal["sharded", "pmap", "fsdp"] = "sharded"
     # Number of devices on the data axis; null uses every device.
     data_axis_size: int | None = None
+    # Mesh axes and sizes, e.g. {data: 2, fsdp: 4}; -1 takes the remaining devices. Axes:
+    # data, and fsdp (the axis `fsdp` shards parameters over; the batch is split over both).
+    mesh: dict[str, int] = dataclasses.field(default_factory=dict)
     distributed: DistributedConfig = DistributedConfig()
+
+    def validate(self, key: str) -> None:
+        bad = sorted(set(self.mesh) - {"data", "fsdp"})
+        _check(not bad, f"{key}.mesh", f"unknown axis {bad[0] if bad else ''}; valid axes: data, fsdp")
+        _check(all(v == -1 or v >= 1 for v in self.mesh.values()), f"{key}.mesh",
+               "sizes must be >= 1, or -1 for the remaining devices")
+        _check(self.data_axis_size is None or self.data_axis_size >= 1, f"{key}.data_axis_size", "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +245,9 @@ def _type_name(tp: Any) -> str:
     return {type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Return `value` as type `tp`, or raise ConfigError naming `key`."""
     origin = typing.get_origin(tp)
@@ -237,6 +285,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot, no sign) as a string
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -73,6 +73,7 @@ def batch_metrics(task: str, outputs: jax.Array, y: jax.Array, losses: jax.Array
 def make_train_step(graphdef, tx: optax.GradientTransformation, task: str, *,
                     l1: float = 0.0, l2: float = 0.0, skip_nonfinite: bool = False,
                     axis_name: str | tuple[str, ...] | None = None,
+                    augment: Callable | None = None,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Build the pure train step for a model split into (graphdef, params, rest).
 
@@ -102,6 +103,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, task: str, *,
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         x, y, mask = batch
+        if augment is not None:  # augment.py: keyed by the step, so reproducible and resume-exact
+            x = augment(x, state.step, None if axis_name is None else jax.lax.axis_index(axis_name))
         (loss, (outputs, losses, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.rest, x, y, mask)
         if axis_name is not None:

@@ -142,3 +142,22 @@ def test_resume_refuses_what_it_cannot_do(tmp_path, capsys):
     assert "steps per epoch" in capsys.readouterr().err
     # Training into an existing run without --resume is still refused.
     assert main(["train", "--workdir", str(tmp_path / "run")]) == 2
+
+
+def test_resume_keeps_early_stopping_state_and_augmentation_exact(tmp_path):
+    """Hook state (best value, patience) and step-keyed augmentation survive a resume; the best
+    parameters, kept on the device by the first process, come back from checkpoints/best."""
+    cfg = _cfg(train={"epochs": 4, "augment": {"noise": 0.3, "image_shape": [2, 4]},
+                      "early_stopping": {"metric": "val.loss", "patience": 10, "min_delta": 100.0}},
+               parallel={"data_axis_size": 1}, checkpoint={"keep": 10})
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(cfg, workdir=full)
+    shutil.copytree(full, cut)
+    for s in (45, 60):
+        shutil.rmtree(cut / "checkpoints" / str(s))
+    resume(cut)
+    _assert_bitwise_equal(_final_state(full)[0], _final_state(cut)[0])
+    s_full, s_cut = (json.loads((d / "summary.json").read_text()) for d in (full, cut))
+    assert s_full["early_stopping"] == s_cut["early_stopping"]
+    assert s_cut["early_stopping"]["best_epoch"] == 1 and s_cut["early_stopping"]["restored_best"]
+    assert _summary_metrics(full) == _summary_metrics(cut)

@@ -21,8 +21,11 @@ def strategy_hooks(cfg: Config, workdir: str | Path | None) -> list[Hook]:
     if es is not None:
         hooks.append(EarlyStopping(es, ckpt_dir if cfg.checkpoint.enabled else None))
     if cfg.checkpoint.enabled and ckpt_dir is not None:
-        # With early stopping and no best_metric of its own, the best checkpoint tracks the same metric.
-        best = (es.metric, es.mode) if es is not None and cfg.checkpoint.best_metric is None else (None, "min")
+        # With early stopping and no best_metric of its own, the best checkpoint follows early
+        # stopping's idea of best (same metric, mode and min_delta): it holds what is restored.
+        follow = es is not None and cfg.checkpoint.best_metric is None
         hooks.append(CheckpointHook(cfg.checkpoint, ckpt_dir, stateful=hooks[:],
-                                    best_metric=best[0], best_mode=best[1]))
+                                    best_metric=es.metric if follow else None,
+                                    best_mode=es.mode if follow else "min",
+                                    best_min_delta=es.min_delta if follow else 0.0))
     return hooks

@@ -57,11 +57,12 @@ class CheckpointHook(Hook):
     name = "checkpoint"
 
     def __init__(self, cfg: CheckpointConfig, directory: str | Path, stateful: list = (),
-                 best_metric: str | None = None, best_mode: str = "min"):
+                 best_metric: str | None = None, best_mode: str = "min", best_min_delta: float = 0.0):
         self.cfg, self.directory = cfg, Path(directory)
         self.stateful = list(stateful)
         self.best_metric = best_metric if best_metric is not None else cfg.best_metric
         self.best_mode = best_mode if best_metric is not None else cfg.best_mode
+        self.best_min_delta = best_min_delta
         self.best_value: float | None = None
         self.best_step: int | None = None
         self.saved_steps: list[int] = []   # what this run saved (tests and reports read it)
@@ -105,7 +106,9 @@ class CheckpointHook(Hook):
             self.save(run, "epoch")
         if self.best_metric:
             value = metric_value(record, self.best_metric)
-            if value is not None and np.isfinite(value) and improved(value, self.best_value, self.best_mode):
+            better = value is not None and np.isfinite(value) and improved(
+                value, self.best_value, self.best_mode, self.best_min_delta)
+            if better:
                 self.best_value, self.best_step = value, run.global_step
                 if self._best is None:
                     self._best = Checkpointer(self.directory / BEST_DIR, keep=1,

@@ -1,0 +1,107 @@
+"""Image augmentation: NumPy references for shifts and rotations, seeded draws, eval untouched."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_dataset
+from flax import nnx
+
+from jaxtrain import load_config
+from jaxtrain.augment import image_shape, make_augment, rotate_images, shift_images
+from jaxtrain.config import AugmentConfig
+from jaxtrain.errors import ConfigError
+from jaxtrain.loop import fit, setup
+from jaxtrain.models import MLP
+
+
+def _numpy_shift(img, dy, dx):
+    """np.roll, but the rows/columns that wrap around take the nearest edge pixel instead."""
+    h, w = img.shape[:2]
+    padded = np.pad(img, ((h, h), (w, w), (0, 0)), mode="edge")
+    return padded[h - dy:2 * h - dy, w - dx:2 * w - dx]
+
+
+def test_shift_matches_numpy():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(6, 7, 5, 2)).astype(np.float32)
+    dy = np.array([0, 1, -2, 3, -1, 0], np.int32)
+    dx = np.array([2, -1, 0, 1, -3, 0], np.int32)
+    got = np.asarray(shift_images(jnp.asarray(images), jnp.asarray(dy), jnp.asarray(dx)))
+    for b in range(6):
+        want = _numpy_shift(images[b], dy[b], dx[b])
+        np.testing.assert_array_equal(got[b], want)
+        # Away from the filled border it is exactly np.roll.
+        rolled = np.roll(images[b], (dy[b], dx[b]), axis=(0, 1))
+        rows = slice(max(dy[b], 0), 7 + min(dy[b], 0))
+        cols = slice(max(dx[b], 0), 5 + min(dx[b], 0))
+        np.testing.assert_array_equal(got[b][rows, cols], rolled[rows, cols])
+
+
+def test_rotation_by_right_angles_and_zero():
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(3, 6, 6, 1)).astype(np.float32)
+    got = np.asarray(rotate_images(jnp.asarray(images), jnp.array([90.0, -90.0, 0.0])))
+    np.testing.assert_allclose(got[0], np.rot90(images[0], 1), atol=1e-5)
+    np.testing.assert_allclose(got[1], np.rot90(images[1], -1), atol=1e-5)
+    np.testing.assert_array_equal(got[2], images[2])
+
+
+def test_image_shape_inference():
+    assert image_shape((784,), None) == (28, 28, 1)
+    assert image_shape((8, 8), None) == (8, 8, 1)
+    assert image_shape((12,), (2, 3, 2)) == (2, 3, 2)
+    with pytest.raises(ConfigError, match="image_shape"):
+        image_shape((10,), None)
+
+
+def test_draws_are_keyed_by_seed_and_step():
+    aug = make_augment(AugmentConfig(shift=2, rotate=10, noise=0.1), (8, 8), seed=3)
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(16, 64)).astype(np.float32))
+    a0, a0_again, a1 = aug(x, jnp.int32(0)), aug(x, jnp.int32(0)), aug(x, jnp.int32(1))
+    np.testing.assert_array_equal(a0, a0_again)
+    assert a0.shape == x.shape and not np.array_equal(a0, a1) and not np.array_equal(a0, x)
+    other_seed = make_augment(AugmentConfig(shift=2, rotate=10, noise=0.1), (8, 8), seed=4)
+    assert not np.array_equal(other_seed(x, jnp.int32(0)), a0)
+    noise_only = make_augment(AugmentConfig(noise=0.5), (8, 8), seed=3)
+    diff = np.asarray(noise_only(x, jnp.int32(7)) - x)
+    assert abs(diff.std() - 0.5) < 0.05 and abs(diff.mean()) < 0.05
+    assert make_augment(AugmentConfig(), (8, 8), seed=3) is None
+    assert not AugmentConfig() and AugmentConfig(shift=1)
+
+
+def test_training_sees_augmented_inputs_and_evaluation_does_not(ctx):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(96, 16)).astype(np.float32)
+    y = rng.integers(0, 2, 96).astype(np.int32)
+    ds = make_dataset(x, y, "classification", 2)
+
+    def run_with(augment):
+        cfg = load_config({"model": {"hidden_sizes": [8]}, "data": {"batch_size": 72},
+                           "optimizer": {"name": "sgd", "learning_rate": 0.1},
+                           "train": {"epochs": 1, "augment": augment, "steps_per_call": 1},
+                           "parallel": {"data_axis_size": 1}, "checkpoint": {"enabled": False}})
+        return setup(cfg, MLP(16, (8,), 2, rngs=nnx.Rngs(0)), ds, ctx)
+
+    plain, augmented = run_with({}), run_with({"shift": 1, "noise": 0.3})
+    # Evaluation: the same parameters give the same outputs, augmentation or not.
+    np.testing.assert_array_equal(plain.evaluator.outputs(plain.state.params, plain.state.rest, ds.test.x),
+                                  augmented.evaluator.outputs(augmented.state.params, augmented.state.rest,
+                                                              ds.test.x))
+    # Training: one full-batch step equals a plain step on the inputs augmented for step 0.
+    aug = make_augment(augmented.cfg.train.augment, (16,), seed=0)
+    order = np.random.default_rng([0, 0]).permutation(72)  # epoch_permutation(72, seed 0, epoch 0)
+    xb = np.asarray(aug(jnp.asarray(ds.train.x[order]), jnp.int32(0)))
+    fit(augmented)
+    ds2 = make_dataset(np.concatenate([ds.test.x, xb]), np.concatenate([ds.test.y, ds.train.y[order]]),
+                       "classification", 2)
+    cfg = load_config({"model": {"hidden_sizes": [8]}, "data": {"batch_size": 72},
+                       "optimizer": {"name": "sgd", "learning_rate": 0.1},
+                       "train": {"epochs": 1, "steps_per_call": 1},
+                       "parallel": {"data_axis_size": 1}, "checkpoint": {"enabled": False}})
+    reference = setup(cfg, MLP(16, (8,), 2, rngs=nnx.Rngs(0)), ds2, ctx)
+    fit(reference)  # permutes the pre-augmented rows; a full batch's mean gradient ignores order
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 augmented.state.params, reference.state.params)
+    fit(plain)
+    assert not np.allclose(jax.tree.leaves(plain.state.params)[0], jax.tree.leaves(augmented.state.params)[0])
