@@ -24,6 +24,7 @@ from jaxtrain.signals import PreemptionHook
 from jaxtrain.workdir import WorkdirLock, explain_os_error
 from jaxtrain.finetune import init_from
 from jaxtrain import profiling
+from jaxtrain import profiling
 from jaxtrain.hooks import strategy_hooks
 from jaxtrain.tensorboard import logging_hooks
 from jaxtrain.logging import Console, JsonlWriter
@@ -117,6 +118,7 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         check_before_training(cfg, model, dataset, workdir)  # options vs data, memory, disk space
         run = setup(cfg, model, dataset, RunContext(console=console, events=events, workdir=workdir))
         hooks = strategy_hooks(cfg, workdir)  # early stopping, checkpoints (periodic, best, final)
+        hooks += profiling.hooks_for(cfg, workdir)  # train.profile: step-time breakdown and trace
         hooks += profiling.hooks_for(cfg, workdir)  # train.profile: step-time breakdown and trace
         hooks += logging_hooks(cfg, workdir if lead else None)  # TensorBoard
         if resume is not None:

@@ -140,10 +140,31 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_args(p: argparse.ArgumentParser) -> None:
+    _train_args(p)
+    p.add_argument("--steps", type=int, default=200, help="training steps to run and profile (default 200)")
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from jaxtrain.api import train
+    from jaxtrain.config import load_config
+    from jaxtrain.errors import UserError
+    if args.steps < 2:
+        raise UserError(f"--steps {args.steps}: profile needs at least 2 steps (one warm-up call)")
+    name = load_config(args.config, args.overrides).name
+    workdir = args.workdir or f"runs/{__import__('time').strftime('%Y%m%d-%H%M%S')}-{name}-profile"
+    train(args.config, workdir=workdir, overrides=[
+        *args.overrides, "train.profile=true", f"train.profile_steps={args.steps}",
+        "checkpoint.enabled=false"])
+    return 0
+
+
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: list[Command] = [
     ("train", "train a model (default: the digits MLP, offline)", _train_resume_args, _train),
     ("eval", "re-evaluate a finished run's saved parameters", _eval_args, _eval),
+    ("profile", "run N steps and break down the step time: profile CONFIG [--set k=v] [--steps N]",
+     _profile_args, _profile),
     ("sweep", "train every point of a hyperparameter grid", _sweep_args, _sweep),
     ("report", "plot a finished run: curves, sample predictions, confusion matrix", _report_args, _report),
     ("predict", "apply a finished run to new data, write predictions as CSV", _predict_args, _predict),

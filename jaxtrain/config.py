@@ -136,6 +136,12 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig | None = None
     augment: AugmentConfig = AugmentConfig()
     profile: bool = False
+    # train.profile: how many compiled calls the jax.profiler trace records.
+    profile_trace_calls: int = 5
+    profile_steps: int = 0    # > 0: stop training after this many steps (`jaxtrain profile --steps`)
+    # JAX's persistent compilation cache: "auto" (the user cache dir, ~/.cache/jaxtrain/xla),
+    # a directory, or null to leave it off.
+    compilation_cache: str | None = "auto"
     # Step-time profiling: calls timed for the breakdown, and the first traced call / traced calls.
     profile_trace_calls: int = 5
     profile_steps: int = 0    # > 0: stop training after this many steps (`jaxtrain profile --steps`)
