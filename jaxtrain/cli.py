@@ -101,45 +101,6 @@ def _launch(args: argparse.Namespace) -> int:
     return launch(args.num_processes, args.cmd, cpu_devices=args.cpu_devices, port=args.port)
 
 
-def _sweep_args(p: argparse.ArgumentParser) -> None:
-    _train_args(p)
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
-                   help="a config key and its values; several --grid flags sweep every combination")
-    p.add_argument("--vectorized", action="store_true",
-                   help="train points that differ only in optimizer learning_rate/weight_decay/momentum "
-                        "together in one compiled program (vmap)")
-
-
-def _sweep(args: argparse.Namespace) -> int:
-    from jaxtrain.sweep import run_sweep
-    run_sweep(args.config, args.grid, workdir=args.workdir, overrides=args.overrides,
-              vectorized=args.vectorized)
-    return 0
-
-
-def _report_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="work directory of a finished training run")
-
-
-def _report(args: argparse.Namespace) -> int:
-    from jaxtrain.report import write_report
-    print(write_report(args.run_dir))
-    return 0
-
-
-def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="work directory of a finished training run")
-    p.add_argument("--input", required=True, help="CSV with the training feature columns "
-                   "(or .npz with 'x', or an IDX images file)")
-    p.add_argument("--output", help="CSV to write (default: print to stdout)")
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from jaxtrain.predict import predict_file
-    predict_file(args.run_dir, args.input, args.output)
-    return 0
-
-
 def _profile_args(p: argparse.ArgumentParser) -> None:
     _train_args(p)
     p.add_argument("--steps", type=int, default=200, help="training steps to run and profile (default 200)")
@@ -170,9 +131,6 @@ COMMANDS: list[Command] = [
     ("predict", "apply a finished run to new data, write predictions as CSV", _predict_args, _predict),
     ("launch", "run N local processes of one multi-process run: launch -n N -- train CONFIG",
      _launch_args, _launch),
-    ("sweep", "train every point of a hyperparameter grid", _sweep_args, _sweep),
-    ("report", "plot a finished run: curves, sample predictions, confusion matrix", _report_args, _report),
-    ("predict", "apply a finished run to new data, write predictions as CSV", _predict_args, _predict),
 ]
 
 
