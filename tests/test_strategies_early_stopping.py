@@ -3,6 +3,7 @@
 import json
 from types import SimpleNamespace
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -75,7 +76,6 @@ def test_end_to_end_stops_and_restores_the_best_epoch(tmp_path):
     steps_per_epoch = 9  # 180 train rows / 20
     epoch1 = Checkpointer(ckpts, async_save=False).restore_raw(steps_per_epoch)[0]["params"]
     final = Checkpointer(ckpts, async_save=False).restore_raw()[0]["params"]
-    import jax
     for a, b in zip(jax.tree.leaves(epoch1), jax.tree.leaves(final)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # The best checkpoint tracks the early-stopping metric.

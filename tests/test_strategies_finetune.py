@@ -2,9 +2,7 @@
 
 import json
 
-import jax
 import numpy as np
-import pytest
 
 from jaxtrain import train
 from jaxtrain.checkpoint import Checkpointer
