@@ -66,7 +66,7 @@ def fits_on_device(dataset: Dataset, fraction: float) -> bool:
     if dataset.train is None or fraction <= 0:
         return False
     need = dataset.train.x.nbytes + dataset.train.y.nbytes
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     limit = stats.get("bytes_limit")
     if limit is None:  # CPU: the device memory is host memory
         limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -84,7 +84,10 @@ def resolve_steps_per_call(setting: int | str, steps: int, on_device: bool) -> i
 
 class Engine:
     def __init__(self, train_step: Callable, dataset: Dataset, mesh, *, batch_size: int, seed: int,
-                 on_device: bool, steps_per_call: int | str, clock: Callable[[], float] = time.perf_counter):
+                 on_device: bool, steps_per_call: int | str, clock: Callable[[], float] = time.perf_counter,
+                 strategy: parallel.Strategy | None = None):
+        # The strategy (parallel.py) lays out state and batches and compiles the runners.
+        self.strategy = strategy = strategy or parallel.Strategy("sharded", mesh)
         self.dataset, self.mesh, self.batch_size, self.seed = dataset, mesh, batch_size, seed
         self.on_device, self.clock = on_device, clock
         self.n_train = dataset.num_train
@@ -96,20 +99,15 @@ class Engine:
         self.timer = PhaseTimer(clock)          # inactive unless profiling
         self._compiled: dict[int, Any] = {}
         self._starts: dict[int, jax.Array] = {}
-        self._repl = parallel.replicated(mesh)
-        self._stack_sharding = parallel.batch_sharding(mesh, 1)
-        batch_shard = parallel.batch_sharding(mesh)
-
-        def constrain(batch):
-            return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, batch_shard), batch)
-
+        # Streamed chunks: this process's rows of each batch, assembled into global arrays.
+        self._put_chunk = strategy.stream_placer(batch_size)
         if on_device:
-            self._runner = jax.jit(make_device_epoch_runner(train_step, dataset.task, batch_size, constrain),
-                                   static_argnames="num_steps", donate_argnums=0)
-            self._x = jax.device_put(dataset.train.x, self._repl)
-            self._y = jax.device_put(dataset.train.y, self._repl)
+            self._runner = strategy.device_runner(make_device_epoch_runner, train_step, dataset.task,
+                                                  batch_size)
+            self._x = strategy.put_dataset(dataset.train.x)
+            self._y = strategy.put_dataset(dataset.train.y)
         else:
-            self._runner = jax.jit(make_stream_runner(train_step, dataset.task, constrain), donate_argnums=0)
+            self._runner = strategy.stream_runner(make_stream_runner, train_step, dataset.task)
 
     # ------------------------------------------------------------ compiling and calling
 
@@ -144,7 +142,7 @@ class Engine:
     def _start(self, start: int) -> jax.Array:
         """The device scalar for a chunk's first step, uploaded once and reused every epoch."""
         if start not in self._starts:
-            self._starts[start] = jax.device_put(np.int32(start), self._repl)
+            self._starts[start] = self.strategy.put_scalar(np.int32(start))
         return self._starts[start]
 
     # ------------------------------------------------------------ choosing K
@@ -189,21 +187,25 @@ class Engine:
         return best / k
 
     def _measure_on_device(self, state: TrainState, k: int) -> float:
-        order = jax.device_put(padded_order(self.n_train, self.seed, 0, self.steps * self.batch_size),
-                               self._repl)
+        order = self.strategy.put_order(padded_order(self.n_train, self.seed, 0,
+                                                     self.steps * self.batch_size), self.batch_size)
         starts = [s for s in range(0, self.steps - k + 1, k)] or [0]
         return self._time_calls(state, k, lambda i: (self._x, self._y, order,
                                                      self._start(starts[i % len(starts)])))
 
     def _stream_measurer(self, max_k: int) -> Callable[[TrainState, int], float]:
-        sample = list(itertools.islice(self.dataset.train_batches(self.batch_size, self.seed, 0), max_k))
+        sample = list(itertools.islice(self._local_batches(0), max_k))
 
         def measure(state: TrainState, k: int) -> float:
-            chunk = jax.device_put(stack((sample * k)[:k]), self._stack_sharding)
+            chunk = self._put_chunk(stack((sample * k)[:k]))
             return self._time_calls(state, k, lambda i: chunk)
         return measure
 
     # ------------------------------------------------------------ the epoch
+
+    def _local_batches(self, epoch: int) -> Iterator:
+        """This process's rows of each of the epoch's batches (all of them in a single process)."""
+        return self.strategy.local_batches(self.dataset, self.batch_size, self.seed, epoch)
 
     def run_epoch(self, state: TrainState, epoch: int, start_step: int = 0
                   ) -> Iterator[tuple[TrainState, dict, int]]:
@@ -213,19 +215,19 @@ class Engine:
         first_step = epoch * self.steps
         if self.on_device:
             with self.timer.phase("h2d_transfer"):
-                order = jax.device_put(padded_order(self.n_train, self.seed, epoch,
-                                                    self.steps * self.batch_size), self._repl)
+                order = self.strategy.put_order(padded_order(self.n_train, self.seed, epoch,
+                                                             self.steps * self.batch_size), self.batch_size)
             for start in range(start_step, self.steps, self.k):
                 num = min(self.k, self.steps - start)
                 with self.timer.annotate(first_step + start):
                     state, sums = self._call(state, num, self._x, self._y, order, self._start(start))
                 yield state, sums, start + num
             return
-        batches = self.dataset.train_batches(self.batch_size, self.seed, epoch)
+        batches = self._local_batches(epoch)
         for _ in range(start_step):  # skip what a resumed run already trained on
             next(batches, None)
         done = start_step
-        for num, chunk in prefetch_to_device(batches, self.k, self._stack_sharding, timer=self.timer):
+        for num, chunk in prefetch_to_device(batches, self.k, self._put_chunk, timer=self.timer):
             with self.timer.annotate(first_step + done):
                 state, sums = self._call(state, num, *chunk)
             done += num

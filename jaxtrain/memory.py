@@ -36,7 +36,7 @@ FLOAT_BYTES = 4
 
 def available_bytes(device: Any | None = None) -> tuple[int, str]:
     """(free bytes, where) for the first device: device memory, or host memory on CPU."""
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]  # devices() includes other processes' devices
     stats = device.memory_stats() or {}
     if "bytes_limit" in stats:
         return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), f"{device.device_kind} memory"

@@ -57,7 +57,8 @@ def prefetch_to_device(batches: Iterator, k: int, sharding, *, depth: int = 2, t
                 t0 = tick() if profiling else 0.0
                 host = stack(chunk)
                 t1 = tick() if profiling else 0.0
-                dev = jax.device_put(host, sharding)
+                # `sharding` may be a function that places the chunk (multi-process input).
+                dev = sharding(host) if callable(sharding) else jax.device_put(host, sharding)
                 if profiling:
                     jax.block_until_ready(dev)
                     timer.background["prepare"] += t1 - t0
