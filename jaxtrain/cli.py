@@ -91,6 +91,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _launch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--num-processes", type=int, required=True, help="local processes to start")
     p.add_argument("--cpu-devices", type=int, help="simulated CPU devices per process (JAX_NUM_CPU_DEVICES)")
+    p.add_argument("--gpus-per-process", type=int, help="give process i its own GPUs (JAX_LOCAL_DEVICE_IDS)")
     p.add_argument("--port", type=int, help="coordinator port on 127.0.0.1 (default: a free one)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                    help="a jaxtrain command (train CONFIG ...) or any program, after --")
@@ -98,7 +99,8 @@ def _launch_args(p: argparse.ArgumentParser) -> None:
 
 def _launch(args: argparse.Namespace) -> int:
     from jaxtrain.launch import launch
-    return launch(args.num_processes, args.cmd, cpu_devices=args.cpu_devices, port=args.port)
+    return launch(args.num_processes, args.cmd, cpu_devices=args.cpu_devices,
+                  gpus_per_process=args.gpus_per_process, port=args.port)
 
 
 def _profile_args(p: argparse.ArgumentParser) -> None:

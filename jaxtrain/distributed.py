@@ -44,6 +44,14 @@ def _env_int(name: str) -> int | None:
 
 def cluster_detected() -> bool:
     """Whether JAX's own cluster auto-detection would find an environment (SLURM, TPU pod, ...)."""
+    if os.environ.get("SLURM_NTASKS") == "1":  # a one-task job (e.g. an interactive allocation)
+        return False
+    try:
+        from jax._src import xla_bridge
+        if xla_bridge.backends_are_initialized():  # too late to join; e.g. inside a test session
+            return False
+    except (ImportError, AttributeError):
+        pass
     try:
         from jax._src.clusters import ClusterEnv  # the registry jax.distributed.initialize uses
         return any(not env.opt_in_only_method and env.is_env_present() for env in ClusterEnv._cluster_types)

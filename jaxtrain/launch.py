@@ -74,7 +74,7 @@ def _end_all(procs: list[subprocess.Popen]) -> None:
 
 
 def launch(num_processes: int, args: list[str], *, cpu_devices: int | None = None,
-           port: int | None = None, out=None) -> int:
+           gpus_per_process: int | None = None, port: int | None = None, out=None) -> int:
     """Run `args` as `num_processes` local processes of one run; return the exit status."""
     if num_processes < 1:
         raise UserError(f"launch -n {num_processes}: need at least one process")
@@ -100,6 +100,9 @@ def launch(num_processes: int, args: list[str], *, cpu_devices: int | None = Non
                                       ENV_PROCESS_ID: str(i), "PYTHONUNBUFFERED": "1"})
             if cpu_devices is not None:
                 env["JAX_NUM_CPU_DEVICES"] = str(cpu_devices)
+            if gpus_per_process is not None:  # process i gets GPUs i*G .. i*G+G-1 (JAX reads this)
+                env["JAX_LOCAL_DEVICE_IDS"] = ",".join(
+                    str(d) for d in range(i * gpus_per_process, (i + 1) * gpus_per_process))
             try:
                 p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, text=True, bufsize=1,
