@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxtrain import parallel
 from jaxtrain.errors import UserError
 
 BEST_DIR = "best"
@@ -79,7 +80,7 @@ class Checkpointer:
 
         A step already on disk is replaced, so a final save after, say, restoring the best
         parameters wins over the epoch-end save of the same step."""
-        host = jax.device_get(to_saveable(state))
+        host = parallel.to_host(to_saveable(state))  # gathers what fsdp split over processes
         if step in self.manager.all_steps():
             self.manager.wait_until_finished()
             self.manager.delete(step)
