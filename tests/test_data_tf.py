@@ -60,34 +60,66 @@ def test_backends_same_values_and_epoch_coverage(tmp_path):
     np.testing.assert_allclose(bx[bm == 1], (x[by[bm == 1].astype(int)] - lo) / (hi - lo), atol=1e-6)
 
 
-def messy_csv(path, n=600):
+def messy_csv(path, n=600, na="NA"):
     rng = np.random.default_rng(3)
     lines = ["id,a,b,c,city,y"]
     for i in range(n):
         a = rng.normal(50, 10)
-        sa = "" if i % 17 == 0 else ("NA" if i % 19 == 0 else f"{a * (20 if i % 50 == 0 else 1):.4f}")
+        sa = "" if i % 17 == 0 else (na if i % 19 == 0 else f"{a * (20 if i % 50 == 0 else 1):.4f}")
         city = "null" if i % 23 == 0 else "xyz"[i % 3]
         lines.append(f"{i % 7},{sa},{rng.exponential(3):.5f},{rng.integers(0, 5)},{city},{a * 2 + rng.normal():.4f}")
+        if i % 97 == 5:
+            lines.append("" if i % 2 else "  ")     # blank lines are skipped by both readers
     lines += lines[5:9]                             # duplicates
     path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.mark.parametrize("normalize", ["zscore", "minmax_sym"])
-def test_streaming_csv_matches_in_memory(tmp_path, normalize):
-    messy_csv(tmp_path / "m.csv")
+# na="": numeric fields parse straight to float in decode_csv; na="NA": the string fallback.
+@pytest.mark.parametrize("normalize,na,missing", [("zscore", "NA", "mean"), ("minmax_sym", "", "mean"),
+                                                  ("minmax", "null", "constant")])
+def test_streaming_csv_matches_in_memory(tmp_path, normalize, na, missing):
+    messy_csv(tmp_path / "m.csv", na=na)
     kw = dict(source="csv", path=str(tmp_path / "m.csv"), target="y", drop_columns=("id",), log_columns=("b",),
-              normalize=normalize, clean=CleanConfig(missing="mean", outliers="zscore"), cache_dir=str(tmp_path))
+              normalize=normalize, clean=CleanConfig(missing=missing, outliers="zscore"), cache_dir=str(tmp_path))
     a = load_dataset(DataConfig(**kw))
     b = load_dataset(DataConfig(backend="tfdata", streaming=True, **kw))
     assert b.streaming and b.train is None and b.num_train == len(a.train)
+    assert b.report["rows_in"] == a.report["rows_in"]
     assert b.report["duplicates"]["rows_dropped"] == a.report["duplicates"]["rows_dropped"] > 0
     assert b.report["outliers"]["per_column"] == a.report["outliers"]["per_column"]
+    assert b.report["missing"]["per_column"] == a.report["missing"]["per_column"]
+    assert b.stats["categories"] == a.stats["categories"] and b.stats["fills"]["city"] == a.stats["fills"]["city"]
     ax, ay, am = batches(a, 64, 0, 2)
     bx, by, bm = batches(b, 64, 0, 2)
     np.testing.assert_allclose(ax, bx, atol=1e-6)
     np.testing.assert_allclose(ay, by, atol=1e-6)
     np.testing.assert_allclose(a.test.x, b.test.x, atol=1e-6)
     np.testing.assert_allclose(a.target_mean, b.target_mean, rtol=1e-9)
+    # saved statistics reused (eval of a streaming run): same values, nothing refitted
+    c = load_dataset(DataConfig(backend="tfdata", streaming=True, **kw), stats=b.stats)
+    assert c.stats["normalize"] == b.stats["normalize"]
+    np.testing.assert_array_equal(c.test.x, b.test.x)
+    np.testing.assert_array_equal(batches(c, 64, 0, 2)[0], bx)
+
+
+def test_streaming_refuses_rules_that_need_every_value(tmp_path):
+    messy_csv(tmp_path / "m.csv")
+    kw = dict(source="csv", path=str(tmp_path / "m.csv"), target="y", backend="tfdata", streaming=True)
+    for clean, alternative in ((CleanConfig(missing="median"), "use mean, constant or drop"),
+                               (CleanConfig(missing="mean", outliers="iqr"), "outliers=zscore"),
+                               (CleanConfig(missing="mean", outliers="zscore", outlier_action="drop"), "use clip")):
+        with pytest.raises(DataError, match=alternative):
+            load_dataset(DataConfig(clean=clean, **kw))
+
+
+def test_tfds_text_becomes_hashed_bag_of_words():
+    from jaxtrain.data.transforms import hash_text
+    with tfds.testing.mock_data(num_examples=12):
+        ds = load_dataset(DataConfig(source="tfds", name="imdb_reviews", val_fraction=0.0, hash_dim=32))
+        texts = [r["text"].decode() for r in tfds.as_numpy(tfds.builder("imdb_reviews").as_dataset(split="test"))]
+    assert ds.feature_shape == (32,) and ds.num_classes == 2 and ds.stats["text_columns"] == ["text"]
+    # free text is not normalized (only numeric columns are): the vectors are the hashed counts
+    np.testing.assert_allclose(ds.test.x, hash_text(np.array(texts, dtype=object), 32), atol=1e-6)
 
 
 def test_streaming_bad_rows_name_line_and_column(tmp_path):

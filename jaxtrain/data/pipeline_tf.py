@@ -72,7 +72,18 @@ def attach(ds: Dataset, cfg: DataConfig) -> Dataset:
         return enc[i], y[i]
 
     norm = normalize_fn(ds.stats["normalize"], width, tuple(enc.shape[1:]))
-    ds.batcher = functools.partial(tf_batches, gather, len(y), (enc.dtype, y.dtype), norm, cfg)
-    ds.train = None
-    ds.num_train = len(y)
+    return _attach(ds, cfg, gather, (enc.dtype, y.dtype), norm, len(y))
+
+
+def attach_rows(ds: Dataset, cfg: DataConfig, gather: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                dtypes: tuple[Any, Any]) -> Dataset:
+    """Like `attach`, for rows `gather` returns already normalized (the streaming cache)."""
+    identity = normalize_fn({"kind": "none"}, 0, ds.feature_shape)
+    return _attach(ds, cfg, gather, tuple(np.dtype(d) for d in dtypes), identity, ds.num_train)
+
+
+def _attach(ds: Dataset, cfg: DataConfig, gather, dtypes, normalize, n: int) -> Dataset:
+    ds.batcher = functools.partial(tf_batches, gather, n, dtypes, normalize, cfg)
+    ds.train, ds.raw_train = None, None
+    ds.num_train = n
     return ds

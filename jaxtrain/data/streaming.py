@@ -1,25 +1,30 @@
 """Streaming CSV through tf.data, for files that do not fit in memory.
 
-Passes over the file (tf.data TextLineDataset -> parallel decode_csv -> chunks):
+Passes over the file (tf.data: TextLineDataset -> batches of lines -> parallel decode_csv;
+numeric columns parse straight to float64, and a chunk holding missing-value words
+such as NA falls back to a string decode for the rest of the file):
   0. count data lines (the seeded split needs n);
-  1. parse; check labels; per train row a hash (exact duplicates), missing counts,
-     sums for mean imputation, category counts;
-  2. parse; impute, log, one-hot/hash; write encoded rows (float64) to a memory-mapped
-     cache: train rows at their position in the same seeded split order the in-memory
-     path uses, so both give the same examples in the same epoch order.
-Outlier bounds and normalization statistics are then fitted in chunked passes over
-the train cache; training batches come from the cache through the tf.data backend.
+  1. check labels; per train row a 64-bit hash (exact duplicates), missing counts,
+     category counts;
+  2. encode (one-hot/hash) and append the kept train rows, in file order, to a float64
+     cache file; val/test rows stay in memory (set small fractions for huge files).
+Then block passes over the cache fit mean imputation, z-score outlier bounds and the
+normalization statistics, and a last pass writes normalized float32 rows (computed in
+float64 exactly as the NumPy backend does) to the file an epoch gathers from, through
+the tf.data backend in the same `epoch_permutation` order as in memory. What lives in
+memory per row is small: a split tag, a position, a hash, a few flags.
 Rules that need every value at once (median / most_frequent imputation of numeric
-columns, IQR outliers) are refused with a message naming the streaming alternative.
-Val/test splits are kept in memory (set small fractions for very large files).
-Limitations: one record per line (no newlines inside quoted fields); duplicates are
-exact duplicate lines.
+columns, IQR outliers, dropping outlier rows) are refused with a message naming the
+streaming alternative; with missing=drop, evaluation rows are imputed with the mean
+(the in-memory path uses the median). Limitations: one record per line (no newlines
+inside quoted fields).
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import tempfile
 import weakref
@@ -27,8 +32,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from jaxtrain.data import pipeline_tf, transforms
-from jaxtrain.data.csvfile import check_columns, infer_kinds, missing_mask, read_rows, to_float
+from jaxtrain.data import pipeline_tf, rowcache, transforms
+from jaxtrain.data.csvfile import check_columns, infer_kinds, missing_mask, read_rows, to_float, _parseable
 from jaxtrain.data.dataset import Dataset, Split
 from jaxtrain.data.options import DataConfig
 from jaxtrain.data.preprocess import STATS_VERSION, split_indices
@@ -56,49 +61,91 @@ def _head(path: str, n: int = 5000) -> tuple[list[str], np.ndarray, np.ndarray]:
     return header, table, lines
 
 
-def _locate_error(path: str, header: list[str], kinds: dict[str, str], msg: str) -> DataError:
+def _locate_error(path: str, header: list[str], numeric: set[str], msg: str) -> DataError:
     """Find the bad line the fast parser tripped on, with the in-memory reader's checks."""
-    numeric = [(header.index(n), n) for n, k in kinds.items() if k == "numeric"]
+    cols = [(header.index(n), n) for n in header if n in numeric]
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         next(reader)
         for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
             if len(row) != len(header):
                 return DataError(f"{path} line {reader.line_num}: {len(row)} fields, but the header has "
                                  f"{len(header)}; fix the row (one record per line in streaming mode)")
-            for j, n in numeric:
+            for j, n in cols:
                 to_float(np.array([row[j]]), path, n, np.array([reader.line_num]))
     return DataError(f"{path}: cannot parse ({msg.splitlines()[0][:200]})")
 
 
-def _chunks(path: str, header: list[str], kinds: dict[str, str], cfg: DataConfig
+def _line_batches(tf, path: str):
+    """Batches of data lines, blank lines removed (as the in-memory reader skips them)."""
+    return tf.data.TextLineDataset(path).skip(1).batch(CHUNK)
+
+
+def _nonblank(tf, lines):
+    return tf.boolean_mask(lines, tf.strings.length(tf.strings.strip(lines)) > 0)
+
+
+_BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*(?=\n)")
+
+
+def _count_rows(path: str) -> int:
+    """Data lines (not blank, header excluded), counted over raw bytes: no parsing needed."""
+    lines = blank = 0
+    tail = b""
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            block = tail + block
+            cut = block.rfind(b"\n") + 1
+            body, tail = block[:cut], block[cut:]
+            lines += body.count(b"\n")
+            blank += len(_BLANK_LINE.findall(b"\n" + body))
+    if tail.strip():
+        lines += 1
+    return lines - blank - 1
+
+
+def _miscounted(path: str, n: int, seen: int) -> DataError:
+    """The byte count and the parser disagree on what a line is."""
+    return DataError(f"{path}: counted {n} data lines but parsed {seen}; records that span lines "
+                     "(newlines inside quotes) or stray carriage returns need the in-memory backend")
+
+
+def _parallel(tf, cfg: DataConfig) -> int:
+    return tf.data.AUTOTUNE if cfg.num_parallel_calls == -1 else cfg.num_parallel_calls
+
+
+def _chunks(path: str, header: list[str], numeric: set[str], keep: set[str], cfg: DataConfig
             ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """(first row index, {column: float64 values | bytes}) per chunk of data lines."""
     tf = import_tf()
-    numeric = {n for n, k in kinds.items() if k == "numeric"}
-    keep = [n for n in header if n in kinds or n == cfg.target]
+    nan = tf.constant(float("nan"), tf.float64)
 
-    def decode(lines):
-        cols = tf.io.decode_csv(lines, [""] * len(header))
-        out = {}
-        for n, c in zip(header, cols):
-            if n in numeric:
-                out[n] = tf.strings.to_number(tf.strings.regex_replace(c, _NA, "nan"), tf.float64)
-            elif n in keep:
-                out[n] = c
-        return out
+    def fast(lines):          # numeric fields parse in decode_csv; empty fields become NaN
+        cols = tf.io.decode_csv(_nonblank(tf, lines), [nan if n in numeric else "" for n in header])
+        return {n: c for n, c in zip(header, cols) if n in numeric or n in keep}
 
-    parallel = tf.data.AUTOTUNE if cfg.num_parallel_calls == -1 else cfg.num_parallel_calls
-    ds = (tf.data.TextLineDataset(path).skip(1).filter(lambda s: tf.strings.length(tf.strings.strip(s)) > 0)
-          .batch(CHUNK).map(decode, num_parallel_calls=parallel, deterministic=True).prefetch(2))
-    start = 0
-    try:
-        for chunk in ds.as_numpy_iterator():
-            n = len(next(iter(chunk.values())))
-            yield start, chunk
-            start += n
-    except tf.errors.InvalidArgumentError as e:
-        raise _locate_error(path, header, kinds, str(e)) from None
+    def slow(lines):          # missing-value words (NA, null, ...) need a string pass first
+        cols = tf.io.decode_csv(_nonblank(tf, lines), [""] * len(header))
+        return {n: tf.strings.to_number(tf.strings.regex_replace(c, _NA, "nan"), tf.float64)
+                if n in numeric else c for n, c in zip(header, cols) if n in numeric or n in keep}
+
+    start, done = 0, 0
+    for decode in (fast, slow):
+        ds = _line_batches(tf, path).skip(done).map(decode, num_parallel_calls=_parallel(tf, cfg),
+                                                    deterministic=True).prefetch(2)
+        try:
+            for chunk in ds.as_numpy_iterator():
+                for name in keep - numeric:             # text arrives as UTF-8 bytes
+                    chunk[name] = np.char.decode(chunk[name].astype(np.bytes_), "utf-8", "replace")
+                n = len(chunk[cfg.target])
+                yield start, chunk
+                start, done = start + n, done + 1
+            return
+        except tf.errors.InvalidArgumentError as e:
+            if decode is slow:
+                raise _locate_error(path, header, numeric, str(e)) from None
 
 
 def _target(chunk: dict[str, np.ndarray], cfg: DataConfig, path: str, start: int) -> np.ndarray:
@@ -109,6 +156,13 @@ def _target(chunk: dict[str, np.ndarray], cfg: DataConfig, path: str, start: int
     return to_float(s, path, cfg.target, np.arange(start, start + len(s)) + 2)
 
 
+def _stripped(col: np.ndarray) -> np.ndarray:
+    """Text values as the in-memory reader keeps them: stripped, one marker for missing."""
+    out = np.char.strip(col).astype(object)
+    out[missing_mask(col)] = None
+    return out
+
+
 def load_streaming(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Dataset:
     path = str(cfg.path)
     if not os.path.isfile(path):
@@ -116,36 +170,52 @@ def load_streaming(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Data
     header, head, _ = _head(path)
     check_columns(header, cfg, path)
     kinds = infer_kinds(header, head, cfg, path)
-    kinds[cfg.target] = "target"
     c, fit = cfg.clean, stats is None
     num_names = [n for n in header if kinds.get(n) == "numeric"]
     cat_names = [n for n in header if kinds.get(n) == "category"]
     txt_names = [n for n in header if kinds.get(n) == "text"]
+    text_cols = cat_names + txt_names
     if c.outliers == "iqr":
         raise DataError(f"{path}: IQR outliers need every value at once; in streaming mode use "
                         "data.clean.outliers=zscore, or the in-memory backend")
+    ob = stats["outliers"] if not fit else {"method": c.outliers, "action": c.outlier_action}
+    if ob["method"] != "none" and ob["action"] == "drop":
+        raise DataError(f"{path}: data.clean.outlier_action=drop is not available in streaming mode; use clip")
+    ycol = head[:, header.index(cfg.target)]
+    numeric = set(num_names) | ({cfg.target} if _parseable(ycol[~missing_mask(ycol)]) == 1.0 else set())
+    keep_cols = set(text_cols) | {cfg.target}
+
+    def chunks():
+        return _chunks(path, header, numeric, keep_cols, cfg)
 
     # ---- pass 0: count rows, seeded split as in memory
-    n = sum(len(ch[cfg.target]) for _, ch in _chunks(path, header, {}, cfg))
+    n = _count_rows(path)
     tr, va, te = split_indices(n, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    n_tr, n_va, n_te = len(tr), len(va), len(te)
     which = np.zeros(n, np.int8)
     which[va], which[te] = 1, 2
-    pos = np.empty(n, np.int64)
+    pos = np.empty(n, np.int32)                     # position within its split, in split order
     for idx in (tr, va, te):
-        pos[idx] = np.arange(len(idx))
+        pos[idx] = np.arange(len(idx), dtype=np.int32)
+    del tr, va, te
 
-    # ---- pass 1: labels, duplicates, missing, sums, categories
+    # ---- pass 1: labels, duplicates, missing, categories
     task = stats["task"] if not fit else ("regression" if cfg.task != "classification" else "classification")
     nc = cfg.num_classes if fit else stats["num_classes"]
-    hashes = np.zeros(len(tr), np.int64)
-    any_missing = np.zeros(len(tr), bool)
-    bad_label = np.zeros(len(tr), bool)
+    hashes = np.zeros(n_tr, np.uint64)
+    any_missing = np.zeros(n_tr, bool)
+    bad_label = np.zeros(n_tr, bool)
     k = len(num_names)
-    s1, cnt, miss = np.zeros(k), np.zeros(k), np.zeros(k, np.int64)
-    cat_counts: dict[str, dict[str, int]] = {m: {} for m in cat_names + txt_names}
-    text_missing = {m: 0 for m in cat_names + txt_names}
-    for start, ch in _chunks(path, header, kinds, cfg):
+    miss, present = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    # Text values of train rows as codes into a vocabulary (-1: missing): the fills and
+    # categories are fitted on the rows that survive cleaning, known only after this pass.
+    vocab: dict[str, dict[str, int]] = {m: {} for m in text_cols}
+    codes = {m: np.full(n_tr, -1, np.int32) for m in text_cols}
+    seen = 0
+    for start, ch in chunks():
         rows = np.arange(start, start + len(ch[cfg.target]))
+        if rows[-1:] >= n:
+            raise _miscounted(path, n, start + len(rows))
         y = _target(ch, cfg, path, start)
         bad = ~np.isfinite(y)
         if task == "classification":
@@ -158,209 +228,217 @@ def load_streaming(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Data
         t = which[rows] == 0
         tp = pos[rows[t]]
         bad_label[tp] = bad[t]
-        num = np.stack([ch[m] for m in num_names], 1) if k else np.zeros((len(rows), 0))
-        m = np.isnan(num)
-        key = np.ascontiguousarray(np.concatenate([num, y[:, None]], 1))
-        h = [hash(r.tobytes()) for r in key[t]]
-        for name in cat_names + txt_names:
-            col = ch[name]
-            mm = missing_mask(col)
-            m = np.concatenate([m, mm[:, None]], 1)
-            h = [hash((a, b)) for a, b in zip(h, col[t])]
-            if fit:
-                u, cn = np.unique(col[t][~mm[t]], return_counts=True)
-                for v, q in zip(u, cn):
-                    cat_counts[name][v.decode()] = cat_counts[name].get(v.decode(), 0) + int(q)
-                text_missing[name] += int(mm[t].sum())
-        hashes[tp] = np.array(h, np.int64)
-        any_missing[tp] = m[t].any(1)
-        mt = np.isnan(num[t])
-        miss += mt.sum(0)
-        s1 += np.where(mt, 0, num[t]).sum(0)
-        cnt += (~mt).sum(0)
+        num = np.stack([ch[m] for m in num_names], 1)[t] if k else np.zeros((int(t.sum()), 0))
+        texts = {m: _stripped(ch[m][t]) for m in text_cols}
+        hashes[tp] = rowcache.row_hashes(num, y[t], list(texts.values()))
+        nan = np.isnan(num)
+        rowmiss = nan.any(1)
+        miss += nan.sum(0)
+        present += (~nan).sum(0)
+        for m, col in texts.items():
+            mm = col == None  # noqa: E711  (elementwise on an object array)
+            rowmiss |= mm
+            u, inv = np.unique(col[~mm].astype(str), return_inverse=True)
+            ids = np.array([vocab[m].setdefault(v, len(vocab[m])) for v in u], np.int32)
+            cm = np.full(len(col), -1, np.int32)
+            cm[~mm] = ids[inv]
+            codes[m][tp] = cm
+        any_missing[tp] = rowmiss
+        seen = start + len(rows)
+    if seen != n:
+        raise _miscounted(path, n, seen)
+    for m_, q in list(zip(num_names, present)) + [(m_, len(vocab[m_])) for m_ in text_cols]:
+        if fit and q == 0:
+            raise DataError(f"{path} column '{m_}': every value in the training split is missing; "
+                            "drop it with data.drop_columns or fill it in")
     rep: dict[str, Any] = {"source": "csv", "name": os.path.basename(path), "where": path, "streaming": True,
-                           "rows_in": {"train": len(tr), "val": len(va), "test": len(te)}}
+                           "rows_in": {"train": n_tr, "val": n_va, "test": n_te}}
     keep = ~bad_label
     rep["invalid_labels"] = {"policy": c.invalid_labels, "rows_dropped": int(bad_label.sum())}
-    dup = np.zeros(len(tr), bool)
+    dup = np.zeros(n_tr, bool)
     if c.duplicates:
-        _, first = np.unique(hashes[keep], return_index=True)
         kept = np.flatnonzero(keep)
+        _, first = np.unique(hashes[kept], return_index=True)   # first occurrence, in train order
         dup[kept] = True
         dup[kept[first]] = False
+        del kept, first
+    del hashes
     keep &= ~dup
     rep["duplicates"] = {"rows_dropped": int(dup.sum())}
-    per_col = {n_: int(q) for n_, q in zip(num_names, miss) if q} | {n_: q for n_, q in text_missing.items() if q}
-    rep["missing"] = {"policy": c.missing, "per_column": per_col, "rows_dropped": 0, "imputed": {}}
+    cleaned = keep.copy()          # rows the missing-value rule sees (counted per column in pass 2)
+    rep["missing"] = {"policy": c.missing, "per_column": {}, "rows_dropped": 0, "imputed": {}}
     if c.missing == "drop":
         rep["missing"]["rows_dropped"] = int((keep & any_missing).sum())
         keep &= ~any_missing
+    del any_missing, bad_label, dup
     if fit:
         if c.missing in ("median", "most_frequent") and miss.any():
             raise DataError(f"{path}: missing values in numeric columns and data.clean.missing={c.missing}, "
                             "which needs every value at once; in streaming mode use mean, constant or drop")
-        fills = {m_: c.fill_value for m_ in num_names}     # means: fitted on the cache below
-        for name, counts in cat_counts.items():
-            fills[name] = c.fill_text if c.missing == "constant" else min(counts, key=lambda v: (-counts[v], v))
+        fills: dict[str, Any] = {m_: c.fill_value for m_ in num_names}   # means: fitted on the cache below
+        categories = {}
+        for m_ in text_cols:               # as in memory: most frequent (ties: smallest) after cleaning
+            names = np.array(sorted(vocab[m_], key=vocab[m_].get), dtype=object)
+            fitted = codes[m_][cleaned]
+            counts = np.bincount(fitted[fitted >= 0], minlength=len(names))
+            fills[m_] = c.fill_text if c.missing == "constant" else \
+                min(names[counts > 0], key=lambda v: (-counts[vocab[m_][v]], v))
+            final_codes = codes[m_][keep]
+            cats = set(names[np.bincount(final_codes[final_codes >= 0], minlength=len(names)) > 0])
+            categories[m_] = sorted(cats | ({fills[m_]} if (final_codes < 0).any() else set()))
         stats = {"version": STATS_VERSION, "task": task, "num_classes": nc, "classes": None,
                  "fills": fills, "log_columns": list(cfg.log_columns), "numeric_columns": num_names,
-                 "categories": {m_: sorted(cat_counts[m_]) for m_ in cat_names}, "text_columns": txt_names,
+                 "categories": {m_: categories[m_] for m_ in cat_names}, "text_columns": txt_names,
                  "hash_dim": cfg.hash_dim}
-
-    # ---- pass 2: encode into caches
-    width = k
-    feat = k + sum(len(v) for v in stats["categories"].values()) + len(txt_names) * stats["hash_dim"]
-    final = np.cumsum(keep) - 1                     # position among kept train rows
-    cache_dir = tempfile.mkdtemp(prefix="jaxtrain-stream-", dir=cfg.cache_dir)
+    del codes, vocab
     n_train = int(keep.sum())
-    xtr = np.lib.format.open_memmap(os.path.join(cache_dir, "train_x.npy"), "w+", np.float64, (max(n_train, 1), feat))
+    if n_train == 0:
+        raise DataError(f"{path}: no training rows left after cleaning; see the cleaning rules in data.clean")
+
+    # ---- pass 2: encode; kept train rows appended in file order, val/test in memory
+    feat = k + sum(len(v) for v in stats["categories"].values()) + len(txt_names) * stats["hash_dim"]
+    final = np.cumsum(keep, dtype=np.int32) - 1     # position among kept train rows (the in-memory order)
+    cache_dir = tempfile.mkdtemp(prefix="jaxtrain-stream-", dir=cfg.cache_dir)
+    enc_path, rows_path = os.path.join(cache_dir, "encoded.f64"), os.path.join(cache_dir, "train.f32")
+    file_rank_pos = np.empty(n_train, np.int32)     # file-order row r of the cache -> training position
     ytr = np.zeros(n_train, np.float64)
-    ev = {1: (np.zeros((len(va), feat)), np.zeros(len(va))), 2: (np.zeros((len(te), feat)), np.zeros(len(te)))}
+    ev = {1: (np.zeros((n_va, feat)), np.zeros(n_va)), 2: (np.zeros((n_te, feat)), np.zeros(n_te))}
     unseen: dict[int, dict[str, int]] = {1: {}, 2: {}}
     imputed = {0: 0, 1: 0, 2: 0}
-    for start, ch in _chunks(path, header, kinds, cfg):
-        rows = np.arange(start, start + len(ch[cfg.target]))
-        y = _target(ch, cfg, path, start)
-        num = np.stack([ch[m_] for m_ in num_names], 1) if k else np.zeros((len(rows), 0))
-        nanm = np.isnan(num)          # numeric columns are imputed and logged in the cache, below
-        blocks = [num]
-        for m_, cats in stats["categories"].items():
-            col = np.char.strip(ch[m_].astype(str)).astype(object)
-            col[missing_mask(ch[m_])] = stats["fills"][m_]
-            oh, _ = transforms.one_hot(col, cats)
-            blocks.append(oh)
+    written = 0
+    missing_per_col = np.zeros(k + len(text_cols), np.int64)
+    with open(enc_path, "wb") as enc:
+        for start, ch in chunks():
+            rows = np.arange(start, start + len(ch[cfg.target]))
+            y = _target(ch, cfg, path, start)
+            w = which[rows]
+            num = np.stack([ch[m_] for m_ in num_names], 1) if k else np.zeros((len(rows), 0))
+            blocks = [num]                  # numeric columns: imputed and logged in the block passes
+            missing = {m_: missing_mask(ch[m_]) for m_ in text_cols}
+            for m_, cats in stats["categories"].items():
+                col = np.char.strip(ch[m_].astype(str)).astype(object)
+                col[missing[m_]] = stats["fills"][m_]
+                oh, _ = transforms.one_hot(col, cats)
+                blocks.append(oh)
+                for s_ in (1, 2):
+                    u = int((oh[w == s_].sum(1) == 0).sum())
+                    if u:
+                        unseen[s_][m_] = unseen[s_].get(m_, 0) + u
+            for m_ in txt_names:
+                col = ch[m_].astype(str).astype(object)
+                col[missing[m_]] = stats["fills"][m_]
+                blocks.append(transforms.hash_text(col, stats["hash_dim"]))
+            x = np.concatenate(blocks, 1) if len(blocks) > 1 else num
+            nanm = np.concatenate([np.isnan(num)] + [mm[:, None] for mm in missing.values()], 1)
+            t = np.flatnonzero(w == 0)
+            missing_per_col += nanm[t[cleaned[pos[rows[t]]]]].sum(0)
+            imputed[0] += int(nanm[t[keep[pos[rows[t]]]]].sum())
             for s_ in (1, 2):
-                u = int((oh[which[rows] == s_].sum(1) == 0).sum())
-                if u:
-                    unseen[s_][m_] = unseen[s_].get(m_, 0) + u
-        for m_ in txt_names:
-            col = ch[m_].astype(str).astype(object)
-            col[missing_mask(ch[m_])] = stats["fills"][m_]
-            blocks.append(transforms.hash_text(col, stats["hash_dim"]))
-        x = np.concatenate(blocks, 1)
-        w = which[rows]
-        for s_ in (0, 1, 2):
-            imputed[s_] += int(nanm[w == s_].sum()) + sum(int(missing_mask(ch[m_])[w == s_].sum())
-                                                          for m_ in cat_names + txt_names)
-        t = np.flatnonzero(w == 0)
-        t = t[keep[pos[rows[t]]]]
-        dst = final[pos[rows[t]]]
-        order = np.argsort(dst)
-        xtr[dst[order]] = x[t[order]]
-        ytr[dst] = y[t]
-        for s_ in (1, 2):
-            e = np.flatnonzero(w == s_)
-            ev[s_][0][pos[rows[e]]] = x[e]
-            ev[s_][1][pos[rows[e]]] = y[e]
-    # ---- numeric imputation (mean fitted on the kept train rows) and log, over the caches
-    if fit and c.missing != "constant":
-        tot, num_ok = np.zeros(k), np.zeros(k)
-        for i in range(0, n_train, 1 << 16):
-            blk = xtr[i:i + (1 << 16), :k]
-            ok = ~np.isnan(blk)
-            tot += np.where(ok, blk, 0).sum(0)
-            num_ok += ok.sum(0)
-        for j, m_ in enumerate(num_names):
-            stats["fills"][m_] = float(tot[j] / num_ok[j]) if num_ok[j] else c.fill_value
-    fillv = np.array([stats["fills"][m_] for m_ in num_names])
-
-    def impute_log(blk):
-        blk = np.where(np.isnan(blk), fillv, blk)
-        return transforms.apply_log(blk, num_names, stats["log_columns"], path)
-    for i in range(0, n_train, 1 << 16):
-        xtr[i:i + (1 << 16), :k] = impute_log(xtr[i:i + (1 << 16), :k])
-    for s_ in (1, 2):
-        ev[s_][0][:, :k] = impute_log(ev[s_][0][:, :k])
+                imputed[s_] += int(nanm[w == s_].sum())
+            t = t[keep[pos[rows[t]]]]
+            dst = final[pos[rows[t]]]
+            enc.write(np.ascontiguousarray(x[t], np.float64).tobytes())
+            file_rank_pos[written:written + len(t)] = dst
+            written += len(t)
+            ytr[dst] = y[t]
+            for s_ in (1, 2):
+                e = np.flatnonzero(w == s_)
+                ev[s_][0][pos[rows[e]]] = x[e]
+                ev[s_][1][pos[rows[e]]] = y[e]
+    del which, pos, final, keep, cleaned
+    rep["missing"]["per_column"] = {m_: int(q) for m_, q in zip(num_names + text_cols, missing_per_col) if q}
     rep["missing"]["imputed"] = {s: imputed[i] for i, s in ((0, "train"), (1, "val"), (2, "test")) if imputed[i]}
     rep["unseen_categories"] = {s: unseen[i] for i, s in ((1, "val"), (2, "test")) if unseen[i]}
 
-    # ---- outliers and normalization, fitted in chunked passes over the train cache
-    def chunks_of(a):
-        for i in range(0, n_train, 1 << 16):
-            yield a[i:i + (1 << 16), :width]
+    # ---- block passes over the cache: mean fills, outlier bounds, normalization, final rows
+    def encoded() -> Iterator[np.ndarray]:
+        return rowcache.read_blocks(enc_path, n_train, feat)
 
-    out = {"method": c.outliers, "action": c.outlier_action}
+    if fit and c.missing != "constant":
+        tot, num_ok = np.zeros(k), np.zeros(k)
+        for blk in encoded():
+            ok = ~np.isnan(blk[:, :k])
+            tot += np.where(ok, blk[:, :k], 0).sum(0)
+            num_ok += ok.sum(0)
+        for j, m_ in enumerate(num_names):
+            stats["fills"][m_] = float(tot[j] / num_ok[j])
+    fillv = np.array([stats["fills"][m_] for m_ in num_names])
+
+    def impute_log(num: np.ndarray) -> np.ndarray:
+        num = np.where(np.isnan(num), fillv, num)
+        return transforms.apply_log(num, num_names, stats["log_columns"], path)
+
+    out: dict[str, Any] = {"method": ob["method"], "action": ob["action"]}
     if fit:
         bounds = None
         if c.outliers == "zscore":
-            mu, sd = _moments(chunks_of(xtr), width)
+            mu, sd = rowcache.moments((impute_log(b[:, :k]) for b in encoded()), k)
             bounds = np.stack([mu - c.zscore_threshold * sd, mu + c.zscore_threshold * sd], 1).tolist()
         stats["outliers"] = {"method": c.outliers, "action": c.outlier_action, "bounds": bounds}
-    if stats["outliers"]["bounds"] is not None:
-        if stats["outliers"]["action"] == "drop":
-            raise DataError(f"{path}: outlier_action=drop is not available in streaming mode; use clip")
-        b = np.asarray(stats["outliers"]["bounds"])
-        clipped = np.zeros(width, np.int64)
-        for i in range(0, n_train, 1 << 16):
-            blk = xtr[i:i + (1 << 16), :width]
-            clipped += ((blk < b[:, 0]) | (blk > b[:, 1])).sum(0)
-            xtr[i:i + (1 << 16), :width] = np.clip(blk, b[:, 0], b[:, 1])
-        out["per_column"] = {m_: int(q) for m_, q in zip(num_names, clipped) if q}
-        out["values_clipped"] = {"train": int(clipped.sum())}
-        for s_, name in ((1, "val"), (2, "test")):
-            ex = ev[s_][0]
-            out["values_clipped"][name] = int(((ex[:, :width] < b[:, 0]) | (ex[:, :width] > b[:, 1])).sum())
-            ex[:, :width] = np.clip(ex[:, :width], b[:, 0], b[:, 1])
-    rep["outliers"] = out
+    b = None if stats["outliers"]["bounds"] is None else np.asarray(stats["outliers"]["bounds"])
+    clipped = np.zeros(k, np.int64)
+
+    def finish(num: np.ndarray, count: np.ndarray | None = None) -> np.ndarray:
+        """Numeric block: impute, log, clip to the outlier bounds (counting clipped values)."""
+        num = impute_log(num)
+        if b is None:
+            return num
+        if count is not None:
+            count += ((num < b[:, 0]) | (num > b[:, 1])).sum(0)
+        return np.clip(num, b[:, 0], b[:, 1])
+
     if fit:
-        stats["normalize"] = _fit_norm_streaming(chunks_of(xtr), width, cfg)
+        stats["normalize"] = rowcache.fit_normalizer((finish(blk[:, :k], clipped) for blk in encoded()), k,
+                                                     cfg.normalize, cfg.normalize_scope)
         stats["feature_names"] = num_names + [f"{m_}={v}" for m_, cs in stats["categories"].items() for v in cs] + \
             [f"{m_}#{q}" for m_ in txt_names for q in range(stats["hash_dim"])]
         stats["feature_shape"] = [feat]
         if task == "regression":
             mean, std = (float(ytr.mean()), float(ytr.std())) if cfg.standardize_target else (0.0, 1.0)
             stats["target"] = {"mean": mean, "scale": std if std > 0 else 1.0}
-    xtr.flush()
+    if feat != stats["feature_shape"][0]:
+        raise DataError(f"{path}: rows encode to {feat} features but the saved statistics expect "
+                        f"{stats['feature_shape'][0]}; the data does not match the run")
+    count_now = clipped if not fit else None          # a fit already counted while fitting
+    with open(rows_path, "wb") as f:                  # normalized in float64, stored float32: as NumPy does
+        for blk in encoded():
+            blk[:, :k] = finish(blk[:, :k], count_now)
+            f.write(transforms.apply_normalizer(blk, stats["normalize"], k).tobytes())
+    rowcache.remove(enc_path)
+    if b is not None:
+        out["per_column"] = {m_: int(q) for m_, q in zip(num_names, clipped) if q}
+        out["values_clipped"] = {"train": int(clipped.sum())}
+    for s_, name in ((1, "val"), (2, "test")):
+        ex = ev[s_][0]
+        cnt = np.zeros(k, np.int64)
+        ex[:, :k] = finish(ex[:, :k], cnt)
+        if b is not None:
+            out["values_clipped"][name] = int(cnt.sum())
+    rep["outliers"] = out
     tmean, tscale = (stats["target"]["mean"], stats["target"]["scale"]) if task == "regression" else (0.0, 1.0)
 
-    def target(y):
+    def target(y: np.ndarray) -> np.ndarray:
         return ((y - tmean) / tscale).astype(np.float32) if task == "regression" else y.astype(np.int32)
 
-    def split(s_):
+    def split(s_: int) -> Split:
         x, y = ev[s_]
-        return Split(transforms.apply_normalizer(x, stats["normalize"], width), target(y))
+        return Split(transforms.apply_normalizer(x, stats["normalize"], k), target(y))
 
-    rep["rows_out"] = {"train": n_train, "val": len(va), "test": len(te)}
+    rep["rows_out"] = {"train": n_train, "val": n_va, "test": n_te}
     rep["features"], rep["task"], rep["cache_dir"] = feat, task, cache_dir
     ds = Dataset(task=task, num_classes=nc, feature_shape=(feat,), train=None,
-                 val=split(1) if len(va) else None, test=split(2), name=rep["name"], stats=stats, report=rep,
+                 val=split(1) if n_va else None, test=split(2), name=rep["name"], stats=stats, report=rep,
                  target_mean=tmean, target_scale=tscale, num_train=n_train, streaming=True)
-    ds.raw_train = (xtr[:n_train], target(ytr), width)
+    # The cache holds rows in file order; training position p is cache row row_of[p].
+    row_of = np.empty(n_train, np.int32)
+    row_of[file_rank_pos] = np.arange(n_train, dtype=np.int32)
+    del file_rank_pos
+    rows = rowcache.MappedRows(rows_path, n_train, feat)
+    ytrain = target(ytr)
+    del ytr
+
+    def gather(i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return rows.take(row_of[i]), ytrain[i]
+
     weakref.finalize(ds, shutil.rmtree, cache_dir, True)     # the cache lives as long as the dataset
-    return pipeline_tf.attach(ds, cfg)
-
-
-def _moments(chunks, width: int, glob: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std in one pass, merging chunk moments (Chan et al.), stable like NumPy's two-pass."""
-    n, mean, m2 = 0, np.zeros(1 if glob else width), np.zeros(1 if glob else width)
-    for blk in chunks:
-        blk = blk.reshape(-1, 1) if glob else blk
-        nb = len(blk)
-        if nb == 0:
-            continue
-        mb = blk.mean(0)
-        m2b = ((blk - mb) ** 2).sum(0)
-        tot = n + nb
-        delta = mb - mean
-        mean = mean + delta * nb / tot
-        m2 = m2 + m2b + delta ** 2 * n * nb / tot
-        n = tot
-    return mean, np.sqrt(m2 / max(n, 1))
-
-
-def _fit_norm_streaming(chunks, width: int, cfg: DataConfig) -> dict[str, Any]:
-    scope = "global" if cfg.normalize_scope == "global" else "feature"
-    if cfg.normalize == "none" or width == 0:
-        return {"kind": "none", "scope": scope, "shift": [], "scale": [], "width": width}
-    if cfg.normalize == "zscore":
-        shift, span = _moments(chunks, width, scope == "global")
-    else:
-        lo, hi = np.full(width, np.inf), np.full(width, -np.inf)
-        for blk in chunks:
-            lo, hi = np.minimum(lo, blk.min(0, initial=np.inf)), np.maximum(hi, blk.max(0, initial=-np.inf))
-        if scope == "global":
-            lo, hi = lo.min(keepdims=True), hi.max(keepdims=True)
-        shift, span = (lo, hi - lo) if cfg.normalize == "minmax" else ((lo + hi) / 2, (hi - lo) / 2)
-    scale = np.where(span > 0, span, 1.0)
-    return {"kind": cfg.normalize, "scope": scope, "shift": shift.tolist(), "scale": scale.tolist(),
-            "width": width}
+    return pipeline_tf.attach_rows(ds, cfg, gather, (np.float32, ytrain.dtype))
