@@ -130,3 +130,20 @@ def test_streaming_bad_rows_name_line_and_column(tmp_path):
     p.write_text("a,y\n" + "1,2\n" * 10 + "1,2,3\n")
     with pytest.raises(DataError, match=r"bad\.csv line 12: 3 fields"):
         load_dataset(DataConfig(source="csv", path=str(p), target="y", backend="tfdata", streaming=True))
+
+
+def test_streaming_cache_removed_after_an_error_and_with_the_dataset(tmp_path):
+    import gc
+    p = tmp_path / "x.csv"
+    p.write_text("a,y\n" + "".join(f"{i},{i}\n" for i in range(50)) + "-5,3\n")
+    kw = dict(source="csv", path=str(p), target="y", backend="tfdata", streaming=True, cache_dir=str(tmp_path),
+              clean=CleanConfig(missing="mean"))
+    with pytest.raises(DataError, match=r"x\.csv column 'a': value -5 <= -1 has no log1p"):
+        load_dataset(DataConfig(log_columns=("a",), **kw))     # fails after the cache was written
+    gc.collect()
+    assert not list(tmp_path.glob("jaxtrain-stream-*"))
+    ds = load_dataset(DataConfig(**kw))
+    assert len(list(tmp_path.glob("jaxtrain-stream-*"))) == 1
+    del ds
+    gc.collect()
+    assert not list(tmp_path.glob("jaxtrain-stream-*"))

@@ -44,6 +44,19 @@ def _stripped(col: np.ndarray) -> np.ndarray:
     return out
 
 
+class _CacheDir:
+    """A temp directory for the row cache, deleted when this object is garbage (or at exit)."""
+
+    def __init__(self, parent: str | None):
+        self.path = tempfile.mkdtemp(prefix="jaxtrain-stream-", dir=parent)
+        self._remove = weakref.finalize(self, shutil.rmtree, self.path, True)
+
+    def hand_over(self, owner: object) -> None:
+        """Delete the directory with `owner` instead."""
+        self._remove.detach()
+        weakref.finalize(owner, shutil.rmtree, self.path, True)
+
+
 def load_streaming(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Dataset:
     path = str(cfg.path)
     if not os.path.isfile(path):
@@ -179,7 +192,8 @@ def load_streaming(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Data
     # ---- pass 2: encode; kept train rows appended in file order, val/test in memory
     feat = k + sum(len(v) for v in stats["categories"].values()) + len(txt_names) * stats["hash_dim"]
     final = np.cumsum(keep, dtype=np.int32) - 1     # position among kept train rows (the in-memory order)
-    cache_dir = tempfile.mkdtemp(prefix="jaxtrain-stream-", dir=cfg.cache_dir)
+    cache = _CacheDir(cfg.cache_dir)     # removed if an error below leaves it behind
+    cache_dir = cache.path
     enc_path, rows_path = os.path.join(cache_dir, "encoded.f64"), os.path.join(cache_dir, "train.f32")
     file_rank_pos = np.empty(n_train, np.int32)     # file-order row r of the cache -> training position
     ytr = np.zeros(n_train, np.float64)
@@ -321,5 +335,5 @@ def load_streaming(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Data
     def gather(i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return rows.take(row_of[i]), ytrain[i]
 
-    weakref.finalize(ds, shutil.rmtree, cache_dir, True)     # the cache lives as long as the dataset
+    cache.hand_over(ds)                   # the cache files live as long as the dataset
     return pipeline_tf.attach_rows(ds, cfg, gather, (np.float32, ytrain.dtype))
