@@ -18,10 +18,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _drop_torn_line(path: Path) -> None:
+    """A run killed mid-write can leave half a line; a resumed run appends after the last whole one."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 class JsonlWriter:
     """Appends one JSON object per event; flushed so a killed run keeps what it logged."""
 
     def __init__(self, path: Path | None):
+        if path is not None:
+            _drop_torn_line(Path(path))
         self._file = open(path, "a") if path is not None else None
 
     def write(self, event: str, **fields: Any) -> None:

@@ -78,3 +78,20 @@ def check_with_data(cfg: Any, dataset: Any) -> None:
     if dataset.num_train < 1:
         raise ConfigError("the training split is empty after cleaning; check data.path, "
                           "data.test_fraction/val_fraction and data.clean")
+
+
+def check_before_training(cfg: Any, model: Any, dataset: Any, workdir: Any) -> dict:
+    """Everything that can be known to fail before the first step: options against the data,
+    memory against the estimate (memory.py), and disk space for the checkpoints."""
+    from flax import nnx
+
+    from jaxtrain import memory, workdir as workdir_checks
+    check_with_data(cfg, dataset)
+    parts = memory.check_run(cfg, model, dataset)
+    if cfg.checkpoint.enabled and workdir is not None:
+        params = memory.count_params(nnx.state(model, nnx.Param)) * memory.FLOAT_BYTES
+        per_checkpoint = params * (1 + memory.optimizer_state_factor(cfg.optimizer))
+        # keep + best + the one being written, and a margin for metadata, logs and stats.
+        need = per_checkpoint * (cfg.checkpoint.keep + 2) + 16 * 2**20
+        workdir_checks.check_free_space(workdir, need)
+    return parts

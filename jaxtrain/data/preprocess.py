@@ -71,7 +71,7 @@ def resolve_task(raw: RawData, train: Part, cfg: DataConfig) -> tuple[str, int |
 def _encode(raw: RawData, part: Part, stats: dict[str, Any], cfg: DataConfig) -> tuple[np.ndarray, int]:
     """Numeric block, one-hot categories, hashed text -> (n, features) float64. Returns (x, unseen)."""
     if part.x is not None:
-        return part.x.reshape(len(part), -1) if cfg.flatten else part.x, 0
+        return part.x.reshape(len(part), int(np.prod(part.x.shape[1:]))) if cfg.flatten else part.x, 0
     blocks, unseen = [part.num], 0
     for name, cats in stats["categories"].items():
         oh, u = transforms.one_hot(part.txt[name], cats)

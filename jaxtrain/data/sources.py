@@ -8,6 +8,8 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -174,7 +176,7 @@ def _npz(cfg: DataConfig) -> RawData:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # corrupt archives too
         raise DataError(f"{path}: cannot read as .npz ({e})") from None
     splits = [s for s in ("train", "val", "test") if f"x_{s}" in arrays]
     if splits:
@@ -213,9 +215,25 @@ def _npz(cfg: DataConfig) -> RawData:
 def load_raw(cfg: DataConfig) -> RawData:
     if cfg.source == "csv":
         from jaxtrain.data.csvfile import load_csv
-        return load_csv(cfg)
-    if cfg.source == "tfds":
+        raw = load_csv(cfg)
+    elif cfg.source == "tfds":
         from jaxtrain.data.tfds_source import load_tfds
-        return load_tfds(cfg)
-    loaders = {"builtin": _builtin, "synthetic": _synthetic, "idx": _idx, "npz": _npz}
-    return loaders[cfg.source](cfg)
+        raw = load_tfds(cfg)
+    else:
+        loaders = {"builtin": _builtin, "synthetic": _synthetic, "idx": _idx, "npz": _npz}
+        raw = loaders[cfg.source](cfg)
+    check_not_empty(raw)
+    return raw
+
+
+def check_not_empty(raw: RawData) -> None:
+    """Degenerate data (no rows, no feature columns, zero-size images) is a DataError, not a crash
+    somewhere in preprocessing (found by tests/test_fuzz_inputs.py)."""
+    for split, part in raw.parts.items():
+        if len(part) == 0:
+            raise DataError(f"{raw.where}: the {split} data has no examples")
+        width = (part.num.shape[1] + len(part.txt)) if raw.kind == "table" else int(np.prod(part.x.shape[1:]))
+        if width == 0:
+            what = "no feature columns besides the target" if raw.kind == "table" else \
+                f"examples of size 0 (shape {part.x.shape[1:]})"
+            raise DataError(f"{raw.where}: the {split} data has {what}")
