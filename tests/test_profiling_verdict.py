@@ -60,8 +60,8 @@ def test_tiny_model_one_step_per_call_is_judged_dispatch_bound_and_traced(tmp_pa
     assert report["verdict"] == "dispatch-bound", report
     assert "steps_per_call" in report["advice"]
     assert report["device_idle_fraction"] > 0.5
-    # the trace covers the 4 calls after the warm-up one: steps 1..4, one step per call
-    assert trace_step_annotations(workdir / "trace") == [1, 2, 3, 4]
+    # the trace covers the first 4 calls, one step each: steps 0..3
+    assert trace_step_annotations(workdir / "trace") == [0, 1, 2, 3]
 
 
 def test_breakdown_arithmetic_and_verdicts():
@@ -76,6 +76,9 @@ def test_breakdown_arithmetic_and_verdicts():
     assert r["device_idle_fraction"] == pytest.approx(0.5)
     assert breakdown({**totals, "input_wait": 1.5}, 3.0, 100, 10)["verdict"] == "input-bound"
     assert breakdown({**totals, "dispatch": 1.5}, 3.0, 100, 10)["verdict"] == "dispatch-bound"
+    # already one call per epoch: the advice is a larger batch, not a larger K
+    whole_epoch = breakdown({**totals, "dispatch": 1.5}, 3.0, 100, 100, steps_per_epoch=100)
+    assert "batch" in whole_epoch["advice"] and "steps_per_call" not in whole_epoch["advice"]
 
 
 def test_profile_command_prints_the_breakdown_and_writes_a_trace(tmp_path, capsys):
