@@ -35,15 +35,22 @@ def candidates(steps: int, max_k: int | None = None) -> list[int]:
     return sorted(ks)
 
 
-def choose(measure: Callable[[int], float], ks: list[int], min_gain: float = 0.05
-           ) -> tuple[int, dict[int, float]]:
-    """Return (chosen K, seconds per step measured for each tried K)."""
+def choose(measure: Callable[[int], float], ks: list[int], min_gain: float = 0.05,
+           early_stop: bool = True) -> tuple[int, dict[int, float]]:
+    """Return (chosen K, seconds per step measured for each tried K).
+
+    `early_stop=False` measures every candidate: processes of a multi-process run must
+    all run the same calls (they contain collectives), whatever their own timings say.
+    """
     timings: dict[int, float] = {}
     best = None
+    stopped = False
     for k in ks:
         timings[k] = measure(k)
-        if best is None or timings[k] < timings[best] * (1 - min_gain):
+        if not stopped and (best is None or timings[k] < timings[best] * (1 - min_gain)):
             best = k
         else:
-            break  # not clearly faster: a longer chunk would not pay for its compile
+            stopped = True  # not clearly faster: a longer chunk would not pay for its compile
+            if early_stop:
+                break
     return best, timings

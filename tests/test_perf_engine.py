@@ -75,3 +75,7 @@ def test_choose_takes_a_larger_k_only_when_clearly_faster():
     k, timings = autotune.choose(measure, [1, 8, 30, 600])
     assert k == 8 and tried == [1, 8, 30] and timings == {1: 1.0, 8: 0.5, 30: 0.49}
     assert autotune.choose(lambda k: 1.0 / k, [1, 8, 30, 600])[0] == 600
+    # multi-process: every candidate is measured (same calls everywhere), the rule is unchanged
+    tried.clear()
+    assert autotune.choose(measure, [1, 8, 30, 600], early_stop=False)[0] == 8
+    assert tried == [1, 8, 30, 600]
