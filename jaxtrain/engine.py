@@ -157,8 +157,9 @@ class Engine:
             max_k = max(1, min(64, STREAM_CHUNK_BYTES // max(1, row * self.batch_size)))
         ks = autotune.candidates(self.steps, max_k)
         measure = self._measure_on_device if self.on_device else self._stream_measurer(max(ks))
-        k, self.k_timings = autotune.choose(lambda k: measure(state, k), ks)
-        if jax.process_count() > 1:  # every process must run the same chunk lengths
+        multi = jax.process_count() > 1
+        k, self.k_timings = autotune.choose(lambda k: measure(state, k), ks, early_stop=not multi)
+        if multi:  # every process must run the same chunk lengths: process 0 decides
             from jax.experimental import multihost_utils
             k = int(multihost_utils.broadcast_one_to_all(np.int32(k)))
         self.k = k
