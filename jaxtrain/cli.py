@@ -176,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as e:
         print(f"jaxtrain: {e}", file=sys.stderr)
         return 128 + e.signum
+    except MemoryError:  # what the memory estimate (memory.py) did not foresee: still one line
+        if args.debug:
+            raise
+        print("jaxtrain: error: out of host memory; lower data.batch_size, the model size or the data "
+              "size (--debug shows where)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("jaxtrain: interrupted", file=sys.stderr)
         return 130

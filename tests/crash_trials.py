@@ -45,6 +45,7 @@ import numpy as np
 EVERY = 10  # checkpoint.every_steps
 KEEP = 3
 TOTAL_STEPS = 160  # 4 epochs of 40 steps
+MODES = ["anytime", "training", "mid-save", "mid-save"]  # when to kill; half of the kills hit a save
 # Digits, streamed from the host (on_device_fraction 0), 40 steps per epoch, 5 steps per call.
 OVERRIDES = ["train.epochs=4", "train.on_device_fraction=0", "train.steps_per_call=5",
              "parallel.data_axis_size=1", f"checkpoint.every_steps={EVERY}", f"checkpoint.keep={KEEP}",
@@ -129,13 +130,14 @@ def resumed_step(stdout: str) -> int | None:
     return int(m.group(1)) if m else (0 if "resume: no complete checkpoint" in stdout else None)
 
 
-def trial(i: int, root: Path, rng: random.Random, reference: dict, train_s: float, log) -> dict:
+def trial(i: int, root: Path, rng: random.Random, reference: dict, train_s: float, log,
+          modes: list[str] = MODES) -> dict:
     workdir = root / f"trial{i:02d}"
     shutil.rmtree(workdir, ignore_errors=True)
     problems, kills = [], []
     cmd = train_cmd(workdir)
     for _ in range(1 + (rng.random() < 0.5)):  # kill the run, and half the time its resume too
-        kill = run_and_kill(cmd, workdir, rng, train_s, rng.choice(["anytime", "training", "mid-save", "mid-save"]))
+        kill = run_and_kill(cmd, workdir, rng, train_s, rng.choice(modes))
         kills.append(kill)
         # Killed before the run wrote its config: nothing to resume, start it again.
         cmd = resume_cmd(workdir) if (workdir / "config.yaml").is_file() else train_cmd(workdir)
@@ -197,8 +199,13 @@ def run_trials(n: int, root: Path, seed: int = 0, log=print) -> list[dict]:
     root.mkdir(parents=True, exist_ok=True)
     reference = reference_run(root)
     log(f"reference run: training part {reference['train_s']:.1f} s")
+    return run_trials_with(reference, n, root, seed, log=log)
+
+
+def run_trials_with(reference: dict, n: int, root: Path, seed: int = 0, modes: list[str] = MODES,
+                    log=print) -> list[dict]:
     rng = random.Random(seed)
-    return [trial(i, root, rng, reference, reference["train_s"], log) for i in range(n)]
+    return [trial(i, root, rng, reference, reference["train_s"], log, modes) for i in range(n)]
 
 
 def main() -> int:
