@@ -24,7 +24,6 @@ from jaxtrain.signals import PreemptionHook
 from jaxtrain.workdir import WorkdirLock, explain_os_error
 from jaxtrain.finetune import init_from
 from jaxtrain import profiling
-from jaxtrain import profiling
 from jaxtrain.hooks import strategy_hooks
 from jaxtrain.tensorboard import logging_hooks
 from jaxtrain.logging import Console, JsonlWriter
@@ -100,7 +99,7 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     # One live run per directory (exit 2 otherwise); the kernel frees it if this process dies.
     lock = WorkdirLock(workdir).acquire() if lead else None
     console = console or Console(cfg.logging.progress if lead else "none")
-    if lead:
+    if lead and resume is None:  # a resume rewrites it only once its checkpoint fits (below)
         write_text_atomic(workdir / "config.yaml", dump_yaml(cfg))  # a kill never leaves half of it
     events = JsonlWriter(workdir / "metrics.jsonl" if lead else None)
     try:
@@ -119,10 +118,11 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         run = setup(cfg, model, dataset, RunContext(console=console, events=events, workdir=workdir))
         hooks = strategy_hooks(cfg, workdir)  # early stopping, checkpoints (periodic, best, final)
         hooks += profiling.hooks_for(cfg, workdir)  # train.profile: step-time breakdown and trace
-        hooks += profiling.hooks_for(cfg, workdir)  # train.profile: step-time breakdown and trace
         hooks += logging_hooks(cfg, workdir if lead else None)  # TensorBoard
         if resume is not None:
             resume_run(run, workdir / "checkpoints", hooks)
+            if lead:  # the overrides (say, more epochs) are now part of the run
+                write_text_atomic(workdir / "config.yaml", dump_yaml(cfg))
         # The guard goes first (nothing non-finite is saved), the preemption hook last (after the save).
         summary = fit(run, hooks=[NonFiniteGuard(cfg.train.on_nonfinite), *hooks, PreemptionHook()])
         summary["status"] = "completed"

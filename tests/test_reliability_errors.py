@@ -164,3 +164,29 @@ def test_lock_held_by_a_live_process_then_released_by_its_death(tmp_path):
     assert (tmp_path / ".lock").read_text().startswith(f"pid={holder.pid}")  # stale file left behind
     with WorkdirLock(tmp_path):
         assert (tmp_path / ".lock").read_text().startswith(f"pid={os.getpid()}")
+
+
+def test_resume_with_a_model_that_does_not_match_its_checkpoint(tmp_path, capsys):
+    assert _train(tmp_path, "--set", "model.hidden_sizes=[16]") == 0
+    config_before = (tmp_path / "run" / "config.yaml").read_text()
+    capsys.readouterr()
+    for change, expected in ((["model.hidden_sizes=[7]"], "parameter 'head.kernel' is (16, 10) there but "
+                                                           "the model has (7, 10)"),
+                             (["optimizer.name=sgd"], "optimizer state does not fit")):
+        argv = ["train", "--resume", str(tmp_path / "run"), "--set", "train.epochs=2"]
+        assert cli.main(argv + [a for c in change for a in ("--set", c)]) == 2
+        assert expected in _one_line_error(capsys)
+    # A failed resume leaves the run as it was: still resumable with its own config.
+    assert (tmp_path / "run" / "config.yaml").read_text() == config_before
+
+
+def test_skip_step_count_is_in_the_summary(tmp_path):
+    """A diverging learning rate under skip_step: the run completes and says how many steps it skipped."""
+    from jaxtrain import train
+    summary = train("house_prices_linear", workdir=tmp_path / "run", overrides={
+        "optimizer.name": "sgd", "optimizer.learning_rate": 1000.0, "train.on_nonfinite": "skip_step",
+        "train.epochs": 2, "logging.progress": "none", "parallel.data_axis_size": 1})
+    assert summary["status"] == "completed" and summary["nonfinite_skipped_steps"] > 0
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    per_epoch = [r.get("nonfinite_steps", 0) for r in records if r["event"] == "train"]
+    assert summary["nonfinite_skipped_steps"] == sum(per_epoch)

@@ -156,7 +156,11 @@ def restore_run(run: Run, directory: str | Path, stateful: list = ()) -> dict | 
         step = ckpt.latest_step()
         if step is None:
             return None
-        tree, meta = ckpt.restore(state_tree(run.state), step)
+        try:
+            tree, meta = ckpt.restore(state_tree(run.state), step)
+        except (ValueError, KeyError, TypeError) as e:  # another model or optimizer: exit 2, one line
+            from jaxtrain.preflight import checkpoint_mismatch
+            raise checkpoint_mismatch(directory, step, run.state, e) from None
     finally:
         ckpt.close()
     if meta.get("format") != FORMAT:
