@@ -24,9 +24,11 @@ def _data(n=200, seed=0):
     return x, y
 
 
-def _cfg(policy="stop", on_device=True, lr=0.05, opt="sgd", epochs=3, k=4):
+def _cfg(policy="stop", on_device=True, lr=0.05, opt="sgd", epochs=3, k=4, strategy=None):
+    # One device, or (strategy given) all 8 simulated ones: pmap-style steps psum the flags.
+    par = {"data_axis_size": 1} if strategy is None else {"strategy": strategy}
     return load_config({"model": {"name": "linear"}, "optimizer": {"name": opt, "learning_rate": lr},
-                        "data": {"batch_size": BATCH}, "parallel": {"data_axis_size": 1},
+                        "data": {"batch_size": BATCH}, "parallel": par,
                         "train": {"epochs": epochs, "on_nonfinite": policy, "steps_per_call": k,
                                   "on_device_fraction": 0.25 if on_device else 0.0}})
 
@@ -38,10 +40,10 @@ def _poisoned(row: int):
     return ds, row - 40
 
 
-@pytest.mark.parametrize("on_device", [True, False])
-def test_poisoned_batch_stops_naming_the_step_and_the_loss(ctx, on_device):
+@pytest.mark.parametrize("on_device,strategy", [(True, None), (False, None), (True, "pmap")])
+def test_poisoned_batch_stops_naming_the_step_and_the_loss(ctx, on_device, strategy):
     ds, train_row = _poisoned(57)
-    cfg = _cfg(on_device=on_device)
+    cfg = _cfg(on_device=on_device, strategy=strategy)
     run = setup(cfg, LinearRegression(4, 1, rngs=nnx.Rngs(0)), ds, ctx)
     assert run.engine.on_device == on_device
     with pytest.raises(NonFiniteError) as err:
