@@ -102,6 +102,7 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     if lead and resume is None:  # a resume rewrites it only once its checkpoint fits (below)
         write_text_atomic(workdir / "config.yaml", dump_yaml(cfg))  # a kill never leaves half of it
     events = JsonlWriter(workdir / "metrics.jsonl" if lead else None)
+    hooks: list = []
     try:
         t0 = time.perf_counter()
         if dataset is None:
@@ -124,7 +125,8 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
             if lead:  # the overrides (say, more epochs) are now part of the run
                 write_text_atomic(workdir / "config.yaml", dump_yaml(cfg))
         # The guard goes first (nothing non-finite is saved), the preemption hook last (after the save).
-        summary = fit(run, hooks=[NonFiniteGuard(cfg.train.on_nonfinite), *hooks, PreemptionHook()])
+        hooks = [NonFiniteGuard(cfg.train.on_nonfinite), *hooks, PreemptionHook()]
+        summary = fit(run, hooks=hooks)
         summary["status"] = "completed"
         summary["time"]["data_s"] = data_s
         summary["time"]["total_s"] = time.perf_counter() - t_start
@@ -137,12 +139,14 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     except (NonFiniteError, Preempted) as e:
         # No summary.json: it would look like a result. The reason goes into metrics.jsonl.
         events.write("failed" if isinstance(e, NonFiniteError) else "preempted", message=str(e))
-        for hook in hooks:  # let a checkpoint save in flight finish: it holds a good state
-            getattr(hook, "close", lambda: None)()
         raise
     except OSError as e:  # disk full or permissions while saving: one line, exit 2
         raise (explain_os_error(e, workdir, "writing the run") or e) from None
     finally:
+        # However training ended: a checkpoint save in flight finishes (it holds a good state)
+        # and the signal handlers are put back.
+        for hook in hooks:
+            getattr(hook, "close", lambda: None)()
         events.close()
         if lock is not None:
             lock.release()

@@ -57,7 +57,11 @@ class PreemptionHook(Hook):
         self.after_call(run, {})
 
     def on_train_end(self, run: Run) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._restore_handlers()
+        self.close()
         if self.received is not None:
             raise Preempted(self.received, run.global_step)
+
+    def close(self) -> None:
+        """Put the previous handlers back (also when training ended with an exception)."""
+        if threading.current_thread() is threading.main_thread():
+            self._restore_handlers()

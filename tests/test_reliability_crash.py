@@ -132,3 +132,13 @@ def test_nonfinite_stop_keeps_the_last_good_checkpoint_and_writes_no_summary(tmp
     assert not (tmp_path / "summary.json").exists()
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["event"] == "failed" and f"at step {bad}" in last["message"]
+
+
+def test_signal_handlers_are_restored_when_training_fails(tmp_path):
+    from jaxtrain.errors import NonFiniteError
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pytest.raises(NonFiniteError):
+        train("house_prices_linear", workdir=tmp_path, overrides={
+            "optimizer.name": "sgd", "optimizer.learning_rate": 1000.0, "logging.progress": "none",
+            "parallel.data_axis_size": 1})
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
