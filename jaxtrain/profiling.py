@@ -121,6 +121,7 @@ class ProfileHook(Hook):
         self._trace_dir: Path | None = None
 
     def on_train_start(self, run: Run) -> None:
+        self._run = run
         timer = run.engine.timer
         self.clock = self.clock or timer.clock
         timer.clock = self.clock
@@ -145,6 +146,14 @@ class ProfileHook(Hook):
         if run.engine.timer.tracing:
             run.engine.timer.tracing = False
             jax.block_until_ready(run.state)
+            jax.profiler.stop_trace()
+
+    def close(self) -> None:
+        """However the run ended: never leave the process-wide profiler running, or the
+        next trace in this process fails with 'Profile has already been started'."""
+        run = getattr(self, "_run", None)
+        if run is not None and run.engine.timer.tracing:
+            run.engine.timer.tracing = False
             jax.profiler.stop_trace()
 
     def _window_report(self, run: Run, own_now: float) -> dict:

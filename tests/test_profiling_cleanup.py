@@ -1,0 +1,21 @@
+"""A run that fails inside the trace window must not leave the process-wide profiler on."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtrain import train
+from jaxtrain.errors import NonFiniteError
+
+
+def test_failed_run_inside_the_trace_window_frees_the_profiler(tmp_path):
+    overrides = {"train.profile": True, "train.profile_trace_calls": 1000, "train.steps_per_call": 1,
+                 "train.epochs": 3, "optimizer.learning_rate": 1e30, "optimizer.name": "sgd",
+                 "logging.progress": "none", "checkpoint.enabled": False,
+                 "parallel.data_axis_size": 1}
+    with pytest.raises(NonFiniteError):
+        train("digits_mlp", workdir=tmp_path / "run", overrides=overrides)
+    # The profiler accepts a new trace: nothing was left running.
+    jax.profiler.start_trace(str(tmp_path / "trace"))
+    np.asarray(jax.numpy.ones(3) * 2)
+    jax.profiler.stop_trace()
