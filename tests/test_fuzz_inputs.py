@@ -63,21 +63,42 @@ def run_cli(args: list[str]) -> int:
 # ---------------------------------------------------------------- random configs
 
 
-def _key_paths(cls, prefix=()) -> list[tuple[str, ...]]:
-    """Every key of the config tree (nested sections included), from the dataclasses."""
-    out = []
+def _key_paths(cls, prefix=()) -> dict[tuple[str, ...], object]:
+    """Every key of the config tree (nested sections included) and its type, from the dataclasses."""
+    out = {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)] or \
             ([tp] if dataclasses.is_dataclass(tp) else [])
-        out.append((*prefix, f.name))
+        out[(*prefix, f.name)] = tp
         for sub in inner:
-            out.extend(_key_paths(sub, (*prefix, f.name)))
+            out.update(_key_paths(sub, (*prefix, f.name)))
     return out
 
 
-KEYS = _key_paths(Config)
+TYPES = _key_paths(Config)
+KEYS = sorted(TYPES)
+
+
+def plausible(tp) -> st.SearchStrategy:
+    """Values of the key's own type (so that more fuzzed configs get as far as training)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return st.sampled_from(args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+        return st.one_of([plausible(a) for a in args])
+    if origin in (tuple, list):
+        return st.lists(plausible(args[0]), max_size=3)
+    if tp is bool:
+        return st.booleans()
+    if tp is int:
+        return st.integers(-1, 4)
+    if tp is float:
+        return st.floats(-0.5, 1.5)
+    if tp is str:
+        return st.sampled_from(["x", "", "val.loss"])
+    return st.none()
 # Keys whose large values make a *valid* run long (not an error): small values only.
 COSTLY = {("train", "epochs"), ("data", "synthetic_rows"), ("model", "hidden_sizes"),
           ("train", "eval_every_epochs"), ("data", "hash_dim")}
@@ -103,7 +124,8 @@ def configs(draw):
             path = tuple(draw(st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=3)))
         else:
             path = draw(st.sampled_from(KEYS))
-        value = draw(cheap_values if path in COSTLY else values)
+        wild = cheap_values if path in COSTLY else values
+        value = draw(wild if path not in TYPES or draw(st.booleans()) else plausible(TYPES[path]))
         node = cfg
         for k in path[:-1]:
             if not isinstance(node.get(k), dict):
