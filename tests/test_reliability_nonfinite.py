@@ -120,3 +120,30 @@ def test_clean_run_is_not_disturbed_by_the_guard(ctx):
     fit(b)
     for p, q in zip(jax.tree.leaves(a.state.params), jax.tree.leaves(b.state.params)):
         np.testing.assert_array_equal(np.asarray(p), np.asarray(q))
+
+
+class NotYetComputed:
+    """A device value still being computed: reading it would make the host wait."""
+
+    def is_ready(self):
+        return False
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the guard waited for a call mid-epoch with no checkpoint due")
+
+
+def test_guard_does_not_wait_for_a_call_mid_epoch(ctx):
+    """The host only reads the flags of finished calls, except at an epoch's end or a save."""
+    x, y = _data()
+    run = setup(_cfg(k=2), LinearRegression(4, 1, rngs=nnx.Rngs(0)), make_dataset(x, y), ctx)
+    guard = NonFiniteGuard("stop")
+    guard.on_train_start(run)
+    pending = {k: NotYetComputed() for k in ("nonfinite", "first_nonfinite_step", "first_nonfinite_what")}
+    run.step_in_epoch = run.global_step = 2
+    guard.after_call(run, pending)  # mid-epoch, no checkpoint due: must not read
+    assert len(guard._pending) == 1
+    done = {"nonfinite": np.float32(0), "first_nonfinite_step": np.float32(0), "first_nonfinite_what": np.float32(0)}
+    guard._pending[0] = (2, done)
+    run.step_in_epoch = run.global_step = run.engine.steps  # the epoch's last call: read everything
+    guard.after_call(run, done)
+    assert guard._pending == []
