@@ -18,10 +18,11 @@ to the end, and the trial checks:
 - the finished run's parameters are bit-identical to an uninterrupted run's, and
   its summary reports the same test metrics.
 
-Lost work per kill: training had gone at most one interval past the newest save it
-had started (complete or in flight), so the trial reports the bound
-`newest_save + every_steps - latest_complete`: one interval when no save was in
-flight, two when the kill hit a save.
+Lost work per kill: the run prints a progress line after every compiled call, so the
+trial knows the step it had reached when it died, and `lost_steps` = reached step -
+latest complete checkpoint. With synchronous saves (`--sync-saves`) that is at most one
+interval; with asynchronous saves (the default) training runs on while a save is
+written, so a kill during a save can cost up to two.
 `tests/test_reliability_crash.py` runs a few trials; this script runs as many as asked.
 """
 
@@ -45,11 +46,12 @@ import numpy as np
 EVERY = 10  # checkpoint.every_steps
 KEEP = 3
 TOTAL_STEPS = 160  # 4 epochs of 40 steps
+SYNC_SAVES = False  # --sync-saves: checkpoint.async_save=false
 MODES = ["anytime", "training", "mid-save", "mid-save"]  # when to kill; half of the kills hit a save
 # Digits, streamed from the host (on_device_fraction 0), 40 steps per epoch, 5 steps per call.
 OVERRIDES = ["train.epochs=4", "train.on_device_fraction=0", "train.steps_per_call=5",
              "parallel.data_axis_size=1", f"checkpoint.every_steps={EVERY}", f"checkpoint.keep={KEEP}",
-             "logging.progress=plain", "data.batch_size=32"]
+             "logging.progress=bar", "data.batch_size=32"]  # bar: a progress line after every call
 
 
 def env() -> dict:
@@ -98,7 +100,9 @@ def run_and_kill(cmd: list[str], workdir: Path, rng: random.Random, train_s: flo
     as a save is in flight)."""
     before = set(checkpoint_steps(workdir)[1])  # left by an earlier kill: not this run's saves
     target = rng.randrange(EVERY, TOTAL_STEPS + 1, EVERY)  # mid-save: the save to interrupt
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress_file = workdir.parent / f"{workdir.name}.stdout"
+    stdout = open(progress_file, "w")
+    proc = subprocess.Popen(cmd, env=env(), stdout=stdout, stderr=subprocess.DEVNULL)
     t0 = time.monotonic()
     deadline = t0 + rng.uniform(0.0, 3 * train_s) if mode == "anytime" else None
     how = mode
@@ -117,12 +121,22 @@ def run_and_kill(cmd: list[str], workdir: Path, rng: random.Random, train_s: flo
     if not finished:
         os.kill(proc.pid, signal.SIGKILL)  # only the process this trial started
     proc.wait()
-    complete, any_dir = checkpoint_steps(workdir)
-    # Training was at most one interval past the newest save it started (the next save waits for it).
-    newest = max(any_dir) if any_dir else 0
+    stdout.close()
+    complete, _ = checkpoint_steps(workdir)
+    # The newest progress line the run printed: calls it had dispatched when it died.
+    reached = progress_step(progress_file.read_text(errors="replace"))
     return {"how": how if not finished else "finished before the kill", "at_s": round(time.monotonic() - t0, 2),
-            "complete": complete, "lost_steps_bound": newest + EVERY - (complete[-1] if complete else 0),
-            "rc": proc.returncode}
+            "complete": complete, "reached_step": reached,
+            "lost_steps": max(0, reached - (complete[-1] if complete else 0)), "rc": proc.returncode}
+
+
+def progress_step(stdout: str) -> int:
+    """The global step of the last progress line: 'epoch E [###...] done/total' (0 if none)."""
+    found = re.findall(r"epoch (\d+) \[[#.]*\] (\d+)/(\d+)", stdout)
+    if not found:
+        return 0
+    epoch, done, total = map(int, found[-1])
+    return (epoch - 1) * total + done
 
 
 def resumed_step(stdout: str) -> int | None:
@@ -143,6 +157,10 @@ def trial(i: int, root: Path, rng: random.Random, reference: dict, train_s: floa
         cmd = resume_cmd(workdir) if (workdir / "config.yaml").is_file() else train_cmd(workdir)
         if kill["how"] == "finished before the kill":
             break
+        # A sync save blocks training: at most one interval after the last complete save.
+        # An async save lets training run on meanwhile, so losing it costs up to two.
+        if kill["lost_steps"] > EVERY * (1 if SYNC_SAVES else 2):
+            problems.append(f"lost {kill['lost_steps']} steps (checkpoint interval {EVERY})")
         complete = kill["complete"]
         if complete:
             top = complete[-1]
@@ -213,7 +231,12 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="where trial runs go (default: a temporary directory, removed)")
+    p.add_argument("--sync-saves", action="store_true", help="checkpoint.async_save=false")
     args = p.parse_args()
+    if args.sync_saves:
+        global SYNC_SAVES
+        SYNC_SAVES = True
+        OVERRIDES.append("checkpoint.async_save=false")
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="crash-trials-"))
     try:
         results = run_trials(args.trials, root, args.seed)
@@ -221,10 +244,11 @@ def main() -> int:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
     kills = [k for r in results for k in r["kills"]]
-    bounds = [k["lost_steps_bound"] for k in kills if k.get("lost_steps_bound") is not None]
+    lost = [k["lost_steps"] for k in kills]
     print(f"{sum(r['ok'] for r in results)}/{len(results)} trials ok; {len(kills)} kills "
-          f"({sum(k['how'] == 'mid-save' for k in kills)} during a save); lost-work bound per kill: "
-          f"max {max(bounds, default=0)} steps (checkpoint interval {EVERY})")
+          f"({sum(k['how'] == 'mid-save' for k in kills)} during a save); work lost per kill: max "
+          f"{max(lost, default=0)} steps, mean {np.mean(lost) if lost else 0:.1f} (checkpoint interval "
+          f"{EVERY}, {OVERRIDES[2].split('=')[1]} steps per call; async saves: {not SYNC_SAVES})")
     return 0 if all(r["ok"] for r in results) else 1
 
 
