@@ -43,6 +43,8 @@ def _one_line_error(capsys) -> str:
     (["optimizer.name=sgd", "optimizer.nesterov=true"], "needs optimizer.name=sgd with optimizer.momentum > 0"),
     (["model.name=linear", "model.dropout=0.5"], "the linear model has no hidden layer"),
     (["data.task=regression", "data.num_classes=3"], "num_classes is for classification"),
+    (["data.prefetch=-3"], "data.prefetch': must be >= 0"),
+    (["train.augment.image_shape=[0, 4]"], "every dimension must be >= 1"),
     (["trian.epochs=3"], "unknown config key 'trian'"),
     (["data.source=csv"], "data.source=csv needs data.path"),
     (["data.source=npz", "data.path=/nonexistent/x.npz"], "not found"),
