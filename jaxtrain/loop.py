@@ -202,9 +202,11 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
 
     for hook in hooks:
         hook.on_train_end(run)
-    test = run.evaluator.evaluate(run.state.params, run.state.rest, dataset.test)
-    ctx.events.write("eval", split="test", epoch=run.epoch, step=run.global_step, **test)
-    ctx.console.line("test " + format_metrics(test))
+    test = {}
+    if dataset.test is not None and len(dataset.test):  # data.test_fraction: 0 means no test split
+        test = run.evaluator.evaluate(run.state.params, run.state.rest, dataset.test)
+        ctx.events.write("eval", split="test", epoch=run.epoch, step=run.global_step, **test)
+        ctx.console.line("test " + format_metrics(test))
     last = run.history[-1] if run.history else {}
     return {
         "config_name": cfg.name,

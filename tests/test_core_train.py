@@ -144,3 +144,11 @@ def test_synthetic_house_prices_come_from_known_coefficients():
     a = np.hstack([x, np.ones((len(x), 1))]).astype(np.float64)
     fitted, *_ = np.linalg.lstsq(a, y.astype(np.float64), rcond=None)
     np.testing.assert_allclose(fitted[:4], coef, rtol=0.1)
+
+
+def test_no_test_split_reports_no_test_metrics_rather_than_nan(tmp_path):
+    summary = train("digits_mlp", workdir=tmp_path / "run",
+                    overrides=["data.test_fraction=0", "train.epochs=1", "logging.progress=none",
+                               "checkpoint.enabled=false"])
+    assert summary["test"] == {} and summary["data"]["test"] == 0
+    assert summary["val"]["accuracy"] > 0.5  # the validation split still measured the model

@@ -182,3 +182,10 @@ def test_builtin_digits_and_synthetic():
     assert abs(hp.train.y.mean()) < 1e-5 and abs(hp.train.y.std() - 1) < 1e-5
     bl = load_dataset(DataConfig(source="synthetic", name="blobs", num_classes=4))
     assert bl.num_classes == 4 and set(np.unique(bl.train.y)) == {0, 1, 2, 3}
+
+
+def test_a_split_that_rounds_to_no_test_rows_is_an_error(tmp_path):
+    np.savez(tmp_path / "tiny.npz", x=np.arange(6.0).reshape(3, 2), y=np.array([0, 1, 0]))
+    with pytest.raises(DataError, match=r"tiny\.npz.*test split is empty"):
+        load_dataset(DataConfig(source="npz", path=str(tmp_path / "tiny.npz"), val_fraction=0.0,
+                                test_fraction=0.1))

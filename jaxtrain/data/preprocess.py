@@ -43,6 +43,9 @@ def split_parts(raw: RawData, cfg: DataConfig) -> dict[str, Part | None]:
     if len(out["train"]) == 0:
         raise DataError(f"{raw.where}: no training examples after the split; add data or lower "
                         "data.val_fraction/test_fraction")
+    if len(out["test"]) == 0 and cfg.test_fraction > 0:  # NaN test metrics would look measured
+        raise DataError(f"{raw.where}: the test split is empty ({len(out['train'])} training rows); "
+                        "add data or raise data.test_fraction")
     return out
 
 
