@@ -4,7 +4,7 @@ More steps per call amortize the per-call cost (Python, dispatch, the loop's
 bookkeeping) over more steps, but each distinct chunk length costs a compile,
 and a long chunk makes hooks, progress and checkpoints coarser. So candidates
 are tried from small to large and a larger K is only taken when it is clearly
-faster (by `min_gain`) than the best so far; the search stops at the first one
+faster (by `min_gain`, 3%) than the best so far; the search stops at the first one
 that is not. Candidates are moved to a divisor of the epoch's step count when
 one is near, so that the epoch splits into equal chunks and needs one compile.
 
@@ -18,6 +18,9 @@ from __future__ import annotations
 from typing import Callable
 
 TARGETS = (1, 8, 32)
+# Beyond this many steps per epoch the whole epoch is not a candidate (measuring it would
+# cost a whole epoch of throwaway steps); ~512 steps per call amortize any per-call cost.
+MAX_CANDIDATE = 1024
 
 
 def near_divisor(steps: int, k: int) -> int:
@@ -31,11 +34,13 @@ def near_divisor(steps: int, k: int) -> int:
 def candidates(steps: int, max_k: int | None = None) -> list[int]:
     """Candidate K values for an epoch of `steps` steps, ascending, bounded by `max_k`."""
     limit = min(steps, max_k) if max_k else steps
+    if limit > MAX_CANDIDATE:
+        limit = near_divisor(steps, MAX_CANDIDATE // 2)
     ks = {min(near_divisor(steps, k), limit) for k in TARGETS} | {limit}
     return sorted(ks)
 
 
-def choose(measure: Callable[[int], float], ks: list[int], min_gain: float = 0.05,
+def choose(measure: Callable[[int], float], ks: list[int], min_gain: float = 0.03,
            early_stop: bool = True) -> tuple[int, dict[int, float]]:
     """Return (chosen K, seconds per step measured for each tried K).
 

@@ -79,3 +79,8 @@ def test_choose_takes_a_larger_k_only_when_clearly_faster():
     tried.clear()
     assert autotune.choose(measure, [1, 8, 30, 600], early_stop=False)[0] == 8
     assert tried == [1, 8, 30, 600]
+
+
+def test_long_epochs_are_not_measured_whole():
+    assert autotune.candidates(2000) == [1, 8, 25, 500]       # divisors of 2000
+    assert max(autotune.candidates(1024)) == 1024
