@@ -179,6 +179,7 @@ class Engine:
         the training loop does, waiting only at the end: with asynchronous dispatch the
         per-call host cost only shows where the device outruns the host, as in training.
         """
+        from jaxtrain.loop import accumulate_metrics as accumulate  # what the loop does per call
         scratch = self._copy(state)
         calls = max(1, min(8, 64 // k))
         best = math.inf
@@ -189,7 +190,7 @@ class Engine:
             sums = None
             for i in range(calls):
                 scratch, chunk = self._call(scratch, k, *make_args(i))
-                sums = chunk if sums is None else jax.tree.map(jnp.add, sums, chunk)
+                sums = chunk if sums is None else accumulate(sums, chunk)
             jax.block_until_ready((scratch, sums))
             best = min(best, (time.perf_counter() - t0) / (calls * k))
         del scratch
