@@ -399,6 +399,9 @@ class Jaxtrain(_PeerBase):
                               for k, v in self.data.raw.items()})
             source = "npz"
         self.config = jaxtrain_config(source, path, self.batch_size, self.epochs)
+        if getattr(self, "overrides", None):
+            from jaxtrain.config import apply_overrides
+            self.config = apply_overrides(self.config, self.overrides)
         self.has_workdir = "workdir" in inspect.signature(self.train).parameters
         self.summaries: list[dict] = []
         self.wall_s: list[float] = []
@@ -573,6 +576,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per peer first (default 1)")
     p.add_argument("--train-size", type=int, help="use only the first N training examples "
                    "(smoke tests; not for quoted results)")
+    p.add_argument("--jaxtrain-set", dest="jaxtrain_set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of jaxtrain's config, e.g. train.steps_per_call=epoch (repeatable)")
     p.add_argument("--peers", default=",".join(PEERS),
                    help="comma-separated subset of: %(default)s")
     args = p.parse_args(argv)
@@ -602,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
           f"peers: {', '.join(args.peers)}", file=sys.stderr)
 
     peers = [PEERS[name](data, args.batch_size, args.epochs) for name in args.peers]
+    for peer in peers:
+        if isinstance(peer, Jaxtrain):
+            peer.overrides = list(args.jaxtrain_set)
     results = measure(peers, repeats=args.repeats, warmup=args.warmup)
     for peer, res in zip(peers, results):
         res.extra["epochs_trained"] = peer.epochs_trained
