@@ -142,12 +142,6 @@ class TrainConfig:
     # JAX's persistent compilation cache: "auto" (the user cache dir, ~/.cache/jaxtrain/xla),
     # a directory, or null to leave it off.
     compilation_cache: str | None = "auto"
-    # Step-time profiling: calls timed for the breakdown, and the first traced call / traced calls.
-    profile_trace_calls: int = 5
-    profile_steps: int = 0    # > 0: stop training after this many steps (`jaxtrain profile --steps`)
-    # JAX's persistent compilation cache: "auto" (the user cache dir, ~/.cache/jaxtrain/xla),
-    # a directory, or null to leave it off.
-    compilation_cache: str | None = "auto"
 
     def validate(self, key: str) -> None:
         _check(self.epochs >= 1, f"{key}.epochs", f"must be >= 1, got {self.epochs}")
@@ -202,7 +196,10 @@ class CheckpointConfig:
     keep: int = 3
     best_metric: str | None = None
     best_mode: Literal["min", "max"] = "min"
-    async_save: bool = True
+    # Synchronous by default: a kill then never costs more than one interval of work (an
+    # async save in flight would be lost too). For small models the two cost the same;
+    # turn it on for large ones, whose writes take long enough to overlap with training.
+    async_save: bool = False
 
     def validate(self, key: str) -> None:
         _check(self.every_epochs >= 1, f"{key}.every_epochs", "must be >= 1")

@@ -20,8 +20,8 @@ to the end, and the trial checks:
 
 Lost work per kill: the run prints a progress line after every compiled call, so the
 trial knows the step it had reached when it died, and `lost_steps` = reached step -
-latest complete checkpoint. With synchronous saves (`--sync-saves`) that is at most one
-interval; with asynchronous saves (the default) training runs on while a save is
+latest complete checkpoint. With synchronous saves (the default) that is at most one
+interval; with asynchronous saves (`--async-saves`) training runs on while a save is
 written, so a kill during a save can cost up to two.
 `tests/test_reliability_crash.py` runs a few trials; this script runs as many as asked.
 """
@@ -46,7 +46,7 @@ import numpy as np
 EVERY = 10  # checkpoint.every_steps
 KEEP = 3
 TOTAL_STEPS = 160  # 4 epochs of 40 steps
-SYNC_SAVES = False  # --sync-saves: checkpoint.async_save=false
+SYNC_SAVES = True  # --async-saves: checkpoint.async_save=true
 MODES = ["anytime", "training", "mid-save", "mid-save"]  # when to kill; half of the kills hit a save
 # Digits, streamed from the host (on_device_fraction 0), 40 steps per epoch, 5 steps per call.
 OVERRIDES = ["train.epochs=4", "train.on_device_fraction=0", "train.steps_per_call=5",
@@ -231,12 +231,12 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="where trial runs go (default: a temporary directory, removed)")
-    p.add_argument("--sync-saves", action="store_true", help="checkpoint.async_save=false")
+    p.add_argument("--async-saves", action="store_true", help="checkpoint.async_save=true")
     args = p.parse_args()
-    if args.sync_saves:
+    if args.async_saves:
         global SYNC_SAVES
-        SYNC_SAVES = True
-        OVERRIDES.append("checkpoint.async_save=false")
+        SYNC_SAVES = False
+        OVERRIDES.append("checkpoint.async_save=true")
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="crash-trials-"))
     try:
         results = run_trials(args.trials, root, args.seed)
