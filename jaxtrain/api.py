@@ -55,8 +55,11 @@ def prepare_workdir(path: str | Path) -> Path:
 
 
 def make_model(cfg: Config, dataset: data_stage.Dataset) -> nnx.Module:
-    in_features = int(np.prod(dataset.feature_shape))
-    return build_model(cfg.model, in_features, dataset.num_outputs, seed=cfg.train.seed,
+    return _build(cfg, int(np.prod(dataset.feature_shape)), dataset.num_outputs)
+
+
+def _build(cfg: Config, in_features: int, num_outputs: int) -> nnx.Module:
+    return build_model(cfg.model, in_features, num_outputs, seed=cfg.train.seed,
                        compute_dtype=COMPUTE_DTYPES[cfg.train.precision])
 
 
@@ -168,7 +171,7 @@ class TrainedRun:
     parameters on the devices, and an Evaluator to run the model over any inputs."""
     cfg: Config
     stats: dict | None
-    dataset: data_stage.Dataset
+    dataset: data_stage.Dataset | None   # None when loaded for predictions only
     evaluator: Evaluator
     params: Any
     rest: Any
@@ -178,12 +181,21 @@ class TrainedRun:
         return self.evaluator.outputs(self.params, self.rest, x)
 
 
-def load_trained(run_dir: str | Path) -> TrainedRun:
-    """Reload a finished run's saved parameters and preprocessing (shared by eval, report, predict)."""
+def load_trained(run_dir: str | Path, with_data: bool = True) -> TrainedRun:
+    """Reload a finished run's saved parameters and preprocessing (shared by eval, report, predict).
+
+    `with_data=False` skips reloading the run's data set: the model's shape comes from the
+    saved statistics, which is all `predict` needs (reloading MNIST costs seconds)."""
     from jaxtrain import parallel
     cfg, stats = load_run(run_dir)
-    dataset = data_stage.load_dataset(cfg.data, stats=stats)
-    model = make_model(cfg, dataset)
+    if with_data or not stats or "feature_shape" not in stats:
+        dataset = data_stage.load_dataset(cfg.data, stats=stats)
+        stats = dataset.stats
+        model = make_model(cfg, dataset)
+    else:
+        dataset = None
+        outputs = stats["num_classes"] if stats["task"] == "classification" else 1
+        model = _build(cfg, int(np.prod(stats["feature_shape"])), int(outputs))
     _, eval_def, params, rest = split_model(model)
     ckpt_dir = Path(run_dir) / "checkpoints"
     if not has_checkpoint(ckpt_dir):

@@ -77,9 +77,9 @@ def predictions_table(outputs: np.ndarray, stats: dict) -> tuple[list[str], list
 def predict(run_dir: str | Path, input_path: str | Path) -> tuple[list[str], list[list]]:
     """Predictions for every example in `input_path`, as (header, rows)."""
     from jaxtrain.api import load_trained
-    trained = load_trained(run_dir)
-    x = read_inputs(input_path, trained.dataset.stats, trained.cfg.data)
-    return predictions_table(trained.outputs(x), trained.dataset.stats)
+    trained = load_trained(run_dir, with_data=False)
+    x = read_inputs(input_path, trained.stats, trained.cfg.data)
+    return predictions_table(trained.outputs(x), trained.stats)
 
 
 def predict_file(run_dir: str | Path, input_path: str | Path, output: str | Path | None = None) -> None:

@@ -67,6 +67,22 @@ def test_classification_predictions_equal_evaluate_outputs(class_run):
     assert [r["predicted"] for r in got] == [classes[k] for k in probs.argmax(1)]
 
 
+def test_predict_needs_only_the_saved_statistics_not_the_training_data(class_run, monkeypatch):
+    tmp_path, run = class_run
+    trained = load_trained(run)
+    expected = trained.outputs(trained.dataset.test.x).argmax(1)
+    import jaxtrain.data as data_stage
+
+    def no_reload(*args, **kwargs):
+        raise AssertionError("predict reloaded the run's data set")
+
+    monkeypatch.setattr(data_stage, "load_dataset", no_reload)
+    assert main(["predict", str(run), "--input", str(tmp_path / "new.csv"),
+                 "--output", str(tmp_path / "pred_stats_only.csv")]) == 0
+    classes = [str(c) for c in (trained.stats.get("classes") or range(3))]
+    assert [r["predicted"] for r in _read(tmp_path / "pred_stats_only.csv")] == [classes[k] for k in expected]
+
+
 def test_regression_predictions_in_original_units(tmp_path):
     run = _train(tmp_path, "regression")
     assert main(["predict", str(run), "--input", str(tmp_path / "new.csv"),
