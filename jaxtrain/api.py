@@ -120,15 +120,16 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
             init_from(model, cfg.model.init_from, console, events)
         check_before_training(cfg, model, dataset, workdir)  # options vs data, memory, disk space
         run = setup(cfg, model, dataset, RunContext(console=console, events=events, workdir=workdir))
-        hooks = strategy_hooks(cfg, workdir)  # early stopping, checkpoints (periodic, best, final)
+        guard = NonFiniteGuard(cfg.train.on_nonfinite)
+        hooks = strategy_hooks(cfg, workdir, stateful=[guard])  # early stopping, checkpoints
         hooks += profiling.hooks_for(cfg, workdir)  # train.profile: step-time breakdown and trace
         hooks += logging_hooks(cfg, workdir if lead else None)  # TensorBoard
         if resume is not None:
-            resume_run(run, workdir / "checkpoints", hooks)
+            resume_run(run, workdir / "checkpoints", [guard, *hooks])
             if lead:  # the overrides (say, more epochs) are now part of the run
                 write_text_atomic(workdir / "config.yaml", dump_yaml(cfg))
         # The guard goes first (nothing non-finite is saved), the preemption hook last (after the save).
-        hooks = [NonFiniteGuard(cfg.train.on_nonfinite), *hooks, PreemptionHook()]
+        hooks = [guard, *hooks, PreemptionHook()]
         summary = fit(run, hooks=hooks)
         summary["status"] = "completed"
         summary["time"]["data_s"] = data_s

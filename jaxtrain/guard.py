@@ -44,11 +44,19 @@ def describe(what: int, params: Any) -> str:
 
 
 class NonFiniteGuard(Hook):
+    name = "nonfinite_guard"  # its count of skipped steps travels in checkpoints
+
     def __init__(self, policy: str = "stop"):
         self.policy = policy
         self.skipped = 0
         self._pending: list[tuple[int, dict]] = []  # (global step after the call, its sums)
         self._last_step = 0
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.skipped = int(d.get("skipped", 0))
 
     def on_train_start(self, run: Run) -> None:
         self._pending.clear()

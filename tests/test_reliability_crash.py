@@ -99,7 +99,7 @@ def test_sigint_in_process_stops_at_the_next_call_with_a_checkpoint(tmp_path, mo
     import jaxtrain.api
     from jaxtrain.hooks import strategy_hooks
     monkeypatch.setattr(jaxtrain.api, "strategy_hooks",
-                        lambda cfg, wd: [SignalAfter(signal.SIGINT, 3), *strategy_hooks(cfg, wd)])
+                        lambda cfg, wd, **kw: [SignalAfter(signal.SIGINT, 3), *strategy_hooks(cfg, wd, **kw)])
     over = {"train.epochs": 3, "train.steps_per_call": 4, "logging.progress": "none",
             "parallel.data_axis_size": 1, "data.batch_size": 64}
     with pytest.raises(Preempted) as stopped:

@@ -147,3 +147,19 @@ def test_guard_does_not_wait_for_a_call_mid_epoch(ctx):
     run.step_in_epoch = run.global_step = run.engine.steps  # the epoch's last call: read everything
     guard.after_call(run, done)
     assert guard._pending == []
+
+
+def test_skipped_step_count_carries_across_a_resume(tmp_path):
+    """A poisoned row is skipped once per epoch: 4 epochs count 4, however the run was cut."""
+    from jaxtrain import train
+    ds, _ = _poisoned(57)
+    cfg = {"model": {"name": "linear"}, "optimizer": {"name": "sgd", "learning_rate": 0.05},
+           "data": {"batch_size": BATCH}, "parallel": {"data_axis_size": 1},
+           "train": {"epochs": 4, "on_nonfinite": "skip_step", "steps_per_call": 4},
+           "logging": {"progress": "none"}}
+    whole = train(cfg, dataset=ds, workdir=tmp_path / "whole")
+    assert whole["nonfinite_skipped_steps"] == 4
+    train(cfg, dataset=ds, workdir=tmp_path / "cut", train__epochs=2)
+    resumed = train(dataset=ds, resume=tmp_path / "cut", train__epochs=4)
+    assert resumed["nonfinite_skipped_steps"] == 4
+    assert resumed["test"] == whole["test"]

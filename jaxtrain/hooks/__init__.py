@@ -12,9 +12,10 @@ from jaxtrain.loop import Hook
 __all__ = ["CheckpointHook", "EarlyStopping", "restore_run", "strategy_hooks"]
 
 
-def strategy_hooks(cfg: Config, workdir: str | Path | None) -> list[Hook]:
+def strategy_hooks(cfg: Config, workdir: str | Path | None, stateful: list = ()) -> list[Hook]:
     """Early stopping (if configured) before checkpointing, so that the final checkpoint holds
-    the restored best parameters. Checkpoints need a work directory."""
+    the restored best parameters. Checkpoints need a work directory. `stateful`: other hooks
+    whose state the checkpoints carry (say, the non-finite guard's count of skipped steps)."""
     hooks: list[Hook] = []
     ckpt_dir = Path(workdir) / "checkpoints" if workdir is not None else None
     es = cfg.train.early_stopping
@@ -24,7 +25,7 @@ def strategy_hooks(cfg: Config, workdir: str | Path | None) -> list[Hook]:
         # With early stopping and no best_metric of its own, the best checkpoint follows early
         # stopping's idea of best (same metric, mode and min_delta): it holds what is restored.
         follow = es is not None and cfg.checkpoint.best_metric is None
-        hooks.append(CheckpointHook(cfg.checkpoint, ckpt_dir, stateful=hooks[:],
+        hooks.append(CheckpointHook(cfg.checkpoint, ckpt_dir, stateful=[*hooks, *stateful],
                                     best_metric=es.metric if follow else None,
                                     best_mode=es.mode if follow else "min",
                                     best_min_delta=es.min_delta if follow else 0.0))
