@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -98,6 +99,8 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     lead = distributed.is_lead()  # process 0 writes logs and summaries; all take part in checkpoints
     if resume is None:
         workdir = distributed.same_on_all(str(workdir or default_workdir(cfg)))
+    # What the directory held before this call: a run rejected before training undoes its writes.
+    existing = set(p.name for p in Path(workdir).iterdir()) if Path(workdir).is_dir() else None
     workdir = Path(workdir) if resume is not None or not lead else prepare_workdir(workdir)
     # One live run per directory (exit 2 otherwise); the kernel frees it if this process dies.
     lock = WorkdirLock(workdir).acquire() if lead else None
@@ -106,6 +109,7 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         write_text_atomic(workdir / "config.yaml", dump_yaml(cfg))  # a kill never leaves half of it
     events = JsonlWriter(workdir / "metrics.jsonl" if lead else None)
     hooks: list = []
+    abandoned = False
     try:
         t0 = time.perf_counter()
         if dataset is None:
@@ -146,6 +150,12 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         raise
     except OSError as e:  # disk full or permissions while saving: one line, exit 2
         raise (explain_os_error(e, workdir, "writing the run") or e) from None
+    except UserError:
+        # Rejected before anything was trained (bad data, options that clash): remove what
+        # this call wrote, so that fixing the mistake and running the same command again
+        # works. Nothing is lost: that is only the rejected config and empty logs.
+        abandoned = resume is None and lead and not has_checkpoint(workdir / "checkpoints")
+        raise
     finally:
         # However training ended: a checkpoint save in flight finishes (it holds a good state)
         # and the signal handlers are put back.
@@ -154,6 +164,22 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         events.close()
         if lock is not None:
             lock.release()
+        if abandoned:
+            _undo_writes(workdir, existing)
+
+
+def _undo_writes(workdir: Path, existing: set[str] | None) -> None:
+    """Remove what a rejected run added to `workdir` (all of it, if the run created it)."""
+    if existing is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for path in workdir.iterdir():
+        if path.name in existing:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def load_run(run_dir: str | Path) -> tuple[Config, dict]:

@@ -72,3 +72,25 @@ def test_dict_config_rejects_unknown_section():
 def test_shipped_configs_all_load():
     for name in ("digits_mlp", "house_prices_linear", "mnist_mlp"):
         assert load_config(name).name == name
+
+
+def test_rejected_data_leaves_no_run_directory_so_a_retry_works(capsys, tmp_path):
+    workdir = tmp_path / "run"
+    missing = tmp_path / "nope.csv"
+    code, err = _run(capsys, "train", "house_prices_linear", "--set", "data.source=csv",
+                     "--set", f"data.path={missing}", "--set", "data.target=price", "--workdir", str(workdir))
+    assert code == 2 and "nope.csv" in err
+    assert not workdir.exists()  # nothing was trained, so nothing is kept to block the retry
+    code, _ = _run(capsys, "train", "house_prices_linear", "--set", "train.epochs=1",
+                   "--set", "logging.progress=none", "--workdir", str(workdir))
+    assert code == 0 and (workdir / "summary.json").is_file()
+
+
+def test_an_existing_directory_is_never_removed_on_rejection(capsys, tmp_path):
+    workdir = tmp_path / "mine"
+    workdir.mkdir()
+    (workdir / "notes.txt").write_text("keep me")
+    code, _ = _run(capsys, "train", "--set", "data.source=csv", "--set", f"data.path={tmp_path / 'x.csv'}",
+                   "--set", "data.target=y", "--workdir", str(workdir))
+    assert code == 2 and (workdir / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in workdir.iterdir()) == ["notes.txt"]  # only the run's own files went
