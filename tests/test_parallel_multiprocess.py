@@ -115,3 +115,21 @@ def test_unreachable_coordinator_is_one_clear_error_within_the_timeout(tmp_path)
     assert done.returncode == 2
     assert "could not reach the coordinator at 127.0.0.1:" in done.stderr and "within 2 s" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mode", ["sharded", "fsdp"])
+def test_two_process_run_resumed_mid_run_matches_one_uninterrupted_process(one_process_four_devices, mode):
+    """Cut after 1 epoch, resume to 2: the same parameters as one process of four devices."""
+    tmp, expected = one_process_four_devices
+    sets = ["--set", f"parallel.strategy={mode}"]
+    first = _run(["launch", "-n", "2", "--cpu-devices", "2", "--", "train", "mp.yaml", "--workdir",
+                  f"cut_{mode}", "--set", "train.epochs=1", *sets], tmp, devices=2)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    again = _run(["launch", "-n", "2", "--cpu-devices", "2", "--", "train", "--resume", f"cut_{mode}",
+                  "--set", "train.epochs=2"], tmp, devices=2)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resume: continuing from checkpoint step 10" in again.stdout
+    params, meta = load_named_params(tmp / f"cut_{mode}" / "checkpoints")
+    assert meta["step"] == 20
+    for name in expected:
+        np.testing.assert_allclose(params[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
