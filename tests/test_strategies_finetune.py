@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from jaxtrain import train
-from jaxtrain.checkpoint import Checkpointer
+from jaxtrain.checkpoint import load_named_params
 from jaxtrain.cli import main
 
 
@@ -20,21 +20,7 @@ def _cfg(num_classes, **extra):
 
 
 def _params(workdir):
-    ckpt = Checkpointer(workdir / "checkpoints", async_save=False)
-    state, _ = ckpt.restore_raw()
-    ckpt.close()
-    return {k: np.asarray(v) for k, v in _flat(state["params"]).items()}
-
-
-def _flat(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-        name = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and k != "value":
-            out.update(_flat(v, name))
-        else:
-            out[prefix if k == "value" else name] = v
-    return out
+    return load_named_params(workdir / "checkpoints")[0]
 
 
 def test_init_from_new_head_and_frozen_layers(tmp_path, capsys):
