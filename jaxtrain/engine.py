@@ -129,9 +129,9 @@ class Engine:
         try:
             return self.timer.call(compiled, num, state, *args)
         except (TypeError, ValueError) as exc:
-            cause = signature_mismatch(compiled, (state, *args))
             if "differ" not in str(exc) and "sharding" not in str(exc).lower():
                 raise
+            cause = signature_mismatch(compiled, (state, *args))
             self.recompiles += 1
             warnings.warn(f"recompiling the {num}-step train call after its first use: {cause}. "
                           f"Keep shapes, dtypes and shardings of the state and batches fixed.",
