@@ -30,7 +30,7 @@ from jaxtrain.tensorboard import logging_hooks
 from jaxtrain.logging import Console, JsonlWriter
 from jaxtrain.loop import COMPUTE_DTYPES, Evaluator, RunContext, fit, setup
 from jaxtrain.models import build_model
-from jaxtrain.resume import resume, resume_run, resume_source, saved_stats
+from jaxtrain.resume import resume_run, resume_source, saved_stats
 from jaxtrain.step import split_model
 
 

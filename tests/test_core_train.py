@@ -11,7 +11,7 @@ from flax import nnx
 from jaxtrain import load_config, train
 from jaxtrain.data import load_dataset
 from jaxtrain.data.sources import house_prices
-from jaxtrain.loop import Evaluator, fit, setup
+from jaxtrain.loop import fit, setup
 from jaxtrain.models import MLP, LinearRegression
 
 

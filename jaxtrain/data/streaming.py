@@ -176,7 +176,7 @@ def load_streaming(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Data
             fitted = codes[m_][cleaned]
             counts = np.bincount(fitted[fitted >= 0], minlength=len(names))
             fills[m_] = c.fill_text if c.missing == "constant" else \
-                min(names[counts > 0], key=lambda v: (-counts[vocab[m_][v]], v))
+                min(names[counts > 0], key=lambda v, ids=vocab[m_]: (-counts[ids[v]], v))
             final_codes = codes[m_][keep]
             cats = set(names[np.bincount(final_codes[final_codes >= 0], minlength=len(names)) > 0])
             categories[m_] = sorted(cats | ({fills[m_]} if (final_codes < 0).any() else set()))
