@@ -4,7 +4,7 @@
 
 Three peers train the MNIST MLP (784-256-128-64-10) for one epoch of synthetic
 MNIST-shaped data per repeat, in float32 and in bfloat16, interleaved by
-`bench/_harness.py` (median of the repeats after a warm-up epoch):
+`bench/_harness.py` after a warm-up epoch:
 
 - `jaxtrain`:     jaxtrain's engine, training set on the device, one call per epoch;
 - `plain loop`:   the least a trainer can do: a hand-written JAX loop under `lax.scan`
@@ -17,8 +17,9 @@ MNIST-shaped data per repeat, in float32 and in bfloat16, interleaved by
 
 MFU is model FLOPs (those matmuls: 2 x batch x in x out each) per second over the peak:
 the rate of 2048^3 matmuls in the same precision, measured as two more peers of the same
-interleaved run (so a slow spell of the machine weighs on the peak as on the rest). bf16 means bf16
-matmul inputs with fp32 accumulation, as `train.precision: bfloat16` computes.
+interleaved run, so a slow spell of the machine weighs on the peak as on the rest.
+bf16 means bf16 matmul inputs with fp32 accumulation, as `train.precision: bfloat16`
+computes.
 Each figure is given twice, from the median and from the best of the interleaved repeats;
 the last lines give each peer's bf16/fp32 speed ratio.
 """
@@ -45,7 +46,7 @@ import optax  # noqa: E402
 from _harness import measure  # noqa: E402
 from throughput import Cell, synthetic  # noqa: E402
 
-from jaxtrain.models import mixed_dot  # noqa: E402
+from jaxtrain.models import mixed_dot, transposed_copy  # noqa: E402
 
 SIZES = (784, 256, 128, 64, 10)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -66,12 +67,6 @@ def init_kernels(seed: int = 0) -> list[jax.Array]:
 def dot(a, b, contracting, dtype):
     return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), (contracting, ((), ())),
                                preferred_element_type=jnp.float32)
-
-
-def transposed(a: jax.Array) -> jax.Array:
-    # As jaxtrain's bf16 backward does (models.py): a real row-major copy of a.T, the form
-    # XLA's CPU backend runs bf16 weight-gradient dots fastest in.
-    return jax.lax.optimization_barrier(a.T.reshape(-1)).reshape(a.shape[1], a.shape[0])
 
 
 class PlainLoop:
@@ -127,9 +122,9 @@ class MatmulsOnly(PlainLoop):
     def setup(self) -> None:
         dtype = DTYPES[self.precision]
         # fp32 weight gradients contract over the batch directly (XLA's fastest fp32 form here);
-        # bf16 ones take the transposed copy first, as jaxtrain's bf16 backward does.
+        # bf16 ones take a transposed copy of the input first, as jaxtrain's bf16 backward does.
         weight_grad = ((lambda h, g: dot(h, g, ((0,), (0,)), dtype)) if dtype == jnp.float32
-                       else (lambda h, g: dot(transposed(h.astype(dtype)), g, ((1,), (0,)), dtype)))
+                       else (lambda h, g: dot(transposed_copy(h.astype(dtype)), g, ((1,), (0,)), dtype)))
 
         def step(kernels, x):
             acts = [x]

@@ -44,11 +44,12 @@ def _dot(a: jax.Array, b: jax.Array, contracting) -> jax.Array:
     return jax.lax.dot_general(a, b, (contracting, ((), ())), preferred_element_type=jnp.float32)
 
 
-def _transposed(a: jax.Array) -> jax.Array:
+def transposed_copy(a: jax.Array) -> jax.Array:
     """a.T materialized row-major. XLA's CPU backend runs bf16 dots on its fast library
     only when the contraction is over the lhs's last dimension; it folds a plain
     transpose into the dot (contracting over the batch dimension) and then upcasts
-    that dot to fp32. The barrier keeps the transpose a real copy (cheap next to the dot)."""
+    that dot to fp32. The barrier keeps the transpose a real copy: on a 2-core CPU it costs
+    about a third of the bf16 dot it feeds, and the pair is still faster than the fp32 dot."""
     if jax.default_backend() != "cpu":
         return a.T
     return jax.lax.optimization_barrier(a.T.reshape(-1)).reshape(a.shape[1], a.shape[0])
@@ -65,7 +66,7 @@ def _mixed_dot_bwd(compute_dtype, residuals, g):
     xc, kc, x_like, kernel_like = residuals
     g = g.astype(compute_dtype)
     dx = _dot(g, kc, ((1,), (1,)))                      # (B, out) x (in, out) -> (B, in)
-    dkernel = _dot(_transposed(xc), g, ((1,), (0,)))    # (in, B) x (B, out) -> (in, out)
+    dkernel = _dot(transposed_copy(xc), g, ((1,), (0,)))    # (in, B) x (B, out) -> (in, out)
     return dx.astype(x_like.dtype), dkernel.astype(kernel_like.dtype)
 
 
