@@ -31,12 +31,21 @@ def near_divisor(steps: int, k: int) -> int:
     return min(k, steps)
 
 
-def candidates(steps: int, max_k: int | None = None) -> list[int]:
-    """Candidate K values for an epoch of `steps` steps, ascending, bounded by `max_k`."""
+def divisor_at_most(multiple: int, k: int) -> int:
+    """The largest divisor of `multiple` that is at most k: a K whose call boundaries
+    fall on every multiple-th step (checkpoint.every_steps saves between calls)."""
+    return max(d for d in range(1, min(k, multiple) + 1) if multiple % d == 0)
+
+
+def candidates(steps: int, max_k: int | None = None, step_multiple: int | None = None) -> list[int]:
+    """Candidate K values for an epoch of `steps` steps, ascending, bounded by `max_k`,
+    each dividing `step_multiple` when one is given."""
     limit = min(steps, max_k) if max_k else steps
     if limit > MAX_CANDIDATE:
         limit = near_divisor(steps, MAX_CANDIDATE // 2)
     ks = {min(near_divisor(steps, k), limit) for k in TARGETS} | {limit}
+    if step_multiple:
+        ks = {divisor_at_most(step_multiple, k) for k in ks}
     return sorted(ks)
 
 

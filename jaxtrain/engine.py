@@ -73,26 +73,29 @@ def fits_on_device(dataset: Dataset, fraction: float) -> bool:
     return need <= fraction * limit
 
 
-def resolve_steps_per_call(setting: int | str, steps: int, on_device: bool) -> int | None:
-    """K for a fixed setting; None for 'auto' (decided by measurement in `Engine.prepare`)."""
-    if setting == "epoch":
-        return steps
+def resolve_steps_per_call(setting: int | str, steps: int, step_multiple: int | None = None) -> int | None:
+    """K for a fixed setting; None for 'auto' (decided by measurement in `Engine.prepare`).
+    With `step_multiple` (checkpoint.every_steps), K is the largest divisor of it not above
+    the setting, so that step-based saves fall on call boundaries."""
     if setting == "auto":
         return None
-    return min(int(setting), steps)
+    k = steps if setting == "epoch" else min(int(setting), steps)
+    return autotune.divisor_at_most(step_multiple, k) if step_multiple else k
 
 
 class Engine:
     def __init__(self, train_step: Callable, dataset: Dataset, mesh, *, batch_size: int, seed: int,
                  on_device: bool, steps_per_call: int | str, clock: Callable[[], float] = time.perf_counter,
-                 strategy: parallel.Strategy | None = None):
+                 strategy: parallel.Strategy | None = None, step_multiple: int | None = None):
         # The strategy (parallel.py) lays out state and batches and compiles the runners.
         self.strategy = strategy = strategy or parallel.Strategy("sharded", mesh)
         self.dataset, self.mesh, self.batch_size, self.seed = dataset, mesh, batch_size, seed
         self.on_device, self.clock = on_device, clock
         self.n_train = dataset.num_train
         self.steps = steps_per_epoch(self.n_train, batch_size)
-        self.k = resolve_steps_per_call(steps_per_call, self.steps, on_device)
+        # Every K (fixed or measured) divides step_multiple: checkpoints save between calls.
+        self.step_multiple = step_multiple
+        self.k = resolve_steps_per_call(steps_per_call, self.steps, step_multiple)
         self.k_timings: dict[int, float] = {}   # auto: seconds per step for each K tried
         self.compile_s = 0.0
         self.recompiles = 0
@@ -155,7 +158,7 @@ class Engine:
         if not self.on_device:
             row = self._row_bytes()
             max_k = max(1, min(64, STREAM_CHUNK_BYTES // max(1, row * self.batch_size)))
-        ks = autotune.candidates(self.steps, max_k)
+        ks = autotune.candidates(self.steps, max_k, self.step_multiple)
         measure = self._measure_on_device if self.on_device else self._stream_measurer(max(ks))
         multi = jax.process_count() > 1
         k, self.k_timings = autotune.choose(lambda k: measure(state, k), ks, early_stop=not multi)

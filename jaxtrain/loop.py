@@ -135,7 +135,8 @@ def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext) -> 
                                  augment=make_augment(cfg.train.augment, dataset.feature_shape, cfg.train.seed))
     engine = Engine(train_step, dataset, mesh, batch_size=cfg.data.batch_size, seed=cfg.train.seed,
                     on_device=fits_on_device(dataset, cfg.train.on_device_fraction),
-                    steps_per_call=cfg.train.steps_per_call, clock=ctx.clock, strategy=strategy)
+                    steps_per_call=cfg.train.steps_per_call, clock=ctx.clock, strategy=strategy,
+                    step_multiple=cfg.checkpoint.every_steps if cfg.checkpoint.enabled else None)
     evaluator = Evaluator(eval_def, mesh, cfg.data.eval_batch_size, dataset)
     return Run(cfg=cfg, dataset=dataset, ctx=ctx, mesh=mesh, engine=engine, evaluator=evaluator,
                state=state)
@@ -153,6 +154,7 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
                      f"val={len(dataset.val) if dataset.val else 0} test={len(dataset.test)} "
                      f"features={dataset.feature_shape} ({'on device' if engine.on_device else 'streamed'}); "
                      f"batch {cfg.data.batch_size}, {engine.steps} steps/epoch, {engine.k} steps per call"
+                     + (f" (a divisor of checkpoint.every_steps={engine.step_multiple})" if engine.step_multiple else "")
                      + (" (auto: " + ", ".join(f"K={k} {t * 1e3:.3g} ms/step" for k, t in engine.k_timings.items())
                         + ")" if engine.k_timings else ""))
     for hook in hooks:

@@ -116,7 +116,7 @@ def check_run(cfg: Any, model: Any, dataset: Any) -> dict[str, int]:
     on_device = dataset.train is not None and fits_on_device(dataset, cfg.train.on_device_fraction)
     steps = steps_per_epoch(max(1, dataset.num_train), cfg.data.batch_size)
     # 'auto' is measured later (autotune.py); estimate with a generous K.
-    k = resolve_steps_per_call(cfg.train.steps_per_call, steps, on_device) or min(steps, 32)
+    k = resolve_steps_per_call(cfg.train.steps_per_call, steps) or min(steps, 32)
     data_bytes = dataset.train.x.nbytes + dataset.train.y.nbytes if on_device else 0
     return check_fits(cfg, params, dataset.feature_shape, dataset.num_outputs, num_devices=num_devices,
                       steps_per_call=k, streaming=not on_device, on_device_data_bytes=data_bytes)

@@ -65,7 +65,7 @@ def test_candidates_prefer_divisors_of_the_epoch():
 
 
 def test_choose_takes_a_larger_k_only_when_clearly_faster():
-    per_step = {1: 1.0, 8: 0.5, 30: 0.49, 600: 0.1}  # 30 is not 5% better than 8: stop there
+    per_step = {1: 1.0, 8: 0.5, 30: 0.49, 600: 0.1}  # 30 is not 3% better than 8: stop there
     tried = []
 
     def measure(k):
@@ -84,3 +84,28 @@ def test_choose_takes_a_larger_k_only_when_clearly_faster():
 def test_long_epochs_are_not_measured_whole():
     assert autotune.candidates(2000) == [1, 8, 25, 500]       # divisors of 2000
     assert max(autotune.candidates(1024)) == 1024
+
+
+def test_divisor_at_most_is_the_largest_divisor_not_above_k():
+    for multiple in (1, 4, 7, 12, 22, 100):
+        for k in (1, 2, 3, 5, 8, 13, 47, 200):
+            expected = max(d for d in range(1, k + 1) if multiple % d == 0)
+            assert autotune.divisor_at_most(multiple, k) == expected
+    assert autotune.candidates(600, step_multiple=7) == [1, 7]   # 8, 30 and 600 -> 7
+    assert autotune.candidates(600, step_multiple=100) == [1, 5, 25, 100]
+
+
+@pytest.mark.parametrize("steps_per_call", ["auto", 10, "epoch"])
+def test_k_divides_the_checkpoint_interval(ctx, steps_per_call):
+    """Step-based checkpoints save between calls, so every K the engine runs divides
+    checkpoint.every_steps, including each K that `auto` measures."""
+    cfg = load_config({"model": {"hidden_sizes": [16]}, "data": {"batch_size": 16},
+                       "train": {"steps_per_call": steps_per_call, "on_device_fraction": 1.0},
+                       "checkpoint": {"enabled": True, "every_steps": 6}, "parallel": {"data_axis_size": 1}})
+    run = setup(cfg, MLP(6, (16,), 2, rngs=nnx.Rngs(0)), _problem(), ctx)  # 13 steps per epoch
+    run.engine.prepare(run.state)
+    if steps_per_call == "auto":
+        assert sorted(run.engine.k_timings) == [1, 6]   # the candidates 1 and 13, moved to divisors of 6
+        assert run.engine.k in (1, 6)
+    else:
+        assert run.engine.k == 6                         # the largest divisor of 6 not above 10 or 13

@@ -7,14 +7,13 @@ the metric sums of a part-done epoch, the last epoch record (for the summary),
 the chosen steps per call (chunk boundaries), the hooks' own state (best value,
 early-stopping patience), the resolved config and the fitted preprocessing stats.
 
-Step-based saves happen at compiled-call boundaries: `on_train_start` shrinks K so
-that it divides `checkpoint.every_steps`.
+Step-based saves happen at compiled-call boundaries: the engine picks K (fixed or
+measured) among the divisors of `checkpoint.every_steps` (engine.py, loop.setup).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +82,6 @@ class CheckpointHook(Hook):
     def on_train_start(self, run: Run) -> None:
         self._manager = Checkpointer(self.directory, keep=self.cfg.keep, async_save=self.cfg.async_save)
         every = self.cfg.every_steps
-        if every and run.engine.k and every % run.engine.k:
-            # Saves happen between compiled calls: make every interval end on a call boundary.
-            run.engine.k = math.gcd(run.engine.k, every)
-            run.ctx.console.line(f"checkpoint: steps per call set to {run.engine.k} to divide "
-                                 f"checkpoint.every_steps={every}")
         self._boundary = run.global_step // every if every else 0
 
     def after_call(self, run: Run, sums: dict) -> None:
