@@ -22,7 +22,7 @@ from jaxtrain.errors import NonFiniteError, Preempted, UserError
 from jaxtrain.guard import NonFiniteGuard
 from jaxtrain.preflight import check_before_training
 from jaxtrain.signals import PreemptionHook
-from jaxtrain.workdir import WorkdirLock, explain_os_error
+from jaxtrain.workdir import WorkdirLock, check_writable, explain_os_error
 from jaxtrain.finetune import init_from
 from jaxtrain import profiling
 from jaxtrain.hooks import strategy_hooks
@@ -34,8 +34,9 @@ from jaxtrain.resume import resume_run, resume_source, saved_stats
 from jaxtrain.step import split_model
 
 
-def default_workdir(cfg: Config) -> Path:
-    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.name}"
+def default_workdir(cfg: Config, suffix: str = "") -> Path:
+    """runs/<time>-<config name><suffix>: where a run writes unless given a --workdir."""
+    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.name}{suffix}"
 
 
 def prepare_workdir(path: str | Path) -> Path:
@@ -44,15 +45,7 @@ def prepare_workdir(path: str | Path) -> Path:
         # Never overwrite a run's results by accident.
         raise UserError(f"work directory '{workdir}' already holds a run; pass a new --workdir "
                         f"(or resume it with --resume)")
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"work directory '{workdir}' is not writable ({e.strerror}); "
-                        f"pass --workdir with a writable path") from None
-    return workdir
+    return check_writable(workdir)
 
 
 def make_model(cfg: Config, dataset: data_stage.Dataset) -> nnx.Module:
@@ -188,7 +181,7 @@ def load_run(run_dir: str | Path) -> tuple[Config, dict]:
         raise UserError(f"'{run}' is not a jaxtrain run directory (no config.yaml); "
                         f"pass the --workdir of a finished training run")
     cfg = load_config(run / "config.yaml")
-    stats = json.loads((run / "stats.json").read_text()) if (run / "stats.json").is_file() else None
+    stats = saved_stats(run)
     return cfg, stats
 
 

@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 
 from jaxtrain import parallel
 from jaxtrain.errors import UserError
+from jaxtrain.optim import param_path
 
 BEST_DIR = "best"
 FORMAT = 2  # meta["format"]: 2 = full training state + data position
@@ -54,16 +55,8 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def param_name(path: tuple) -> str:
-    """'layers.0.kernel' for a key path into params, whether an nnx.State or restored dicts."""
-    names = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-    if names and names[-1] == "value":  # the nnx.Variable wrapper's own leaf
-        names = names[:-1]
-    return ".".join(names)
-
-
 def named_leaves(tree: Any) -> dict[str, Any]:
-    return {param_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {param_path(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 class Checkpointer:
@@ -75,7 +68,7 @@ class Checkpointer:
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
-    def save(self, step: int, state: Any, meta: dict[str, Any], force: bool = True) -> bool:
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> bool:
         """Save `state` (any pytree; device arrays are copied to the host first) and `meta`.
 
         A step already on disk is replaced, so a final save after, say, restoring the best
@@ -85,13 +78,10 @@ class Checkpointer:
             self.manager.wait_until_finished()
             self.manager.delete(step)
         args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
-        return self.manager.save(step, args=args, force=force)
+        return self.manager.save(step, args=args, force=True)  # the hooks decide when to save
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
-
-    def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
 
     def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Restore into the structure, dtypes and shardings of `like` (device arrays or NumPy)."""
@@ -103,12 +93,18 @@ class Checkpointer:
     def restore_raw(self, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """Restore without a target: nested dicts of NumPy arrays, whatever the saved structure."""
         step = self.manager.latest_step() if step is None else step
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        except (KeyError, ValueError, OSError) as e:  # files missing or cut short: one line, exit 2
+            raise UserError(f"checkpoint '{self.directory}/{step}' cannot be read "
+                            f"({str(e).splitlines()[0][:200]}); it is incomplete or damaged: "
+                            f"remove that step's folder to use the checkpoint before it") from None
         return out.state, dict(out.meta)
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The meta of checkpoint `step` alone (format, position, config), without its arrays."""
+        return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
     def close(self) -> None:
         self.manager.wait_until_finished()
@@ -124,7 +120,7 @@ def has_checkpoint(path: str | Path) -> bool:
     return path.is_dir() and any(p.name.isdigit() and p.is_dir() for p in path.iterdir())
 
 
-def locate(path: str | Path, best: bool = False) -> tuple[Path, int | None]:
+def locate(path: str | Path) -> tuple[Path, int | None]:
     """(manager directory, step or None for the latest) for a run directory, a `checkpoints/`
     directory, or one step's directory inside it."""
     p = Path(path)
@@ -132,9 +128,7 @@ def locate(path: str | Path, best: bool = False) -> tuple[Path, int | None]:
         raise UserError(f"checkpoint path '{p}' does not exist; pass a run directory or its checkpoints/")
     if (p / "checkpoints").is_dir():
         p = p / "checkpoints"
-    if best:
-        p = p / BEST_DIR
-    if p.name.isdigit() and (p / "state").is_dir():
+    if p.name.isdigit() and p.is_dir():  # one step's folder (reading it says if it is damaged)
         return p.parent, int(p.name)
     if not has_checkpoint(p):
         raise UserError(f"'{path}' holds no complete checkpoint; pass a run directory trained with "
@@ -142,9 +136,9 @@ def locate(path: str | Path, best: bool = False) -> tuple[Path, int | None]:
     return p, None
 
 
-def load_named_params(path: str | Path, best: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+def load_named_params(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     """{'layers.0.kernel': array, ...} and the meta of the checkpoint at `path` (see `locate`)."""
-    directory, step = locate(path, best)
+    directory, step = locate(path)
     ckpt = Checkpointer(directory, async_save=False)
     try:
         step = ckpt.latest_step() if step is None else step
@@ -157,16 +151,16 @@ def load_named_params(path: str | Path, best: bool = False) -> tuple[dict[str, n
     return {name: np.asarray(v) for name, v in named_leaves(params).items()}, meta
 
 
-def restore_params(path: str | Path, params_like: Any, best: bool = False) -> Any:
+def restore_params(path: str | Path, params_like: Any) -> Any:
     """The saved parameters in the structure of `params_like` (an nnx.State of nnx.Param).
 
     Every parameter must be present with the same shape: this is for evaluating or
     predicting with the model a run trained, not for fine-tuning (see finetune.py)."""
-    saved, _ = load_named_params(path, best)
+    saved, _ = load_named_params(path)
     flat, treedef = jax.tree_util.tree_flatten_with_path(params_like)
     leaves = []
     for key_path, ref in flat:
-        name = param_name(key_path)
+        name = param_path(key_path)
         if name not in saved or saved[name].shape != tuple(ref.shape):
             got = saved[name].shape if name in saved else "missing"
             raise UserError(f"checkpoint '{path}': parameter '{name}' is {got}, the model needs "

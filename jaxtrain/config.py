@@ -304,7 +304,7 @@ def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
         raise ConfigError(f"config section '{prefix or 'top level'}' must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - fields)
+    unknown = sorted(set(raw) - fields, key=str)  # keys may be numbers in a user's YAML
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
         raise ConfigError(f"unknown config key '{where}'; valid keys{' in ' + prefix if prefix else ''}: "

@@ -15,7 +15,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxtrain.checkpoint import load_named_params, param_name
+from jaxtrain.checkpoint import load_named_params
+from jaxtrain.optim import param_path
 from jaxtrain.errors import UserError
 
 
@@ -24,7 +25,7 @@ def match_params(params: Any, saved: dict[str, np.ndarray]) -> tuple[Any, list[s
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     leaves, loaded, fresh = [], [], {}
     for path, ref in flat:
-        name = param_name(path)
+        name = param_path(path)
         got = saved.get(name)
         if got is None:
             fresh[name] = "not in the checkpoint"

@@ -8,16 +8,17 @@ and it reads them only when that costs nothing extra:
 
 - after each call, sums of earlier calls that have already finished are read
   (`is_ready()`: no wait);
-- a call that ends an epoch, or after which a checkpoint may be saved, is waited
-  for: the epoch's metrics and the checkpoint's copy to the host sync there anyway.
-  This hook runs before the checkpoint hook, so a bad state is never saved.
+- a call that ends an epoch is waited for (the epoch's metrics sync there anyway),
+  and so is every call before a checkpoint is written: the checkpoint hook calls
+  `before_save` first (the checkpoint's copy to the host syncs there anyway), so a
+  bad state is never saved.
 
 Policies:
 
 - `stop` (default): raise NonFiniteError naming the step and the loss or the
   parameter whose gradient went non-finite. Nothing after that is saved, so the
-  last checkpoint on disk is the last good state; api.train writes a
-  `summary.json` with `"status": "failed"` and the CLI exits 3.
+  last checkpoint on disk is the last good state; api.train writes no
+  `summary.json` (the reason goes into metrics.jsonl) and the CLI exits 3.
 - `skip_step`: the step itself leaves the state unchanged when anything is
   non-finite (make_train_step(skip_nonfinite=True)); this hook counts the skipped
   steps into the summary (`nonfinite_skipped_steps`).
@@ -49,8 +50,7 @@ class NonFiniteGuard(Hook):
     def __init__(self, policy: str = "stop"):
         self.policy = policy
         self.skipped = 0
-        self._pending: list[tuple[int, dict]] = []  # (global step after the call, its sums)
-        self._last_step = 0
+        self._pending: list[dict] = []  # the non-finite sums of calls not read yet, oldest first
 
     def state_dict(self) -> dict:
         return {"skipped": self.skipped}
@@ -60,34 +60,27 @@ class NonFiniteGuard(Hook):
 
     def on_train_start(self, run: Run) -> None:
         self._pending.clear()
-        self._last_step = run.global_step
         if self.policy == "skip_step":
             self._report(run)
 
     def after_call(self, run: Run, sums: dict) -> None:
         if self.policy != "stop":
             return
-        self._pending.append((run.global_step, {k: sums[k] for k in ("nonfinite", "first_nonfinite_step",
-                                                                      "first_nonfinite_what")}))
-        save_may_follow = self._save_may_follow(run)
-        self._check(run, wait=save_may_follow or run.step_in_epoch >= run.engine.steps)
+        self._pending.append({k: sums[k] for k in ("nonfinite", "first_nonfinite_step", "first_nonfinite_what")})
+        self._check(run, wait=run.step_in_epoch >= run.engine.steps)
+
+    def before_save(self, run: Run) -> None:
+        if self.policy == "stop":
+            self._check(run, wait=True)
 
     def _check(self, run: Run, wait: bool) -> None:
         """Read the pending calls' sums: all of them if `wait`, else those already computed."""
-        while self._pending and (wait or _ready(self._pending[0][1])):
-            _, chunk = self._pending.pop(0)
+        while self._pending and (wait or _ready(self._pending[0])):
+            chunk = self._pending.pop(0)
             values = {k: float(v) for k, v in jax.device_get(chunk).items()}
             if values["nonfinite"]:
                 self._pending.clear()
                 self._stop(run, values)
-
-    def _save_may_follow(self, run: Run) -> bool:
-        """Whether the checkpoint hook may save after this call (an every_steps boundary)."""
-        ck = run.cfg.checkpoint
-        before, self._last_step = self._last_step, run.global_step
-        if not ck.enabled or not ck.every_steps:
-            return False
-        return run.global_step // ck.every_steps > before // ck.every_steps
 
     def _stop(self, run: Run, values: dict) -> None:
         step = int(values["first_nonfinite_step"])

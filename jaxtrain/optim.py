@@ -33,7 +33,7 @@ def learning_rate_schedule(cfg: OptimizerConfig, steps_per_epoch: int, epochs: i
 
 
 def param_path(path: tuple) -> str:
-    """'layers.0.kernel' for a pytree key path of an nnx.State."""
+    """'layers.0.kernel' for a key path into params, whether an nnx.State or restored dicts."""
     names = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
     if names and names[-1] == "value":  # the Variable wrapper's own leaf
         names = names[:-1]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxtrain.errors import ConfigError
+from jaxtrain.errors import ConfigError, UserError
 
 # The metrics a split reports, per task (metrics.py), for early stopping and best-checkpoint keys.
 TASK_METRICS = {"classification": ("loss", "accuracy"), "regression": ("loss", "mse", "mae", "r2")}
@@ -107,7 +107,7 @@ def check_before_training(cfg: Any, model: Any, dataset: Any, workdir: Any) -> d
     return parts
 
 
-def checkpoint_mismatch(directory: Any, step: int, state: Any, error: Exception) -> ConfigError:
+def checkpoint_mismatch(directory: Any, step: int, state: Any, error: Exception) -> UserError:
     """A one-line error for a checkpoint whose arrays do not fit this run's model or optimizer:
     names the first parameter that differs, else says which part of the state does not fit."""
     import jax
@@ -119,6 +119,8 @@ def checkpoint_mismatch(directory: Any, step: int, state: Any, error: Exception)
     fix = "resume with the run's own model and optimizer settings (or start a new run with model.init_from)"
     try:
         saved, _ = load_named_params(f"{directory}/{step}")
+    except UserError as unreadable:  # incomplete or damaged, not another model: say that
+        return unreadable
     except Exception:  # unreadable as parameters too: report what the restore said, in one line
         return ConfigError(f"{where} does not match this run ({str(error).splitlines()[0][:200]}); {fix}")
     wanted = {param_path(p): np.shape(v) for p, v in jax.tree_util.tree_flatten_with_path(state.params)[0]}

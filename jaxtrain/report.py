@@ -24,6 +24,18 @@ from jaxtrain.errors import UserError
 CURVE_METRICS = ("loss", "accuracy", "mse", "mae", "r2")
 
 
+def read_summary(run_dir: Path) -> dict:
+    """The run's summary.json; {} when the run did not finish (no summary yet)."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read the run's summary ({e}); remove it to write "
+                        f"the report without the final metrics") from None
+
+
 def read_history(run_dir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """{metric: {'train': [(epoch, value)], 'val': [...]}} from metrics.jsonl."""
     path = run_dir / "metrics.jsonl"
@@ -87,8 +99,7 @@ def write_report(run_dir: str | Path) -> Path:
     history = read_history(run)
     trained = load_trained(run)
     ds, stats = trained.dataset, trained.dataset.stats
-    summary_path = run / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_summary(run)
     md = [f"# Run report: {trained.cfg.name}", "", f"Run directory: `{run}`; task: {ds.task}; "
           f"data: {ds.name} (train {ds.num_train}, val {len(ds.val) if ds.val else 0}, test {len(ds.test)}).",
           ""]

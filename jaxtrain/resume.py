@@ -9,10 +9,10 @@ the data position, and training continues in the same directory, appending to
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from jaxtrain.data.artifacts import STATS_FILE, load_stats
 from jaxtrain.errors import UserError
 from jaxtrain.hooks.checkpointing import restore_run
 from jaxtrain.loop import Hook, Run
@@ -41,8 +41,7 @@ def resume_source(run_dir: str | Path, config: Any, workdir: Any) -> tuple[Path,
 
 def saved_stats(run_dir: Path) -> dict | None:
     """The preprocessing statistics the run fitted (so resumed data is preprocessed the same)."""
-    path = Path(run_dir) / "stats.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return load_stats(run_dir) if (Path(run_dir) / STATS_FILE).is_file() else None
 
 
 def resume_run(run: Run, checkpoint_dir: Path, hooks: list[Hook]) -> dict | None:

@@ -137,9 +137,17 @@ def test_resume_refuses_what_it_cannot_do(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "not a jaxtrain run directory" in capsys.readouterr().err
     train(_cfg(train={"epochs": 1}, parallel={"data_axis_size": 1}), workdir=tmp_path / "run")
-    # A different batch size changes the steps per epoch: the data position would not mean the same.
-    assert main(["train", "--resume", str(tmp_path / "run"), "--set", "data.batch_size=32"]) == 2
-    assert "steps per epoch" in capsys.readouterr().err
+    # Another batch size cuts the epoch into other batches: the data position would not mean
+    # the same, even where the number of steps per epoch stays (240 rows: 15 steps of 16 or 17).
+    for batch in (32, 17):
+        assert main(["train", "--resume", str(tmp_path / "run"), "--set", f"data.batch_size={batch}"]) == 2
+        assert f"data.batch_size=16 and 15 steps per epoch, this run has data.batch_size={batch}" in capsys.readouterr().err
+    # A step folder cut short (its arrays gone) is named as damaged by resume and by eval.
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "15" / "state")
+    for command in (["train", "--resume", str(tmp_path / "run")], ["eval", str(tmp_path / "run")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "checkpoints/15' cannot be read" in err and "incomplete or damaged" in err
     # Training into an existing run without --resume is still refused.
     assert main(["train", "--workdir", str(tmp_path / "run")]) == 2
 

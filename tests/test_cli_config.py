@@ -21,6 +21,10 @@ def test_unknown_key_lists_the_valid_keys(capsys, tmp_path):
     assert "optimizer.learnig_rate" in err and "learning_rate" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "r").exists()  # nothing written for a rejected config
+    # Unknown keys that YAML reads as numbers, beside text keys, are reported the same way.
+    (tmp_path / "numeric.yaml").write_text("model:\n  1: 2\n  x: 3\n")
+    code, err = _run(capsys, "train", str(tmp_path / "numeric.yaml"), "--workdir", str(tmp_path / "r"))
+    assert code == 2 and "unknown config key 'model.1'" in err and "hidden_sizes" in err
 
 
 def test_wrong_type_names_the_key(capsys, tmp_path):

@@ -129,7 +129,7 @@ class NotYetComputed:
         return False
 
     def __array__(self, *args, **kwargs):
-        raise AssertionError("the guard waited for a call mid-epoch with no checkpoint due")
+        raise AssertionError("the guard waited for a call that is still running")
 
 
 def test_guard_does_not_wait_for_a_call_mid_epoch(ctx):
@@ -143,10 +143,15 @@ def test_guard_does_not_wait_for_a_call_mid_epoch(ctx):
     guard.after_call(run, pending)  # mid-epoch, no checkpoint due: must not read
     assert len(guard._pending) == 1
     done = {"nonfinite": np.float32(0), "first_nonfinite_step": np.float32(0), "first_nonfinite_what": np.float32(0)}
-    guard._pending[0] = (2, done)
+    guard._pending[0] = done
     run.step_in_epoch = run.global_step = run.engine.steps  # the epoch's last call: read everything
     guard.after_call(run, done)
     assert guard._pending == []
+    # Before a checkpoint is written, every pending call is read, mid-epoch too.
+    run.step_in_epoch = run.global_step = 2
+    guard.after_call(run, pending)
+    with pytest.raises(AssertionError, match="waited for a call"):
+        guard.before_save(run)
 
 
 def test_skipped_step_count_carries_across_a_resume(tmp_path):

@@ -46,7 +46,7 @@ def test_sample_indices_put_mistakes_in_the_grid():
     assert list(pick) == sorted(pick)
 
 
-def test_regression_report(tmp_path):
+def test_regression_report(tmp_path, capsys):
     run = tmp_path / "houses"
     train("house_prices_linear", workdir=run, console=Console("none"),
           overrides={"train.epochs": 3, "parallel.data_axis_size": 1, "data.synthetic_rows": 300})
@@ -55,6 +55,10 @@ def test_regression_report(tmp_path):
     assert (run / "curves.png").read_bytes()[:8] == PNG
     assert not (run / "confusion_matrix.png").exists()
     assert "regression.png" in (run / "report.md").read_text()
+    # A damaged summary.json is one line, exit 2, not a traceback.
+    (run / "summary.json").write_text('{"test": ')
+    assert main(["report", str(run)]) == 2
+    assert "summary.json: cannot read the run's summary" in capsys.readouterr().err
 
 
 def test_report_on_a_non_run_exits_2(tmp_path, capsys):

@@ -135,9 +135,26 @@ class CheckpointHook(Hook):
         })
 
     def save(self, run: Run, kind: str) -> None:
+        for hook in self.stateful:  # e.g. the non-finite guard: a bad state is never written
+            hook.before_save(run)
         self._manager.save(run.global_step, state_tree(run.state), self.meta(run, kind))
         self._saved_state = run.state
         self.saved_steps.append(run.global_step)
+
+
+def check_resumable(meta: dict, run: Run, where: str) -> None:
+    """Refuse, before reading any array, a checkpoint this run cannot continue exactly: one
+    holding parameters only, or one whose epochs were cut into other batches (a resumed
+    epoch must go on with the same order and batches to see every example once)."""
+    if meta.get("format") != FORMAT:
+        raise UserError(f"checkpoint '{where}' holds parameters only; it cannot be resumed, "
+                        f"but model.init_from can start a new run from it")
+    saved_batch = meta["config"]["data"]["batch_size"]
+    if saved_batch != run.cfg.data.batch_size or meta["steps_per_epoch"] != run.engine.steps:
+        raise UserError(f"checkpoint '{where}' was saved with data.batch_size={saved_batch} and "
+                        f"{meta['steps_per_epoch']} steps per epoch, this run has "
+                        f"data.batch_size={run.cfg.data.batch_size} and {run.engine.steps}; "
+                        f"resume with the same data.batch_size and data")
 
 
 def restore_run(run: Run, directory: str | Path, stateful: list = ()) -> dict | None:
@@ -150,6 +167,7 @@ def restore_run(run: Run, directory: str | Path, stateful: list = ()) -> dict | 
         step = ckpt.latest_step()
         if step is None:
             return None
+        check_resumable(ckpt.read_meta(step), run, f"{directory}/{step}")
         try:
             tree, meta = ckpt.restore(state_tree(run.state), step)
         except (ValueError, KeyError, TypeError) as e:  # another model or optimizer: exit 2, one line
@@ -157,13 +175,6 @@ def restore_run(run: Run, directory: str | Path, stateful: list = ()) -> dict | 
             raise checkpoint_mismatch(directory, step, run.state, e) from None
     finally:
         ckpt.close()
-    if meta.get("format") != FORMAT:
-        raise UserError(f"checkpoint '{directory}/{step}' holds parameters only (an older format); "
-                        f"it cannot be resumed, but model.init_from can start a new run from it")
-    if meta["steps_per_epoch"] != run.engine.steps:
-        raise UserError(f"checkpoint '{directory}/{step}' was saved with {meta['steps_per_epoch']} steps "
-                        f"per epoch but this run has {run.engine.steps}; resume with the same "
-                        f"data.batch_size and data")
     repl = parallel.replicated(run.mesh)
     run.state = jax.device_put(TrainState(**tree), repl)
     run.epoch, run.step_in_epoch, run.global_step = meta["epoch"], meta["step_in_epoch"], meta["step"]
