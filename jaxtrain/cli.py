@@ -109,13 +109,12 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from jaxtrain.api import train
+    from jaxtrain.api import default_workdir, train
     from jaxtrain.config import load_config
     from jaxtrain.errors import UserError
     if args.steps < 2:
         raise UserError(f"--steps {args.steps}: profile needs at least 2 steps (one warm-up call)")
-    name = load_config(args.config, args.overrides).name
-    workdir = args.workdir or f"runs/{__import__('time').strftime('%Y%m%d-%H%M%S')}-{name}-profile"
+    workdir = args.workdir or default_workdir(load_config(args.config, args.overrides), "-profile")
     train(args.config, workdir=workdir, overrides=[
         *args.overrides, "train.profile=true", f"train.profile_steps={args.steps}",
         "checkpoint.enabled=false"])

@@ -5,17 +5,15 @@ Each point trains in `WORKDIR/<point name>/` (a complete run directory: `eval`,
 point: its values and final metrics), `results.md` and `results.png`.
 
 With `vectorized=True`, points that differ only in optimizer hyperparameters
-(see `vsweep.VECTOR_KEYS`) train together in one compiled program (vsweep.py).
+(see `vsweep.VECTOR_FIELDS`) train together in one compiled program (vsweep.py).
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
-import json
 import math
 import re
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     grid: dict[str, list[str]] = {}
     for item in items:
         key, _, text = item.partition("=")
-        values = [v.strip() for v in text.split(",") if v.strip()]
+        values = split_values(text)
         if not key.strip() or not values:
             raise ConfigError(f"--grid '{item}' must look like section.key=v1,v2,...")
         if key.strip() in grid:
@@ -39,6 +37,19 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     if not grid:
         raise ConfigError("a sweep needs at least one --grid section.key=v1,v2,...")
     return grid
+
+
+def split_values(text: str) -> list[str]:
+    """'0.1,[32,16],[16]' -> ['0.1', '[32,16]', '[16]']: commas inside brackets belong to a value."""
+    values, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth == 0:
+            values.append(current)
+            current = ""
+        else:
+            current += ch
+    return [v.strip() for v in [*values, current] if v.strip()]
 
 
 def point_name(values: dict[str, str]) -> str:
@@ -76,7 +87,7 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
               overrides: list[str] | None = None, vectorized: bool = False,
               console: Console | None = None) -> list[dict[str, Any]]:
     """Train every grid point; write results.csv/.md/.png into `workdir`; return the rows."""
-    from jaxtrain.api import train
+    from jaxtrain.api import default_workdir, train
     grid = parse_grid(grid) if isinstance(grid, list) else grid
     overrides = list(overrides or [])
     for key in grid:  # fail fast on a bad key or value, before any training
@@ -84,7 +95,7 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
             parse_override(f"{key}={v}")
     points = grid_points(grid)
     cfgs = [point_config(config, overrides, values) for values in points]
-    root = Path(workdir) if workdir else Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-sweep-{cfgs[0].name}"
+    root = Path(workdir) if workdir else default_workdir(cfgs[0], "-sweep")
     if (root / "results.csv").exists():
         raise UserError(f"sweep directory '{root}' already holds results.csv; pass a new --workdir")
     root.mkdir(parents=True, exist_ok=True)
@@ -158,6 +169,3 @@ def read_results(root: str | Path) -> list[dict[str, str]]:
     with open(Path(root) / "results.csv", newline="") as f:
         return list(csv.DictReader(f))
 
-
-def read_summary(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / "summary.json").read_text())

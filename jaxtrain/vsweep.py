@@ -31,23 +31,22 @@ from jaxtrain.engine import padded_order, steps_per_epoch
 from jaxtrain.logging import Console, JsonlWriter, format_metrics
 from jaxtrain.optim import build_optimizer
 from jaxtrain.step import init_state, make_device_epoch_runner, make_train_step, split_model
+from jaxtrain.workdir import WorkdirLock
 
 # Optimizer fields a vectorized group may differ in (each is a number the optimizer reads).
 VECTOR_FIELDS = ("learning_rate", "weight_decay", "momentum")
-VECTOR_KEYS = tuple(f"optimizer.{f}" for f in VECTOR_FIELDS)
 
 
 def _can_vectorize(cfg: Config) -> bool:
     """Vectorized training covers the plain fit: in-memory data, no per-run hooks."""
     return (cfg.data.backend == "numpy" and not cfg.data.streaming
-            and getattr(cfg.parallel, "strategy", "sharded") == "sharded"
-            and getattr(cfg.train, "early_stopping", None) is None
-            and not getattr(cfg.train, "augment", None)
-            and getattr(cfg.model, "init_from", None) is None)
+            and cfg.parallel.strategy == "sharded" and cfg.train.early_stopping is None
+            and not cfg.train.augment and cfg.model.init_from is None)
 
 
 def vector_groups(cfgs: list[Config]) -> list[list[int]]:
-    """Indices of points grouped by everything except VECTOR_KEYS (singletons run alone)."""
+    """Indices of points grouped by everything except the optimizer's VECTOR_FIELDS
+    (points that cannot be vectorized run alone)."""
     groups: dict[str, list[int]] = {}
     for i, cfg in enumerate(cfgs):
         if not _can_vectorize(cfg):
@@ -92,15 +91,17 @@ def train_vectorized(cfgs: list[Config], workdirs: list[Path], console: Console 
     console = console or Console("none")
     base = cfgs[0]
     dirs = [prepare_workdir(w) for w in workdirs]
-    for cfg, d in zip(cfgs, dirs):
-        (d / "config.yaml").write_text(dump_yaml(cfg))
-    events = [JsonlWriter(d / "metrics.jsonl") for d in dirs]
+    locks = [WorkdirLock(d).acquire() for d in dirs]  # as train() holds one: a second run is refused
+    events = []
     try:
+        for cfg, d in zip(cfgs, dirs):
+            (d / "config.yaml").write_text(dump_yaml(cfg))
+        events = [JsonlWriter(d / "metrics.jsonl") for d in dirs]
         t0 = time.perf_counter()
         dataset = data_stage.load_dataset(base.data)
         data_s = time.perf_counter() - t0
         for d in dirs:
-            write_json(d / "stats.json", dataset.stats)
+            data_stage.write_artifacts(dataset, d)   # stats.json + preprocess_report.json
         model = make_model(base, dataset)
         mesh = parallel.make_mesh(base.parallel)
         parallel.check_batch_size(base.data.batch_size, mesh)
@@ -177,7 +178,7 @@ def train_vectorized(cfgs: list[Config], workdirs: list[Path], console: Console 
             last = histories[i][-1]
             if cfg.checkpoint.enabled:
                 ckpt = Checkpointer(d / "checkpoints", keep=cfg.checkpoint.keep, async_save=False)
-                ckpt.save(epochs * steps, {"params": st.params}, {"step": epochs * steps}, force=True)
+                ckpt.save(epochs * steps, {"params": st.params}, {"step": epochs * steps})
                 ckpt.close()
             summary = {
                 "config_name": cfg.name, "task": dataset.task, "test": test, "val": last.get("val", {}),
@@ -193,7 +194,7 @@ def train_vectorized(cfgs: list[Config], workdirs: list[Path], console: Console 
                               "vectorized_points": len(cfgs)},
                 "data": {"train": n_train, "val": len(dataset.val) if dataset.val else 0,
                          "test": len(dataset.test)},
-                "stopped_early": None, "workdir": str(d),
+                "stopped_early": None, "workdir": str(d), "status": "completed",
             }
             write_json(d / "summary.json", summary)
             events[i].write("summary", **{k: v for k, v in summary.items() if k in ("test", "train", "time")})
@@ -203,3 +204,5 @@ def train_vectorized(cfgs: list[Config], workdirs: list[Path], console: Console 
     finally:
         for e in events:
             e.close()
+        for lock in locks:
+            lock.release()

@@ -6,9 +6,10 @@ import math
 import pytest
 
 from jaxtrain.cli import main
+from jaxtrain.config import load_config
 from jaxtrain.errors import ConfigError
 from jaxtrain.logging import Console
-from jaxtrain.sweep import grid_points, parse_grid, read_results, run_sweep
+from jaxtrain.sweep import grid_points, parse_grid, point_config, read_results, run_sweep
 
 CFG = {"name": "tiny", "data": {"source": "synthetic", "name": "blobs", "synthetic_rows": 200, "batch_size": 16},
        "model": {"hidden_sizes": [8]}, "optimizer": {"name": "sgd", "learning_rate": 0.05},
@@ -24,6 +25,15 @@ def test_grid_expands_to_the_cartesian_product():
         (lr, bs) for lr in ("0.1", "0.01", "0.001") for bs in ("64", "128")}
     with pytest.raises(ConfigError):
         parse_grid(["optimizer.learning_rate="])
+
+
+def test_grid_list_values_keep_their_commas():
+    grid = parse_grid(["model.hidden_sizes=[32, 16],[16],[]", "optimizer.learning_rate=0.1"])
+    assert grid["model.hidden_sizes"] == ["[32, 16]", "[16]", "[]"]
+    # each value reaches the config as YAML, as `--set` would give it
+    cfgs = [point_config({}, [], p) for p in grid_points(grid)]
+    assert [c.model.hidden_sizes for c in cfgs] == [
+        load_config({}, [f"model.hidden_sizes={v}"]).model.hidden_sizes for v in ("[32, 16]", "[16]", "[]")]
 
 
 def test_results_csv_rows_match_each_points_summary(tmp_path):

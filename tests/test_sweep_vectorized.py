@@ -1,9 +1,12 @@
 """Vectorized sweeps (vmap over optimizer hyperparameters) agree with separate runs."""
 
+import json
+
 import jax
 import numpy as np
 
 from jaxtrain.api import load_trained
+from jaxtrain.cli import main
 from jaxtrain.config import load_config
 from jaxtrain.logging import Console
 from jaxtrain.sweep import read_results, run_sweep
@@ -41,7 +44,7 @@ def test_vectorized_points_equal_their_separate_runs(tmp_path):
     assert len(losses) == 4  # the points really trained differently
 
 
-def test_adamw_learning_rate_and_weight_decay_vectorized(tmp_path):
+def test_adamw_learning_rate_and_weight_decay_vectorized(tmp_path, capsys):
     cfg = {**CFG, "optimizer": {"name": "adamw", "schedule": "cosine"}, "parallel": {"data_axis_size": 1}}
     grid = ["optimizer.learning_rate=0.01,0.003", "optimizer.weight_decay=0,0.1"]
     run_sweep(cfg, grid, workdir=tmp_path / "vec", vectorized=True, console=Console("none"))
@@ -49,3 +52,10 @@ def test_adamw_learning_rate_and_weight_decay_vectorized(tmp_path):
     for a, b in zip(read_results(tmp_path / "vec"), read_results(tmp_path / "sep")):
         assert abs(float(a["test.loss"]) - float(b["test.loss"])) <= 1e-5
         assert _max_param_diff(tmp_path / "vec" / a["point"], tmp_path / "sep" / b["point"]) <= 1e-5
+    # A vectorized point is a complete run directory, like a separate run's.
+    vec_dir, sep_dir = tmp_path / "vec" / a["point"], tmp_path / "sep" / b["point"]
+    assert sorted(p.name for p in vec_dir.iterdir()) == sorted(p.name for p in sep_dir.iterdir())
+    assert json.loads((vec_dir / "summary.json").read_text())["status"] == "completed"
+    # It saves parameters only: resuming it is refused with what to do instead.
+    assert main(["train", "--resume", str(tmp_path / "vec" / a["point"])]) == 2
+    assert "holds parameters only" in capsys.readouterr().err
