@@ -1,7 +1,7 @@
 """Image augmentation on the device, inside the train step: random shifts, small rotations, noise.
 
-`make_augment(cfg, feature_shape, seed)` returns `augment(x, step) -> x` (or None when
-every kind is off). The randomness comes from a key derived from `train.seed` with the
+`make_augment(cfg, feature_shape, seed, known_image_shape)` returns `augment(x, step) -> x`
+(or None when every kind is off). The randomness comes from a key derived from `train.seed` with the
 step number folded in, so it needs no state of its own: it is reproducible, and a
 resumed run draws exactly what the uninterrupted one would have. Evaluation never
 calls it (the Evaluator has its own compiled function).
@@ -27,27 +27,30 @@ from jaxtrain.errors import ConfigError
 _STREAM = 0x61756721  # folded into the seed so augmentation draws differ from parameter init
 
 
-def image_shape(feature_shape: tuple[int, ...], configured: tuple[int, ...] | None) -> tuple[int, int, int]:
-    """(H, W, C) of the images behind `feature_shape`: from train.augment.image_shape, the
-    feature shape itself when it has 2 or 3 dims, or a square grayscale image for flat
-    features (MNIST's 784 -> 28x28, digits' 64 -> 8x8)."""
+def image_shape(feature_shape: tuple[int, ...], configured: tuple[int, ...] | None,
+                known: tuple[int, ...] | None = None) -> tuple[int, int, int]:
+    """(H, W, C) of the images behind `feature_shape`: from train.augment.image_shape, else the
+    shape the data stage recorded (`known`: `Dataset.image_shape`), else the feature shape itself
+    when it has 2 or 3 dims, else a square grayscale image for flat features (784 -> 28x28)."""
     size = math.prod(feature_shape)
     if configured:
-        shape = tuple(configured)
+        shape, source = tuple(configured), "config key 'train.augment.image_shape': "
+    elif known:      # flattened images: a guess from the size alone would take 32x8 for 16x16
+        shape, source = tuple(known), "the data's image shape "
     elif len(feature_shape) in (2, 3):
-        shape = tuple(feature_shape)
+        shape, source = tuple(feature_shape), ""
     else:
         side = math.isqrt(size)
         if side * side != size:
             raise ConfigError(f"config key 'train.augment': features of shape {tuple(feature_shape)} are "
                               f"not a square image; set train.augment.image_shape to [height, width] "
                               f"or [height, width, channels]")
-        shape = (side, side)
+        shape, source = (side, side), ""
     if len(shape) == 2:
         shape = (*shape, 1)
     if len(shape) != 3 or math.prod(shape) != size:
-        raise ConfigError(f"config key 'train.augment.image_shape': {list(shape)} does not hold the "
-                          f"{size} features of each example")
+        raise ConfigError(f"{source}{list(shape)} does not hold the {size} features of each example; "
+                          "set train.augment.image_shape to [height, width] or [height, width, channels]")
     return shape
 
 
@@ -81,11 +84,14 @@ def rotate_images(images: jax.Array, degrees: jax.Array) -> jax.Array:
     return jax.vmap(one)(images, degrees)
 
 
-def make_augment(cfg: AugmentConfig, feature_shape: tuple[int, ...], seed: int
+def make_augment(cfg: AugmentConfig, feature_shape: tuple[int, ...], seed: int,
+                 known_image_shape: tuple[int, ...] | None = None
                  ) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
+    """`known_image_shape`: the images' shape as the data stage recorded it (`Dataset.image_shape`);
+    train.augment.image_shape, when set, takes precedence."""
     if not cfg:
         return None
-    shape = image_shape(feature_shape, cfg.image_shape)
+    shape = image_shape(feature_shape, cfg.image_shape, known_image_shape)
     base = jax.random.fold_in(jax.random.key(seed), _STREAM)
 
     def augment(x: jax.Array, step: jax.Array, shard: jax.Array | None = None) -> jax.Array:

@@ -135,7 +135,8 @@ def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext) -> 
     train_step = make_train_step(train_def, tx, dataset.task, l1=cfg.optimizer.l1, l2=cfg.optimizer.l2,
                                  skip_nonfinite=cfg.train.on_nonfinite == "skip_step",
                                  axis_name=strategy.step_axis,
-                                 augment=make_augment(cfg.train.augment, dataset.feature_shape, cfg.train.seed, dataset.image_shape))
+                                 augment=make_augment(cfg.train.augment, dataset.feature_shape, cfg.train.seed,
+                                                      dataset.image_shape))
     engine = Engine(train_step, dataset, mesh, batch_size=cfg.data.batch_size, seed=cfg.train.seed,
                     on_device=fits_on_device(dataset, cfg.train.on_device_fraction),
                     steps_per_call=cfg.train.steps_per_call, clock=ctx.clock, strategy=strategy,

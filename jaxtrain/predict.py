@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxtrain.data import apply as apply_stats
-from jaxtrain.errors import DataError
+from jaxtrain.data.sources import read_idx, read_npz
+from jaxtrain.errors import DataError, UserError
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -36,16 +37,12 @@ def read_inputs(path: str | Path, stats: dict, data_cfg) -> np.ndarray:
         raise DataError(f"{path}: input file not found; pass --input with an existing CSV, .npz or IDX file")
     table_model = bool(apply_stats.feature_columns(stats))
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                key = next((k for k in ("x", "x_test") if k in f.files), None)
-                if key is None:
-                    raise DataError(f"{path}: needs an array 'x' of inputs; found: {', '.join(f.files) or 'none'}")
-                x = f[key]
-        except (OSError, ValueError, EOFError) as e:
-            raise DataError(f"{path}: cannot read as .npz ({e})") from None
+        arrays = read_npz(str(path))
+        key = next((k for k in ("x", "x_test") if k in arrays), None)
+        if key is None:
+            raise DataError(f"{path}: needs an array 'x' of inputs; found: {', '.join(arrays) or 'none'}")
+        x = arrays[key]
     elif _is_idx(path):
-        from jaxtrain.data.sources import read_idx
         x = read_idx(str(path))
     else:
         features, _, _ = apply_stats.read_csv_features(str(path), stats, data_cfg)
@@ -84,13 +81,27 @@ def predict(run_dir: str | Path, input_path: str | Path) -> tuple[list[str], lis
 
 def predict_file(run_dir: str | Path, input_path: str | Path, output: str | Path | None = None) -> None:
     """Write the predictions as CSV to `output`, or to stdout."""
+    if output is not None:
+        _check_output(Path(output))      # before the work, not after it
     header, rows = predict(run_dir, input_path)
     if output is None:
         _write_csv(sys.stdout, header, rows)
         return
-    with open(output, "w", newline="") as f:
-        _write_csv(f, header, rows)
+    try:
+        with open(output, "w", newline="") as f:
+            _write_csv(f, header, rows)
+    except OSError as e:
+        raise UserError(f"{output}: cannot write the predictions ({e.strerror or e})") from None
     print(f"wrote {len(rows)} predictions to {output}", file=sys.stderr)
+
+
+def _check_output(output: Path) -> None:
+    if output.is_dir():
+        raise UserError(f"{output}: --output is a directory; give a file path such as "
+                        f"{output / 'predictions.csv'}")
+    if not output.parent.is_dir():
+        raise UserError(f"{output}: --output folder {output.parent} does not exist; create it or choose "
+                        "another path")
 
 
 def _write_csv(stream, header: list[str], rows: list[list]) -> None:

@@ -35,9 +35,8 @@ def test_duplicates_removed_and_counted(tmp_path):
     assert len(y) == 6
 
 
-@pytest.mark.parametrize("rule,expected", [("median", 3.0), ("mean", 14 / 3), ("most_frequent", 1.0),
-                                           ("constant", -7.0)])
-def test_missing_imputation(tmp_path, rule, expected):
+@pytest.mark.parametrize("rule", ["median", "mean", "most_frequent", "constant"])
+def test_missing_imputation(tmp_path, rule):
     rows = ["1,1", "NA,2", "3,3", "10,4", "1,5"]
     vals = {"median": np.median([1, 3, 10, 1]), "mean": np.mean([1, 3, 10, 1]), "most_frequent": 1.0,
             "constant": -7.0}

@@ -121,17 +121,28 @@ def test_csv_numeric_text_missing_and_drop_columns(tmp_path):
     a = np.array([i * 1.5 for i in range(20) if i not in (3, 4)])
     x = ds.train.x[np.argsort(ds.train.y)]
     np.testing.assert_allclose(x[[3, 4], 0], np.median(a))       # imputed with the train median
-    assert x[4, 1:].tolist() == [1.0, 0.0] or x[4, 1:].tolist() == [0.0, 1.0]  # most frequent city
+    cities = [r.split(",")[2] for r in rows[1:]]
+    most = max(("A", "B"), key=cities.count)                     # A 10 times, B 9 (one is null)
+    assert cities.count(most) > max(cities.count(c) for c in ("A", "B") if c != most)
+    assert x[4, 1:].tolist() == [float(c == most) for c in ("A", "B")]  # missing city: the most frequent
     np.testing.assert_allclose(ds.to_original_units(np.sort(ds.train.y)), np.arange(20) * 10.0)
 
 
 def test_csv_quoted_and_free_text_hashing(tmp_path):
+    from jaxtrain.data.csvfile import read_rows
+    from jaxtrain.data.transforms import hash_text
     words = ["good fine great", "bad awful poor terrible", "so so, maybe fine", "really great movie ok"]
-    rows = ["review,y"] + [f'"{words[i % 4]} {i}",{i % 2}' for i in range(40)]
+    rows = ["review,i,y"] + [f'"{words[i % 4]} {i}",{i},{i % 2}' for i in range(40)]
     path = write(tmp_path, "\n".join(rows))
-    ds = load_dataset(csv_cfg(path, hash_dim=16, columns={"review": "text"}, normalize="none"))
-    assert ds.task == "classification" and ds.feature_shape == (16,)
-    np.testing.assert_allclose(np.linalg.norm(ds.train.x, axis=1), 1.0, rtol=1e-5)
+    ds = load_dataset(csv_cfg(path, hash_dim=16, columns={"review": "text"}, normalize="none",
+                              val_fraction=0.0, test_fraction=0.0))
+    assert ds.task == "classification" and ds.feature_shape == (17,)
+    x = ds.train.x[np.argsort(ds.train.x[:, 0])]           # column i: the row's number
+    texts = np.array([f"{words[i % 4]} {i}" for i in range(40)], dtype=object)
+    np.testing.assert_allclose(x[:, 0], np.arange(40))
+    np.testing.assert_allclose(x[:, 1:], hash_text(texts, 16), rtol=1e-6)
+    _, table, _ = read_rows(path)              # the quoted field with a comma is one value
+    assert table[2].tolist() == ["so so, maybe fine 2", "2", "0"]
 
 
 BAD_CSV = [

@@ -21,9 +21,15 @@ def test_tfds_mock_mnist_both_backends():
     with tfds.testing.mock_data(num_examples=40):
         a = load_dataset(DataConfig(source="tfds", name="mnist", val_fraction=0.0))
         b = load_dataset(DataConfig(source="tfds", name="mnist", val_fraction=0.0, backend="tfdata"))
+        raw = np.stack([r["image"] for r in tfds.as_numpy(tfds.builder("mnist").as_dataset(split="train"))])
     assert a.feature_shape == (784,) and a.num_classes == 10 and len(a.train) == 40 and b.train is None
     # global z-score of the flattened images, fitted on train: check against NumPy on the raw pixels
+    raw = raw.astype(np.float64)
+    assert raw.shape == (40, 28, 28, 1) and raw.std() > 0
     assert a.stats["normalize"]["scope"] == "global" and len(a.stats["normalize"]["shift"]) == 1
+    np.testing.assert_allclose(a.stats["normalize"]["shift"], [raw.mean()], rtol=1e-12)
+    np.testing.assert_allclose(a.stats["normalize"]["scale"], [raw.std()], rtol=1e-12)
+    assert b.stats["normalize"] == a.stats["normalize"]
     ax, ay, am = batches(a, 16, 1, 0)
     bx, by, bm = batches(b, 16, 1, 0)
     np.testing.assert_allclose(ax, bx, atol=1e-6)
@@ -147,3 +153,55 @@ def test_streaming_cache_removed_after_an_error_and_with_the_dataset(tmp_path):
     del ds
     gc.collect()
     assert not list(tmp_path.glob("jaxtrain-stream-*"))
+
+
+def _labels_csv(path, labels):
+    rng = np.random.default_rng(5)
+    path.write_text("a,b,y\n" + "".join(f"{rng.normal():.5f},{rng.normal():.5f},{v}\n" for v in labels))
+    return str(path)
+
+
+# (labels, task, num_classes, expected task and class count by the documented rule)
+TASK_CASES = {
+    "auto_small_ints": ([i % 3 for i in range(90)], "auto", None, ("classification", 3)),
+    "classification_no_num_classes": ([i % 4 for i in range(90)], "classification", None, ("classification", 4)),
+    "auto_many_ints": ([i % 30 for i in range(90)], "auto", None, ("regression", None)),
+    "auto_fractions": ([i / 7 for i in range(90)], "auto", None, ("regression", None)),
+    "auto_num_classes": ([i % 3 for i in range(90)], "auto", 5, ("classification", 5)),
+}
+
+
+@pytest.mark.parametrize("case", list(TASK_CASES))
+def test_streaming_decides_the_task_as_in_memory(tmp_path, case):
+    labels, task, nc, expected = TASK_CASES[case]
+    kw = dict(source="csv", path=_labels_csv(tmp_path / "t.csv", labels), target="y", task=task,
+              num_classes=nc, cache_dir=str(tmp_path))
+    a = load_dataset(DataConfig(**kw))
+    b = load_dataset(DataConfig(backend="tfdata", streaming=True, **kw))
+    assert (a.task, a.num_classes) == (b.task, b.num_classes) == expected
+    assert (b.stats["task"], b.stats["num_classes"]) == expected
+    ay, by = batches(a, 16, 0, 0)[1], batches(b, 16, 0, 0)[1]
+    assert ay.dtype == by.dtype
+    np.testing.assert_allclose(ay, by, atol=1e-6)
+
+
+def test_streaming_label_errors_read_as_in_memory(tmp_path):
+    labels = [i % 3 for i in range(40)]
+    labels[17] = 2.5
+    kw = dict(source="csv", path=_labels_csv(tmp_path / "l.csv", labels), target="y", task="classification",
+              val_fraction=0.0, test_fraction=0.0)
+    with pytest.raises(DataError) as mem:
+        load_dataset(DataConfig(**kw))
+    with pytest.raises(DataError) as streamed:
+        load_dataset(DataConfig(backend="tfdata", streaming=True, **kw))
+    assert str(streamed.value) == str(mem.value)
+    assert "l.csv line 19 column 'y': label 2.5 is not an integer" in str(mem.value)
+
+
+def test_streaming_refuses_text_labels_in_one_line(tmp_path):
+    p = tmp_path / "pets.csv"
+    p.write_text("a,y\n" + "".join(f"{i},{'dog' if i % 2 else 'cat'}\n" for i in range(20)))
+    with pytest.raises(DataError, match=r"pets\.csv column 'y': text labels such as 'cat' are not supported "
+                                         r"in streaming mode") as e:
+        load_dataset(DataConfig(source="csv", path=str(p), target="y", backend="tfdata", streaming=True))
+    assert "\n" not in str(e.value)

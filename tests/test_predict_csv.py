@@ -1,13 +1,18 @@
 """`jaxtrain predict`: saved preprocessing on raw CSV rows gives evaluate's outputs."""
 
 import csv
+import re
 
 import numpy as np
 import pytest
 
+from jaxtrain import predict as predict_module
 from jaxtrain.api import load_trained, train
 from jaxtrain.cli import main
+from jaxtrain.data import load_dataset
+from jaxtrain.data.options import DataConfig
 from jaxtrain.data.preprocess import split_indices
+from jaxtrain.errors import UserError
 from jaxtrain.logging import Console
 
 
@@ -115,3 +120,34 @@ def test_mismatched_columns_exit_2_naming_them(class_run, tmp_path, capsys, drop
         assert f"missing column(s): {drop}" in err
     if add:
         assert f"unexpected column(s): {add}" in err
+
+
+def test_truncated_npz_input_exits_2_as_in_training(class_run, tmp_path, capsys):
+    _, run = class_run
+    np.savez(tmp_path / "inputs.npz", x=np.random.default_rng(0).normal(size=(50, 3)))
+    data = (tmp_path / "inputs.npz").read_bytes()
+    (tmp_path / "inputs.npz").write_bytes(data[:len(data) // 2])
+    capsys.readouterr()
+    assert main(["predict", str(run), "--input", str(tmp_path / "inputs.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "inputs.npz: cannot read as .npz" in err
+    # the training side reads .npz files through the same check
+    with pytest.raises(UserError, match=r"inputs\.npz: cannot read as \.npz"):
+        load_dataset(DataConfig(source="npz", path=str(tmp_path / "inputs.npz")))
+
+
+@pytest.mark.parametrize("where", ["missing_folder", "a_directory"])
+def test_unwritable_output_is_refused_before_predicting(class_run, tmp_path, capsys, monkeypatch, where):
+    data_dir, run = class_run
+    output = tmp_path / "nope" / "pred.csv" if where == "missing_folder" else tmp_path
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("predicted before checking --output")
+
+    monkeypatch.setattr(predict_module, "predict", no_work)
+    with pytest.raises(UserError, match=re.escape(str(output))):
+        predict_module.predict_file(run, data_dir / "new.csv", output)
+    capsys.readouterr()
+    assert main(["predict", str(run), "--input", str(data_dir / "new.csv"), "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(output) in err and "Traceback" not in err

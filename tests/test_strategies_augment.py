@@ -105,3 +105,37 @@ def test_training_sees_augmented_inputs_and_evaluation_does_not(ctx):
                  augmented.state.params, reference.state.params)
     fit(plain)
     assert not np.allclose(jax.tree.leaves(plain.state.params)[0], jax.tree.leaves(augmented.state.params)[0])
+
+
+def test_flattened_images_shift_along_the_rows_the_data_recorded(ctx, tmp_path, monkeypatch):
+    import jaxtrain.loop as loop
+    from jaxtrain.data import load_dataset
+    from jaxtrain.data.options import DataConfig
+
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "img.npz", x=rng.normal(size=(40, 16, 4)), y=rng.integers(0, 2, 40))
+    ds = load_dataset(DataConfig(source="npz", path=str(tmp_path / "img.npz"), val_fraction=0.0))
+    # 64 features: a guess from the size alone would take these 16x4 images for 8x8 ones
+    assert ds.feature_shape == (64,) and ds.image_shape == (16, 4)
+    built, real = [], loop.make_augment
+    monkeypatch.setattr(loop, "make_augment", lambda *a: built.append(real(*a)) or built[-1])
+    cfg = load_config({"model": {"hidden_sizes": [8]}, "data": {"batch_size": 8},
+                       "train": {"epochs": 1, "augment": {"shift": 2}, "steps_per_call": 1},
+                       "parallel": {"data_axis_size": 1}, "checkpoint": {"enabled": False}})
+    setup(cfg, MLP(64, (8,), 2, rngs=nnx.Rngs(0)), ds, ctx)
+    images = ds.train.x.reshape(-1, 16, 4, 1)
+    got = np.asarray(built[0](jnp.asarray(ds.train.x), jnp.int32(0))).reshape(images.shape)
+    shifts = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+    moved = 0
+    for b in range(len(images)):
+        match = [s for s in shifts if np.array_equal(got[b], _numpy_shift(images[b], *s))]
+        assert match, f"example {b} is not a shift of its 16x4 image"
+        moved += match != [(0, 0)]
+    assert moved > len(images) // 2
+
+
+def test_configured_image_shape_wins_and_a_wrong_known_shape_is_named():
+    assert image_shape((64,), (8, 8), (16, 4)) == (8, 8, 1)
+    assert image_shape((64,), None, (16, 4)) == (16, 4, 1)
+    with pytest.raises(ConfigError, match=r"the data's image shape \[5, 4, 1\] does not hold the 64 features"):
+        image_shape((64,), None, (5, 4))

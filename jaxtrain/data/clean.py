@@ -168,13 +168,13 @@ def label_problems(y: np.ndarray, task: str, num_classes: int | None,
     return out
 
 
-def check_labels(raw: RawData, split: str, part: Part, task: str, num_classes: int | None,
-                 classes: list[str] | None, policy: str) -> tuple[Part, int]:
-    """Drop (training split, policy=drop) or raise on invalid labels. Returns (part, dropped)."""
+def invalid_labels(raw: RawData, split: str, part: Part, task: str, num_classes: int | None,
+                   classes: list[str] | None, policy: str) -> np.ndarray:
+    """Mask of the invalid labels in `part`; raises unless they are training rows and policy=drop."""
     bad = label_problems(part.y, task, num_classes, classes)
     bad_mask = bad != ""
     if not bad_mask.any():
-        return part, 0
+        return bad_mask
     i = int(np.argmax(bad_mask))
     where = raw.row_label(split, int(part.rows[i]))
     col = f" column '{raw.target}'" if raw.extra.get("row_kind") == "line" else ""
@@ -184,4 +184,13 @@ def check_labels(raw: RawData, split: str, part: Part, task: str, num_classes: i
     if policy == "error":
         raise DataError(f"{where}{col}: {bad[i]} ({int(bad_mask.sum())} such rows in the training split); "
                         "fix the data, set data.num_classes, or set data.clean.invalid_labels=drop")
-    return part.take(np.flatnonzero(~bad_mask)), int(bad_mask.sum())
+    return bad_mask
+
+
+def check_labels(raw: RawData, split: str, part: Part, task: str, num_classes: int | None,
+                 classes: list[str] | None, policy: str) -> tuple[Part, int]:
+    """Drop (training split, policy=drop) or raise on invalid labels. Returns (part, dropped)."""
+    bad = invalid_labels(raw, split, part, task, num_classes, classes, policy)
+    if not bad.any():
+        return part, 0
+    return part.take(np.flatnonzero(~bad)), int(bad.sum())

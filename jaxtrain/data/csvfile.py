@@ -17,7 +17,6 @@ from jaxtrain.data.raw import Part, RawData
 from jaxtrain.errors import DataError
 
 MISSING = ("", "na", "nan", "null", "none", "n/a")
-_MISSING_ALL = sorted({s for m in MISSING for s in (m, m.upper(), m.capitalize())} | {"NaN", "N/A"})
 
 
 def missing_mask(col: np.ndarray) -> np.ndarray:
@@ -92,7 +91,7 @@ def read_rows(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     return header, np.array(rows, dtype=str), np.asarray(lines, np.int64)
 
 
-def infer_kinds(header: list[str], table: np.ndarray, cfg: DataConfig, path: str) -> dict[str, str]:
+def infer_kinds(header: list[str], table: np.ndarray, cfg: DataConfig) -> dict[str, str]:
     """name -> numeric | category | text for every feature column."""
     kinds = {}
     for j, name in enumerate(header):
@@ -136,7 +135,7 @@ def load_csv(cfg: DataConfig) -> RawData:
         if missing_mask(table[:, j]).all():
             raise DataError(f"{path} column '{name}': every value is missing; "
                             f"drop it with data.drop_columns or fill it in")
-    kinds = infer_kinds(header, table, cfg, path)
+    kinds = infer_kinds(header, table, cfg)
     num_names = [n for n in header if kinds.get(n) == "numeric"]
     hint = lambda n: f", or declare the column as text with data.columns.{n}=category"  # noqa: E731
     num = np.stack([to_float(table[:, header.index(n)], path, n, lines, hint(n)) for n in num_names], 1) \

@@ -49,26 +49,39 @@ def split_parts(raw: RawData, cfg: DataConfig) -> dict[str, Part | None]:
     return out
 
 
-def resolve_task(raw: RawData, train: Part, cfg: DataConfig) -> tuple[str, int | None, list[str] | None]:
-    task = raw.task
-    y = train.y
+MAX_AUTO_CLASSES = 20     # task=auto: more distinct integer labels than this is regression
+
+
+def task_for_labels(task: str | None, num_classes: int | None, y: np.ndarray) -> tuple[str, int | None]:
+    """(task, num_classes) for numeric training labels `y` (NaN: missing); task None infers it.
+
+    The one rule for every path (in memory and streaming), so that they cannot disagree:
+    classification when `num_classes` is set or the labels are at most MAX_AUTO_CLASSES
+    distinct non-negative integers; without `num_classes`, the largest valid label + 1 (>= 2).
+    """
+    v = y[np.isfinite(y)]
     if task is None:
-        if y.dtype == object or raw.num_classes or cfg.num_classes:
-            task = "classification"
-        else:
-            v = y[np.isfinite(y)]
-            task = "classification" if len(v) and np.all(v == np.round(v)) and len(np.unique(v)) <= 20 \
-                and v.min() >= 0 else "regression"
+        small_ints = len(v) > 0 and v.min() >= 0 and bool(np.all(v == np.round(v))) \
+            and len(np.unique(v)) <= MAX_AUTO_CLASSES
+        task = "classification" if num_classes or small_ints else "regression"
     if task == "regression":
-        return task, None, None
-    if y.dtype == object:
+        return task, None
+    if num_classes is None:
+        v = v[(v == np.round(v)) & (v >= 0)]
+        num_classes = max(int(v.max()) + 1 if len(v) else 0, 2)
+    return task, int(num_classes)
+
+
+def resolve_task(raw: RawData, train: Part, cfg: DataConfig) -> tuple[str, int | None, list[str] | None]:
+    y = train.y
+    if y.dtype == object:          # text labels: classification unless the config says otherwise
+        task = raw.task or "classification"
+        if task == "regression":
+            return task, None, None
         classes = raw.classes or sorted({str(v) for v in y if v is not None})
         return task, len(classes), classes
-    nc = cfg.num_classes or raw.num_classes
-    if nc is None:
-        v = y[np.isfinite(y) & (y == np.round(y)) & (y >= 0)]
-        nc = max(int(v.max()) + 1 if len(v) else 0, 2)
-    return task, int(nc), raw.classes
+    task, nc = task_for_labels(raw.task, cfg.num_classes or raw.num_classes, y)
+    return task, nc, raw.classes if task == "classification" else None
 
 
 def _encode(raw: RawData, part: Part, stats: dict[str, Any], cfg: DataConfig) -> tuple[np.ndarray, int]:

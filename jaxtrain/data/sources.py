@@ -169,15 +169,20 @@ def _idx(cfg: DataConfig) -> RawData:
 # ---------------------------------------------------------------- npz
 
 
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array in an .npz file; a DataError for anything unreadable (truncated or corrupt too)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{path}: cannot read as .npz ({e})") from None
+
+
 def _npz(cfg: DataConfig) -> RawData:
     path = str(cfg.path)
     if not os.path.isfile(path):
         raise DataError(f"{path}: .npz file not found; set data.path to an existing file")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # corrupt archives too
-        raise DataError(f"{path}: cannot read as .npz ({e})") from None
+    arrays = read_npz(path)
     splits = [s for s in ("train", "val", "test") if f"x_{s}" in arrays]
     if splits:
         if "train" not in splits:

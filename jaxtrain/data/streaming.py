@@ -4,20 +4,20 @@ Passes over the file (tf.data: TextLineDataset -> batches of lines -> parallel d
 numeric columns parse straight to float64, and a chunk holding missing-value words
 such as NA falls back to a string decode for the rest of the file):
   0. count data lines (the seeded split needs n);
-  1. check labels; per train row a 64-bit hash (exact duplicates), missing counts,
-     category counts;
+  1. labels (then the task and the label checks, by the in-memory rules); per train row
+     a 64-bit hash (exact duplicates), missing counts, category counts;
   2. encode (one-hot/hash) and append the kept train rows, in file order, to a float64
      cache file; val/test rows stay in memory (set small fractions for huge files).
 Then block passes over the cache fit mean imputation, z-score outlier bounds and the
 normalization statistics, and a last pass writes normalized float32 rows (computed in
 float64 exactly as the NumPy backend does) to the file an epoch gathers from, through
 the tf.data backend in the same `epoch_permutation` order as in memory. What lives in
-memory per row is small: a split tag, a position, a hash, a few flags.
+memory per row is small: a split tag, a position, a label, a hash, a few flags.
 Rules that need every value at once (median / most_frequent imputation of numeric
 columns, IQR outliers, dropping outlier rows) are refused with a message naming the
 streaming alternative; with missing=drop, evaluation rows are imputed with the mean
 (the in-memory path uses the median). Limitations: one record per line (no newlines
-inside quoted fields).
+inside quoted fields); numeric labels only (text class names need the in-memory backend).
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from jaxtrain.data import csvstream, pipeline_tf, rowcache, transforms
+from jaxtrain.data import clean, csvstream, pipeline_tf, rowcache, transforms
 from jaxtrain.data.csvfile import _parseable, check_columns, infer_kinds, missing_mask
 from jaxtrain.data.dataset import Dataset, Split
 from jaxtrain.data.options import DataConfig
-from jaxtrain.data.preprocess import STATS_VERSION, split_indices
+from jaxtrain.data.preprocess import STATS_VERSION, split_indices, task_for_labels
+from jaxtrain.data.raw import Part, RawData
 from jaxtrain.errors import DataError
 
 def _stripped(col: np.ndarray) -> np.ndarray:
@@ -63,7 +64,7 @@ def load_streaming(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Data
         raise DataError(f"{path}: CSV file not found; set data.path to an existing file")
     header, head, _ = csvstream.head(path)
     check_columns(header, cfg, path)
-    kinds = infer_kinds(header, head, cfg, path)
+    kinds = infer_kinds(header, head, cfg)
     c, fit = cfg.clean, stats is None
     num_names = [n for n in header if kinds.get(n) == "numeric"]
     cat_names = [n for n in header if kinds.get(n) == "category"]
@@ -76,7 +77,14 @@ def load_streaming(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Data
     if ob["method"] != "none" and ob["action"] == "drop":
         raise DataError(f"{path}: data.clean.outlier_action=drop is not available in streaming mode; use clip")
     ycol = head[:, header.index(cfg.target)]
-    numeric = set(num_names) | ({cfg.target} if _parseable(ycol[~missing_mask(ycol)]) == 1.0 else set())
+    ylabels = ycol[~missing_mask(ycol)]
+    # Mostly numbers: a numeric target (a stray word is an error naming its line). Mostly words:
+    # class names, which would need a vocabulary fitted over the whole file first.
+    if _parseable(ylabels) <= 0.5 and len(ylabels):
+        word = next(v.strip() for v in ylabels if _parseable([v]) == 0.0)
+        raise DataError(f"{path} column '{cfg.target}': text labels such as '{word}' are not supported "
+                        "in streaming mode; encode the classes as integers 0..k-1, or set data.streaming=false")
+    numeric = set(num_names) | ({cfg.target} if len(ylabels) else set())
     keep_cols = set(text_cols) | {cfg.target}
 
     def chunks():
@@ -91,14 +99,11 @@ def load_streaming(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Data
     pos = np.empty(n, np.int32)                     # position within its split, in split order
     for idx in (tr, va, te):
         pos[idx] = np.arange(len(idx), dtype=np.int32)
-    del tr, va, te
 
     # ---- pass 1: labels, duplicates, missing, categories
-    task = stats["task"] if not fit else ("regression" if cfg.task != "classification" else "classification")
-    nc = cfg.num_classes if fit else stats["num_classes"]
+    labels = np.empty(n, np.float64)    # the task and the label checks need them all (after the pass)
     hashes = np.zeros(n_tr, np.uint64)
     any_missing = np.zeros(n_tr, bool)
-    bad_label = np.zeros(n_tr, bool)
     k = len(num_names)
     miss, present = np.zeros(k, np.int64), np.zeros(k, np.int64)
     # Text values of train rows as codes into a vocabulary (-1: missing): the fills and
@@ -111,17 +116,9 @@ def load_streaming(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Data
         if rows[-1:] >= n:
             raise csvstream.miscounted(path, n, start + len(rows))
         y = csvstream.target(ch, cfg, path, start)
-        bad = ~np.isfinite(y)
-        if task == "classification":
-            bad |= (y != np.round(y)) | (y < 0) | (y >= (nc or np.inf))
-        evalbad = bad & (which[rows] != 0)
-        if evalbad.any() or (bad.any() and c.invalid_labels == "error"):
-            i = int(np.argmax(evalbad if evalbad.any() else bad))
-            raise DataError(f"{path} line {rows[i] + 2} column '{cfg.target}': invalid label {y[i]:g}; fix the "
-                            "data" + ("" if evalbad.any() else " or set data.clean.invalid_labels=drop"))
+        labels[rows] = y
         t = which[rows] == 0
         tp = pos[rows[t]]
-        bad_label[tp] = bad[t]
         num = np.stack([ch[m] for m in num_names], 1)[t] if k else np.zeros((int(t.sum()), 0))
         texts = {m: _stripped(ch[m][t]) for m in text_cols}
         hashes[tp] = rowcache.row_hashes(num, y[t], list(texts.values()))
@@ -141,6 +138,16 @@ def load_streaming(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Data
         seen = start + len(rows)
     if seen != n:
         raise csvstream.miscounted(path, n, seen)
+    # Task and label checks exactly as in memory: same rule, same messages, train split first.
+    if fit:
+        task, nc = task_for_labels(None if cfg.task == "auto" else cfg.task, cfg.num_classes, labels[tr])
+    else:
+        task, nc = stats["task"], stats["num_classes"]
+    lines = RawData("table", {}, where=path, target=cfg.target, extra={"row_kind": "line"})
+    bad_label = clean.invalid_labels(lines, "train", Part(labels[tr], tr + 2), task, nc, None, c.invalid_labels)
+    for s_, idx in (("val", va), ("test", te)):
+        clean.invalid_labels(lines, s_, Part(labels[idx], idx + 2), task, nc, None, "error")
+    del labels, tr, va, te
     for m_, q in list(zip(num_names, present)) + [(m_, len(vocab[m_])) for m_ in text_cols]:
         if fit and q == 0:
             raise DataError(f"{path} column '{m_}': every value in the training split is missing; "

@@ -56,7 +56,6 @@ def load_tfds(cfg: DataConfig) -> RawData:
     kx, ky = keys
     label = b.info.features[ky]
     nc = getattr(label, "num_classes", None)
-    names = getattr(label, "names", None)
     feat = b.info.features[kx]
     is_text = False
     parts, shape = {}, None
@@ -83,5 +82,4 @@ def load_tfds(cfg: DataConfig) -> RawData:
     return RawData(kind, parts, name=cfg.name, where=where,
                    task="classification" if nc else ("regression" if cfg.task == "auto" else cfg.task),
                    num_classes=cfg.num_classes or nc, classes=None,
-                   txt_kinds={kx: "text"} if is_text else {}, target=ky,
-                   extra={"label_names": list(names) if names else None})
+                   txt_kinds={kx: "text"} if is_text else {}, target=ky)
