@@ -102,6 +102,7 @@ class Engine:
         self.timer = PhaseTimer(clock)          # inactive unless profiling
         self._compiled: dict[int, Any] = {}
         self._starts: dict[int, jax.Array] = {}
+        self._copier: Callable | None = None
         # Streamed chunks: this process's rows of each batch, assembled into global arrays.
         self._put_chunk = strategy.stream_placer(batch_size)
         if on_device:
@@ -172,8 +173,11 @@ class Engine:
         return int(split.x[:1].nbytes + split.y[:1].nbytes)
 
     def _copy(self, state: TrainState) -> TrainState:
-        shardings = jax.tree.map(lambda a: a.sharding, state)
-        return jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=shardings)(state)
+        """A device copy of `state` in its own shardings (the calls measuring K donate it)."""
+        if self._copier is None:  # one compile for all the candidates measured
+            shardings = jax.tree.map(lambda a: a.sharding, state)
+            self._copier = jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=shardings)
+        return self._copier(state)
 
     def _time_calls(self, state: TrainState, k: int, make_args: Callable[[int], tuple]) -> float:
         """Seconds per step of throwaway calls of k steps on a copy of `state`, best of two rounds.

@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxtrain.config import ParallelConfig
-from jaxtrain.data.dataset import epoch_permutation
+from jaxtrain.data.dataset import epoch_permutation, padded_batches
 from jaxtrain.errors import ConfigError
 
 DATA_AXIS = "data"
@@ -271,15 +271,8 @@ class Strategy:
         if rows == slice(0, batch_size):
             yield from dataset.train_batches(batch_size, seed, epoch)
         elif dataset.train is not None and dataset.batcher is None:
-            n = len(dataset.train)
-            order = epoch_permutation(n, seed, epoch)
-            for start in range(0, n, batch_size):
-                idx = np.zeros(batch_size, order.dtype)   # padding: row 0, masked out
-                mask = np.zeros(batch_size, np.float32)
-                real = order[start:start + batch_size]
-                idx[:len(real)], mask[:len(real)] = real, 1.0
-                idx, mask = idx[rows], mask[rows]
-                yield dataset.train.x[idx], dataset.train.y[idx], mask
+            order = epoch_permutation(len(dataset.train), seed, epoch)
+            yield from padded_batches(dataset.train, batch_size, order, rows)
         else:
             for batch in dataset.train_batches(batch_size, seed, epoch):
                 yield tuple(a[rows] for a in batch)

@@ -77,5 +77,3 @@ class PhaseTimer:
         self.background = {"prepare": 0.0, "transfer": 0.0}
         self.steps = self.calls = 0
 
-
-INACTIVE = PhaseTimer()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -37,8 +37,8 @@ def stack(chunk: list) -> tuple[np.ndarray, ...]:
     return tuple(np.stack(parts) for parts in zip(*chunk))
 
 
-def prefetch_to_device(batches: Iterator, k: int, sharding, *, depth: int = 2, timer=None,
-                       clock: Callable[[], float] | None = None) -> Iterator[tuple[int, Any]]:
+def prefetch_to_device(batches: Iterator, k: int, sharding, *, depth: int = 2,
+                       timer=None) -> Iterator[tuple[int, Any]]:
     """Yield `(num_steps, device_chunk)` for chunks of k host batches, prepared ahead in a thread.
 
     `timer` (a PhaseTimer) receives the thread's prepare/transfer seconds when active,
@@ -47,7 +47,7 @@ def prefetch_to_device(batches: Iterator, k: int, sharding, *, depth: int = 2, t
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     profiling = timer is not None and timer.active
-    tick = clock or (timer.clock if timer is not None else None)
+    tick = timer.clock if timer is not None else None
 
     def produce() -> None:
         try:

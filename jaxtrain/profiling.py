@@ -105,15 +105,14 @@ class ProfileHook(Hook):
     per epoch, a short profile still measures something.
     """
 
-    def __init__(self, workdir: Path | None, *, warmup_calls: int = 0, trace_calls: int = 5,
-                 max_steps: int = 0, clock: Callable[[], float] | None = None):
+    def __init__(self, workdir: Path | None, *, trace_calls: int = 5, max_steps: int = 0,
+                 clock: Callable[[], float] | None = None):
         self.workdir = Path(workdir) if workdir is not None else None
-        self.warmup_calls, self.trace_calls, self.max_steps = warmup_calls, trace_calls, max_steps
+        self.trace_calls, self.max_steps = trace_calls, max_steps
         self.clock = clock
         self.report: dict | None = None
-        self._calls = 0
         self._traced = 0
-        self._t_start: float | None = None
+        self._t_start = 0.0
         self._own_wall = 0.0      # this hook's own time inside the window (not training time)
         self._own_hooks = 0.0     # ... of which counted by the loop's "hooks" phase
         self._compile_before = 0.0
@@ -126,8 +125,7 @@ class ProfileHook(Hook):
         self.clock = self.clock or timer.clock
         timer.clock = self.clock
         timer.active = True
-        if self.warmup_calls == 0:
-            self._start_window(run)
+        self._start_window(run)
 
     def _start_window(self, run: Run) -> None:
         if self.trace_calls > 0 and self.workdir is not None:
@@ -170,11 +168,6 @@ class ProfileHook(Hook):
 
     def after_call(self, run: Run, sums: dict) -> None:
         t0 = self.clock()
-        self._calls += 1
-        if self._t_start is None:
-            if self._calls >= self.warmup_calls:
-                self._start_window(run)
-            return
         if run.engine.timer.tracing:
             self._traced += 1
             if self._traced >= self.trace_calls:
@@ -196,9 +189,6 @@ class ProfileHook(Hook):
         t0 = self.clock()
         self._stop_trace(run)
         timer.active = False
-        if self._t_start is None:
-            run.ctx.console.line("profile: no calls were timed; run more steps (--steps)")
-            return
         if timer.steps > 0 or self._traced_report is None:
             report = self._window_report(run, self.clock() - t0)
             report["window"] = "traced calls (profiler overhead included)" if self._traced_report is None \

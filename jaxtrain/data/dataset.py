@@ -83,16 +83,16 @@ class Dataset:
         yield from padded_batches(self.train, batch_size, order)
 
 
-def padded_batches(split: Split, batch_size: int, order: np.ndarray | None = None
+def padded_batches(split: Split, batch_size: int, order: np.ndarray, rows: slice = slice(None)
                    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    n = len(split)
-    order = np.arange(n) if order is None else order
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        mask = np.ones(batch_size, np.float32)
-        if len(idx) < batch_size:
-            mask[len(idx):] = 0.0
-            idx = np.concatenate([idx, np.zeros(batch_size - len(idx), idx.dtype)])
+    """(x, y, mask) batches of `split` in `order`; the last one padded with row 0, masked out.
+    `rows` keeps only those rows of each batch (a process's share), gathering nothing else."""
+    for start in range(0, len(split), batch_size):
+        idx = np.zeros(batch_size, order.dtype)
+        mask = np.zeros(batch_size, np.float32)
+        real = order[start:start + batch_size]
+        idx[:len(real)], mask[:len(real)] = real, 1.0
+        idx, mask = idx[rows], mask[rows]
         yield split.x[idx], split.y[idx], mask
 
 
