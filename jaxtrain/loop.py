@@ -92,8 +92,10 @@ class Evaluator:
         self.dataset = dataset
         self._predict = jax.jit(make_predict(eval_def),
                                 out_shardings=parallel.output_sharding(mesh, 1))
+        self._placed: dict[int, tuple[np.ndarray, jax.Array]] = {}  # the dataset's splits, uploaded once
 
-    def outputs(self, params, rest, x: np.ndarray) -> np.ndarray:
+    def _place(self, x: np.ndarray) -> jax.Array:
+        """x padded to whole batches, as (num_batches, batch, ...) device arrays."""
         n = len(x)
         data_size = parallel.batch_shards(self.mesh)
         b = min(self.batch_size, n)
@@ -101,12 +103,20 @@ class Evaluator:
         nb = math.ceil(n / b)
         padded = np.zeros((nb * b, *x.shape[1:]), x.dtype)
         padded[:n] = x
-        xs = jax.device_put(padded.reshape(nb, b, *x.shape[1:]), parallel.batch_sharding(self.mesh, 1))
+        return jax.device_put(padded.reshape(nb, b, *x.shape[1:]), parallel.batch_sharding(self.mesh, 1))
+
+    def outputs(self, params, rest, x: np.ndarray, xs: jax.Array | None = None) -> np.ndarray:
+        xs = self._place(x) if xs is None else xs
         out = np.asarray(self._predict(params, rest, xs))
-        return out.reshape(nb * b, *out.shape[2:])[:n]
+        return out.reshape(-1, *out.shape[2:])[:len(x)]
 
     def evaluate(self, params, rest, split) -> dict[str, float]:
-        out = self.outputs(params, rest, split.x)
+        # A split is evaluated every epoch: keep its device copy (keyed by the array, held here
+        # so the id stays its own).
+        x = split.x
+        if id(x) not in self._placed:
+            self._placed[id(x)] = (x, self._place(x))
+        out = self.outputs(params, rest, x, self._placed[id(x)][1])
         d = self.dataset
         return compute_metrics(d.task, out, split.y, d.target_mean, d.target_scale)
 
