@@ -151,19 +151,34 @@ def load_named_params(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     return {name: np.asarray(v) for name, v in named_leaves(params).items()}, meta
 
 
+def match_params(params: Any, saved: dict[str, np.ndarray]) -> tuple[Any, list[str], dict[str, str]]:
+    """(params with matching leaves replaced, names loaded, {name: why fresh})."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    leaves, loaded, fresh = [], [], {}
+    for path, ref in flat:
+        name = param_path(path)
+        got = saved.get(name)
+        if got is None:
+            fresh[name] = "not in the checkpoint"
+            leaves.append(ref)
+        elif tuple(got.shape) != tuple(ref.shape):
+            fresh[name] = f"shape {tuple(got.shape)} in the checkpoint, {tuple(ref.shape)} here"
+            leaves.append(ref)
+        else:
+            loaded.append(name)
+            leaves.append(np.asarray(got).astype(ref.dtype))
+    return jax.tree_util.tree_unflatten(treedef, leaves), loaded, fresh
+
+
 def restore_params(path: str | Path, params_like: Any) -> Any:
     """The saved parameters in the structure of `params_like` (an nnx.State of nnx.Param).
 
     Every parameter must be present with the same shape: this is for evaluating or
     predicting with the model a run trained, not for fine-tuning (see finetune.py)."""
     saved, _ = load_named_params(path)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params_like)
-    leaves = []
-    for key_path, ref in flat:
-        name = param_path(key_path)
-        if name not in saved or saved[name].shape != tuple(ref.shape):
-            got = saved[name].shape if name in saved else "missing"
-            raise UserError(f"checkpoint '{path}': parameter '{name}' is {got}, the model needs "
-                            f"{tuple(ref.shape)}; the run's config does not match its checkpoint")
-        leaves.append(saved[name].astype(ref.dtype))
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+    params, _, fresh = match_params(params_like, saved)
+    if fresh:
+        name, why = next(iter(fresh.items()))
+        raise UserError(f"checkpoint '{path}': parameter '{name}': {why}; the run's config does not "
+                        f"match its checkpoint")
+    return params

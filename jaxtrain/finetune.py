@@ -9,34 +9,11 @@ number of classes, say). Both lists are reported on the console and in metrics.j
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import jax
-import numpy as np
 from flax import nnx
 
-from jaxtrain.checkpoint import load_named_params
-from jaxtrain.optim import param_path
+from jaxtrain.checkpoint import load_named_params, match_params
 from jaxtrain.errors import UserError
-
-
-def match_params(params: Any, saved: dict[str, np.ndarray]) -> tuple[Any, list[str], dict[str, str]]:
-    """(params with matching leaves replaced, names loaded, {name: why fresh})."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    leaves, loaded, fresh = [], [], {}
-    for path, ref in flat:
-        name = param_path(path)
-        got = saved.get(name)
-        if got is None:
-            fresh[name] = "not in the checkpoint"
-            leaves.append(ref)
-        elif tuple(got.shape) != tuple(ref.shape):
-            fresh[name] = f"shape {tuple(got.shape)} in the checkpoint, {tuple(ref.shape)} here"
-            leaves.append(ref)
-        else:
-            loaded.append(name)
-            leaves.append(np.asarray(got).astype(ref.dtype))
-    return jax.tree_util.tree_unflatten(treedef, leaves), loaded, fresh
 
 
 def init_from(model: nnx.Module, path: str | Path, console=None, events=None) -> dict:

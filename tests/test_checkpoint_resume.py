@@ -142,6 +142,14 @@ def test_resume_refuses_what_it_cannot_do(tmp_path, capsys):
     for batch in (32, 17):
         assert main(["train", "--resume", str(tmp_path / "run"), "--set", f"data.batch_size={batch}"]) == 2
         assert f"data.batch_size=16 and 15 steps per epoch, this run has data.batch_size={batch}" in capsys.readouterr().err
+    # A run whose config no longer fits its checkpoint: eval names the first parameter that differs.
+    config = tmp_path / "run" / "config.yaml"
+    original = config.read_text()
+    config.write_text(original.replace("- 16", "- 8"))
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "parameter 'head.kernel': shape (16, " in err and "(8, " in err and "does not match its checkpoint" in err
+    config.write_text(original)
     # A step folder cut short (its arrays gone) is named as damaged by resume and by eval.
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "15" / "state")
     for command in (["train", "--resume", str(tmp_path / "run")], ["eval", str(tmp_path / "run")]):
