@@ -400,7 +400,7 @@ class Jaxtrain(_PeerBase):
             source = "npz"
         self.config = jaxtrain_config(source, path, self.batch_size, self.epochs)
         if getattr(self, "overrides", None):
-            from jaxtrain.config import apply_overrides
+            from jaxtrain.config.schema import apply_overrides
             self.config = apply_overrides(self.config, self.overrides)
         self.has_workdir = "workdir" in inspect.signature(self.train).parameters
         self.summaries: list[dict] = []

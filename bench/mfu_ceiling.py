@@ -46,7 +46,7 @@ import optax  # noqa: E402
 from _harness import measure  # noqa: E402
 from throughput import Cell, synthetic  # noqa: E402
 
-from jaxtrain.models import mixed_dot, transposed_copy  # noqa: E402
+from jaxtrain.model.models import mixed_dot, transposed_copy  # noqa: E402
 
 SIZES = (784, 256, 128, 64, 10)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

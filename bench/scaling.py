@@ -60,9 +60,9 @@ class Cell:
         from flax import nnx
 
         from jaxtrain import load_config
-        from jaxtrain.logging import Console, JsonlWriter
-        from jaxtrain.loop import RunContext, setup
-        from jaxtrain.models import MLP
+        from jaxtrain.util.events import Console, JsonlWriter
+        from jaxtrain.training.loop import RunContext, setup
+        from jaxtrain.model.models import MLP
         a = self.args
         cfg = load_config({"model": {"hidden_sizes": a.hidden}, "data": {"batch_size": a.batch},
                            "optimizer": {"name": "sgd", "learning_rate": 0.01},

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from jaxtrain.logging import Console
-from jaxtrain.sweep import run_sweep
+from jaxtrain.util.events import Console
+from jaxtrain.runs.sweep import run_sweep
 
 
 def one(config: str, grid: list[str], overrides: list[str], vectorized: bool, root: Path) -> float:

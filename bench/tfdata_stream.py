@@ -47,7 +47,7 @@ def main() -> None:
     import jax.numpy as jnp
 
     from jaxtrain.data import load_dataset
-    from jaxtrain.data.options import CleanConfig, DataConfig
+    from jaxtrain.config.data import CleanConfig, DataConfig
 
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         path = args.csv or os.path.join(d, "big.csv")

@@ -85,9 +85,9 @@ class Cell:
         from flax import nnx
 
         from jaxtrain import load_config
-        from jaxtrain.logging import Console, JsonlWriter
-        from jaxtrain.loop import COMPUTE_DTYPES, RunContext, setup
-        from jaxtrain.models import MLP
+        from jaxtrain.util.events import Console, JsonlWriter
+        from jaxtrain.training.loop import COMPUTE_DTYPES, RunContext, setup
+        from jaxtrain.model.models import MLP
         fraction, k = MODES[self.mode]
         hidden = [h * self.width for h in BASE_HIDDEN]
         cfg = load_config({"model": {"hidden_sizes": hidden}, "data": {"batch_size": self.batch},
@@ -104,8 +104,8 @@ class Cell:
     def _flops_per_step(self, cfg, model) -> float | None:
         """FLOPs of one train step, from XLA's cost analysis of the step compiled alone
         (a scan's cost analysis counts its body once, not once per step)."""
-        from jaxtrain.optim import build_optimizer
-        from jaxtrain.step import init_state, make_train_step, split_model
+        from jaxtrain.model.optim import build_optimizer
+        from jaxtrain.engine.step import init_state, make_train_step, split_model
         train_def, _, params, rest = split_model(model)
         tx = build_optimizer(cfg.optimizer, 1, 1, params)
         step = make_train_step(train_def, tx, "classification")

@@ -1,3 +1,3 @@
-from jaxtrain.cli import entry
+from jaxtrain.cli.main import entry
 
 entry()

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from jaxtrain.data import Dataset, Split  # noqa: E402
-from jaxtrain.logging import Console, JsonlWriter  # noqa: E402
+from jaxtrain.util.events import Console, JsonlWriter  # noqa: E402
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def make_dataset(x, y, task="regression", num_classes=None, test_fraction=0.25, 
 
 @pytest.fixture
 def ctx(tmp_path: pathlib.Path):
-    from jaxtrain.loop import RunContext
+    from jaxtrain.training.loop import RunContext
     events = JsonlWriter(tmp_path / "metrics.jsonl")
     yield RunContext(console=Console("none"), events=events, workdir=tmp_path)
     events.close()

@@ -7,9 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtrain import resume, train
-from jaxtrain.checkpoint import Checkpointer
-from jaxtrain.cli import main
+from jaxtrain import resume
+
+from jaxtrain import train
+from jaxtrain.ckpt.checkpoint import Checkpointer
+from jaxtrain.cli.main import main
 
 # Blobs: 400 rows -> 240 train rows after the val/test splits; batch 16 -> 15 steps per epoch.
 BASE = {"name": "blobs", "data": {"source": "synthetic", "name": "blobs", "synthetic_rows": 400,

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from jaxtrain.cli import main
-from jaxtrain.config import dump_yaml, load_config
-from jaxtrain.errors import ConfigError
+from jaxtrain.cli.main import main
+from jaxtrain.config.schema import dump_yaml, load_config
+from jaxtrain.util.errors import ConfigError
 
 
 def _run(capsys, *argv):

@@ -8,11 +8,13 @@ import pytest
 from conftest import make_dataset
 from flax import nnx
 
-from jaxtrain import load_config, train
+from jaxtrain import load_config
+
+from jaxtrain import train
 from jaxtrain.data import load_dataset
 from jaxtrain.data.sources import house_prices
-from jaxtrain.loop import fit, setup
-from jaxtrain.models import MLP, LinearRegression
+from jaxtrain.training.loop import fit, setup
+from jaxtrain.model.models import MLP, LinearRegression
 
 
 def _regression_problem(n=512, d=3, seed=0):
@@ -72,7 +74,7 @@ def test_streaming_and_on_device_modes_train_identically(ctx):
 
 
 def test_compiled_step_is_traced_once(ctx, monkeypatch):
-    import jaxtrain.loop as loop_mod
+    import jaxtrain.training.loop as loop_mod
     traces = []
     real = loop_mod.make_train_step
 
@@ -119,7 +121,7 @@ def test_evaluation_covers_the_last_partial_batch(ctx):
 
 
 def test_default_run_reaches_95_percent_and_writes_the_run_directory(tmp_path):
-    from jaxtrain.cli import main
+    from jaxtrain.cli.main import main
     workdir = tmp_path / "digits"
     assert main(["train", "--workdir", str(workdir), "--set", "logging.progress=none"]) == 0
     summary = json.loads((workdir / "summary.json").read_text())

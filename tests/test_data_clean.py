@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxtrain.data import load_dataset, load_stats, summary, write_artifacts
-from jaxtrain.data.options import CleanConfig, DataConfig
+from jaxtrain.config.data import CleanConfig, DataConfig
 from jaxtrain.data.preprocess import split_indices
 from jaxtrain.data.transforms import hash_text
 

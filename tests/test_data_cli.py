@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxtrain.cli import main
+from jaxtrain.cli.main import main
 from test_data_sources import make_idx
 
 FAST = ["--set", "train.epochs=1", "--set", "parallel.data_axis_size=1", "--set", "checkpoint.enabled=false"]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from jaxtrain.data import load_dataset
-from jaxtrain.data.options import CleanConfig, DataConfig
-from jaxtrain.errors import DataError, UserError
+from jaxtrain.config.data import CleanConfig, DataConfig
+from jaxtrain.util.errors import DataError, UserError
 
 
 def write_idx(path, arr, gz=True):

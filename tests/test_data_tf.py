@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from jaxtrain.data import epoch_permutation, load_dataset
-from jaxtrain.data.options import CleanConfig, DataConfig
-from jaxtrain.errors import DataError
+from jaxtrain.config.data import CleanConfig, DataConfig
+from jaxtrain.util.errors import DataError
 
 tfds = pytest.importorskip("tensorflow_datasets")
 

@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jaxtrain
-from jaxtrain import cli
-from jaxtrain.config import Config
-from jaxtrain.errors import UserError
+from jaxtrain.cli import main as cli
+from jaxtrain.config.schema import Config
+from jaxtrain.util.errors import UserError
 
 PER_EXAMPLE_S = 30
 # FUZZ_EXAMPLES=500 for a longer hunt (then derandomize=False explores new examples each run).

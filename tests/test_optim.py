@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtrain.config import OptimizerConfig
-from jaxtrain.optim import build_optimizer, frozen_mask, learning_rate_schedule, regularization_penalty
+from jaxtrain.config.schema import OptimizerConfig
+from jaxtrain.model.optim import build_optimizer, frozen_mask, learning_rate_schedule, regularization_penalty
 
 RNG = np.random.default_rng(0)
 PARAMS = {"w": RNG.normal(size=(4, 3)).astype(np.float32), "b": RNG.normal(size=(3,)).astype(np.float32)}

@@ -14,7 +14,7 @@ def test_every_subpackage_is_listed_in_pyproject():
 
 
 def test_shipped_configs_are_package_data():
-    from jaxtrain.config import CONFIG_DIR
+    from jaxtrain.config.schema import CONFIG_DIR
     names = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
     assert {"digits_mlp", "house_prices_linear", "mnist_mlp"} <= names
     assert names == {p.stem for p in (ROOT / "configs").glob("*.yaml")}

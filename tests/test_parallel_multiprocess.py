@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from jaxtrain.checkpoint import load_named_params
-from jaxtrain.launch import free_port
+from jaxtrain.ckpt.checkpoint import load_named_params
+from jaxtrain.cli.launch import free_port
 
 # 294 training rows, batch 32: 10 steps per epoch (the last one 6 rows, all in process 0's
 # half), 2 epochs = 20 steps.
@@ -60,8 +60,8 @@ def test_two_processes_of_two_devices_match_one_process_of_four(one_process_four
 DIE = textwrap.dedent("""
     import os, pathlib, sys
     import jax, jax.numpy as jnp
-    from jaxtrain.config import DistributedConfig
-    from jaxtrain.distributed import initialize
+    from jaxtrain.config.schema import DistributedConfig
+    from jaxtrain.dist.distributed import initialize
     initialize(DistributedConfig(heartbeat_timeout_s=3))
     pathlib.Path(f"pid{jax.process_index()}").write_text(str(os.getpid()))
     if jax.process_index() == 1:

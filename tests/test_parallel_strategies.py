@@ -8,13 +8,15 @@ import pytest
 from conftest import make_dataset
 from flax import nnx
 
-from jaxtrain import load_config, parallel
-from jaxtrain.cli import main
-from jaxtrain.config import DistributedConfig
-from jaxtrain.distributed import settings
-from jaxtrain.errors import ConfigError, UserError
-from jaxtrain.loop import fit, setup
-from jaxtrain.models import MLP
+from jaxtrain import load_config
+
+from jaxtrain.dist import parallel
+from jaxtrain.cli.main import main
+from jaxtrain.config.schema import DistributedConfig
+from jaxtrain.dist.distributed import settings
+from jaxtrain.util.errors import ConfigError, UserError
+from jaxtrain.training.loop import fit, setup
+from jaxtrain.model.models import MLP
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +44,8 @@ def _train(ds, ctx, *, devices=None, strategy="sharded", on_device=True, mesh=No
 
 @pytest.fixture(scope="module")
 def reference(blobs, tmp_path_factory):
-    from jaxtrain.logging import Console, JsonlWriter
-    from jaxtrain.loop import RunContext
+    from jaxtrain.util.events import Console, JsonlWriter
+    from jaxtrain.training.loop import RunContext
     ctx = RunContext(console=Console("none"), events=JsonlWriter(None))
     run, _ = _train(blobs, ctx, devices=1)
     return jax.tree.map(np.asarray, run.state.params)

@@ -6,9 +6,11 @@ import pytest
 from conftest import make_dataset
 from flax import nnx
 
-from jaxtrain import autotune, load_config
-from jaxtrain.loop import fit, setup
-from jaxtrain.models import MLP
+from jaxtrain.engine import autotune
+
+from jaxtrain import load_config
+from jaxtrain.training.loop import fit, setup
+from jaxtrain.model.models import MLP
 
 
 def _problem(n=250, d=6, seed=3):

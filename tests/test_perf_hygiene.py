@@ -10,9 +10,9 @@ from conftest import make_dataset
 from flax import nnx
 
 from jaxtrain import load_config
-from jaxtrain.engine import RecompileWarning
-from jaxtrain.loop import setup
-from jaxtrain.models import MLP
+from jaxtrain.engine.engine import RecompileWarning
+from jaxtrain.training.loop import setup
+from jaxtrain.model.models import MLP
 
 
 def _run(ctx, fraction, k=3, data_axis_size=1):

@@ -9,10 +9,10 @@ from conftest import make_dataset
 from flax import nnx
 
 from jaxtrain import load_config
-from jaxtrain.compilation import dot_dtypes
-from jaxtrain.loop import fit, setup
-from jaxtrain.models import MLP, mixed_dot
-from jaxtrain.step import init_state, make_train_step, split_model
+from jaxtrain.engine.compilation import dot_dtypes
+from jaxtrain.training.loop import fit, setup
+from jaxtrain.model.models import MLP, mixed_dot
+from jaxtrain.engine.step import init_state, make_train_step, split_model
 
 
 def _compiled_step_dots(dtype):

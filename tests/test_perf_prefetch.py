@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtrain.prefetch import prefetch_to_device
+from jaxtrain.engine.prefetch import prefetch_to_device
 
 
 def _batches(n, fail_at=None):

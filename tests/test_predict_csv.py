@@ -6,14 +6,14 @@ import re
 import numpy as np
 import pytest
 
-from jaxtrain import predict as predict_module
-from jaxtrain.api import load_trained, train
-from jaxtrain.cli import main
+from jaxtrain.runs import predict as predict_module
+from jaxtrain.runs.api import load_trained, train
+from jaxtrain.cli.main import main
 from jaxtrain.data import load_dataset
-from jaxtrain.data.options import DataConfig
+from jaxtrain.config.data import DataConfig
 from jaxtrain.data.preprocess import split_indices
-from jaxtrain.errors import UserError
-from jaxtrain.logging import Console
+from jaxtrain.util.errors import UserError
+from jaxtrain.util.events import Console
 
 
 def _write_table(path, task, n=240, seed=0):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from jaxtrain import train
-from jaxtrain.errors import NonFiniteError
+from jaxtrain.util.errors import NonFiniteError
 
 
 def test_failed_run_inside_the_trace_window_frees_the_profiler(tmp_path):

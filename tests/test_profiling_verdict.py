@@ -8,7 +8,7 @@ import pytest
 from conftest import make_dataset
 
 from jaxtrain import train
-from jaxtrain.profiling import breakdown, trace_step_annotations
+from jaxtrain.training.profiling import breakdown, trace_step_annotations
 
 
 def _dataset(n=400, d=8, seed=0):
@@ -82,7 +82,7 @@ def test_breakdown_arithmetic_and_verdicts():
 
 
 def test_profile_command_prints_the_breakdown_and_writes_a_trace(tmp_path, capsys):
-    from jaxtrain.cli import main
+    from jaxtrain.cli.main import main
     workdir = tmp_path / "prof"
     assert main(["profile", "--steps", "20", "--set", "parallel.data_axis_size=1",
                  "--set", "logging.progress=plain", "--workdir", str(workdir)]) == 0

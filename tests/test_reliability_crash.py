@@ -15,9 +15,9 @@ import pytest
 
 import crash_trials as ct
 from jaxtrain import train
-from jaxtrain.checkpoint import load_named_params
-from jaxtrain.errors import Preempted
-from jaxtrain.loop import Hook
+from jaxtrain.ckpt.checkpoint import load_named_params
+from jaxtrain.util.errors import Preempted
+from jaxtrain.training.loop import Hook
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_sigterm_saves_and_exits_then_resume_finishes_identically(tmp_path, refe
 
 
 def test_a_second_run_into_a_live_runs_directory_exits_2_and_a_killed_runs_lock_is_stale(tmp_path):
-    from jaxtrain.workdir import WorkdirLock
+    from jaxtrain.util.workdir import WorkdirLock
     workdir = tmp_path / "run"
     live = subprocess.Popen(ct.train_cmd(workdir, ["train.epochs=100000"]), env=ct.env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -96,9 +96,9 @@ class SignalAfter(Hook):
 
 
 def test_sigint_in_process_stops_at_the_next_call_with_a_checkpoint(tmp_path, monkeypatch):
-    import jaxtrain.api
-    from jaxtrain.hooks import strategy_hooks
-    monkeypatch.setattr(jaxtrain.api, "strategy_hooks",
+    import jaxtrain.runs.api
+    from jaxtrain.training.hooks import strategy_hooks
+    monkeypatch.setattr(jaxtrain.runs.api, "strategy_hooks",
                         lambda cfg, wd, **kw: [SignalAfter(signal.SIGINT, 3), *strategy_hooks(cfg, wd, **kw)])
     over = {"train.epochs": 3, "train.steps_per_call": 4, "logging.progress": "none",
             "parallel.data_axis_size": 1, "data.batch_size": 64}
@@ -119,7 +119,7 @@ def test_sigint_in_process_stops_at_the_next_call_with_a_checkpoint(tmp_path, mo
 
 
 def test_nonfinite_stop_keeps_the_last_good_checkpoint_and_writes_no_summary(tmp_path):
-    from jaxtrain.errors import NonFiniteError
+    from jaxtrain.util.errors import NonFiniteError
     over = {"optimizer.name": "sgd", "optimizer.learning_rate": 1000.0, "checkpoint.every_steps": 2,
             "train.steps_per_call": 2, "logging.progress": "none", "parallel.data_axis_size": 1}
     with pytest.raises(NonFiniteError) as err:
@@ -135,7 +135,7 @@ def test_nonfinite_stop_keeps_the_last_good_checkpoint_and_writes_no_summary(tmp
 
 
 def test_signal_handlers_are_restored_when_training_fails(tmp_path):
-    from jaxtrain.errors import NonFiniteError
+    from jaxtrain.util.errors import NonFiniteError
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with pytest.raises(NonFiniteError):
         train("house_prices_linear", workdir=tmp_path, overrides={

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from jaxtrain import train
-from jaxtrain.checkpoint import load_named_params
-from jaxtrain.config import load_config
+from jaxtrain.ckpt.checkpoint import load_named_params
+from jaxtrain.config.schema import load_config
 from jaxtrain.data import epoch_permutation, load_dataset
 
 

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from jaxtrain import cli
-from jaxtrain.errors import ConfigError, UserError
+from jaxtrain.cli import main as cli
+from jaxtrain.util.errors import ConfigError, UserError
 
 FAST = ["--set", "train.epochs=1", "--set", "parallel.data_axis_size=1", "--set", "logging.progress=none"]
 
@@ -78,7 +78,7 @@ def test_a_batch_that_cannot_fit_is_caught_before_training(tmp_path, capsys):
 
 def test_memory_estimate_against_available(tmp_path):
     from jaxtrain import load_config
-    from jaxtrain.memory import check_fits
+    from jaxtrain.engine.memory import check_fits
     cfg = load_config(None, ["data.batch_size=100", "model.hidden_sizes=[10]"])
     params = {"w": np.zeros((64, 10)), "b": np.zeros(10), "head": np.zeros((10, 10))}
     parts = check_fits(cfg, params, (64,), 10, num_devices=1, steps_per_call=1, streaming=False,
@@ -130,8 +130,8 @@ def test_workdir_that_cannot_be_created(tmp_path, capsys):
 
 
 def test_full_disk_is_caught_before_training(tmp_path, capsys, monkeypatch):
-    import jaxtrain.workdir
-    monkeypatch.setattr(jaxtrain.workdir.shutil, "disk_usage",
+    import jaxtrain.util.workdir
+    monkeypatch.setattr(jaxtrain.util.workdir.shutil, "disk_usage",
                         lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     assert _train(tmp_path) == 2
     line = _one_line_error(capsys)
@@ -140,7 +140,7 @@ def test_full_disk_is_caught_before_training(tmp_path, capsys, monkeypatch):
 
 
 def test_disk_full_at_the_first_save(tmp_path, capsys, monkeypatch):
-    from jaxtrain.checkpoint import Checkpointer
+    from jaxtrain.ckpt.checkpoint import Checkpointer
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -152,8 +152,8 @@ def test_disk_full_at_the_first_save(tmp_path, capsys, monkeypatch):
 
 
 def test_lock_held_by_a_live_process_then_released_by_its_death(tmp_path):
-    from jaxtrain.workdir import WorkdirLock
-    code = ("import sys, time; from jaxtrain.workdir import WorkdirLock; "
+    from jaxtrain.util.workdir import WorkdirLock
+    code = ("import sys, time; from jaxtrain.util.workdir import WorkdirLock; "
             "WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:

@@ -9,10 +9,10 @@ from flax import nnx
 
 from jaxtrain import load_config
 from jaxtrain.data import epoch_permutation
-from jaxtrain.errors import NonFiniteError
-from jaxtrain.guard import NonFiniteGuard
-from jaxtrain.loop import fit, setup
-from jaxtrain.models import MLP, LinearRegression
+from jaxtrain.util.errors import NonFiniteError
+from jaxtrain.training.guard import NonFiniteGuard
+from jaxtrain.training.loop import fit, setup
+from jaxtrain.model.models import MLP, LinearRegression
 
 BATCH = 16
 

@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 
-from jaxtrain.api import load_trained, train
-from jaxtrain.cli import main
-from jaxtrain.logging import Console
-from jaxtrain.report import read_history, sample_indices
+from jaxtrain.runs.api import load_trained, train
+from jaxtrain.cli.main import main
+from jaxtrain.util.events import Console
+from jaxtrain.runs.report import read_history, sample_indices
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

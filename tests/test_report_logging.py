@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from jaxtrain.api import train
-from jaxtrain.logging import Console, Throughput
+from jaxtrain.runs.api import train
+from jaxtrain.util.events import Console, Throughput
 
 
 def read_events(path):

@@ -8,11 +8,11 @@ from conftest import make_dataset
 from flax import nnx
 
 from jaxtrain import load_config
-from jaxtrain.augment import image_shape, make_augment, rotate_images, shift_images
-from jaxtrain.config import AugmentConfig
-from jaxtrain.errors import ConfigError
-from jaxtrain.loop import fit, setup
-from jaxtrain.models import MLP
+from jaxtrain.model.augment import image_shape, make_augment, rotate_images, shift_images
+from jaxtrain.config.schema import AugmentConfig
+from jaxtrain.util.errors import ConfigError
+from jaxtrain.training.loop import fit, setup
+from jaxtrain.model.models import MLP
 
 
 def _numpy_shift(img, dy, dx):
@@ -108,9 +108,9 @@ def test_training_sees_augmented_inputs_and_evaluation_does_not(ctx):
 
 
 def test_flattened_images_shift_along_the_rows_the_data_recorded(ctx, tmp_path, monkeypatch):
-    import jaxtrain.loop as loop
+    import jaxtrain.training.loop as loop
     from jaxtrain.data import load_dataset
-    from jaxtrain.data.options import DataConfig
+    from jaxtrain.config.data import DataConfig
 
     rng = np.random.default_rng(5)
     np.savez(tmp_path / "img.npz", x=rng.normal(size=(40, 16, 4)), y=rng.integers(0, 2, 40))

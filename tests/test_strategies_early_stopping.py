@@ -8,11 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtrain import evaluate, train
-from jaxtrain.checkpoint import Checkpointer
-from jaxtrain.config import EarlyStoppingConfig
-from jaxtrain.hooks import EarlyStopping
-from jaxtrain.logging import Console, JsonlWriter
+from jaxtrain import evaluate
+
+from jaxtrain import train
+from jaxtrain.ckpt.checkpoint import Checkpointer
+from jaxtrain.config.schema import EarlyStoppingConfig
+from jaxtrain.training.hooks import EarlyStopping
+from jaxtrain.util.events import Console, JsonlWriter
 
 
 class _State(SimpleNamespace):

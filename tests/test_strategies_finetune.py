@@ -5,8 +5,8 @@ import json
 import numpy as np
 
 from jaxtrain import train
-from jaxtrain.checkpoint import load_named_params
-from jaxtrain.cli import main
+from jaxtrain.ckpt.checkpoint import load_named_params
+from jaxtrain.cli.main import main
 
 
 def _cfg(num_classes, **extra):

@@ -9,10 +9,10 @@ from conftest import make_dataset
 from flax import nnx
 
 from jaxtrain import load_config
-from jaxtrain.loop import setup
-from jaxtrain.models import MLP, LinearRegression
-from jaxtrain.optim import build_optimizer
-from jaxtrain.step import init_state, make_train_step, split_model
+from jaxtrain.training.loop import setup
+from jaxtrain.model.models import MLP, LinearRegression
+from jaxtrain.model.optim import build_optimizer
+from jaxtrain.engine.step import init_state, make_train_step, split_model
 
 
 def _problem(n=32, d=4, seed=0):

@@ -5,11 +5,11 @@ import math
 
 import pytest
 
-from jaxtrain.cli import main
-from jaxtrain.config import load_config
-from jaxtrain.errors import ConfigError
-from jaxtrain.logging import Console
-from jaxtrain.sweep import grid_points, parse_grid, point_config, read_results, run_sweep
+from jaxtrain.cli.main import main
+from jaxtrain.config.schema import load_config
+from jaxtrain.util.errors import ConfigError
+from jaxtrain.util.events import Console
+from jaxtrain.runs.sweep import grid_points, parse_grid, point_config, read_results, run_sweep
 
 CFG = {"name": "tiny", "data": {"source": "synthetic", "name": "blobs", "synthetic_rows": 200, "batch_size": 16},
        "model": {"hidden_sizes": [8]}, "optimizer": {"name": "sgd", "learning_rate": 0.05},

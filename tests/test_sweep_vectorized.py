@@ -5,12 +5,12 @@ import json
 import jax
 import numpy as np
 
-from jaxtrain.api import load_trained
-from jaxtrain.cli import main
-from jaxtrain.config import load_config
-from jaxtrain.logging import Console
-from jaxtrain.sweep import read_results, run_sweep
-from jaxtrain.vsweep import vector_groups
+from jaxtrain.runs.api import load_trained
+from jaxtrain.cli.main import main
+from jaxtrain.config.schema import load_config
+from jaxtrain.util.events import Console
+from jaxtrain.runs.sweep import read_results, run_sweep
+from jaxtrain.runs.vsweep import vector_groups
 
 CFG = {"name": "tiny", "data": {"source": "synthetic", "name": "blobs", "synthetic_rows": 240, "batch_size": 32},
        "model": {"hidden_sizes": [16], "dropout": 0.1}, "optimizer": {"name": "sgd"}, "train": {"epochs": 3}}

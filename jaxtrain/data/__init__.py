@@ -6,7 +6,8 @@ The trainer depends on `load_dataset` and the `Dataset` it returns, and calls
 """
 
 from jaxtrain.data.artifacts import load_stats, summary, write_artifacts
-from jaxtrain.data.dataset import Dataset, Split, epoch_permutation, load_dataset
+from jaxtrain.data.dataset import Dataset, Split, epoch_permutation
+from jaxtrain.data.load import load_dataset
 
 __all__ = ["Dataset", "Split", "epoch_permutation", "load_dataset", "load_stats", "summary",
            "write_artifacts"]

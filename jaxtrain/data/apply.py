@@ -13,9 +13,9 @@ import numpy as np
 
 from jaxtrain.data import clean, transforms
 from jaxtrain.data.csvfile import missing_mask, read_rows, to_float
-from jaxtrain.data.options import DataConfig
+from jaxtrain.config.data import DataConfig
 from jaxtrain.data.raw import Part
-from jaxtrain.errors import DataError
+from jaxtrain.util.errors import DataError
 
 
 def feature_columns(stats: dict[str, Any]) -> list[str]:

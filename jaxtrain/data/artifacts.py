@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from jaxtrain.data.dataset import Dataset
-from jaxtrain.errors import DataError
+from jaxtrain.util.errors import DataError
 
 STATS_FILE = "stats.json"
 REPORT_FILE = "preprocess_report.json"

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxtrain.data.options import CleanConfig
+from jaxtrain.config.data import CleanConfig
 from jaxtrain.data.raw import Part, RawData
-from jaxtrain.errors import DataError
+from jaxtrain.util.errors import DataError
 
 # ---------------------------------------------------------------- duplicates
 

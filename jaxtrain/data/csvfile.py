@@ -12,9 +12,9 @@ import re
 
 import numpy as np
 
-from jaxtrain.data.options import DataConfig
+from jaxtrain.config.data import DataConfig
 from jaxtrain.data.raw import Part, RawData
-from jaxtrain.errors import DataError
+from jaxtrain.util.errors import DataError
 
 MISSING = ("", "na", "nan", "null", "none", "n/a")
 

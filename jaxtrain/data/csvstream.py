@@ -17,9 +17,9 @@ from typing import Iterator
 import numpy as np
 
 from jaxtrain.data.csvfile import read_rows, to_float
-from jaxtrain.data.options import DataConfig
+from jaxtrain.config.data import DataConfig
 from jaxtrain.data.tfhelp import import_tf
-from jaxtrain.errors import DataError
+from jaxtrain.util.errors import DataError
 
 CHUNK = 65536
 _NA = r"^\s*(?i:|na|nan|null|none|n/a)\s*$"

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
-from jaxtrain.data.options import DataConfig
+from jaxtrain.config.data import DataConfig
 
 
 @dataclasses.dataclass
@@ -94,20 +94,3 @@ def padded_batches(split: Split, batch_size: int, order: np.ndarray, rows: slice
         idx[:len(real)], mask[:len(real)] = real, 1.0
         idx, mask = idx[rows], mask[rows]
         yield split.x[idx], split.y[idx], mask
-
-
-def load_dataset(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Dataset:
-    """Load, clean, transform and normalize the data `cfg` names.
-
-    With `stats` (from a saved run), reuse them instead of fitting new ones.
-    """
-    from jaxtrain.data import preprocess, sources
-    if cfg.streaming:
-        from jaxtrain.data.streaming import load_streaming
-        return load_streaming(cfg, stats)
-    raw = sources.load_raw(cfg)
-    if cfg.backend == "tfdata":
-        from jaxtrain.data import pipeline_tf
-        ds = preprocess.prepare(raw, cfg, stats, keep_raw_train=True)
-        return pipeline_tf.attach(ds, cfg)
-    return preprocess.prepare(raw, cfg, stats)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from jaxtrain.data.dataset import Dataset, epoch_permutation
-from jaxtrain.data.options import DataConfig
+from jaxtrain.config.data import DataConfig
 from jaxtrain.data.tfhelp import import_tf
 from jaxtrain.data.transforms import normalizer_arrays
 

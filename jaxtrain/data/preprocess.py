@@ -13,9 +13,9 @@ import numpy as np
 
 from jaxtrain.data import clean, transforms
 from jaxtrain.data.dataset import Dataset, Split
-from jaxtrain.data.options import DataConfig
+from jaxtrain.config.data import DataConfig
 from jaxtrain.data.raw import Part, RawData
-from jaxtrain.errors import DataError
+from jaxtrain.util.errors import DataError
 
 STATS_VERSION = 1
 

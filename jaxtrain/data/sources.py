@@ -13,9 +13,9 @@ import zlib
 
 import numpy as np
 
-from jaxtrain.data.options import DataConfig
+from jaxtrain.config.data import DataConfig
 from jaxtrain.data.raw import Part, RawData, table_part
-from jaxtrain.errors import DataError
+from jaxtrain.util.errors import DataError
 
 # ---------------------------------------------------------------- builtin
 

@@ -33,10 +33,10 @@ import numpy as np
 from jaxtrain.data import clean, csvstream, pipeline_tf, rowcache, transforms
 from jaxtrain.data.csvfile import _parseable, check_columns, infer_kinds, missing_mask
 from jaxtrain.data.dataset import Dataset, Split
-from jaxtrain.data.options import DataConfig
+from jaxtrain.config.data import DataConfig
 from jaxtrain.data.preprocess import STATS_VERSION, split_indices, task_for_labels
 from jaxtrain.data.raw import Part, RawData
-from jaxtrain.errors import DataError
+from jaxtrain.util.errors import DataError
 
 def _stripped(col: np.ndarray) -> np.ndarray:
     """Text values as the in-memory reader keeps them: stripped, one marker for missing."""

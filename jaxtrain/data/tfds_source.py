@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxtrain.data.options import DataConfig
+from jaxtrain.config.data import DataConfig
 from jaxtrain.data.raw import Part, RawData
 from jaxtrain.data.tfhelp import import_tf
-from jaxtrain.errors import DataError
+from jaxtrain.util.errors import DataError
 
 
 def _builder(cfg: DataConfig):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxtrain.errors import DataError
+from jaxtrain.util.errors import DataError
 
 _TOKEN = re.compile(r"[a-z0-9']+")
 

@@ -1,0 +1,1 @@
+"""Checkpoints: the Orbax store, restore, fine-tuning from a trained run."""

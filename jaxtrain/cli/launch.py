@@ -1,0 +1,138 @@
+"""`jaxtrain launch -n N -- train CONFIG ...`: N local processes of one multi-process run.
+
+Each process gets the coordinator address (a free loopback port) and its id in
+the environment (distributed.py reads them), so the command after `--` runs
+unchanged; it may also be any other command (`-- python my_script.py`), which
+then calls `jaxtrain.dist.distributed.initialize` itself (or `jaxtrain.train`).
+
+Output is streamed line by line with a `[pI]` prefix. The launcher exits with
+the first non-zero status; the moment one process fails it ends the others
+(each runs in its own process group: SIGTERM, then SIGKILL after a grace
+period), so nothing is left running and nothing hangs in a collective.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from jaxtrain.dist.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+from jaxtrain.util.errors import UserError
+
+GRACE_S = 3.0  # JAX takes SIGTERM as a preemption notice and keeps going: then SIGKILL
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command_for(args: list[str], subcommands: frozenset[str]) -> list[str]:
+    """A jaxtrain subcommand runs in this interpreter's jaxtrain; anything else runs as given."""
+    if args and (args[0] in subcommands or args[0].startswith("-")):
+        return [sys.executable, "-u", "-m", "jaxtrain", *args]
+    return args
+
+
+def _pump(index: int, stream, out, lock: threading.Lock) -> None:
+    prefix = f"[p{index}] "
+    for line in iter(stream.readline, ""):
+        with lock:
+            out.write(prefix + line if line.endswith("\n") else prefix + line + "\n")
+            out.flush()
+    stream.close()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _end_all(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM every process group still running, then SIGKILL what outlives the grace period."""
+    for p in procs:
+        if p.poll() is None:
+            _signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_S
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(p, signal.SIGKILL)
+            p.wait()
+    for p in procs:  # children a process left behind in its group
+        _signal_group(p, signal.SIGKILL)
+
+
+def launch(num_processes: int, args: list[str], *, cpu_devices: int | None = None,
+           gpus_per_process: int | None = None, port: int | None = None, out=None,
+           subcommands: frozenset[str] = frozenset()) -> int:
+    """Run `args` as `num_processes` local processes of one run; return the exit status."""
+    if num_processes < 1:
+        raise UserError(f"launch -n {num_processes}: need at least one process")
+    if args and args[0] == "--":
+        args = args[1:]
+    if not args:
+        raise UserError("launch: nothing to run; write e.g. `jaxtrain launch -n 2 -- train CONFIG`")
+    out = out or sys.stdout
+    cmd = command_for(args, subcommands)
+    address = f"127.0.0.1:{port or free_port()}"
+    procs: list[subprocess.Popen] = []
+    pumps: list[threading.Thread] = []
+    lock = threading.Lock()
+    status = 0
+
+    def on_term(signum, frame):  # end the children too when the launcher itself is told to stop
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
+    try:
+        for i in range(num_processes):
+            env = dict(os.environ, **{ENV_COORDINATOR: address, ENV_NUM_PROCESSES: str(num_processes),
+                                      ENV_PROCESS_ID: str(i), "PYTHONUNBUFFERED": "1"})
+            if cpu_devices is not None:
+                env["JAX_NUM_CPU_DEVICES"] = str(cpu_devices)
+            if gpus_per_process is not None:  # process i gets GPUs i*G .. i*G+G-1 (JAX reads this)
+                env["JAX_LOCAL_DEVICE_IDS"] = ",".join(
+                    str(d) for d in range(i * gpus_per_process, (i + 1) * gpus_per_process))
+            try:
+                p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, text=True, bufsize=1,
+                                     start_new_session=True)  # its own group: killable as a whole
+            except OSError as e:
+                raise UserError(f"launch: cannot start {cmd[0]!r}: {e.strerror}") from None
+            procs.append(p)
+            t = threading.Thread(target=_pump, args=(i, p.stdout, out, lock), daemon=True)
+            t.start()
+            pumps.append(t)
+        running = set(range(num_processes))
+        while running:
+            for i in sorted(running):
+                code = procs[i].poll()
+                if code is None:
+                    continue
+                running.discard(i)
+                if code != 0 and status == 0:
+                    status = code if code > 0 else 128 - code  # killed by signal N -> 128 + N
+                    with lock:
+                        print(f"jaxtrain launch: process {i} exited with status {code}; "
+                              f"stopping the others", file=sys.stderr, flush=True)
+                    _end_all(procs)
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        status = status or 130
+    finally:
+        _end_all(procs)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        for t in pumps:
+            t.join(timeout=2.0)
+    return status

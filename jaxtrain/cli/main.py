@@ -1,0 +1,195 @@
+"""The command line: the only place that parses arguments.
+
+Each subcommand is a (name, help, add_arguments, run) entry in COMMANDS; `run`
+receives the parsed arguments and returns an exit status. User errors
+(`UserError`) print one line on stderr and exit 2; `--debug` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable
+
+# TensorFlow (used by the tf.data backend and tfds) is chatty on import; keep it quiet.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML config file or shipped config name "
+                   "(default: the embedded digits MLP)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optimizer.learning_rate=0.01 (value is YAML)")
+    p.add_argument("--workdir", help="run directory (default: runs/<time>-<config name>)")
+
+
+def _train_resume_args(p: argparse.ArgumentParser) -> None:
+    _train_args(p)
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint "
+                   "(its config.yaml plus any --set; e.g. --set train.epochs=N extends it)")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from jaxtrain.runs.api import train
+    train(args.config, workdir=args.workdir, overrides=args.overrides, resume=args.resume)
+    return 0
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="work directory of a finished training run")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from jaxtrain.runs.api import evaluate
+    print(json.dumps({args.split: evaluate(args.run_dir, args.split)}, indent=2))
+    return 0
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    _train_args(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
+                   help="a config key and its values; several --grid flags sweep every combination")
+    p.add_argument("--vectorized", action="store_true",
+                   help="train points that differ only in optimizer learning_rate/weight_decay/momentum "
+                        "together in one compiled program (vmap)")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from jaxtrain.runs.sweep import run_sweep
+    run_sweep(args.config, args.grid, workdir=args.workdir, overrides=args.overrides,
+              vectorized=args.vectorized)
+    return 0
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="work directory of a finished training run")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from jaxtrain.runs.report import write_report
+    print(write_report(args.run_dir))
+    return 0
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="work directory of a finished training run")
+    p.add_argument("--input", required=True, help="CSV with the training feature columns "
+                   "(or .npz with 'x', or an IDX images file)")
+    p.add_argument("--output", help="CSV to write (default: print to stdout)")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from jaxtrain.runs.predict import predict_file
+    predict_file(args.run_dir, args.input, args.output)
+    return 0
+
+
+def _launch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--num-processes", type=int, required=True, help="local processes to start")
+    p.add_argument("--cpu-devices", type=int, help="simulated CPU devices per process (JAX_NUM_CPU_DEVICES)")
+    p.add_argument("--gpus-per-process", type=int, help="give process i its own GPUs (JAX_LOCAL_DEVICE_IDS)")
+    p.add_argument("--port", type=int, help="coordinator port on 127.0.0.1 (default: a free one)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                   help="a jaxtrain command (train CONFIG ...) or any program, after --")
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from jaxtrain.cli.launch import launch
+    return launch(args.num_processes, args.cmd, cpu_devices=args.cpu_devices,
+                  gpus_per_process=args.gpus_per_process, port=args.port,
+                  subcommands=frozenset(name for name, *_ in COMMANDS))
+
+
+def _profile_args(p: argparse.ArgumentParser) -> None:
+    _train_args(p)
+    p.add_argument("--steps", type=int, default=200, help="training steps to run and profile (default 200)")
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from jaxtrain.runs.api import default_workdir, train
+    from jaxtrain.config.schema import load_config
+    from jaxtrain.util.errors import UserError
+    if args.steps < 2:
+        raise UserError(f"--steps {args.steps}: profile needs at least 2 steps (one warm-up call)")
+    workdir = args.workdir or default_workdir(load_config(args.config, args.overrides), "-profile")
+    train(args.config, workdir=workdir, overrides=[
+        *args.overrides, "train.profile=true", f"train.profile_steps={args.steps}",
+        "checkpoint.enabled=false"])
+    return 0
+
+
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+COMMANDS: list[Command] = [
+    ("train", "train a model (default: the digits MLP, offline)", _train_resume_args, _train),
+    ("eval", "re-evaluate a finished run's saved parameters", _eval_args, _eval),
+    ("profile", "run N steps and break down the step time: profile CONFIG [--set k=v] [--steps N]",
+     _profile_args, _profile),
+    ("sweep", "train every point of a hyperparameter grid", _sweep_args, _sweep),
+    ("report", "plot a finished run: curves, sample predictions, confusion matrix", _report_args, _report),
+    ("predict", "apply a finished run to new data, write predictions as CSV", _predict_args, _predict),
+    ("launch", "run N local processes of one multi-process run: launch -n N -- train CONFIG",
+     _launch_args, _launch),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxtrain", description="Fast JAX training from the command line.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text, add_args, run in COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks for errors")
+        add_args(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jaxtrain.util.errors import NonFiniteError, Preempted, UserError
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed its one-line usage error
+        return int(e.code or 0)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"jaxtrain: error: {e}", file=sys.stderr)
+        if "jaxtrain.dist.distributed" in sys.modules:  # multi-process: leave now, don't wait for the others
+            sys.modules["jaxtrain.dist.distributed"].exit_if_joined(2)
+        return 2
+    except NonFiniteError as e:  # not the user's typo: the run itself went wrong (README: Reliability)
+        if args.debug:
+            raise
+        print(f"jaxtrain: training failed: {e}", file=sys.stderr)
+        return 3
+    except Preempted as e:
+        print(f"jaxtrain: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except MemoryError:  # what the memory estimate (memory.py) did not foresee: still one line
+        if args.debug:
+            raise
+        print("jaxtrain: error: out of host memory; lower data.batch_size, the model size or the data "
+              "size (--debug shows where)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxtrain: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

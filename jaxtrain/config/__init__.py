@@ -1,0 +1,1 @@
+"""The config: the schema of every section (data options included), loading, overrides, cross-section rules."""

@@ -1,0 +1,90 @@
+"""The `data` config section."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from jaxtrain.util.errors import check_key
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanConfig:
+    """Cleaning rules, applied to the training split only (evaluation rows are never dropped)."""
+    # Remove exact duplicate rows (features and label) from the training split.
+    duplicates: bool = True
+    # Missing values: drop the training row, or impute a value fitted on the training split.
+    missing: Literal["drop", "mean", "median", "most_frequent", "constant"] = "median"
+    fill_value: float = 0.0          # for missing=constant, numeric columns
+    fill_text: str = "missing"       # for missing=constant (and mean/median), text columns
+    # Outliers in numeric columns, bounds fitted on the training split.
+    outliers: Literal["none", "zscore", "iqr"] = "none"
+    outlier_action: Literal["clip", "drop"] = "clip"
+    zscore_threshold: float = 3.0
+    iqr_k: float = 1.5
+    # Labels out of range / not an integer (classification), or a missing target.
+    invalid_labels: Literal["error", "drop"] = "error"
+
+    def validate(self, key: str) -> None:
+        check_key(self.zscore_threshold > 0, f"{key}.zscore_threshold", "must be positive")
+        check_key(self.iqr_k > 0, f"{key}.iqr_k", "must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: Literal["builtin", "synthetic", "tfds", "csv", "idx", "npz"] = "builtin"
+    # builtin: digits | iris | wine | breast_cancer | diabetes;
+    # synthetic: house_prices | blobs; tfds: any tensorflow-datasets name.
+    name: str = "digits"
+    path: str | None = None          # csv/npz file, idx directory
+    data_dir: str | None = None      # tfds data directory
+    download: bool = False           # tfds: allowed to download and prepare
+    target: str | None = None        # csv: the target column
+    task: Literal["auto", "classification", "regression"] = "auto"
+    num_classes: int | None = None   # classification: labels must lie in [0, num_classes)
+    drop_columns: tuple[str, ...] = ()
+    # csv column kinds; unnamed columns are inferred (numeric if parseable, else category
+    # with at most `max_categories` values, else free text).
+    columns: dict[str, Literal["numeric", "category", "text"]] = dataclasses.field(default_factory=dict)
+    max_categories: int = 50
+    hash_dim: int = 256              # hashed bag-of-words size for free-text columns
+    log_columns: tuple[str, ...] = ()  # log1p before outlier rules and normalization
+    standardize_target: bool = True  # regression: train on (y - mean) / std
+    flatten: bool = True             # images to (n, h*w*c)
+    clean: CleanConfig = CleanConfig()
+    normalize: Literal["none", "zscore", "minmax", "minmax_sym"] = "zscore"
+    # per feature, or one shift/scale for all features; auto: global for images.
+    normalize_scope: Literal["auto", "feature", "global"] = "auto"
+    backend: Literal["numpy", "tfdata"] = "numpy"
+    # tf.data only: read the CSV in a streaming pass instead of into memory.
+    streaming: bool = False
+    cache_dir: str | None = None     # where streaming writes its preprocessed cache (default: temp)
+    num_parallel_calls: int = -1     # tf.data map parallelism; -1 = AUTOTUNE
+    prefetch: int = 2                # batches prefetched by the backend
+    synthetic_rows: int = 1000
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def validate(self, key: str) -> None:
+        check_key(self.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {self.batch_size}")
+        check_key(self.eval_batch_size >= 1, f"{key}.eval_batch_size", "must be >= 1")
+        check_key(0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
+               and self.val_fraction + self.test_fraction < 1,
+               f"{key}.val_fraction/test_fraction", "must be in [0, 1) and sum below 1")
+        check_key(self.hash_dim >= 1, f"{key}.hash_dim", "must be >= 1")
+        check_key(self.max_categories >= 1, f"{key}.max_categories", "must be >= 1")
+        check_key(self.num_classes is None or self.num_classes >= 2, f"{key}.num_classes", "must be >= 2")
+        check_key(self.synthetic_rows >= 10, f"{key}.synthetic_rows", "must be >= 10")
+        check_key(self.num_parallel_calls == -1 or self.num_parallel_calls >= 1,
+               f"{key}.num_parallel_calls", "must be -1 (autotune) or >= 1")
+        check_key(not self.streaming or (self.backend == "tfdata" and self.source == "csv"),
+               f"{key}.streaming", "needs data.backend=tfdata and data.source=csv")
+        check_key(self.source not in ("csv", "npz", "idx") or self.path is not None,
+               f"{key}.path", f"data.source={self.source} needs data.path (a "
+               + {"csv": "CSV file", "npz": ".npz file", "idx": "directory with the four MNIST files"
+                  }.get(self.source, "file") + ")")
+        check_key(self.source != "csv" or self.target is not None, f"{key}.target",
+               "data.source=csv needs data.target, the name of the target column")

@@ -1,0 +1,24 @@
+"""The entry point of the data stage: from a `data` config section to a `Dataset`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jaxtrain.config.data import DataConfig
+from jaxtrain.data import pipeline_tf, preprocess, sources
+from jaxtrain.data.dataset import Dataset
+from jaxtrain.data.streaming import load_streaming
+
+
+def load_dataset(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Dataset:
+    """Load, clean, transform and normalize the data `cfg` names.
+
+    With `stats` (from a saved run), reuse them instead of fitting new ones.
+    """
+    if cfg.streaming:
+        return load_streaming(cfg, stats)
+    raw = sources.load_raw(cfg)
+    if cfg.backend == "tfdata":
+        ds = preprocess.prepare(raw, cfg, stats, keep_raw_train=True)
+        return pipeline_tf.attach(ds, cfg)
+    return preprocess.prepare(raw, cfg, stats)

@@ -1,0 +1,1 @@
+"""Devices and processes: the mesh, the data-parallel strategies, `jax.distributed`."""

@@ -1,0 +1,122 @@
+"""Will the run fit in memory? An estimate made before anything is compiled or allocated.
+
+The estimate is deliberately simple and on the generous side, so that it only
+stops runs that cannot possibly fit (a batch of a billion rows, a layer of a
+billion units) instead of letting them die of an out-of-memory error minutes
+in, or take the machine down with them:
+
+    parameters x 4      (params, gradients, updates, the new params: the step donates the old)
+  + optimizer state     (Adam: 2 x params; SGD with momentum: 1 x; plain SGD: 0)
+  + activations         (built-in MLP: batch x every layer's width x 3 for the forward value,
+                         its gradient and the pre-activation; other models: 3 x the input batch)
+  + input batches       (x and y; K stacked batches when streaming, plus one being prepared)
+  + the on-device training set, when it is uploaded
+
+Available memory is the first device's free memory where JAX reports it
+(GPU/TPU `memory_stats`), else the host's available memory (`MemAvailable`): on
+CPU, device memory is host memory. A training set that does not fit the device
+is streamed instead (engine.fits_on_device); what cannot fit even then is a
+UserError stating the estimated need against what is available.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxtrain.util.errors import UserError
+from jaxtrain.util.workdir import format_bytes
+
+FLOAT_BYTES = 4
+
+
+def available_bytes(device: Any | None = None) -> tuple[int, str]:
+    """(free bytes, where) for the first device: device memory, or host memory on CPU."""
+    device = device or jax.local_devices()[0]  # devices() includes other processes' devices
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), f"{device.device_kind} memory"
+    return host_available_bytes(), "host memory"
+
+
+def host_available_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def optimizer_state_factor(opt_cfg: Any) -> int:
+    if opt_cfg.name in ("adam", "adamw"):
+        return 2
+    return 1 if opt_cfg.momentum else 0
+
+
+def estimate_train_bytes(cfg: Any, num_params: int, feature_size: int, num_outputs: int, *,
+                         per_device_batch: int, steps_per_call: int, streaming: bool,
+                         on_device_data_bytes: int = 0) -> dict[str, int]:
+    """The estimated bytes one device needs to train, by part."""
+    params = num_params * FLOAT_BYTES
+    widths = (cfg.model.hidden_sizes if cfg.model.name == "mlp" else ()) + (num_outputs,)
+    per_row_activations = 3 * (feature_size + sum(widths))
+    batch_row = feature_size + max(1, num_outputs if num_outputs > 1 else 1) + 1  # x, y, mask
+    batches = (steps_per_call + 1) if streaming else 1
+    return {
+        "parameters": 4 * params,
+        "optimizer_state": optimizer_state_factor(cfg.optimizer) * params,
+        "activations": per_device_batch * per_row_activations * FLOAT_BYTES,
+        "input_batches": batches * per_device_batch * batch_row * FLOAT_BYTES,
+        "training_set": on_device_data_bytes,
+    }
+
+
+def count_params(params: Any) -> int:
+    return int(sum(np.prod(np.shape(p)) for p in jax.tree.leaves(params)))
+
+
+def check_fits(cfg: Any, model_params: Any, feature_shape: tuple[int, ...], num_outputs: int, *,
+               num_devices: int, steps_per_call: int, streaming: bool,
+               on_device_data_bytes: int = 0, available: tuple[int, str] | None = None) -> dict[str, int]:
+    """Raise a UserError when the estimate exceeds the available memory; return the estimate."""
+    per_device_batch = math.ceil(cfg.data.batch_size / max(1, num_devices))
+    parts = estimate_train_bytes(cfg, count_params(model_params), int(np.prod(feature_shape)), num_outputs,
+                                 per_device_batch=per_device_batch, steps_per_call=steps_per_call,
+                                 streaming=streaming, on_device_data_bytes=on_device_data_bytes)
+    free, where = available or available_bytes()
+    if where == "host memory":  # CPU devices share host memory: every replica counts
+        parts = {k: v * num_devices for k, v in parts.items()}
+    need = sum(parts.values())
+    if need > free:
+        biggest = max(parts, key=parts.get)
+        fix = {"activations": "lower data.batch_size", "input_batches": "lower data.batch_size "
+               "or train.steps_per_call", "parameters": "use a smaller model (model.hidden_sizes)",
+               "optimizer_state": "use a smaller model or optimizer.name=sgd",
+               "training_set": "lower train.on_device_fraction to stream the data"}[biggest]
+        detail = ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in parts.items() if v)
+        raise UserError(f"the run needs about {format_bytes(need)} ({detail}) but only "
+                        f"{format_bytes(free)} of {where} is available; {fix}")
+    return parts
+
+
+def check_run(cfg: Any, model: Any, dataset: Any) -> dict[str, int]:
+    """The estimate for a configured run, before its state is placed on the devices."""
+    from flax import nnx
+
+    from jaxtrain.engine.engine import fits_on_device, resolve_steps_per_call, steps_per_epoch
+    params = nnx.state(model, nnx.Param)
+    num_devices = cfg.parallel.data_axis_size or len(jax.devices())
+    on_device = dataset.train is not None and fits_on_device(dataset, cfg.train.on_device_fraction)
+    steps = steps_per_epoch(max(1, dataset.num_train), cfg.data.batch_size)
+    # 'auto' is measured later (autotune.py); estimate with a generous K.
+    k = resolve_steps_per_call(cfg.train.steps_per_call, steps) or min(steps, 32)
+    data_bytes = dataset.train.x.nbytes + dataset.train.y.nbytes if on_device else 0
+    return check_fits(cfg, params, dataset.feature_shape, dataset.num_outputs, num_devices=num_devices,
+                      steps_per_call=k, streaming=not on_device, on_device_data_bytes=data_bytes)

@@ -1,0 +1,1 @@
+"""Models, augmentation, optimizers and host-side evaluation metrics."""

@@ -1,0 +1,137 @@
+"""Built-in models (Flax NNX) and the registry that builds them by name.
+
+Parameters are always float32. `compute_dtype=bfloat16` runs the matmuls on
+bf16 inputs with float32 accumulation and result (`preferred_element_type`):
+on CPUs with AMX and on GPUs/TPUs that is the fast path, whereas a bf16 result
+is slower than fp32 on CPU. Activations, loss and softmax stay in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtrain.config.schema import ModelConfig
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "gelu": jax.nn.gelu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "silu": jax.nn.silu,
+    "elu": jax.nn.elu,
+}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def mixed_dot(x: jax.Array, kernel: jax.Array, compute_dtype) -> jax.Array:
+    """x @ kernel with both inputs cast to `compute_dtype`, accumulated and returned in fp32.
+
+    The backward pass is written out because autodiff's is slow here: the transpose
+    of a bf16 dot with an fp32 result multiplies the fp32 cotangent by the kernel
+    upcast to fp32, so two of a layer's three matmuls ran in fp32. Below, the
+    cotangent is cast to bf16 and all three are bf16 x bf16 -> fp32 dots, with
+    fp32 gradients (tests/test_perf_precision.py checks the compiled HLO).
+    """
+    return _dot(x.astype(compute_dtype), kernel.astype(compute_dtype), ((1,), (0,)))
+
+
+def _dot(a: jax.Array, b: jax.Array, contracting) -> jax.Array:
+    return jax.lax.dot_general(a, b, (contracting, ((), ())), preferred_element_type=jnp.float32)
+
+
+def transposed_copy(a: jax.Array) -> jax.Array:
+    """a.T materialized row-major. XLA's CPU backend runs bf16 dots on its fast library
+    only when the contraction is over the lhs's last dimension; it folds a plain
+    transpose into the dot (contracting over the batch dimension) and then upcasts
+    that dot to fp32. The barrier keeps the transpose a real copy: on a 2-core CPU it costs
+    about a third of the bf16 dot it feeds, and the pair is still faster than the fp32 dot."""
+    if jax.default_backend() != "cpu":
+        return a.T
+    return jax.lax.optimization_barrier(a.T.reshape(-1)).reshape(a.shape[1], a.shape[0])
+
+
+def _mixed_dot_fwd(x, kernel, compute_dtype):
+    xc, kc = x.astype(compute_dtype), kernel.astype(compute_dtype)
+    # Residuals kept in bf16 (half the memory of fp32); the zero-size arrays carry the input dtypes.
+    return (_dot(xc, kc, ((1,), (0,))),
+            (xc, kc, jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype)))
+
+
+def _mixed_dot_bwd(compute_dtype, residuals, g):
+    xc, kc, x_like, kernel_like = residuals
+    g = g.astype(compute_dtype)
+    dx = _dot(g, kc, ((1,), (1,)))                      # (B, out) x (in, out) -> (B, in)
+    dkernel = _dot(transposed_copy(xc), g, ((1,), (0,)))    # (in, B) x (B, out) -> (in, out)
+    return dx.astype(x_like.dtype), dkernel.astype(kernel_like.dtype)
+
+
+mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
+
+
+class Dense(nnx.Module):
+    """y = x @ kernel + bias, with the matmul in `compute_dtype` and fp32 accumulation."""
+
+    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs,
+                 compute_dtype: jnp.dtype = jnp.float32,
+                 kernel_init: Callable = nnx.initializers.lecun_normal()):
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+        self.compute_dtype = compute_dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel[...]
+        if self.compute_dtype != jnp.float32:
+            return mixed_dot(x, kernel, self.compute_dtype) + self.bias[...]
+        return jnp.dot(x, kernel, preferred_element_type=jnp.float32) + self.bias[...]
+
+
+class MLP(nnx.Module):
+    """Flatten, then Dense-activation(-dropout) blocks and a linear head."""
+
+    def __init__(self, in_features: int, hidden_sizes: tuple[int, ...], out_features: int, *,
+                 rngs: nnx.Rngs, activation: str = "relu", dropout: float = 0.0,
+                 compute_dtype: jnp.dtype = jnp.float32):
+        sizes = (in_features, *hidden_sizes)
+        self.layers = nnx.List([Dense(a, b, rngs=rngs, compute_dtype=compute_dtype)
+                                for a, b in zip(sizes[:-1], sizes[1:])])
+        self.dropouts = nnx.List([nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+                                  for _ in hidden_sizes])
+        self.head = Dense(sizes[-1], out_features, rngs=rngs, compute_dtype=compute_dtype)
+        self.activation = activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = ACTIVATIONS[self.activation]
+        x = x.reshape(x.shape[0], -1)
+        for layer, drop in zip(self.layers, self.dropouts):
+            x = act(layer(x))
+            if drop is not None:
+                x = drop(x)
+        return self.head(x)
+
+
+class LinearRegression(nnx.Module):
+    """y = x @ w + b (one output per target), initialised at zero like the closed form's start."""
+
+    def __init__(self, in_features: int, out_features: int = 1, *, rngs: nnx.Rngs,
+                 compute_dtype: jnp.dtype = jnp.float32):
+        self.linear = Dense(in_features, out_features, rngs=rngs, compute_dtype=compute_dtype,
+                            kernel_init=nnx.initializers.zeros_init())
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.linear(x.reshape(x.shape[0], -1))
+
+
+def build_model(cfg: ModelConfig, in_features: int, out_features: int, *, seed: int,
+                compute_dtype: jnp.dtype = jnp.float32) -> nnx.Module:
+    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+    if cfg.name == "mlp":
+        return MLP(in_features, tuple(cfg.hidden_sizes), out_features, rngs=rngs,
+                   activation=cfg.activation, dropout=cfg.dropout, compute_dtype=compute_dtype)
+    if cfg.name == "linear":
+        return LinearRegression(in_features, out_features, rngs=rngs, compute_dtype=compute_dtype)
+    raise ValueError(f"unknown model {cfg.name!r}")  # unreachable: the config validates names

@@ -1,0 +1,171 @@
+"""Grid sweeps: every combination of `--grid key=v1,v2,...` values trained as a normal run.
+
+Each point trains in `WORKDIR/<point name>/` (a complete run directory: `eval`,
+`report` and `predict` work on it), and the sweep writes `results.csv` (one row per
+point: its values and final metrics), `results.md` and `results.png`.
+
+With `vectorized=True`, points that differ only in optimizer hyperparameters
+(see `vsweep.VECTOR_FIELDS`) train together in one compiled program (vsweep.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from jaxtrain.config.schema import Config, load_config, parse_override
+from jaxtrain.util.errors import ConfigError, UserError
+from jaxtrain.util.events import Console
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """['optimizer.learning_rate=0.1,0.01'] -> {'optimizer.learning_rate': ['0.1', '0.01']}.
+    Values stay text (parsed as YAML by the config, exactly like `--set`)."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, _, text = item.partition("=")
+        values = split_values(text)
+        if not key.strip() or not values:
+            raise ConfigError(f"--grid '{item}' must look like section.key=v1,v2,...")
+        if key.strip() in grid:
+            raise ConfigError(f"--grid key '{key.strip()}' given twice; list all its values in one --grid")
+        grid[key.strip()] = values
+    if not grid:
+        raise ConfigError("a sweep needs at least one --grid section.key=v1,v2,...")
+    return grid
+
+
+def split_values(text: str) -> list[str]:
+    """'0.1,[32,16],[16]' -> ['0.1', '[32,16]', '[16]']: commas inside brackets belong to a value."""
+    values, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth == 0:
+            values.append(current)
+            current = ""
+        else:
+            current += ch
+    return [v.strip() for v in [*values, current] if v.strip()]
+
+
+def point_name(values: dict[str, str]) -> str:
+    """A directory name from the last key component and the value: 'learning_rate=0.1,batch_size=64'."""
+    parts = [f"{k.split('.')[-1]}={v}" for k, v in values.items()]
+    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", ",".join(parts))
+
+
+def grid_points(grid: dict[str, list[str]]) -> list[dict[str, str]]:
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def point_config(config: Any, overrides: list[str], values: dict[str, str]) -> Config:
+    return load_config(config, list(overrides) + [f"{k}={v}" for k, v in values.items()])
+
+
+def _flatten(summary: dict) -> dict[str, Any]:
+    """The final metrics of a run's summary as flat 'test.accuracy'-style columns."""
+    row: dict[str, Any] = {}
+    for section in ("test", "val", "train"):
+        for k, v in (summary.get(section) or {}).items():
+            if isinstance(v, (int, float)) or v is None:
+                row[f"{section}.{k}"] = v
+    row["time.total_s"] = summary.get("time", {}).get("total_s")
+    return row
+
+
+def headline_metric(task: str) -> tuple[str, str]:
+    """(column, 'max'|'min') that ranks the points."""
+    return ("test.accuracy", "max") if task == "classification" else ("test.mse", "min")
+
+
+def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: str | Path | None = None,
+              overrides: list[str] | None = None, vectorized: bool = False,
+              console: Console | None = None) -> list[dict[str, Any]]:
+    """Train every grid point; write results.csv/.md/.png into `workdir`; return the rows."""
+    from jaxtrain.runs.api import default_workdir, train
+    grid = parse_grid(grid) if isinstance(grid, list) else grid
+    overrides = list(overrides or [])
+    for key in grid:  # fail fast on a bad key or value, before any training
+        for v in grid[key]:
+            parse_override(f"{key}={v}")
+    points = grid_points(grid)
+    cfgs = [point_config(config, overrides, values) for values in points]
+    root = Path(workdir) if workdir else default_workdir(cfgs[0], "-sweep")
+    if (root / "results.csv").exists():
+        raise UserError(f"sweep directory '{root}' already holds results.csv; pass a new --workdir")
+    root.mkdir(parents=True, exist_ok=True)
+    console = console or Console(cfgs[0].logging.progress)
+    names = [point_name(v) for v in points]
+    summaries: dict[int, dict] = {}
+
+    if vectorized:
+        from jaxtrain.runs import vsweep
+        for group in vsweep.vector_groups(cfgs):
+            if len(group) < 2:
+                continue
+            console.line(f"sweep: {len(group)} points in one vectorized program: "
+                         + ", ".join(names[i] for i in group))
+            results = vsweep.train_vectorized([cfgs[i] for i in group], [root / names[i] for i in group],
+                                              console=console)
+            summaries.update(zip(group, results))
+    for i, cfg in enumerate(cfgs):
+        if i in summaries:
+            continue
+        console.line(f"sweep: point {i + 1}/{len(cfgs)} {names[i]}")
+        summaries[i] = train(cfg, workdir=root / names[i], console=console)
+
+    rows = [{"point": names[i], **points[i], **_flatten(summaries[i])} for i in range(len(cfgs))]
+    write_results(root, rows, list(grid), summaries[0].get("task", "classification"))
+    console.line(f"sweep: wrote {root}/results.csv, results.md, results.png")
+    return rows
+
+
+def write_results(root: Path, rows: list[dict[str, Any]], keys: list[str], task: str) -> None:
+    from jaxtrain.util.plots import bar_per_point
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    with open(root / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    metric, mode = headline_metric(task)
+    values = [r.get(metric) for r in rows]
+    sign = -1.0 if mode == "max" else 1.0
+
+    def rank(i: int) -> tuple[float, float]:  # ties broken by the lower test loss
+        loss = rows[i].get("test.loss")
+        return sign * values[i], loss if isinstance(loss, float) and math.isfinite(loss) else math.inf
+
+    finite = [i for i, v in enumerate(values) if isinstance(v, float) and math.isfinite(v)]
+    best = min(finite, key=rank) if finite else None
+    shown = ["point"] + keys + [c for c in columns if c.startswith(("test.", "val."))] + \
+        [c for c in ("train.loss", "train.examples_per_sec", "time.total_s") if c in columns]
+
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    lines = [f"# Sweep results ({len(rows)} points)", "",
+             f"Ranked by `{metric}` ({'higher' if mode == 'max' else 'lower'} is better); "
+             f"best: **{rows[best]['point'] if best is not None else 'none'}**.", "",
+             "| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown)]
+    for i, r in enumerate(rows):
+        text = [cell(r.get(c)) for c in shown]
+        if i == best:
+            text = [f"**{t}**" for t in text]
+        lines.append("| " + " | ".join(text) + " |")
+    lines += ["", f"![{metric} per point](results.png)", "",
+              "Each point's run directory is `<point>/` (config.yaml, metrics.jsonl, summary.json, "
+              "checkpoints/); `jaxtrain report <point dir>` plots it.", ""]
+    (root / "results.md").write_text("\n".join(lines))
+    bar_per_point([r["point"] for r in rows], [v if isinstance(v, float) else float("nan") for v in values],
+                  metric, root / "results.png", best)
+
+
+def read_results(root: str | Path) -> list[dict[str, str]]:
+    with open(Path(root) / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+

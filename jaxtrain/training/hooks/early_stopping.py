@@ -1,0 +1,104 @@
+"""EarlyStopping: stop when a validation metric stops improving; restore the best parameters.
+
+Each epoch with the metric measured counts: an improvement (beyond `min_delta`, in the
+direction of `mode`) resets the wait and keeps a device copy of the parameters and
+model state; `patience` epochs without one set `run.stop_reason`. At the end the best
+copy replaces the last parameters, so the test metrics, the final checkpoint and
+`jaxtrain eval` all describe the best epoch. A resumed run has no device copy of an
+earlier best: it reloads it from `checkpoints/best/` when that checkpoint tracked the
+same metric.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from jaxtrain.dist import parallel
+from jaxtrain.ckpt.checkpoint import BEST_DIR, Checkpointer, state_tree
+from jaxtrain.config.schema import EarlyStoppingConfig
+from jaxtrain.training.hooks.checkpointing import improved, metric_value
+from jaxtrain.training.loop import Hook, Run
+
+
+class EarlyStopping(Hook):
+    name = "early_stopping"
+
+    def __init__(self, cfg: EarlyStoppingConfig, checkpoint_dir: str | Path | None = None):
+        self.cfg = cfg
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.best_step: int | None = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self._best_copy = None  # (params, rest) on the device
+
+    def state_dict(self) -> dict:
+        return {"metric": self.cfg.metric, "best": self.best, "best_epoch": self.best_epoch,
+                "best_step": self.best_step, "wait": self.wait}
+
+    def load_state_dict(self, d: dict) -> None:
+        if d.get("metric") == self.cfg.metric:
+            self.best, self.best_epoch, self.best_step, self.wait = (
+                d["best"], d["best_epoch"], d["best_step"], d["wait"])
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Feed one epoch's metric; True when training should stop."""
+        if improved(value, self.best, self.cfg.mode, self.cfg.min_delta):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            return False
+        self.wait += 1
+        return self.wait >= self.cfg.patience
+
+    def on_epoch_end(self, run: Run, record: dict) -> None:
+        value = metric_value(record, self.cfg.metric)
+        if value is None:
+            return
+        best_before = self.best_epoch
+        stop = self.update(value, record["epoch"])
+        if self.best_epoch != best_before:
+            self.best_step = run.global_step
+            # A copy, not a reference: the next compiled call donates the state's buffers.
+            self._best_copy = jax.tree.map(jnp.copy, (run.state.params, run.state.rest))
+        if stop and run.stop_reason is None:
+            run.stop_reason = (f"early stopping: {self.cfg.metric} did not improve for "
+                               f"{self.cfg.patience} epochs (best {self.best:.6g} at epoch {self.best_epoch})")
+            self.stopped_epoch = record["epoch"]
+            run.ctx.console.line(run.stop_reason)
+
+    def on_train_end(self, run: Run) -> None:
+        restored = False
+        best = self._best_copy if self._best_copy is not None else self._load_best(run)
+        if best is not None and self.best_step != run.global_step:
+            params, rest = best
+            run.state = run.state.replace(params=params, rest=rest)
+            restored = True
+        info = {"metric": self.cfg.metric, "mode": self.cfg.mode, "best": self.best,
+                "best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch,
+                "restored_best": restored}
+        run.extra["early_stopping"] = info
+        run.ctx.events.write("early_stopping", **info)
+        if restored:
+            run.ctx.console.line(f"early stopping: restored the parameters of epoch {self.best_epoch} "
+                                 f"({self.cfg.metric}={self.best:.6g})")
+
+    def _load_best(self, run: Run):
+        """After a resume: the best parameters from checkpoints/best, if they are ours."""
+        if self.checkpoint_dir is None or self.best_step is None:
+            return None
+        best_dir = self.checkpoint_dir / BEST_DIR
+        if not best_dir.is_dir():
+            return None
+        ckpt = Checkpointer(best_dir, async_save=False)
+        try:
+            if ckpt.latest_step() != self.best_step:
+                return None
+            tree, meta = ckpt.restore(state_tree(run.state))
+        finally:
+            ckpt.close()
+        if meta.get("hooks", {}).get("checkpoint", {}).get("best_metric") != self.cfg.metric:
+            return None
+        return jax.device_put((tree["params"], tree["rest"]), parallel.replicated(run.mesh))

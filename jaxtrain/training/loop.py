@@ -1,0 +1,247 @@
+"""fit(): epochs of fused, compiled steps; evaluation; hooks; the run's summary.
+
+The hot loop dispatches one compiled call per K steps (see engine.py) and never
+reads a value back from the device inside an epoch: metric sums stay on the
+device and are read once per epoch. Periodic work (checkpoints, early stopping,
+profiling, signal handling) plugs in as `Hook` objects, each in its own module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxtrain.dist import parallel
+from jaxtrain.engine.compilation import enable_persistent_cache
+from jaxtrain.model.augment import make_augment
+from jaxtrain.config.schema import Config
+from jaxtrain.data import Dataset
+from jaxtrain.engine.engine import Engine, fits_on_device
+from jaxtrain.util.events import Console, JsonlWriter, Throughput, format_metrics
+from jaxtrain.model.metrics import compute_metrics
+from jaxtrain.model.optim import build_optimizer
+from jaxtrain.engine.step import (TrainState, accumulate_metrics, add_metrics, init_state, make_predict, make_train_step,
+                           split_model)
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What a run needs besides the config: where to write, and an optional clock for tests."""
+    console: Console
+    events: JsonlWriter
+    workdir: Path | None = None
+    clock: Callable[[], float] = time.perf_counter
+
+
+@dataclasses.dataclass
+class Run:
+    """The live state of a fit, as hooks see it."""
+    cfg: Config
+    dataset: Dataset
+    ctx: RunContext
+    mesh: Any
+    engine: Engine
+    evaluator: "Evaluator"
+    state: TrainState
+    epoch: int = 0                 # epoch in progress (0-based)
+    step_in_epoch: int = 0         # steps of it done
+    global_step: int = 0           # known on the host without a device sync
+    history: list = dataclasses.field(default_factory=list)
+    stop_reason: str | None = None  # a hook sets this to end training early
+    epoch_sums: dict | None = None  # the epoch's metric sums so far (device); a resumed run's start
+    extra: dict = dataclasses.field(default_factory=dict)  # hooks' entries for the summary
+
+
+class Hook:
+    """Periodic work around the hot loop. Override what you need; all are no-ops."""
+
+    def on_train_start(self, run: Run) -> None: ...
+
+    def after_call(self, run: Run, sums: dict) -> None:
+        """After each compiled call (K steps). `sums` are device arrays: reading them syncs."""
+
+    def on_epoch_end(self, run: Run, record: dict) -> None: ...
+
+    def on_train_end(self, run: Run) -> None: ...
+
+    def before_save(self, run: Run) -> None:
+        """Right before the checkpoint hook writes a checkpoint (called on its `stateful` hooks)."""
+
+
+class Evaluator:
+    """Runs the model over a whole split in one compiled call and computes metrics on the host."""
+
+    def __init__(self, eval_def, mesh, batch_size: int, dataset: Dataset):
+        self.mesh = mesh
+        self.batch_size = batch_size
+        self.dataset = dataset
+        self._predict = jax.jit(make_predict(eval_def),
+                                out_shardings=parallel.output_sharding(mesh, 1))
+        self._placed: dict[int, tuple[np.ndarray, jax.Array]] = {}  # the dataset's splits, uploaded once
+
+    def _place(self, x: np.ndarray) -> jax.Array:
+        """x padded to whole batches, as (num_batches, batch, ...) device arrays."""
+        n = len(x)
+        data_size = parallel.batch_shards(self.mesh)
+        b = min(self.batch_size, n)
+        b = max(data_size, math.ceil(b / data_size) * data_size)
+        nb = math.ceil(n / b)
+        padded = np.zeros((nb * b, *x.shape[1:]), x.dtype)
+        padded[:n] = x
+        return jax.device_put(padded.reshape(nb, b, *x.shape[1:]), parallel.batch_sharding(self.mesh, 1))
+
+    def outputs(self, params, rest, x: np.ndarray, xs: jax.Array | None = None) -> np.ndarray:
+        xs = self._place(x) if xs is None else xs
+        out = np.asarray(self._predict(params, rest, xs))
+        return out.reshape(-1, *out.shape[2:])[:len(x)]
+
+    def evaluate(self, params, rest, split) -> dict[str, float]:
+        # A split is evaluated every epoch: keep its device copy (keyed by the array, held here
+        # so the id stays its own).
+        x = split.x
+        if id(x) not in self._placed:
+            self._placed[id(x)] = (x, self._place(x))
+        out = self.outputs(params, rest, x, self._placed[id(x)][1])
+        d = self.dataset
+        return compute_metrics(d.task, out, split.y, d.target_mean, d.target_scale)
+
+
+def _epoch_record(epoch: int, step: int, sums: dict, elapsed: float) -> dict:
+    record = {"epoch": epoch + 1, "step": step, "loss": sums["loss_sum"] / max(sums["count"], 1.0),
+              "examples_per_sec": sums["count"] / max(elapsed, 1e-9)}
+    if "correct" in sums:
+        record["accuracy"] = sums["correct"] / max(sums["count"], 1.0)
+    if sums["nonfinite"]:
+        record["nonfinite_steps"] = int(sums["nonfinite"])
+    return record
+
+
+def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext) -> Run:
+    """Mesh, optimizer, compiled step and initial state: everything before the first step."""
+    enable_persistent_cache(cfg.train.compilation_cache)
+    mesh = parallel.make_mesh(cfg.parallel)
+    parallel.check_batch_size(cfg.data.batch_size, mesh)
+    strategy = parallel.Strategy(cfg.parallel.strategy, mesh)
+    train_def, eval_def, params, rest = split_model(model)
+    from jaxtrain.engine.engine import steps_per_epoch
+    steps = steps_per_epoch(dataset.num_train, cfg.data.batch_size)
+    tx = build_optimizer(cfg.optimizer, steps, cfg.train.epochs, params)
+    state = strategy.place_state(init_state(params, rest, tx))
+    train_step = make_train_step(train_def, tx, dataset.task, l1=cfg.optimizer.l1, l2=cfg.optimizer.l2,
+                                 skip_nonfinite=cfg.train.on_nonfinite == "skip_step",
+                                 axis_name=strategy.step_axis,
+                                 augment=make_augment(cfg.train.augment, dataset.feature_shape, cfg.train.seed,
+                                                      dataset.image_shape))
+    engine = Engine(train_step, dataset, mesh, batch_size=cfg.data.batch_size, seed=cfg.train.seed,
+                    on_device=fits_on_device(dataset, cfg.train.on_device_fraction),
+                    steps_per_call=cfg.train.steps_per_call, clock=ctx.clock, strategy=strategy,
+                    step_multiple=cfg.checkpoint.every_steps if cfg.checkpoint.enabled else None)
+    evaluator = Evaluator(eval_def, mesh, cfg.data.eval_batch_size, dataset)
+    return Run(cfg=cfg, dataset=dataset, ctx=ctx, mesh=mesh, engine=engine, evaluator=evaluator,
+               state=state)
+
+
+def fit(run: Run, hooks: list[Hook] = ()) -> dict:
+    """Train from `run.epoch`/`run.step_in_epoch` to the configured end; return the summary."""
+    cfg, dataset, ctx, engine = run.cfg, run.dataset, run.ctx, run.engine
+    clock = ctx.clock
+    devices = parallel.device_summary(run.mesh)
+    engine.prepare(run.state)  # steps_per_call=auto: time a few K on a copy of the state
+    ctx.console.line(f"devices: {devices['count']} x {devices['kind']} ({devices['platform']}), "
+                     f"processes: {devices['processes']}")
+    ctx.console.line(f"data: {dataset.name} train={engine.n_train} "
+                     f"val={len(dataset.val) if dataset.val else 0} test={len(dataset.test)} "
+                     f"features={dataset.feature_shape} ({'on device' if engine.on_device else 'streamed'}); "
+                     f"batch {cfg.data.batch_size}, {engine.steps} steps/epoch, {engine.k} steps per call"
+                     + (f" (a divisor of checkpoint.every_steps={engine.step_multiple})" if engine.step_multiple else "")
+                     + (" (auto: " + ", ".join(f"K={k} {t * 1e3:.3g} ms/step" for k, t in engine.k_timings.items())
+                        + ")" if engine.k_timings else ""))
+    for hook in hooks:
+        hook.on_train_start(run)
+
+    steady_time, steady_examples = 0.0, 0  # epochs after the first one timed: caches are warm
+    first_epoch = run.epoch
+    t_start = clock()
+    throughput = Throughput(cfg.train.epochs * engine.steps, cfg.data.batch_size, clock)  # bar's ex/s, ETA
+    while run.epoch < cfg.train.epochs and run.stop_reason is None:
+        t0, compile_before = clock(), engine.compile_s
+        sums, run.epoch_sums = run.epoch_sums, None
+        for run.state, chunk_sums, run.step_in_epoch in engine.run_epoch(run.state, run.epoch,
+                                                                         run.step_in_epoch):
+            run.global_step = run.epoch * engine.steps + run.step_in_epoch
+            sums = chunk_sums if sums is None else accumulate_metrics(sums, chunk_sums)
+            run.epoch_sums = sums
+            ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, engine.steps,
+                                 **throughput.update(run.global_step))
+            with engine.timer.phase("hooks"):
+                for hook in hooks:
+                    hook.after_call(run, chunk_sums)
+            if run.stop_reason is not None:
+                break
+        if sums is None:  # resumed exactly at an epoch's end
+            run.epoch, run.step_in_epoch = run.epoch + 1, 0
+            continue
+        with engine.timer.phase("metric_transfer"):
+            sums = {key: float(v) for key, v in jax.device_get(sums).items()}  # the epoch's one sync
+        elapsed = clock() - t0 - (engine.compile_s - compile_before)
+        if run.epoch > first_epoch or cfg.train.epochs - first_epoch == 1:
+            steady_time += elapsed
+            steady_examples += int(sums["count"])
+        record = _epoch_record(run.epoch, run.global_step, sums, elapsed)
+        ctx.events.write("train", **record)
+        line = f"epoch {run.epoch + 1}/{cfg.train.epochs} " + format_metrics(
+            {k: v for k, v in record.items() if k not in ("epoch", "step")})
+        epoch_done = run.step_in_epoch >= engine.steps
+        if dataset.val is not None and epoch_done and (
+                (run.epoch + 1) % cfg.train.eval_every_epochs == 0 or run.epoch + 1 == cfg.train.epochs):
+            val = run.evaluator.evaluate(run.state.params, run.state.rest, dataset.val)
+            ctx.events.write("eval", split="val", epoch=run.epoch + 1, step=run.global_step, **val)
+            record["val"] = val
+            line += " | val " + format_metrics(val)
+        run.history.append(record)
+        ctx.console.line(line)
+        if epoch_done:
+            run.epoch, run.step_in_epoch, run.epoch_sums = run.epoch + 1, 0, None
+        with engine.timer.phase("hooks"):
+            for hook in hooks:
+                hook.on_epoch_end(run, record)
+
+    for hook in hooks:
+        hook.on_train_end(run)
+    test = {}
+    if dataset.test is not None and len(dataset.test):  # data.test_fraction: 0 means no test split
+        test = run.evaluator.evaluate(run.state.params, run.state.rest, dataset.test)
+        ctx.events.write("eval", split="test", epoch=run.epoch, step=run.global_step, **test)
+        ctx.console.line("test " + format_metrics(test))
+    last = run.history[-1] if run.history else {}
+    return {
+        "config_name": cfg.name,
+        "task": dataset.task,
+        "test": test,
+        "val": last.get("val", {}),
+        "train": {"examples_per_sec": steady_examples / steady_time if steady_time else None,
+                  "loss": last.get("loss"), "epochs": run.epoch, "steps": run.global_step,
+                  **({"accuracy": last["accuracy"]} if "accuracy" in last else {})},
+        "time": {"compile_s": engine.compile_s, "fit_s": clock() - t_start},
+        "devices": devices,
+        "batch": {"global": cfg.data.batch_size,
+                  "per_device": cfg.data.batch_size // parallel.batch_shards(run.mesh)},
+        "parallel": {"strategy": cfg.parallel.strategy, "mesh": dict(run.mesh.shape)},
+        "execution": {"on_device_data": engine.on_device, "steps_per_call": engine.k,
+                      "steps_per_call_measured_ms": {str(k): t * 1e3 for k, t in engine.k_timings.items()},
+                      "precision": cfg.train.precision, "recompiles": engine.recompiles},
+        "data": {"train": engine.n_train, "val": len(dataset.val) if dataset.val else 0,
+                 "test": len(dataset.test)},
+        "stopped_early": run.stop_reason,
+        **run.extra,
+    }

@@ -1,0 +1,76 @@
+"""Checks before training that need the loaded data, the work directory or the checkpoints.
+
+Config-only rules live in `jaxtrain.config.rules`. What is here needs the loaded data
+set (`check_with_data`, run once the data is known and before anything is compiled) or
+the machine and the run directory. Every failure names the keys involved and how to fix them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jaxtrain.config.rules import TASK_METRICS, split_metric
+from jaxtrain.util.errors import ConfigError, UserError
+
+def check_with_data(cfg: Any, dataset: Any) -> None:
+    """Checks that need the loaded data: the task decides which metrics exist."""
+    metrics = TASK_METRICS.get(dataset.task, ())
+    for key, value in (("train.early_stopping.metric", cfg.train.early_stopping and cfg.train.early_stopping.metric),
+                       ("checkpoint.best_metric", cfg.checkpoint.best_metric)):
+        if value:
+            split, metric = split_metric(value, key)
+            if metric not in metrics:
+                raise ConfigError(f"config key '{key}': '{value}' is not reported for {dataset.task}; "
+                                  f"use one of {', '.join(f'{split}.{m}' for m in metrics)}")
+            if split == "val" and dataset.val is None:
+                raise ConfigError(f"config key '{key}': '{value}' needs a validation split and the data "
+                                  f"has none; set data.val_fraction > 0")
+    if dataset.num_train < 1:
+        raise ConfigError("the training split is empty after cleaning; check data.path, "
+                          "data.test_fraction/val_fraction and data.clean")
+
+
+def check_before_training(cfg: Any, model: Any, dataset: Any, workdir: Any) -> dict:
+    """Everything that can be known to fail before the first step: options against the data,
+    memory against the estimate (memory.py), and disk space for the checkpoints."""
+    from flax import nnx
+
+    from jaxtrain.engine import memory
+
+    from jaxtrain.util import workdir as workdir_checks
+    check_with_data(cfg, dataset)
+    parts = memory.check_run(cfg, model, dataset)
+    if cfg.checkpoint.enabled and workdir is not None:
+        params = memory.count_params(nnx.state(model, nnx.Param)) * memory.FLOAT_BYTES
+        per_checkpoint = params * (1 + memory.optimizer_state_factor(cfg.optimizer))
+        # keep + best + the one being written, and a margin for metadata, logs and stats.
+        need = per_checkpoint * (cfg.checkpoint.keep + 2) + 16 * 2**20
+        workdir_checks.check_free_space(workdir, need)
+    return parts
+
+
+def checkpoint_mismatch(directory: Any, step: int, state: Any, error: Exception) -> UserError:
+    """A one-line error for a checkpoint whose arrays do not fit this run's model or optimizer:
+    names the first parameter that differs, else says which part of the state does not fit."""
+    import jax
+    import numpy as np
+
+    from jaxtrain.ckpt.checkpoint import load_named_params
+    from jaxtrain.model.optim import param_path
+    where = f"checkpoint '{directory}/{step}'"
+    fix = "resume with the run's own model and optimizer settings (or start a new run with model.init_from)"
+    try:
+        saved, _ = load_named_params(f"{directory}/{step}")
+    except UserError as unreadable:  # incomplete or damaged, not another model: say that
+        return unreadable
+    except Exception:  # unreadable as parameters too: report what the restore said, in one line
+        return ConfigError(f"{where} does not match this run ({str(error).splitlines()[0][:200]}); {fix}")
+    wanted = {param_path(p): np.shape(v) for p, v in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+    for name in sorted(set(saved) | set(wanted)):
+        got, need = saved.get(name), wanted.get(name)
+        if got is None or need is None or tuple(got.shape) != tuple(need):
+            return ConfigError(f"{where}: parameter '{name}' is "
+                               f"{'missing' if got is None else tuple(got.shape)} there but the model has "
+                               f"{'none' if need is None else tuple(need)}; {fix}")
+    return ConfigError(f"{where}: its optimizer state does not fit this run's optimizer settings "
+                       f"(optimizer.name, momentum, clip_norm, freeze); {fix}")

@@ -1,0 +1,229 @@
+"""Step-time profiling: where the time goes, a verdict, and a jax.profiler trace.
+
+Switched on by `train.profile: true` (or `jaxtrain profile CONFIG --steps N`),
+`ProfileHook` makes the engine's phase timer active (phase_timer.py): each
+compiled call is timed as dispatch (until the call returns)
+and device compute (until its results are ready), next to the input wait,
+host-to-device transfers, metric read-back and blocking hooks (checkpoints).
+Waiting for the device after each call removes the overlap of host and device
+work, so the profiled steps run a little slower than unprofiled ones; what it
+buys is a breakdown whose parts add up to the wall time.
+
+The first `train.profile_trace_calls` calls are also recorded as a
+`jax.profiler` trace (TensorBoard / Perfetto) under WORKDIR/trace, each call
+annotated with `StepTraceAnnotation("train", step_num=<first step of the call>)`.
+
+The verdict compares the host's input time, its dispatch/Python time and the
+device's compute time, and names the change that helps:
+    input-bound     the step waits for data
+    dispatch-bound  the device idles while Python and dispatch run
+    compute-bound   the device is busy: make each step cheaper
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import jax
+
+from jaxtrain.training.loop import Hook, Run
+
+ROWS = [("input_wait", "input wait"), ("h2d_transfer", "host-to-device transfer"),
+        ("dispatch_python", "dispatch + Python overhead"), ("device_compute", "device compute"),
+        ("metric_transfer", "metric transfer"), ("checkpoint_blocking", "checkpoint/hook blocking")]
+
+
+def breakdown(totals: dict[str, float], wall: float, steps: int, k: int, steps_per_epoch: int = 0) -> dict:
+    """Per-step seconds of each phase, the device's idle fraction and the verdict."""
+    accounted = sum(totals[p] for p in ("input_wait", "h2d_transfer", "dispatch", "device_compute",
+                                        "metric_transfer", "hooks"))
+    phases = {
+        "input_wait": totals["input_wait"],
+        "h2d_transfer": totals["h2d_transfer"],
+        # Whatever the timed phases leave of the wall time is host work of the loop itself.
+        "dispatch_python": totals["dispatch"] + max(0.0, wall - accounted),
+        "device_compute": totals["device_compute"],
+        "metric_transfer": totals["metric_transfer"],
+        "checkpoint_blocking": totals["hooks"],
+    }
+    steps = max(steps, 1)
+    idle = 1.0 - totals["device_compute"] / wall if wall > 0 else 0.0
+    verdict, advice = judge(phases, k, steps_per_epoch)
+    return {
+        "steps": steps, "wall_s": wall, "steps_per_call": k,
+        "ms_per_step": {name: 1e3 * s / steps for name, s in phases.items()},
+        "fraction": {name: (s / wall if wall > 0 else 0.0) for name, s in phases.items()},
+        "device_idle_fraction": max(0.0, min(1.0, idle)),
+        "verdict": verdict, "advice": advice,
+    }
+
+
+def judge(phases: dict[str, float], k: int, steps_per_epoch: int = 0) -> tuple[str, str]:
+    """input-bound / dispatch-bound / compute-bound, and the change that would help."""
+    inputs = phases["input_wait"] + phases["h2d_transfer"]
+    host = phases["dispatch_python"]
+    compute = phases["device_compute"]
+    if inputs >= host and inputs >= compute:
+        return "input-bound", ("the step waits for data: keep the training set on the device "
+                               "(raise train.on_device_fraction), or make batch preparation cheaper "
+                               "(data.backend: tfdata for parallel preprocessing, preprocess once and cache)")
+    if host > compute:
+        if steps_per_epoch and k >= steps_per_epoch:
+            return "dispatch-bound", ("the device idles while the host works, with one call per epoch "
+                                      "already: use a larger batch (data.batch_size) so each step does more")
+        return "dispatch-bound", (f"the device idles while Python dispatches: raise train.steps_per_call "
+                                  f"above {k} (or 'epoch') to fuse more steps per call, or use a larger batch")
+    return "compute-bound", ("the device is busy: use train.precision: bfloat16 (bf16 matmuls with fp32 "
+                             "accumulation), a smaller model, or a faster/more devices")
+
+
+def format_report(report: dict) -> list[str]:
+    lines = [f"profile: {report['steps']} steps, {report['steps_per_call']} steps per call, "
+             f"{report['wall_s'] * 1e3 / report['steps']:.3f} ms/step"
+             + (f" ({report['window']})" if report.get("window") else "")]
+    for key, label in ROWS:
+        lines.append(f"  {label:<28} {report['ms_per_step'][key]:9.4f} ms/step  "
+                     f"{100 * report['fraction'][key]:5.1f}%")
+    bg = report.get("prefetch_background_ms_per_step")
+    if bg:
+        lines.append(f"  (prefetch thread, overlapped: prepare {bg['prepare']:.4f} ms/step, "
+                     f"transfer {bg['transfer']:.4f} ms/step)")
+    lines.append(f"  device idle: {100 * report['device_idle_fraction']:.1f}%")
+    lines.append(f"verdict: {report['verdict']}: {report['advice']}")
+    if report.get("trace_dir"):
+        lines.append(f"trace: {report['trace_dir']} (tensorboard --logdir, or Perfetto)")
+    return lines
+
+
+class ProfileHook(Hook):
+    """Times the hot loop's phases from the first call, traces `trace_calls` calls, reports at the end.
+
+    Compilation (in the first call of each chunk length) is timed by the engine and
+    taken out of the window, so no warm-up call has to be thrown away: with one call
+    per epoch, a short profile still measures something.
+    """
+
+    def __init__(self, workdir: Path | None, *, trace_calls: int = 5, max_steps: int = 0,
+                 clock: Callable[[], float] | None = None):
+        self.workdir = Path(workdir) if workdir is not None else None
+        self.trace_calls, self.max_steps = trace_calls, max_steps
+        self.clock = clock
+        self.report: dict | None = None
+        self._traced = 0
+        self._t_start = 0.0
+        self._own_wall = 0.0      # this hook's own time inside the window (not training time)
+        self._own_hooks = 0.0     # ... of which counted by the loop's "hooks" phase
+        self._compile_before = 0.0
+        self._traced_report: dict | None = None
+        self._trace_dir: Path | None = None
+
+    def on_train_start(self, run: Run) -> None:
+        self._run = run
+        timer = run.engine.timer
+        self.clock = self.clock or timer.clock
+        timer.clock = self.clock
+        timer.active = True
+        self._start_window(run)
+
+    def _start_window(self, run: Run) -> None:
+        if self.trace_calls > 0 and self.workdir is not None:
+            self._trace_dir = self.workdir / "trace"
+            jax.profiler.start_trace(str(self._trace_dir))
+            run.engine.timer.tracing = True
+        self._restart(run)
+
+    def _restart(self, run: Run) -> None:
+        run.engine.timer.reset()
+        self._t_start = self.clock()
+        self._own_wall = self._own_hooks = 0.0
+        self._compile_before = run.engine.compile_s
+
+    def _stop_trace(self, run: Run) -> None:
+        if run.engine.timer.tracing:
+            run.engine.timer.tracing = False
+            jax.block_until_ready(run.state)
+            jax.profiler.stop_trace()
+
+    def close(self) -> None:
+        """However the run ended: never leave the process-wide profiler running, or the
+        next trace in this process fails with 'Profile has already been started'."""
+        run = getattr(self, "_run", None)
+        if run is not None and run.engine.timer.tracing:
+            run.engine.timer.tracing = False
+            jax.profiler.stop_trace()
+
+    def _window_report(self, run: Run, own_now: float) -> dict:
+        timer = run.engine.timer
+        compile_s = run.engine.compile_s - self._compile_before  # timed by the engine, not training
+        wall = self.clock() - self._t_start - self._own_wall - own_now - compile_s
+        totals = dict(timer.totals)
+        totals["hooks"] = max(0.0, totals["hooks"] - self._own_hooks)
+        report = breakdown(totals, wall, timer.steps, run.engine.k, run.engine.steps)
+        if any(timer.background.values()):
+            report["prefetch_background_ms_per_step"] = {
+                k: 1e3 * v / max(timer.steps, 1) for k, v in timer.background.items()}
+        return report
+
+    def after_call(self, run: Run, sums: dict) -> None:
+        t0 = self.clock()
+        if run.engine.timer.tracing:
+            self._traced += 1
+            if self._traced >= self.trace_calls:
+                # The traced calls ran under the profiler, which slows them: keep their
+                # breakdown only as a fallback, and time the calls after the trace afresh.
+                self._stop_trace(run)
+                self._traced_report = self._window_report(run, self.clock() - t0)
+                self._restart(run)
+                self._own_hooks = self.clock() - t0  # the loop adds this call's hook time after us
+                t0 = self.clock()
+        if self.max_steps and run.global_step >= self.max_steps:
+            run.stop_reason = f"profiled {run.global_step} steps"
+        own = self.clock() - t0
+        self._own_wall += own
+        self._own_hooks += own
+
+    def on_train_end(self, run: Run) -> None:
+        timer = run.engine.timer
+        t0 = self.clock()
+        self._stop_trace(run)
+        timer.active = False
+        if timer.steps > 0 or self._traced_report is None:
+            report = self._window_report(run, self.clock() - t0)
+            report["window"] = "traced calls (profiler overhead included)" if self._traced_report is None \
+                and self._trace_dir else "calls after the trace"
+        else:
+            report = self._traced_report
+            report["window"] = "traced calls (profiler overhead included)"
+        report["trace_dir"] = str(self._trace_dir) if self._trace_dir else None
+        report["compile_s"] = run.engine.compile_s
+        self.report = report
+        for line in format_report(report):
+            run.ctx.console.line(line)
+        if self.workdir is not None:
+            (self.workdir / "profile.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def hooks_for(cfg, workdir: Path | None) -> list[Hook]:
+    """The profiling hook when `train.profile` is on (one line in api.train wires it in)."""
+    if not cfg.train.profile:
+        return []
+    return [ProfileHook(workdir, trace_calls=cfg.train.profile_trace_calls,
+                        max_steps=cfg.train.profile_steps)]
+
+
+def trace_step_annotations(trace_dir: str | Path) -> list[int]:
+    """The step numbers of the `train` StepTraceAnnotations in a written trace."""
+    from jax.profiler import ProfileData
+    steps = []
+    for path in sorted(Path(trace_dir).rglob("*.xplane.pb")):
+        data = ProfileData.from_file(str(path))
+        for plane in data.planes:
+            for line in plane.lines:
+                for event in line.events:
+                    if event.name == "train":
+                        stats = dict(event.stats)
+                        if "step_num" in stats:
+                            steps.append(int(stats["step_num"]))
+    return sorted(set(steps))
