@@ -74,7 +74,7 @@ def resume_cmd(workdir: Path) -> list[str]:
 
 
 def final_params(workdir: Path) -> dict[str, np.ndarray]:
-    from jaxtrain.ckpt.checkpoint import load_named_params
+    from jaxtrain.ckpt.params import load_named_params
     params, _ = load_named_params(workdir)
     return params
 

@@ -30,7 +30,7 @@ def _cfg(**sections):
 
 
 def _final_state(workdir):
-    ckpt = Checkpointer(workdir / "checkpoints", async_save=False)
+    ckpt = Checkpointer(workdir / "checkpoints")
     state, meta = ckpt.restore_raw()
     ckpt.close()
     return state, meta
@@ -68,7 +68,7 @@ def test_resume_mid_epoch_is_bit_exact(tmp_path, on_device, devices):
     for s in (44, 45):
         shutil.rmtree(cut / "checkpoints" / str(s))
     (cut / "summary.json").unlink()
-    _, meta = Checkpointer(cut / "checkpoints", async_save=False).restore_raw()
+    _, meta = Checkpointer(cut / "checkpoints").restore_raw()
     assert (meta["epoch"], meta["step_in_epoch"]) == (1, 8) and meta["epoch_sums"]["count"] == 8 * 16
 
     resume(cut)
@@ -103,9 +103,11 @@ def test_checkpoint_contents_and_retention(tmp_path):
                checkpoint={"keep": 2, "best_metric": "val.accuracy", "best_mode": "max"})
     summary = train(cfg, workdir=tmp_path / "run")
     ckpts = tmp_path / "run" / "checkpoints"
-    assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [45, 60]
-    best = [int(p.name) for p in (ckpts / "best").iterdir() if p.name.isdigit()]
-    assert len(best) == 1
+    # One store: the latest `keep` steps and the best one; a best is not written a second time.
+    steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    store = Checkpointer(ckpts)
+    best = [s for s in steps if store.manager.metrics(s) is not None]
+    assert len(best) == 1 and set(steps) == {45, 60, best[0]} and not (ckpts / "best").exists()
     state, meta = _final_state(tmp_path / "run")
     assert set(state) == {"step", "params", "rest", "opt_state"}
     assert int(state["step"]) == 60 and meta["step"] == 60
@@ -118,11 +120,11 @@ def test_checkpoint_contents_and_retention(tmp_path):
     events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     vals = [e for e in events if e["event"] == "eval" and e["split"] == "val"]
     top = max(vals, key=lambda e: e["accuracy"])  # the first epoch reaching the maximum
-    bckpt = Checkpointer(ckpts / "best", async_save=False)
-    _, bmeta = bckpt.restore_raw()
-    bckpt.close()
+    _, bmeta = store.restore_raw(best[0])
     assert bmeta["step"] == top["step"] == best[0]
     assert bmeta["hooks"]["checkpoint"]["best_value"] == pytest.approx(top["accuracy"])
+    assert store.manager.metrics(best[0])["value"] == pytest.approx(top["accuracy"])
+    store.close()
     assert summary["test"]
 
 
@@ -164,7 +166,7 @@ def test_resume_refuses_what_it_cannot_do(tmp_path, capsys):
 
 def test_resume_keeps_early_stopping_state_and_augmentation_exact(tmp_path):
     """Hook state (best value, patience) and step-keyed augmentation survive a resume; the best
-    parameters, kept on the device by the first process, come back from checkpoints/best."""
+    parameters, kept on the device by the first process, come back from the best step's checkpoint."""
     cfg = _cfg(train={"epochs": 4, "augment": {"noise": 0.3, "image_shape": [2, 4]},
                       "early_stopping": {"metric": "val.loss", "patience": 10, "min_delta": 100.0}},
                parallel={"data_axis_size": 1}, checkpoint={"keep": 10})

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from jaxtrain.ckpt.checkpoint import load_named_params
+from jaxtrain.ckpt.params import load_named_params
 from jaxtrain.cli.launch import free_port
 
 # 294 training rows, batch 32: 10 steps per epoch (the last one 6 rows, all in process 0's

@@ -15,7 +15,7 @@ import pytest
 
 import crash_trials as ct
 from jaxtrain import train
-from jaxtrain.ckpt.checkpoint import load_named_params
+from jaxtrain.ckpt.params import load_named_params
 from jaxtrain.util.errors import Preempted
 from jaxtrain.training.loop import Hook
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxtrain import train
-from jaxtrain.ckpt.checkpoint import load_named_params
+from jaxtrain.ckpt.params import load_named_params
 from jaxtrain.config.schema import load_config
 from jaxtrain.data import epoch_permutation, load_dataset
 

@@ -76,12 +76,15 @@ def test_end_to_end_stops_and_restores_the_best_epoch(tmp_path):
     assert es["best_epoch"] == 1 and es["stopped_epoch"] == 3 and es["restored_best"]
     ckpts = tmp_path / "run" / "checkpoints"
     steps_per_epoch = 9  # 180 train rows / 20
-    epoch1 = Checkpointer(ckpts, async_save=False).restore_raw(steps_per_epoch)[0]["params"]
-    final = Checkpointer(ckpts, async_save=False).restore_raw()[0]["params"]
+    epoch1 = Checkpointer(ckpts).restore_raw(steps_per_epoch)[0]["params"]
+    final = Checkpointer(ckpts).restore_raw()[0]["params"]
     for a, b in zip(jax.tree.leaves(epoch1), jax.tree.leaves(final)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # The best checkpoint tracks the early-stopping metric.
-    assert [p.name for p in (ckpts / "best").iterdir() if p.name.isdigit()] == [str(steps_per_epoch)]
+    store = Checkpointer(ckpts)
+    assert [s for s in store.manager.all_steps() if store.manager.metrics(s)] == [steps_per_epoch]
+    assert store.manager.metrics(steps_per_epoch)["value"] == pytest.approx(es["best"])
+    store.close()
     # The test metrics and `jaxtrain eval` both describe the restored (epoch 1) parameters.
     assert evaluate(tmp_path / "run")["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-6)
     events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from jaxtrain import train
-from jaxtrain.ckpt.checkpoint import load_named_params
+from jaxtrain.ckpt.params import load_named_params
 from jaxtrain.cli.main import main
 
 

@@ -1,20 +1,26 @@
-"""Orbax checkpoints of the whole training state, plus JSON metadata, in `WORKDIR/checkpoints/`.
+"""The Orbax store: the whole training state plus JSON metadata, in `WORKDIR/checkpoints/`.
 
-Layout:
+Layout, one Orbax CheckpointManager:
 
-    checkpoints/<step>/state   params, rest (RNG streams), opt_state, step  (Orbax, numpy leaves)
-    checkpoints/<step>/meta    JSON: data position, epoch sums, hook states, config, stats
-    checkpoints/best/<step>/   the same, for the best value of a metric (one kept)
+    checkpoints/<step>/state     params, rest (RNG streams), opt_state, step (sharded arrays)
+    checkpoints/<step>/meta      JSON: data position, epoch sums, hook states, config, stats
+    checkpoints/<step>/metrics   JSON, only on a save that was a new best: {"value": v}
 
-Saves are atomic (Orbax writes `N.orbax-checkpoint-tmp` and renames it), so a
-run killed mid-save leaves the last finished step restorable. A save first
-copies the state to the host (the one sync it needs: the next compiled call
-donates the device buffers), then Orbax writes in a background thread when
-`async_save` is on; the next save, or `close`, waits for the previous one.
+A preservation policy keeps the latest `keep` steps and the best one (when a best
+metric is tracked), so a best step is written once and kept as long as it is best.
+
+Arrays are saved as they lie on the devices: each process writes the shards it
+holds, nothing is gathered to a host. The blocking part of a save copies the
+local shards to host memory (so the next compiled call may donate the device
+buffers); with `async_save` the files are written in a background thread, and
+the next save, or `close`, waits for it. Saves are atomic (Orbax writes
+`N.orbax-checkpoint-tmp` and renames it), so a run killed mid-save leaves the
+last finished step restorable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
 
-from jaxtrain.dist import parallel
 from jaxtrain.util.errors import UserError
-from jaxtrain.model.optim import param_path
 
-BEST_DIR = "best"
 FORMAT = 2  # meta["format"]: 2 = full training state + data position
 
 
@@ -46,72 +50,106 @@ def from_saveable(tree: Any, like: Any) -> Any:
 
 
 def state_tree(state: Any) -> dict[str, Any]:
-    """A TrainState as the dict a checkpoint stores."""
-    return {"step": state.step, "params": state.params, "rest": state.rest, "opt_state": state.opt_state}
+    """A TrainState (a dataclass of arrays) as the dict a checkpoint stores: every field."""
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
 
 
 def _abstract(tree: Any) -> Any:
-    """Shape/dtype (and sharding, for device arrays) of every leaf: the restore target."""
+    """Shape, dtype and sharding of every leaf: a restore target in the caller's layout."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def named_leaves(tree: Any) -> dict[str, Any]:
-    return {param_path(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+@dataclasses.dataclass(frozen=True)
+class Best:
+    """Which saves count as best: the metric's name (for the record) and its direction."""
+    metric: str
+    mode: str = "min"  # "min" or "max"
+
+
+def _value(metrics: dict) -> float:
+    return metrics["value"]
+
+
+def _options(keep: int, async_save: bool, best: Best | None) -> ocp.CheckpointManagerOptions:
+    keep_policies = [policies.LatestN(keep)]
+    if best is not None:  # only saves that were a new best carry metrics: keep the best of them
+        keep_policies.append(policies.BestN(get_metric_fn=_value, reverse=best.mode == "min", n=1,
+                                            keep_checkpoints_without_metrics=False))
+    return ocp.CheckpointManagerOptions(
+        create=True, enable_async_checkpointing=async_save,
+        preservation_policy=policies.AnyPreservationPolicy(keep_policies),
+        best_fn=_value if best is not None else None, best_mode=best.mode if best is not None else "min")
 
 
 class Checkpointer:
-    """One Orbax CheckpointManager: the last `keep` steps of (state, meta) in `directory`."""
+    """One Orbax CheckpointManager over `directory`: the latest `keep` steps and the best one."""
 
-    def __init__(self, directory: Path, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = False,
+                 best: Best | None = None):
         self.directory = Path(directory).resolve()
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.tracks_best = best is not None
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=_options(keep, async_save, best),
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
-    def save(self, step: int, state: Any, meta: dict[str, Any]) -> bool:
-        """Save `state` (any pytree; device arrays are copied to the host first) and `meta`.
+    def save(self, step: int, state: Any, meta: dict[str, Any], best_value: float | None = None) -> bool:
+        """Save `state` (any pytree of device arrays, in their shardings) and `meta`.
 
-        A step already on disk is replaced, so a final save after, say, restoring the best
-        parameters wins over the epoch-end save of the same step."""
-        host = parallel.to_host(to_saveable(state))  # gathers what fsdp split over processes
+        `best_value`: this save is a new best with that metric value. A step already on
+        disk is replaced, so a final save after, say, restoring the best parameters wins
+        over the epoch-end save of the same step. Every process must call this together."""
         if step in self.manager.all_steps():
             self.manager.wait_until_finished()
             self.manager.delete(step)
-        args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
-        return self.manager.save(step, args=args, force=True)  # the hooks decide when to save
+        args = ocp.args.Composite(state=ocp.args.StandardSave(to_saveable(state)),
+                                  meta=ocp.args.JsonSave(meta))
+        metrics = None if best_value is None else {"value": float(best_value)}
+        return self.manager.save(step, args=args, metrics=metrics, force=True)  # callers decide when
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def best_step(self) -> int | None:
+        """The best step kept, or None when none was saved as a best."""
+        return self.manager.best_step() if self.tracks_best else None
+
     def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-        """Restore into the structure, dtypes and shardings of `like` (device arrays or NumPy)."""
+        """Restore into the structure, dtypes and shardings of `like` (device arrays laid out
+        as the run wants them): each process reads only the shards its devices hold."""
         step = self.manager.latest_step() if step is None else step
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract(to_saveable(like))), meta=ocp.args.JsonRestore()))
         return from_saveable(out.state, like), dict(out.meta)
 
     def restore_raw(self, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Restore without a target: nested dicts of NumPy arrays, whatever the saved structure."""
+        """Restore as NumPy arrays on the host, whatever the saved structure and device layout."""
         step = self.manager.latest_step() if step is None else step
         try:
+            saved = self.manager.item_metadata(step)["state"].tree
+            target = jax.tree.map(lambda a: np.empty(a.shape, a.dtype), saved)
             out = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-        except (KeyError, ValueError, OSError) as e:  # files missing or cut short: one line, exit 2
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        except (KeyError, ValueError, OSError, AttributeError, TypeError) as e:  # missing or cut short
             raise UserError(f"checkpoint '{self.directory}/{step}' cannot be read "
-                            f"({str(e).splitlines()[0][:200]}); it is incomplete or damaged: "
-                            f"remove that step's folder to use the checkpoint before it") from None
+                            f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); it is "
+                            f"incomplete or damaged: remove that step's folder to use the checkpoint "
+                            f"before it") from None
         return out.state, dict(out.meta)
 
     def read_meta(self, step: int) -> dict[str, Any]:
         """The meta of checkpoint `step` alone (format, position, config), without its arrays."""
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
+    def wait(self) -> None:
+        """Until the save in flight (if any) is on disk."""
+        self.manager.wait_until_finished()
+
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
 
 
-# ---------------------------------------------------------------- finding and reading checkpoints
+# ---------------------------------------------------------------- finding checkpoints
 
 
 def has_checkpoint(path: str | Path) -> bool:
@@ -136,49 +174,14 @@ def locate(path: str | Path) -> tuple[Path, int | None]:
     return p, None
 
 
-def load_named_params(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    """{'layers.0.kernel': array, ...} and the meta of the checkpoint at `path` (see `locate`)."""
+def read_raw(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(arrays as NumPy, meta) of the checkpoint at `path` (see `locate`)."""
     directory, step = locate(path)
-    ckpt = Checkpointer(directory, async_save=False)
+    ckpt = Checkpointer(directory)
     try:
         step = ckpt.latest_step() if step is None else step
         if step is None:
             raise UserError(f"'{path}' holds no complete checkpoint")
-        raw, meta = ckpt.restore_raw(step)
+        return ckpt.restore_raw(step)
     finally:
         ckpt.close()
-    params = raw["params"] if "params" in raw else raw
-    return {name: np.asarray(v) for name, v in named_leaves(params).items()}, meta
-
-
-def match_params(params: Any, saved: dict[str, np.ndarray]) -> tuple[Any, list[str], dict[str, str]]:
-    """(params with matching leaves replaced, names loaded, {name: why fresh})."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    leaves, loaded, fresh = [], [], {}
-    for path, ref in flat:
-        name = param_path(path)
-        got = saved.get(name)
-        if got is None:
-            fresh[name] = "not in the checkpoint"
-            leaves.append(ref)
-        elif tuple(got.shape) != tuple(ref.shape):
-            fresh[name] = f"shape {tuple(got.shape)} in the checkpoint, {tuple(ref.shape)} here"
-            leaves.append(ref)
-        else:
-            loaded.append(name)
-            leaves.append(np.asarray(got).astype(ref.dtype))
-    return jax.tree_util.tree_unflatten(treedef, leaves), loaded, fresh
-
-
-def restore_params(path: str | Path, params_like: Any) -> Any:
-    """The saved parameters in the structure of `params_like` (an nnx.State of nnx.Param).
-
-    Every parameter must be present with the same shape: this is for evaluating or
-    predicting with the model a run trained, not for fine-tuning (see finetune.py)."""
-    saved, _ = load_named_params(path)
-    params, _, fresh = match_params(params_like, saved)
-    if fresh:
-        name, why = next(iter(fresh.items()))
-        raise UserError(f"checkpoint '{path}': parameter '{name}': {why}; the run's config does not "
-                        f"match its checkpoint")
-    return params

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flax import nnx
 
-from jaxtrain.ckpt.checkpoint import load_named_params, match_params
+from jaxtrain.ckpt.params import load_named_params, match_params
 from jaxtrain.util.errors import UserError
 
 

@@ -16,7 +16,8 @@ from flax import nnx
 
 from jaxtrain import data as data_stage
 from jaxtrain.dist import distributed
-from jaxtrain.ckpt.checkpoint import has_checkpoint, restore_params
+from jaxtrain.ckpt.checkpoint import has_checkpoint
+from jaxtrain.ckpt.params import restore_params
 from jaxtrain.config.schema import Config, dump_yaml, load_config
 from jaxtrain.util.errors import NonFiniteError, Preempted, UserError
 from jaxtrain.training.guard import NonFiniteGuard
@@ -30,7 +31,7 @@ from jaxtrain.training.hooks.tensorboard import logging_hooks
 from jaxtrain.util.events import Console, JsonlWriter
 from jaxtrain.training.loop import COMPUTE_DTYPES, Evaluator, RunContext, fit, setup
 from jaxtrain.model.models import build_model
-from jaxtrain.runs.resume import resume_run, resume_source, saved_stats
+from jaxtrain.runs.resume import check_device_count, resume_run, resume_source, saved_stats
 from jaxtrain.engine.step import split_model
 
 
@@ -116,6 +117,8 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         if cfg.model.init_from:  # fine-tuning: matching parameters from a trained run
             init_from(model, cfg.model.init_from, console, events)
         check_before_training(cfg, model, dataset, workdir)  # options vs data, memory, disk space
+        if resume is not None:
+            check_device_count(workdir / "checkpoints", cfg)
         run = setup(cfg, model, dataset, RunContext(console=console, events=events, workdir=workdir))
         guard = NonFiniteGuard(cfg.train.on_nonfinite)
         hooks = strategy_hooks(cfg, workdir, stateful=[guard])  # early stopping, checkpoints

@@ -9,12 +9,17 @@ the data position, and training continues in the same directory, appending to
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
+
+from jaxtrain.ckpt.resume import Position, check_devices, latest_meta, restore_latest
 from jaxtrain.data.artifacts import STATS_FILE, load_stats
+from jaxtrain.dist import parallel
 from jaxtrain.util.errors import UserError
-from jaxtrain.training.hooks.checkpointing import restore_run
 from jaxtrain.training.loop import Hook, Run
 
 
@@ -37,17 +42,43 @@ def saved_stats(run_dir: Path) -> dict | None:
     return load_stats(run_dir) if (Path(run_dir) / STATS_FILE).is_file() else None
 
 
-def resume_run(run: Run, checkpoint_dir: Path, hooks: list[Hook]) -> dict | None:
+def check_device_count(checkpoint_dir: Path, cfg: Any) -> None:
+    """Before anything is built: refuse in one line a device count the checkpoint cannot resume on."""
+    found = latest_meta(checkpoint_dir)
+    if found is not None:
+        devices = math.prod(parallel.mesh_shape(cfg.parallel, jax.device_count()).values())
+        check_devices(*found, devices)
+
+
+def continue_from(run: Run, state: Any, position: Position, hooks: list[Hook]) -> None:
+    """Put the restored state, the data position and the hooks' states into `run`."""
+    run.state = state
+    run.epoch, run.step_in_epoch, run.global_step = position.epoch, position.step_in_epoch, position.step
+    if position.epoch_sums:
+        repl = parallel.replicated(run.mesh)
+        run.epoch_sums = {k: parallel.put_global(np.float32(v), repl) for k, v in position.epoch_sums.items()}
+    if position.last_record:
+        run.history = [position.last_record]
+    if run.cfg.train.steps_per_call == "auto" and position.steps_per_call:
+        run.engine.k = int(position.steps_per_call)  # the same chunk boundaries as before
+    for hook in hooks:
+        if hasattr(hook, "load_state_dict") and hook.name in position.hooks:
+            hook.load_state_dict(position.hooks[hook.name])
+
+
+def resume_run(run: Run, checkpoint_dir: Path, hooks: list[Hook]) -> Position | None:
     """Restore `run` from the latest checkpoint and say where it continues from."""
-    stateful = [h for h in hooks if hasattr(h, "load_state_dict")]
-    meta = restore_run(run, checkpoint_dir, stateful)
+    found = restore_latest(checkpoint_dir, run.state, batch_size=run.cfg.data.batch_size,
+                           steps_per_epoch=run.engine.steps)
     console, events = run.ctx.console, run.ctx.events
-    if meta is None:
+    if found is None:
         console.line(f"resume: no complete checkpoint in {checkpoint_dir}; starting from step 0")
         events.write("resume", step=0, found=False)
         return None
-    console.line(f"resume: continuing from checkpoint step {meta['step']} (epoch {meta['epoch'] + 1}, "
-                 f"step {meta['step_in_epoch']} of {meta['steps_per_epoch']}) in {checkpoint_dir}")
-    events.write("resume", step=meta["step"], epoch=meta["epoch"], step_in_epoch=meta["step_in_epoch"],
+    state, position = found
+    continue_from(run, state, position, hooks)
+    console.line(f"resume: continuing from checkpoint step {position.step} (epoch {position.epoch + 1}, "
+                 f"step {position.step_in_epoch} of {run.engine.steps}) in {checkpoint_dir}")
+    events.write("resume", step=position.step, epoch=position.epoch, step_in_epoch=position.step_in_epoch,
                  found=True)
-    return meta
+    return position

@@ -48,29 +48,3 @@ def check_before_training(cfg: Any, model: Any, dataset: Any, workdir: Any) -> d
         workdir_checks.check_free_space(workdir, need)
     return parts
 
-
-def checkpoint_mismatch(directory: Any, step: int, state: Any, error: Exception) -> UserError:
-    """A one-line error for a checkpoint whose arrays do not fit this run's model or optimizer:
-    names the first parameter that differs, else says which part of the state does not fit."""
-    import jax
-    import numpy as np
-
-    from jaxtrain.ckpt.checkpoint import load_named_params
-    from jaxtrain.model.optim import param_path
-    where = f"checkpoint '{directory}/{step}'"
-    fix = "resume with the run's own model and optimizer settings (or start a new run with model.init_from)"
-    try:
-        saved, _ = load_named_params(f"{directory}/{step}")
-    except UserError as unreadable:  # incomplete or damaged, not another model: say that
-        return unreadable
-    except Exception:  # unreadable as parameters too: report what the restore said, in one line
-        return ConfigError(f"{where} does not match this run ({str(error).splitlines()[0][:200]}); {fix}")
-    wanted = {param_path(p): np.shape(v) for p, v in jax.tree_util.tree_flatten_with_path(state.params)[0]}
-    for name in sorted(set(saved) | set(wanted)):
-        got, need = saved.get(name), wanted.get(name)
-        if got is None or need is None or tuple(got.shape) != tuple(need):
-            return ConfigError(f"{where}: parameter '{name}' is "
-                               f"{'missing' if got is None else tuple(got.shape)} there but the model has "
-                               f"{'none' if need is None else tuple(need)}; {fix}")
-    return ConfigError(f"{where}: its optimizer state does not fit this run's optimizer settings "
-                       f"(optimizer.name, momentum, clip_norm, freeze); {fix}")

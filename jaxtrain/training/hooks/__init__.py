@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxtrain.config.schema import Config
-from jaxtrain.training.hooks.checkpointing import CheckpointHook, restore_run
+from jaxtrain.training.hooks.checkpointing import CheckpointHook
 from jaxtrain.training.hooks.early_stopping import EarlyStopping
 from jaxtrain.training.loop import Hook
 
-__all__ = ["CheckpointHook", "EarlyStopping", "restore_run", "strategy_hooks"]
+__all__ = ["CheckpointHook", "EarlyStopping", "strategy_hooks"]
 
 
 def strategy_hooks(cfg: Config, workdir: str | Path | None, stateful: list = ()) -> list[Hook]:

@@ -5,8 +5,8 @@ direction of `mode`) resets the wait and keeps a device copy of the parameters a
 model state; `patience` epochs without one set `run.stop_reason`. At the end the best
 copy replaces the last parameters, so the test metrics, the final checkpoint and
 `jaxtrain eval` all describe the best epoch. A resumed run has no device copy of an
-earlier best: it reloads it from `checkpoints/best/` when that checkpoint tracked the
-same metric.
+earlier best: it reloads it from the checkpoint of the best step, when that checkpoint
+was saved as the best of the same metric.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from jaxtrain.dist import parallel
-from jaxtrain.ckpt.checkpoint import BEST_DIR, Checkpointer, state_tree
+from jaxtrain.ckpt.resume import restore_best
 from jaxtrain.config.schema import EarlyStoppingConfig
 from jaxtrain.training.hooks.checkpointing import improved, metric_value
 from jaxtrain.training.loop import Hook, Run
@@ -86,19 +85,13 @@ class EarlyStopping(Hook):
                                  f"({self.cfg.metric}={self.best:.6g})")
 
     def _load_best(self, run: Run):
-        """After a resume: the best parameters from checkpoints/best, if they are ours."""
+        """After a resume: the best parameters from the best step's checkpoint, if they are ours."""
         if self.checkpoint_dir is None or self.best_step is None:
             return None
-        best_dir = self.checkpoint_dir / BEST_DIR
-        if not best_dir.is_dir():
+        found = restore_best(self.checkpoint_dir, run.state, self.best_step)
+        if found is None:
             return None
-        ckpt = Checkpointer(best_dir, async_save=False)
-        try:
-            if ckpt.latest_step() != self.best_step:
-                return None
-            tree, meta = ckpt.restore(state_tree(run.state))
-        finally:
-            ckpt.close()
+        state, meta = found
         if meta.get("hooks", {}).get("checkpoint", {}).get("best_metric") != self.cfg.metric:
             return None
-        return jax.device_put((tree["params"], tree["rest"]), parallel.replicated(run.mesh))
+        return state.params, state.rest
