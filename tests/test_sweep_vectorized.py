@@ -59,3 +59,47 @@ def test_adamw_learning_rate_and_weight_decay_vectorized(tmp_path, capsys):
     # It saves parameters only: resuming it is refused with what to do instead.
     assert main(["train", "--resume", str(tmp_path / "vec" / a["point"])]) == 2
     assert "holds parameters only" in capsys.readouterr().err
+
+
+def _adamw_numpy(x, y, lr, wd, steps, b1=0.9, b2=0.999, eps=1e-8):
+    """optax.adamw on a zero-initialised linear model, full-batch masked-mean squared error."""
+    p = [np.zeros((x.shape[1], 1)), np.zeros(1)]
+    mu, nu = [np.zeros_like(a) for a in p], [np.zeros_like(a) for a in p]
+    for t in range(1, steps + 1):
+        err = (x @ p[0])[:, 0] + p[1][0] - y
+        grads = [(2.0 / len(x)) * x.T @ err[:, None], np.array([2.0 * err.mean()])]
+        for i, g in enumerate(grads):
+            mu[i] = b1 * mu[i] + (1 - b1) * g
+            nu[i] = b2 * nu[i] + (1 - b2) * g * g
+            update = (mu[i] / (1 - b1 ** t)) / (np.sqrt(nu[i] / (1 - b2 ** t)) + eps)
+            p[i] = p[i] - lr * (update + wd * p[i])
+    return p
+
+
+def test_vectorized_adamw_points_match_a_numpy_update_with_weight_decay(tmp_path):
+    # 5 training rows, batch 8: every epoch is one padded step; two epochs so that weight
+    # decay (zero on the zero-initialised first step) acts on the second.
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(8, 3))
+    np.savez(tmp_path / "d.npz", x_train=x[:5], y_train=x[:5] @ [1.0, -2.0, 0.5] + 0.3,
+             x_test=x[5:], y_test=x[5:] @ [1.0, -2.0, 0.5])
+    cfg = {"data": {"source": "npz", "path": str(tmp_path / "d.npz"), "task": "regression",
+                    "batch_size": 8, "val_fraction": 0.0,
+                    "standardize_target": False},  # a nonzero mean target: no near-zero gradient
+           "model": {"name": "linear"}, "optimizer": {"name": "adamw"},
+           "train": {"epochs": 2}, "checkpoint": {"enabled": True}}
+    grid = ["optimizer.learning_rate=0.05,0.02", "optimizer.weight_decay=0,0.5"]
+    run_sweep(cfg, grid, workdir=tmp_path / "vec", vectorized=True, console=Console("none"))
+    for row in read_results(tmp_path / "vec"):
+        point = tmp_path / "vec" / row["point"]
+        summary = json.loads((point / "summary.json").read_text())
+        assert summary["execution"]["vectorized_points"] == 4
+        trained = load_trained(point, with_data=True)
+        train = trained.dataset.train
+        c = trained.cfg.optimizer
+        kernel, bias = _adamw_numpy(train.x.astype(np.float64), train.y.astype(np.float64),
+                                    c.learning_rate, c.weight_decay, steps=2)
+        np.testing.assert_allclose(np.asarray(trained.params["linear"]["kernel"][...]), kernel,
+                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(trained.params["linear"]["bias"][...]), bias,
+                                   rtol=1e-4, atol=1e-6)
