@@ -1,14 +1,22 @@
 """Step-time profiling: the verdict names the real bottleneck; the trace holds step annotations."""
 
+import dataclasses
+import itertools
 import json
-import time
+import threading
 
 import numpy as np
 import pytest
 from conftest import make_dataset
+from flax import nnx
 
-from jaxtrain import train
+from jaxtrain import load_config
+from jaxtrain.engine.prefetch import prefetch_to_device
+from jaxtrain.model.models import MLP
+from jaxtrain.training import profiling
+from jaxtrain.training.loop import fit, setup
 from jaxtrain.training.profiling import breakdown, trace_step_annotations
+from jaxtrain.util.phase_timer import PhaseTimer
 
 
 def _dataset(n=400, d=8, seed=0):
@@ -18,50 +26,109 @@ def _dataset(n=400, d=8, seed=0):
     return make_dataset(x, y, "classification", 2)
 
 
-def _profile(tmp_path, ds, **train_keys):
-    cfg = {"model": {"hidden_sizes": [4]}, "data": {"batch_size": 10},
-           "train": {"epochs": 3, "profile": True, **train_keys},
-           "parallel": {"data_axis_size": 1}, "checkpoint": {"enabled": False},
-           "logging": {"progress": "none"}}
-    workdir = tmp_path / "run"
-    train(cfg, workdir=workdir, dataset=ds)
-    return json.loads((workdir / "profile.json").read_text()), workdir
+class FakeClock:
+    """A clock that moves only when told (`advance`) or, with `tick`, by `tick` per reading."""
+
+    def __init__(self, tick: float = 0.0):
+        self.now, self.tick = 0.0, tick
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            self.now += self.tick
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
 
 
-class SlowInput:
-    """Wraps a dataset's batches with a sleep per batch: a deliberately slow input pipeline."""
+class SlowResult:
+    """What a compiled call returns: the device needs `seconds` more before it is ready."""
 
-    def __init__(self, ds, seconds):
-        self.ds, self.seconds = ds, seconds
+    def __init__(self, clock: FakeClock, seconds: float):
+        self.clock, self.seconds = clock, seconds
 
-    def __call__(self, batch_size, seed, epoch):
-        ds, self.ds.batcher = self.ds, None
-        try:
-            batches = list(ds.train_batches(batch_size, seed, epoch))
-        finally:
-            ds.batcher = self
-        for b in batches:
-            time.sleep(self.seconds)
-            yield b
+    def block_until_ready(self):
+        self.clock.advance(self.seconds)
+        return self
 
 
-def test_slow_input_is_judged_input_bound(tmp_path):
+def test_phase_timer_splits_a_call_into_dispatch_and_device_compute():
+    clock = FakeClock()
+    timer = PhaseTimer(clock, active=True)
+
+    def call(clock):  # 2 ms to dispatch, then 10 ms until the device is done
+        clock.advance(0.002)
+        return SlowResult(clock, 0.010)
+
+    for _ in range(3):
+        timer.call(call, 4, clock)
+    with timer.phase("hooks"):
+        clock.advance(0.5)
+    assert timer.steps == 12 and timer.calls == 3
+    assert timer.totals["dispatch"] == pytest.approx(0.006)
+    assert timer.totals["device_compute"] == pytest.approx(0.030)
+    assert timer.totals["hooks"] == pytest.approx(0.5)
+    idle = PhaseTimer(clock)  # inactive: nothing timed, nothing waited for
+    assert idle.call(call, 4, clock).seconds == 0.010 and idle.totals["dispatch"] == 0.0
+
+
+def test_input_wait_is_the_time_the_loop_waited_for_a_slow_pipeline():
+    # The pipeline makes a batch only while the loop waits for one (it reads the clock once
+    # before waiting and once after), taking 50 ms of fake time each: no overlap at all.
+    clock = FakeClock()
+    asked = threading.Semaphore(0)
+    reads = itertools.count()
+    main = threading.main_thread()
+
+    def read() -> float:
+        if threading.current_thread() is main and next(reads) % 2 == 0:
+            asked.release()
+        return FakeClock.__call__(clock)
+
+    timer = PhaseTimer(read, active=True)
+
+    def batches():
+        for _ in range(6):
+            assert asked.acquire(timeout=60), "the loop never asked for a batch"
+            clock.advance(0.05)
+            yield (np.zeros((2, 3), np.float32),)
+
+    chunks = list(prefetch_to_device(batches(), 1, lambda host: host, timer=timer))
+    assert [n for n, _ in chunks] == [1] * 6
+    # one batch per call: 6 x 50 ms waited for
+    assert timer.totals["input_wait"] == pytest.approx(0.3)
+    assert timer.background["prepare"] == 0.0  # stacking took no (fake) time
+
+
+def _profile_with_clock(tmp_path, ctx, clock, **train_keys):
+    """train.profile through setup and fit, every phase timed on `clock`."""
+    cfg = load_config({"model": {"hidden_sizes": [4]}, "data": {"batch_size": 10},
+                       "train": {"epochs": 3, "profile": True, **train_keys},
+                       "parallel": {"data_axis_size": 1}, "checkpoint": {"enabled": False},
+                       "logging": {"progress": "none"}})
     ds = _dataset()
-    # 50 ms of sleep per batch against microseconds of compute: a margin no load can close
-    ds.batcher = SlowInput(ds, 0.05)
-    report, _ = _profile(tmp_path, ds, on_device_fraction=0.0, steps_per_call=2, profile_steps=20,
-                         profile_trace_calls=0)
-    assert report["verdict"] == "input-bound", report
-    assert report["ms_per_step"]["input_wait"] >= 0.5 * 50, report  # most of the sleep is waited for
+    ctx = dataclasses.replace(ctx, clock=clock)
+    run = setup(cfg, MLP(8, (4,), 2, rngs=nnx.Rngs(0)), ds, ctx)
+    fit(run, hooks=profiling.hooks_for(cfg, tmp_path))
+    return json.loads((tmp_path / "profile.json").read_text())
 
 
-def test_tiny_model_one_step_per_call_is_judged_dispatch_bound_and_traced(tmp_path):
-    report, workdir = _profile(tmp_path, _dataset(), steps_per_call=1, profile_steps=60,
-                               profile_trace_calls=4)
+def test_loop_bound_run_is_judged_dispatch_bound_and_traced(tmp_path, ctx):
+    # Every clock reading costs 1 ms: the device's share of a call is the one reading
+    # between dispatch and ready, the loop's own host work is every other reading.
+    tick = 1e-3
+    report = _profile_with_clock(tmp_path, ctx, FakeClock(tick), steps_per_call=1, profile_steps=60,
+                                 profile_trace_calls=4)
     assert report["verdict"] == "dispatch-bound", report
     assert "steps_per_call" in report["advice"]
+    assert report["window"] == "calls after the trace"
+    assert report["ms_per_step"]["device_compute"] == pytest.approx(1e3 * tick)
+    assert sum(report["fraction"].values()) == pytest.approx(1.0)
+    assert report["steps"] == 60 - 4  # profile_steps stops the run; the traced calls are apart
     # the trace covers the first 4 calls, one step each: steps 0..3
-    assert trace_step_annotations(workdir / "trace") == [0, 1, 2, 3]
+    assert trace_step_annotations(tmp_path / "trace") == [0, 1, 2, 3]
 
 
 def test_breakdown_arithmetic_and_verdicts():
