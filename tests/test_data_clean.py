@@ -57,7 +57,7 @@ def test_outliers_iqr_clip(tmp_path):
     q1, q3 = 2.0, 4.0                      # np.percentile([1,2,3,4,100], [25, 75])
     np.testing.assert_allclose(x[:, 0], [1, 2, 3, 4, q3 + 1.5 * (q3 - q1)])
     assert ds.report["outliers"]["per_column"] == {"a": 1}
-    assert ds.stats["outliers"]["bounds"] == [[q1 - 3.0, q3 + 3.0]]
+    assert ds.stats.outliers.bounds == [[q1 - 3.0, q3 + 3.0]]
 
 
 def test_outliers_zscore_drop(tmp_path):
@@ -65,7 +65,7 @@ def test_outliers_zscore_drop(tmp_path):
     ds, x, y = load(tmp_path, "a,y", rows, clean=CleanConfig(outliers="zscore", outlier_action="drop",
                                                             zscore_threshold=1.5))
     assert y.tolist() == list(range(9)) and ds.report["outliers"]["rows_dropped"] == 1
-    np.testing.assert_allclose(ds.stats["outliers"]["bounds"], [[-3.5, 5.5]])
+    np.testing.assert_allclose(ds.stats.outliers.bounds, [[-3.5, 5.5]])
 
 
 def test_log_transform(tmp_path):
@@ -99,7 +99,7 @@ def test_one_hot_unseen_category_maps_to_zeros(tmp_path):
     p.write_text("c,v,y\n" + "".join(f"{cats[i]},{i},{i}\n" for i in range(n)))
     ds = load_dataset(DataConfig(source="csv", path=str(p), target="y", val_fraction=0.0, test_fraction=0.25,
                                  task="regression", standardize_target=False))
-    assert ds.stats["categories"] == {"c": ["a", "b"]}
+    assert ds.stats.categories == {"c": ["a", "b"]}
     row = int(np.flatnonzero(ds.test.y == te[0])[0])
     assert ds.test.x[row, 1:].tolist() == [0.0, 0.0]
     assert ds.report["unseen_categories"] == {"test": {"c": 1}}
@@ -154,7 +154,7 @@ def test_artifacts_roundtrip_and_stats_reuse(tmp_path):
     stats = load_stats(tmp_path)
     # different data, saved statistics: transformed exactly as in training
     other = load_dataset(DataConfig(source="synthetic", name="house_prices", seed=5), stats=stats)
-    assert other.stats["normalize"] == ds.stats["normalize"] and other.target_mean == ds.target_mean
+    assert other.stats.normalize == ds.stats.normalize and other.target_mean == ds.target_mean
     again = load_dataset(cfg, stats=stats)
     np.testing.assert_array_equal(again.test.x, ds.test.x)
     np.testing.assert_allclose(ds.to_original_units(ds.test.y) , again.to_original_units(again.test.y))

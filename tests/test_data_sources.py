@@ -116,7 +116,7 @@ def test_csv_numeric_text_missing_and_drop_columns(tmp_path):
     path = write(tmp_path, "\n".join(rows) + "\n")
     ds = load_dataset(csv_cfg(path, drop_columns=("id",), val_fraction=0.0, test_fraction=0.0,
                               normalize="none", standardize_target=False))
-    assert ds.stats["feature_names"] == ["a", "city=A", "city=B"]
+    assert ds.stats.feature_names == ["a", "city=A", "city=B"]
     assert ds.report["missing"]["per_column"] == {"a": 2, "city": 1}
     a = np.array([i * 1.5 for i in range(20) if i not in (3, 4)])
     x = ds.train.x[np.argsort(ds.train.y)]
@@ -129,7 +129,7 @@ def test_csv_numeric_text_missing_and_drop_columns(tmp_path):
 
 
 def test_csv_quoted_and_free_text_hashing(tmp_path):
-    from jaxtrain.data.csvfile import read_rows
+    from jaxtrain.data.csvfile import read_all, read_layout
     from jaxtrain.data.transforms import hash_text
     words = ["good fine great", "bad awful poor terrible", "so so, maybe fine", "really great movie ok"]
     rows = ["review,i,y"] + [f'"{words[i % 4]} {i}",{i},{i % 2}' for i in range(40)]
@@ -141,8 +141,8 @@ def test_csv_quoted_and_free_text_hashing(tmp_path):
     texts = np.array([f"{words[i % 4]} {i}" for i in range(40)], dtype=object)
     np.testing.assert_allclose(x[:, 0], np.arange(40))
     np.testing.assert_allclose(x[:, 1:], hash_text(texts, 16), rtol=1e-6)
-    _, table, _ = read_rows(path)              # the quoted field with a comma is one value
-    assert table[2].tolist() == ["so so, maybe fine 2", "2", "0"]
+    table = read_all(read_layout(path), set())     # the quoted field with a comma is one value
+    assert [table.column(c)[2].as_py() for c in ("review", "i", "y")] == ["so so, maybe fine 2", "2", "0"]
 
 
 BAD_CSV = [

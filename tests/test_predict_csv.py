@@ -66,7 +66,7 @@ def test_classification_predictions_equal_evaluate_outputs(class_run):
     logits = trained.outputs(trained.dataset.test.x).astype(np.float64)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
-    classes = [str(c) for c in (trained.dataset.stats.get("classes") or range(3))]
+    classes = [str(c) for c in (trained.dataset.stats.classes or range(3))]
     assert len(got) == len(probs)
     np.testing.assert_allclose([[float(r[f"prob_{c}"]) for c in classes] for r in got], probs, atol=1e-6)
     assert [r["predicted"] for r in got] == [classes[k] for k in probs.argmax(1)]
@@ -84,7 +84,7 @@ def test_predict_needs_only_the_saved_statistics_not_the_training_data(class_run
     monkeypatch.setattr(data_stage, "load_dataset", no_reload)
     assert main(["predict", str(run), "--input", str(tmp_path / "new.csv"),
                  "--output", str(tmp_path / "pred_stats_only.csv")]) == 0
-    classes = [str(c) for c in (trained.stats.get("classes") or range(3))]
+    classes = [str(c) for c in (trained.stats.classes or range(3))]
     assert [r["predicted"] for r in _read(tmp_path / "pred_stats_only.csv")] == [classes[k] for k in expected]
 
 

@@ -42,6 +42,8 @@ class DataConfig:
     target: str | None = None        # csv: the target column
     task: Literal["auto", "classification", "regression"] = "auto"
     num_classes: int | None = None   # classification: labels must lie in [0, num_classes)
+    # csv: the field delimiter; auto sniffs ',', ';', tab or '|' from the header (and says which).
+    delimiter: str = "auto"
     drop_columns: tuple[str, ...] = ()
     # csv column kinds; unnamed columns are inferred (numeric if parseable, else category
     # with at most `max_categories` values, else free text).
@@ -56,7 +58,7 @@ class DataConfig:
     # per feature, or one shift/scale for all features; auto: global for images.
     normalize_scope: Literal["auto", "feature", "global"] = "auto"
     backend: Literal["numpy", "tfdata"] = "numpy"
-    # tf.data only: read the CSV in a streaming pass instead of into memory.
+    # csv: read the file in blocks, never whole, and train from an on-disk cache (any backend).
     streaming: bool = False
     cache_dir: str | None = None     # where streaming writes its preprocessed cache (default: temp)
     num_parallel_calls: int = -1     # tf.data map parallelism; -1 = AUTOTUNE
@@ -80,8 +82,9 @@ class DataConfig:
         check_key(self.synthetic_rows >= 10, f"{key}.synthetic_rows", "must be >= 10")
         check_key(self.num_parallel_calls == -1 or self.num_parallel_calls >= 1,
                f"{key}.num_parallel_calls", "must be -1 (autotune) or >= 1")
-        check_key(not self.streaming or (self.backend == "tfdata" and self.source == "csv"),
-               f"{key}.streaming", "needs data.backend=tfdata and data.source=csv")
+        check_key(not self.streaming or self.source == "csv", f"{key}.streaming", "needs data.source=csv")
+        check_key(self.delimiter == "auto" or len(self.delimiter) == 1, f"{key}.delimiter",
+                  f"must be auto or one character, got {self.delimiter!r}")
         check_key(self.source not in ("csv", "npz", "idx") or self.path is not None,
                f"{key}.path", f"data.source={self.source} needs data.path (a "
                + {"csv": "CSV file", "npz": ".npz file", "idx": "directory with the four MNIST files"

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from jaxtrain.data.dataset import Dataset
+from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.util.errors import DataError
 
 STATS_FILE = "stats.json"
@@ -17,19 +18,19 @@ def write_artifacts(dataset: Dataset, workdir: str | os.PathLike) -> None:
     """Write `stats.json` (fitted statistics, reused by eval/predict) and
     `preprocess_report.json` (what cleaning did) into `workdir`."""
     os.makedirs(workdir, exist_ok=True)
-    for name, obj in ((STATS_FILE, dataset.stats), (REPORT_FILE, dataset.report)):
+    for name, obj in ((STATS_FILE, dataset.stats.to_dict()), (REPORT_FILE, dataset.report)):
         tmp = os.path.join(workdir, name + ".tmp")
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1)
         os.replace(tmp, os.path.join(workdir, name))
 
 
-def load_stats(workdir: str | os.PathLike) -> dict[str, Any]:
+def load_stats(workdir: str | os.PathLike) -> FeatureStats:
     """The statistics a run saved, for `load_dataset(cfg, stats=...)`."""
     path = os.path.join(workdir, STATS_FILE)
     try:
         with open(path) as f:
-            return json.load(f)
+            return FeatureStats.from_dict(json.load(f), path)
     except FileNotFoundError:
         raise DataError(f"{path}: not found; the run directory has no saved preprocessing statistics "
                         "(was it written by `jaxtrain train`?)") from None

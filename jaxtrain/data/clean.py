@@ -7,7 +7,7 @@ transformed (imputed, clipped) and every change is counted.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -17,29 +17,64 @@ from jaxtrain.util.errors import DataError
 
 # ---------------------------------------------------------------- duplicates
 
+_KEYS = np.random.default_rng(20261129).integers(1, 2**63, 4096, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+def is_missing(col: np.ndarray) -> np.ndarray:
+    """True where a text column (object array) holds None."""
+    return np.equal(col, None)
+
+
+def _codes(col: np.ndarray) -> np.ndarray:
+    """A text column as integer codes (equal strings, equal codes; missing its own code)."""
+    miss = is_missing(col)
+    codes = np.full(len(col), -1, np.int64)
+    codes[~miss] = np.unique(col[~miss].astype(str), return_inverse=True)[1]
+    return codes
+
+
+def row_words(part: Part) -> np.ndarray:
+    """Each row as 64-bit words (features and label): equal rows, equal words (NaN bytes
+    compare equal, so two missing values are the same)."""
+    n = len(part)
+    if part.x is not None:
+        raw = np.ascontiguousarray(part.x.reshape(n, -1)).view(np.uint8).reshape(n, -1)
+        pad = (-raw.shape[1]) % 8
+        cols = [np.pad(raw, ((0, 0), (0, pad))).view(np.uint64)]
+    else:
+        cols = [np.ascontiguousarray(part.num, np.float64).view(np.uint64)]
+        cols += [_codes(c).view(np.uint64)[:, None] for c in part.txt.values()]
+    y = _codes(part.y) if part.y.dtype == object else part.y.astype(np.float64)
+    return np.concatenate(cols + [y.view(np.uint64)[:, None]], 1)
+
+
+def hash_words(words: np.ndarray) -> np.ndarray:
+    """A 64-bit multilinear hash of each row of uint64 words (wrapping arithmetic), in chunks."""
+    keys = np.resize(_KEYS, words.shape[1])
+    h = np.zeros(len(words), np.uint64)
+    for start in range(0, len(words), 8192):          # bounded temporaries
+        h[start:start + 8192] = (words[start:start + 8192] * keys).sum(1, dtype=np.uint64)
+    return h
+
+
+def first_occurrences(h: np.ndarray) -> np.ndarray:
+    """For each row, the index of the first row with the same hash."""
+    _, first, group = np.unique(h, return_index=True, return_inverse=True)
+    return first[group]
+
 
 def duplicate_mask(part: Part) -> np.ndarray:
-    """True for every row that repeats an earlier row exactly (features and label)."""
-    n = len(part)
-    if n == 0:
+    """True for every row that repeats an earlier row exactly (features and label).
+
+    Vectorized: a hash of each row's words groups candidates, and each candidate is
+    compared word for word with the first row of its group."""
+    if len(part) == 0:
         return np.zeros(0, bool)
-    if part.x is not None:
-        flat = np.ascontiguousarray(part.x.reshape(n, -1))
-        keys = [flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1]))).ravel()]
-    else:
-        num = np.ascontiguousarray(part.num)     # NaN bytes compare equal: two missing are the same
-        keys = [num.view(np.dtype((np.void, 8 * num.shape[1]))).ravel()] if num.shape[1] else []
-    seen: set = set()
-    dup = np.zeros(n, bool)
-    cols = keys + [part.txt[k] for k in part.txt] + [part.y]
-    ybytes = part.y.tobytes() if part.y.dtype != object else None
-    for i in range(n):
-        key = tuple(c[i] if c.dtype == object else c[i].tobytes() for c in cols[:-1]) + (
-            part.y[i] if ybytes is None else part.y[i].tobytes(),)
-        if key in seen:
-            dup[i] = True
-        else:
-            seen.add(key)
+    words = row_words(part)
+    lead = first_occurrences(hash_words(words))
+    cand = np.flatnonzero(lead != np.arange(len(words)))
+    dup = np.zeros(len(words), bool)
+    dup[cand] = (words[cand] == words[lead[cand]]).all(1)
     return dup
 
 
@@ -51,81 +86,91 @@ def _most_frequent(values: np.ndarray) -> Any:
     return uniq[np.argmax(counts)]      # ties: the smallest value
 
 
-def fit_fills(part: Part, num_names: list[str], cfg: CleanConfig) -> dict[str, Any]:
+def fit_fill(values: np.ndarray, rule: str, fill_value: float) -> float:
+    """The fill of one numeric column from its present training values."""
+    if rule == "mean":
+        return float(values.mean())
+    if rule == "most_frequent":
+        return float(_most_frequent(values))
+    if rule == "constant":
+        return float(fill_value)
+    return float(np.median(values))       # median, and drop (for evaluation rows)
+
+
+def fit_fills(part: Part, num_names: list[str], cfg: CleanConfig, where: str = "") -> dict[str, Any]:
     """Fill value per column, fitted on the training split. With missing=drop, evaluation
     rows are still imputed (never dropped): numeric with the median, text with the most frequent."""
     fills: dict[str, Any] = {}
-    rule = cfg.missing
     for j, name in enumerate(num_names):
         col = part.num[:, j]
         col = col[~np.isnan(col)]
         if len(col) == 0:
-            raise DataError(f"column '{name}': every value in the training split is missing; "
-                            "drop it with data.drop_columns")
-        if rule == "mean":
-            v = col.mean()
-        elif rule == "most_frequent":
-            v = _most_frequent(col)
-        elif rule == "constant":
-            v = cfg.fill_value
-        else:                               # median, and drop (for evaluation rows)
-            v = np.median(col)
-        fills[name] = float(v)
+            raise all_missing(where, name)
+        fills[name] = fit_fill(col, cfg.missing, cfg.fill_value)
     for name, col in part.txt.items():
-        present = np.array([v for v in col if v is not None], dtype=object)
+        present = col[~is_missing(col)]
         if len(present) == 0:
-            raise DataError(f"column '{name}': every value in the training split is missing; "
-                            "drop it with data.drop_columns")
-        fills[name] = cfg.fill_text if rule == "constant" else str(_most_frequent(present.astype(str)))
+            raise all_missing(where, name)
+        fills[name] = cfg.fill_text if cfg.missing == "constant" else str(_most_frequent(present.astype(str)))
     return fills
 
 
-def missing_counts(part: Part, num_names: list[str]) -> tuple[dict[str, int], np.ndarray]:
+def all_missing(where: str, name: str) -> DataError:
+    return DataError(f"{where + ' ' if where else ''}column '{name}': every value in the training split is "
+                     "missing; drop it with data.drop_columns or fill it in")
+
+
+def missing_counts_of(num: np.ndarray | None, txt: dict[str, np.ndarray], num_names: list[str]
+                      ) -> tuple[dict[str, int], np.ndarray]:
     """Missing values per column, and a per-row mask of rows with any missing value."""
-    counts, any_missing = {}, np.zeros(len(part), bool)
-    if part.num is not None:
-        m = np.isnan(part.num)
+    n = len(num) if num is not None else len(next(iter(txt.values())))
+    counts, any_missing = {}, np.zeros(n, bool)
+    if num is not None:
+        m = np.isnan(num)
         any_missing |= m.any(1)
-        for j, name in enumerate(num_names):
-            counts[name] = int(m[:, j].sum())
-    for name, col in part.txt.items():
-        m = np.array([v is None for v in col], bool)
+        counts.update(zip(num_names, m.sum(0).tolist()))
+    for name, col in txt.items():
+        m = is_missing(col)
         any_missing |= m
         counts[name] = int(m.sum())
-    return {k: v for k, v in counts.items() if v}, any_missing
+    return {k: int(v) for k, v in counts.items() if v}, any_missing
 
 
-def impute(part: Part, num_names: list[str], fills: dict[str, Any]) -> Part:
-    if part.num is not None and part.num.shape[1]:
-        num = part.num.copy()
-        for j, name in enumerate(num_names):
-            m = np.isnan(num[:, j])
-            if m.any():
-                num[m, j] = fills[name]
-        part.num = num
-    for name, col in list(part.txt.items()):
+def missing_counts(part: Part, num_names: list[str]) -> tuple[dict[str, int], np.ndarray]:
+    return missing_counts_of(part.num, part.txt, num_names)
+
+
+def impute(num: np.ndarray, txt: dict[str, np.ndarray], num_names: list[str], fills: dict[str, Any]
+           ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Missing values replaced by the fitted fills (numeric in place; text columns copied)."""
+    if num.shape[1]:
+        nan = np.isnan(num)
+        if nan.any():
+            fillv = np.array([fills[n] for n in num_names], num.dtype)
+            np.copyto(num, np.broadcast_to(fillv, num.shape), where=nan)
+    out = {}
+    for name, col in txt.items():
         col = col.copy()
-        col[np.array([v is None for v in col], bool)] = fills[name]
-        part.txt[name] = col
-    return part
+        col[is_missing(col)] = fills[name]
+        out[name] = col
+    return num, out
 
 
 # ---------------------------------------------------------------- outliers
 
 
+def fit_bound(col: np.ndarray, cfg: CleanConfig) -> list[float]:
+    """[low, high] of one column: mean +- t*std (zscore) or [q1 - k*iqr, q3 + k*iqr] (IQR, exact)."""
+    if cfg.outliers == "zscore":
+        mu, sd = col.mean(dtype=np.float64), col.std(dtype=np.float64)
+        return [float(mu - cfg.zscore_threshold * sd), float(mu + cfg.zscore_threshold * sd)]
+    q1, q3 = np.percentile(col, [25, 75])
+    return [float(q1 - cfg.iqr_k * (q3 - q1)), float(q3 + cfg.iqr_k * (q3 - q1))]
+
+
 def fit_bounds(num: np.ndarray, cfg: CleanConfig) -> list[list[float]]:
-    """[low, high] per numeric column: mean +- t*std (zscore) or [q1 - k*iqr, q3 + k*iqr] (IQR)."""
-    bounds = []
-    for j in range(num.shape[1]):
-        col = num[:, j]
-        if cfg.outliers == "zscore":
-            mu, sd = col.mean(), col.std()
-            lo, hi = mu - cfg.zscore_threshold * sd, mu + cfg.zscore_threshold * sd
-        else:
-            q1, q3 = np.percentile(col, [25, 75])
-            lo, hi = q1 - cfg.iqr_k * (q3 - q1), q3 + cfg.iqr_k * (q3 - q1)
-        bounds.append([float(lo), float(hi)])
-    return bounds
+    """[low, high] per numeric column."""
+    return [fit_bound(num[:, j], cfg) for j in range(num.shape[1])]
 
 
 def outlier_mask(num: np.ndarray, bounds: list[list[float]]) -> np.ndarray:
@@ -133,56 +178,60 @@ def outlier_mask(num: np.ndarray, bounds: list[list[float]]) -> np.ndarray:
     return (num < b[:, 0]) | (num > b[:, 1])
 
 
-def clip(num: np.ndarray, bounds: list[list[float]]) -> np.ndarray:
+def clip_(num: np.ndarray, bounds: list[list[float]]) -> np.ndarray:
+    """Clip each column to its [low, high] in place."""
     b = np.asarray(bounds, np.float64).reshape(-1, 2)
-    return np.clip(num, b[:, 0], b[:, 1])
+    return np.clip(num, b[:, 0], b[:, 1], out=num)
 
 
 # ---------------------------------------------------------------- labels
 
 
 def label_problems(y: np.ndarray, task: str, num_classes: int | None,
-                   classes: list[str] | None) -> np.ndarray:
-    """Per-row description of an invalid label ('' where valid)."""
-    out = np.full(len(y), "", dtype=object)
+                   classes: list[str] | None) -> tuple[np.ndarray, Callable[[int], str]]:
+    """(mask of invalid labels, the description of invalid row i)."""
     if y.dtype == object:
-        known = set(classes or [])
-        for i, v in enumerate(y):
-            if v is None:
-                out[i] = "missing label"
-            elif task == "regression":
-                out[i] = f"target '{v}' is not a number"
-            elif v not in known:
-                out[i] = f"label '{v}' is not one of the classes seen in training ({', '.join(classes or [])})"
-        return out
+        miss = is_missing(y)
+        known = np.isin(y.astype(str), np.asarray(classes or [], str))
+        bad = miss | (~known if task == "classification" else np.ones(len(y), bool))
+
+        def text_problem(i: int) -> str:
+            if miss[i]:
+                return "missing label"
+            if task == "regression":
+                return f"target '{y[i]}' is not a number"
+            return f"label '{y[i]}' is not one of the classes seen in training ({', '.join(classes or [])})"
+        return bad, text_problem
     nan = np.isnan(y)
-    out[nan] = "missing label" if task == "classification" else "missing target"
-    if task == "classification":
-        bad_int = ~nan & (np.round(y) != y)
-        out[bad_int] = [f"label {v:g} is not an integer" for v in y[bad_int]]
-        rng = ~nan & ~bad_int & ((y < 0) | (y >= (num_classes or np.inf)))
-        out[rng] = [f"label {v:g} is out of range [0, {num_classes})" for v in y[rng]]
-    else:
-        inf = np.isinf(y)
-        out[inf] = "target is infinite"
-    return out
+    not_int = ~nan & (np.round(y) != y)
+    out_of_range = ~nan & ~not_int & ((y < 0) | (y >= (num_classes or np.inf)))
+    bad = nan | ((not_int | out_of_range) if task == "classification" else np.isinf(y))
+
+    def number_problem(i: int) -> str:
+        if nan[i]:
+            return "missing label" if task == "classification" else "missing target"
+        if task != "classification":
+            return "target is infinite"
+        if not_int[i]:
+            return f"label {y[i]:g} is not an integer"
+        return f"label {y[i]:g} is out of range [0, {num_classes})"
+    return bad, number_problem
 
 
 def invalid_labels(raw: RawData, split: str, part: Part, task: str, num_classes: int | None,
                    classes: list[str] | None, policy: str) -> np.ndarray:
     """Mask of the invalid labels in `part`; raises unless they are training rows and policy=drop."""
-    bad = label_problems(part.y, task, num_classes, classes)
-    bad_mask = bad != ""
+    bad_mask, problem = label_problems(part.y, task, num_classes, classes)
     if not bad_mask.any():
         return bad_mask
     i = int(np.argmax(bad_mask))
     where = raw.row_label(split, int(part.rows[i]))
-    col = f" column '{raw.target}'" if raw.extra.get("row_kind") == "line" else ""
+    col = f" column '{raw.target}'" if raw.line_of is not None else ""
     if split != "train":
-        raise DataError(f"{where}{col}: {bad[i]} in the {split} split ({int(bad_mask.sum())} such rows); "
+        raise DataError(f"{where}{col}: {problem(i)} in the {split} split ({int(bad_mask.sum())} such rows); "
                         "evaluation rows are never dropped: fix the data or the classes")
     if policy == "error":
-        raise DataError(f"{where}{col}: {bad[i]} ({int(bad_mask.sum())} such rows in the training split); "
+        raise DataError(f"{where}{col}: {problem(i)} ({int(bad_mask.sum())} such rows in the training split); "
                         "fix the data, set data.num_classes, or set data.clean.invalid_labels=drop")
     return bad_mask
 

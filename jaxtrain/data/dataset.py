@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterator, Literal
 import numpy as np
 
 from jaxtrain.config.data import DataConfig
+from jaxtrain.data.featurestats import FeatureStats
 
 
 @dataclasses.dataclass
@@ -36,8 +37,8 @@ class Dataset:
     val: Split | None
     test: Split
     name: str = ""
-    # Fitted preprocessing statistics (JSON-able), saved with a run and reused by eval/predict.
-    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Fitted preprocessing statistics, saved with a run (stats.json) and reused by eval/predict.
+    stats: FeatureStats | None = None
     # Counts of what the preprocessing did (rows in/out, per rule and column).
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Regression targets are standardized for training: y_original = y * scale + mean.
@@ -51,6 +52,10 @@ class Dataset:
     batcher: Callable[[int, int, int], Iterator] | None = dataclasses.field(default=None, repr=False)
     # tf.data backend: (encoded rows before normalization, targets, normalized width).
     raw_train: Any = dataclasses.field(default=None, repr=False)
+    # Streaming: random access to the training rows by training position, (x, y) = gather(idx),
+    # for host-fed input pipelines.
+    gather_train: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = \
+        dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.num_train < 0:
@@ -66,7 +71,7 @@ class Dataset:
     @property
     def image_shape(self) -> tuple[int, ...] | None:
         """(h, w) or (h, w, c) when the examples are images (for plotting them), else None."""
-        shape = self.stats.get("image_shape")
+        shape = self.stats.image_shape if self.stats is not None else None
         return tuple(shape) if shape else None
 
     def to_original_units(self, y: np.ndarray) -> np.ndarray:
@@ -81,6 +86,20 @@ class Dataset:
             return
         order = epoch_permutation(len(self.train), seed, epoch)
         yield from padded_batches(self.train, batch_size, order)
+
+
+def gathered_batches(gather: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], n: int, batch_size: int,
+                     seed: int, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(x, y, mask) batches of `n` rows that `gather` returns by index, in `epoch_permutation`
+    order; the last batch padded with row 0 and masked (as `padded_batches`)."""
+    order = epoch_permutation(n, seed, epoch)
+    for start in range(0, n, batch_size):
+        idx = np.zeros(batch_size, order.dtype)
+        mask = np.zeros(batch_size, np.float32)
+        real = order[start:start + batch_size]
+        idx[:len(real)], mask[:len(real)] = real, 1.0
+        x, y = gather(idx)
+        yield x, y, mask
 
 
 def padded_batches(split: Split, batch_size: int, order: np.ndarray, rows: slice = slice(None)

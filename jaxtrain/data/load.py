@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data import pipeline_tf, preprocess, sources
 from jaxtrain.data.dataset import Dataset
+from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.data.streaming import load_streaming
 
 
-def load_dataset(cfg: DataConfig, stats: dict[str, Any] | None = None) -> Dataset:
+def load_dataset(cfg: DataConfig, stats: FeatureStats | None = None) -> Dataset:
     """Load, clean, transform and normalize the data `cfg` names.
 
     With `stats` (from a saved run), reuse them instead of fitting new ones.

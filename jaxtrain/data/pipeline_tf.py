@@ -3,8 +3,8 @@
 The training split is kept encoded but not normalized; each epoch is a tf.data
 pipeline over the `epoch_permutation` indices (that permutation *is* the shuffle,
 so both backends visit examples in the same order): batch the indices, a parallel
-map gathers the rows and normalizes them in float64 (as NumPy does) and casts to
-float32, then prefetch. The last batch is padded with index 0 and masked.
+map gathers the rows and normalizes them in float32 (the same operations as
+`transforms.normalize_`), then prefetch. The last batch is padded with index 0 and masked.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from jaxtrain.data.dataset import Dataset, epoch_permutation
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data.tfhelp import import_tf
-from jaxtrain.data.transforms import normalizer_arrays
+from jaxtrain.data.featurestats import Normalizer
 
 
 def padded_order(n: int, batch_size: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -28,18 +28,19 @@ def padded_order(n: int, batch_size: int, seed: int, epoch: int) -> tuple[np.nda
     return idx, mask
 
 
-def normalize_fn(stats: dict[str, Any], width: int, feature_shape: tuple[int, ...]) -> Callable:
-    """A TF function: encoded rows (batch, ...) -> normalized float32, matching apply_normalizer."""
+def normalize_fn(norm: Normalizer, feature_shape: tuple[int, ...]) -> Callable:
+    """A TF function: encoded float32 rows (batch, ...) -> normalized, as `transforms.normalize_`."""
     tf = import_tf()
     flat = int(np.prod(feature_shape))
-    arrays = normalizer_arrays(stats, width)
+    arrays = norm.arrays()
+    width = norm.width
 
     def fn(x):
-        x = tf.reshape(tf.cast(x, tf.float64), [-1, flat])
+        x = tf.reshape(tf.cast(x, tf.float32), [-1, flat])
         if arrays is not None:
-            shift, scale = (tf.constant(a, tf.float64) for a in arrays)
+            shift, scale = (tf.constant(a, tf.float32) for a in arrays)
             x = tf.concat([(x[:, :width] - shift) / scale, x[:, width:]], axis=1)
-        return tf.reshape(tf.cast(x, tf.float32), [-1, *feature_shape])
+        return tf.reshape(x, [-1, *feature_shape])
     return fn
 
 
@@ -66,19 +67,19 @@ def tf_batches(gather: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], n:
 
 def attach(ds: Dataset, cfg: DataConfig) -> Dataset:
     """Make `ds` stream its training split through tf.data (ds.train becomes None)."""
-    enc, y, width = ds.raw_train
+    enc, y, _ = ds.raw_train
 
     def gather(i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return enc[i], y[i]
 
-    norm = normalize_fn(ds.stats["normalize"], width, tuple(enc.shape[1:]))
+    norm = normalize_fn(ds.stats.normalize, tuple(enc.shape[1:]))
     return _attach(ds, cfg, gather, (enc.dtype, y.dtype), norm, len(y))
 
 
 def attach_rows(ds: Dataset, cfg: DataConfig, gather: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
                 dtypes: tuple[Any, Any]) -> Dataset:
     """Like `attach`, for rows `gather` returns already normalized (the streaming cache)."""
-    identity = normalize_fn({"kind": "none"}, 0, ds.feature_shape)
+    identity = normalize_fn(Normalizer(), ds.feature_shape)
     return _attach(ds, cfg, gather, tuple(np.dtype(d) for d in dtypes), identity, ds.num_train)
 
 

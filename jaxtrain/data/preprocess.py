@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from jaxtrain.data import clean, transforms
-from jaxtrain.data.dataset import Dataset, Split
 from jaxtrain.config.data import DataConfig
+from jaxtrain.data import clean, encoder, tablefit, transforms
+from jaxtrain.data.dataset import Dataset, Split
+from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.data.raw import Part, RawData
 from jaxtrain.util.errors import DataError
-
-STATS_VERSION = 1
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int):
@@ -40,13 +39,17 @@ def split_parts(raw: RawData, cfg: DataConfig) -> dict[str, Part | None]:
             out["train"], out["val"] = out["train"].take(tr), out["train"].take(va)
         if out["test"] is None:
             raise DataError(f"{raw.where}: the source has a training split but no test split")
-    if len(out["train"]) == 0:
-        raise DataError(f"{raw.where}: no training examples after the split; add data or lower "
-                        "data.val_fraction/test_fraction")
-    if len(out["test"]) == 0 and cfg.test_fraction > 0:  # NaN test metrics would look measured
-        raise DataError(f"{raw.where}: the test split is empty ({len(out['train'])} training rows); "
-                        "add data or raise data.test_fraction")
+    check_split_sizes(raw.where, len(out["train"]), len(out["test"]), cfg)
     return out
+
+
+def check_split_sizes(where: str, n_train: int, n_test: int, cfg: DataConfig) -> None:
+    if n_train == 0:
+        raise DataError(f"{where}: no training examples after the split; add data or lower "
+                        "data.val_fraction/test_fraction")
+    if n_test == 0 and cfg.test_fraction > 0:  # NaN test metrics would look measured
+        raise DataError(f"{where}: the test split is empty ({n_train} training rows); "
+                        "add data or raise data.test_fraction")
 
 
 MAX_AUTO_CLASSES = 20     # task=auto: more distinct integer labels than this is regression
@@ -78,192 +81,166 @@ def resolve_task(raw: RawData, train: Part, cfg: DataConfig) -> tuple[str, int |
         task = raw.task or "classification"
         if task == "regression":
             return task, None, None
-        classes = raw.classes or sorted({str(v) for v in y if v is not None})
+        classes = raw.classes or transforms.fit_categories(y[~clean.is_missing(y)])
         return task, len(classes), classes
     task, nc = task_for_labels(raw.task, cfg.num_classes or raw.num_classes, y)
     return task, nc, raw.classes if task == "classification" else None
 
 
-def _encode(raw: RawData, part: Part, stats: dict[str, Any], cfg: DataConfig) -> tuple[np.ndarray, int]:
-    """Numeric block, one-hot categories, hashed text -> (n, features) float64. Returns (x, unseen)."""
-    if part.x is not None:
-        return part.x.reshape(len(part), int(np.prod(part.x.shape[1:]))) if cfg.flatten else part.x, 0
-    blocks, unseen = [part.num], 0
-    for name, cats in stats["categories"].items():
-        oh, u = transforms.one_hot(part.txt[name], cats)
-        blocks.append(oh)
-        unseen += u
-        stats.setdefault("_unseen", {})[name] = u
-    for name in stats["text_columns"]:
-        blocks.append(transforms.hash_text(part.txt[name], stats["hash_dim"]))
-    return np.concatenate(blocks, axis=1) if len(blocks) > 1 else part.num, unseen
+SPLITS = ("train", "val", "test")
 
 
-def prepare(raw: RawData, cfg: DataConfig, stats: dict[str, Any] | None = None,
+def prepare(raw: RawData, cfg: DataConfig, stats: FeatureStats | None = None,
             keep_raw_train: bool = False) -> Dataset:
+    """Clean the training split, fit `stats` on it (unless given), encode every split with them."""
     fit = stats is None
-    c = cfg.clean
     parts = split_parts(raw, cfg)
     rep: dict[str, Any] = {"source": cfg.source, "name": raw.name, "where": raw.where,
                            "rows_in": {s: len(p) for s, p in parts.items() if p is not None}}
+    if "delimiter" in raw.extra:
+        rep["delimiter"] = raw.extra["delimiter"]
     if fit:
-        task, nc, classes = resolve_task(raw, parts["train"], cfg)
-        stats = {"version": STATS_VERSION, "task": task, "num_classes": nc, "classes": classes}
+        stats = FeatureStats(*resolve_task(raw, parts["train"], cfg))
+    _check_labels(raw, parts, stats, cfg, rep)
+    _drop_duplicates(parts, cfg, rep)
+    if raw.kind == "array":
+        _check_finite_images(raw, parts)
+        rep["missing"] = rep["outliers"] = {"applies": False, "reason": "image arrays"}
+        enc = _encode_arrays(raw, parts, stats, cfg, fit)
     else:
-        stats = dict(stats)
-        task, nc, classes = stats["task"], stats["num_classes"], stats["classes"]
+        keep = tablefit.clean_and_fit(PartColumns(raw, parts["train"]), stats, cfg, fit, rep)
+        if not keep.all():
+            parts["train"] = parts["train"].take(np.flatnonzero(keep))
+        enc = _encode_tables(raw, parts, stats, fit, rep)
+    if fit:
+        _fit_outputs(raw, parts["train"], enc["train"], stats, cfg)
+    width = stats.normalize.width
+    targets = {s: encoder.encode_targets(stats, p.y) for s, p in parts.items() if p is not None}
+    splits = {s: Split(encoder.normalize(stats, enc[s]), targets[s]) for s in enc
+              if not (s == "train" and keep_raw_train)}
+    rep["rows_out"] = {s: len(p) for s, p in parts.items() if p is not None}
+    rep["features"] = int(np.prod(stats.feature_shape))
+    rep["task"] = stats.task
+    if "injected" in raw.extra:
+        rep["injected_by_generator"] = raw.extra["injected"]
+    ds = Dataset(task=stats.task, num_classes=stats.num_classes, feature_shape=tuple(stats.feature_shape),
+                 train=splits.get("train"), val=splits.get("val"), test=splits["test"], name=raw.name,
+                 stats=stats, report=rep, target_mean=stats.target_mean, target_scale=stats.target_scale,
+                 num_train=len(parts["train"]))
+    if keep_raw_train:        # the tf.data backend normalizes on the fly from the encoded rows
+        ds.raw_train = (enc["train"], targets["train"], width)
+    return ds
 
-    # ---- labels: invalid ones dropped from train (by policy) or an error
+
+def _check_labels(raw: RawData, parts: dict[str, Part | None], stats: FeatureStats, cfg: DataConfig,
+                  rep: dict[str, Any]) -> None:
+    """Invalid labels dropped from train (by policy) or an error; in val/test always an error."""
+    task, nc, classes = stats.task, stats.num_classes, stats.classes
     parts["train"], dropped = clean.check_labels(raw, "train", parts["train"], task, nc, classes,
-                                                 c.invalid_labels)
-    rep["invalid_labels"] = {"policy": c.invalid_labels, "rows_dropped": dropped}
+                                                 cfg.clean.invalid_labels)
+    rep["invalid_labels"] = {"policy": cfg.clean.invalid_labels, "rows_dropped": dropped}
     for s in ("val", "test"):
         if parts[s] is not None:
             clean.check_labels(raw, s, parts[s], task, nc, classes, "error")
 
-    # ---- duplicates (train only)
-    if c.duplicates:
-        dup = clean.duplicate_mask(parts["train"])
-        parts["train"] = parts["train"].take(np.flatnonzero(~dup))
-        rep["duplicates"] = {"rows_dropped": int(dup.sum())}
-    else:
+
+def _drop_duplicates(parts: dict[str, Part | None], cfg: DataConfig, rep: dict[str, Any]) -> None:
+    if not cfg.clean.duplicates:
         rep["duplicates"] = {"rows_dropped": 0, "disabled": True}
+        return
+    dup = clean.duplicate_mask(parts["train"])
+    if dup.any():
+        parts["train"] = parts["train"].take(np.flatnonzero(~dup))
+    rep["duplicates"] = {"rows_dropped": int(dup.sum())}
 
-    if raw.kind == "array":
-        for s, p in parts.items():
-            if p is not None and p.x.dtype.kind == "f" and not np.isfinite(p.x).all():
-                i = int(np.argmax(~np.isfinite(p.x.reshape(len(p), -1)).all(1)))
-                raise DataError(f"{raw.row_label(s, int(p.rows[i]))}: image holds NaN or infinite values; "
-                                "fix or remove the example")
-        rep["missing"] = rep["outliers"] = {"applies": False, "reason": "image arrays"}
-    else:
-        _clean_table(raw, parts, stats, cfg, fit, rep)
 
-    # ---- encode features
-    if fit and raw.kind == "table":
-        stats["numeric_columns"] = list(raw.num_names)
-        stats["categories"] = {n: transforms.fit_categories(parts["train"].txt[n])
-                               for n, k in raw.txt_kinds.items() if k == "category"}
-        stats["text_columns"] = [n for n, k in raw.txt_kinds.items() if k == "text"]
-        stats["hash_dim"] = cfg.hash_dim
-    enc, rep["unseen_categories"] = {}, {}
+def _check_finite_images(raw: RawData, parts: dict[str, Part | None]) -> None:
     for s, p in parts.items():
-        if p is None:
-            continue
-        enc[s], unseen = _encode(raw, p, stats, cfg)
-        per_col = stats.pop("_unseen", {})
-        if s != "train" and unseen:
-            rep["unseen_categories"][s] = {k: v for k, v in per_col.items() if v}
-    width = len(raw.num_names) if raw.kind == "table" else int(np.prod(enc["train"].shape[1:]))
+        if p is not None and p.x.dtype.kind == "f" and not np.isfinite(p.x).all():
+            i = int(np.argmax(~np.isfinite(p.x.reshape(len(p), -1)).all(1)))
+            raise DataError(f"{raw.row_label(s, int(p.rows[i]))}: image holds NaN or infinite values; "
+                            "fix or remove the example")
+
+
+def _encode_arrays(raw: RawData, parts: dict[str, Part | None], stats: FeatureStats, cfg: DataConfig,
+                   fit: bool) -> dict[str, np.ndarray]:
     if fit:
-        scope = cfg.normalize_scope if cfg.normalize_scope != "auto" else (
-            "global" if raw.kind == "array" else "feature")
-        stats["normalize"] = transforms.fit_normalizer(enc["train"].reshape(len(enc["train"]), -1)[:, :width],
-                                                       cfg.normalize, scope)
-        stats["normalize"]["width"] = width
-        names = list(raw.num_names) + [f"{n}={v}" for n, cats in stats.get("categories", {}).items()
-                                       for v in cats] + \
-            [f"{n}#{k}" for n in stats.get("text_columns", []) for k in range(cfg.hash_dim)]
-        stats["feature_names"] = names if raw.kind == "table" else []
-        stats["feature_shape"] = list(enc["train"].shape[1:])
-        # Images keep their shape here even when flattened for the model (reports plot them).
-        stats["image_shape"] = list(raw.extra.get("image_shape") or
-                                    (parts["train"].x.shape[1:] if raw.kind == "array" else [])) or None
-    if list(enc["train"].shape[1:]) != list(stats["feature_shape"]):
-        raise DataError(f"{raw.where}: examples have shape {list(enc['train'].shape[1:])} but the saved "
-                        f"statistics expect {stats['feature_shape']}; the data does not match the run")
-
-    # ---- targets
-    if task == "regression":
-        if fit:
-            y = parts["train"].y
-            mean, std = (float(y.mean()), float(y.std())) if cfg.standardize_target else (0.0, 1.0)
-            stats["target"] = {"mean": mean, "scale": std if std > 0 else 1.0}
-        tmean, tscale = stats["target"]["mean"], stats["target"]["scale"]
-
-        def target(p: Part) -> np.ndarray:
-            return ((p.y.astype(np.float64) - tmean) / tscale).astype(np.float32)
-    else:
-        tmean, tscale = 0.0, 1.0
-        index = {cl: i for i, cl in enumerate(classes)} if parts["train"].y.dtype == object else None
-
-        def target(p: Part) -> np.ndarray:
-            if index is not None:
-                return np.array([index[str(v)] for v in p.y], np.int32)
-            return p.y.astype(np.int32)
-
-    def make(s: str) -> Split | None:
-        if parts[s] is None:
-            return None
-        return Split(transforms.apply_normalizer(enc[s], stats["normalize"], width), target(parts[s]))
-
-    rep["rows_out"] = {s: len(p) for s, p in parts.items() if p is not None}
-    rep["features"] = int(np.prod(stats["feature_shape"]))
-    rep["task"] = task
-    if "injected" in raw.extra:
-        rep["injected_by_generator"] = raw.extra["injected"]
-    ds = Dataset(task=task, num_classes=nc, feature_shape=tuple(stats["feature_shape"]),
-                 train=None if keep_raw_train else make("train"), val=make("val"), test=make("test"),
-                 name=raw.name, stats=stats, report=rep, target_mean=tmean, target_scale=tscale,
-                 num_train=len(parts["train"]))
-    if keep_raw_train:        # the tf.data backend normalizes on the fly from the encoded rows
-        ds.raw_train = (enc["train"], target(parts["train"]), width)
-    return ds
+        shape = parts["train"].x.shape[1:]
+        stats.feature_shape = [int(np.prod(shape))] if cfg.flatten else list(shape)
+    elif int(np.prod(parts["train"].x.shape[1:])) != int(np.prod(stats.feature_shape)):
+        raise DataError(f"{raw.where}: examples have shape {list(parts['train'].x.shape[1:])} but the saved "
+                        f"statistics expect {stats.feature_shape}; the data does not match the run")
+    return {s: encoder.encode_arrays(stats, p.x, raw.where) for s, p in parts.items() if p is not None}
 
 
-def _clean_table(raw: RawData, parts: dict[str, Part | None], stats: dict[str, Any], cfg: DataConfig,
-                 fit: bool, rep: dict[str, Any]) -> None:
-    c = cfg.clean
-    names = raw.num_names
-    train = parts["train"]
-    # ---- missing values
-    if fit:
-        stats["fills"] = clean.fit_fills(train, names, c)
-    counts, any_missing = clean.missing_counts(train, names)
-    miss: dict[str, Any] = {"policy": c.missing, "per_column": counts, "rows_dropped": 0, "imputed": {}}
-    if c.missing == "drop":
-        train = train.take(np.flatnonzero(~any_missing))
-        miss["rows_dropped"] = int(any_missing.sum())
-    else:
-        miss["imputed"]["train"] = int(sum(counts.values()))
-    train = clean.impute(train, names, stats["fills"])
-    for s in ("val", "test"):
-        if parts[s] is not None:
-            ecounts, _ = clean.missing_counts(parts[s], names)
-            if ecounts:
-                miss["imputed"][s] = int(sum(ecounts.values()))
-                miss.setdefault("per_column_eval", {})[s] = ecounts
-            parts[s] = clean.impute(parts[s], names, stats["fills"])
-    rep["missing"] = miss
-    # ---- log transform
-    logs = stats.setdefault("log_columns", list(cfg.log_columns)) if fit else stats.get("log_columns", [])
-    for s, p in [("train", train)] + [(s, parts[s]) for s in ("val", "test")]:
+def _encode_tables(raw: RawData, parts: dict[str, Part | None], stats: FeatureStats, fit: bool,
+                   rep: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Every split through the encoder; what it imputed, clipped and did not know is counted."""
+    if not fit and list(raw.num_names) != list(stats.numeric_columns):
+        raise DataError(f"{raw.where}: numeric columns {raw.num_names} but the saved statistics expect "
+                        f"{stats.numeric_columns}; the data does not match the run")
+    enc, counts = {}, {}
+    for s, p in parts.items():
         if p is not None:
-            p.num = transforms.apply_log(p.num, names, logs, raw.where, p.rows)
-    # ---- outliers
-    out: dict[str, Any] = {"method": c.outliers, "action": c.outlier_action}
-    if fit:
-        stats["outliers"] = {"method": c.outliers, "action": c.outlier_action,
-                             "bounds": clean.fit_bounds(train.num, c) if c.outliers != "none" else None}
-    ob = stats["outliers"]
-    if ob["bounds"] is not None and names:
-        m = clean.outlier_mask(train.num, ob["bounds"])
-        out["per_column"] = {n: int(k) for n, k in zip(names, m.sum(0)) if k}
-        if ob["action"] == "drop":
-            keep = ~m.any(1)
-            out["rows_dropped"] = int((~keep).sum())
-            train = train.take(np.flatnonzero(keep))
+            line_of = (lambda i, rows=p.rows: raw.line_of(int(rows[i]))) if raw.line_of else None
+            enc[s], counts[s] = encoder.encode_table(stats, p.num.copy(), p.txt, raw.where, line_of)
+    count_into_report(counts, stats, rep)
+    return enc
+
+
+def count_into_report(counts: dict[str, encoder.Counts], stats: FeatureStats, rep: dict[str, Any]) -> None:
+    """What the encoder did to each split: imputed, non-finite, clipped, unseen categories."""
+    miss, out = rep["missing"], rep["outliers"]
+    rep["unseen_categories"] = {s: c.unseen for s, c in counts.items() if s != "train" and c.unseen}
+    for s in ("val", "test"):
+        if s in counts and counts[s].missing:
+            miss["imputed"][s] = sum(counts[s].missing.values())
+            miss.setdefault("per_column_eval", {})[s] = counts[s].missing
+        if s in counts and counts[s].non_finite:
+            miss.setdefault("non_finite_eval", {})[s] = counts[s].non_finite
+    if stats.outliers.bounds is not None and stats.numeric_columns:
+        if stats.outliers.action == "clip":
+            out["per_column"] = counts["train"].outliers
+            out["values_clipped"] = {s: sum(c.outliers.values()) for s, c in counts.items()}
         else:
-            out["values_clipped"] = {"train": int(m.sum())}
-            train.num = clean.clip(train.num, ob["bounds"])
-        for s in ("val", "test"):
-            p = parts[s]
-            if p is not None:
-                em = clean.outlier_mask(p.num, ob["bounds"])
-                if ob["action"] == "clip":
-                    out["values_clipped"][s] = int(em.sum())
-                    p.num = clean.clip(p.num, ob["bounds"])
-                else:
-                    out.setdefault("kept_in_eval", {})[s] = int(em.sum())
-    rep["outliers"] = out
-    parts["train"] = train
+            out["kept_in_eval"] = {s: sum(c.outliers.values()) for s, c in counts.items() if s != "train"}
+
+
+class PartColumns:
+    """The training split of an in-memory table, as `tablefit` reads it."""
+
+    def __init__(self, raw: RawData, part: Part):
+        self.part, self.num_names, self.txt_kinds, self.where = part, raw.num_names, raw.txt_kinds, raw.where
+        self.line_of = (lambda i: raw.line_of(int(part.rows[i]))) if raw.line_of else None
+
+    def __len__(self) -> int:
+        return len(self.part)
+
+    def numeric(self, j: int) -> np.ndarray:
+        return self.part.num[:, j].astype(np.float64)
+
+    def text(self, name: str) -> np.ndarray:
+        return self.part.txt[name]
+
+
+def _fit_outputs(raw: RawData, train: Part, enc_train: np.ndarray, stats: FeatureStats, cfg: DataConfig) -> None:
+    """The normalizer on the encoded training split, the feature names and shapes, the target scale."""
+    table = raw.kind == "table"
+    if not table:                   # a table's normalizer was fitted with its other statistics
+        width = int(np.prod(enc_train.shape[1:]))
+        scope = "feature" if cfg.normalize_scope == "feature" else "global"
+        stats.normalize = transforms.fit_normalizer_on(enc_train, width, cfg.normalize, scope)
+    else:
+        stats.feature_names = encoder.feature_names(stats)
+        stats.feature_shape = [enc_train.shape[1]]
+    # Images keep their shape here even when flattened for the model (reports plot them).
+    stats.image_shape = list(raw.extra.get("image_shape") or (train.x.shape[1:] if not table else [])) or None
+    fit_target(stats, train.y, cfg)
+
+
+def fit_target(stats: FeatureStats, y: np.ndarray, cfg: DataConfig) -> None:
+    """Regression: train on standardized targets (y - mean) / std, when configured."""
+    if stats.task == "regression" and cfg.standardize_target:
+        y = y.astype(np.float64)
+        std = float(y.std())
+        stats.target_mean, stats.target_scale = float(y.mean()), std if std > 0 else 1.0

@@ -2,14 +2,14 @@
 
 Two shapes of data: a *table* (numeric columns as one float64 block with NaN for
 missing, text columns as object arrays with None for missing) and an *array* of
-images (any numeric dtype, shape (n, ...)). Each part keeps the source row number
-of every example so that an error can name it.
+images (any numeric dtype, shape (n, ...)). Each part keeps the source index of every
+example (a CSV's record number, counted from 0) so that an error can name it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -17,7 +17,7 @@ import numpy as np
 @dataclasses.dataclass
 class Part:
     y: np.ndarray                          # labels: float64 (NaN = missing) or object (text, None = missing)
-    rows: np.ndarray                       # source row numbers (CSV: line in the file; arrays: index)
+    rows: np.ndarray                       # source index of each example (CSV: record number from 0)
     num: np.ndarray | None = None          # table: (n, k) float64, NaN = missing
     txt: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # table: text columns
     x: np.ndarray | None = None            # array: images (n, ...)
@@ -45,11 +45,13 @@ class RawData:
     txt_kinds: dict[str, str] = dataclasses.field(default_factory=dict)   # name -> category | text
     target: str = "label"
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # A file's line of a record number (CSV), so that messages name lines; None for arrays.
+    line_of: Callable[[int], int] | None = None
 
     def row_label(self, split: str, row: int) -> str:
         """How a message names one example."""
-        if self.extra.get("row_kind") == "line":
-            return f"{self.where} line {row}"
+        if self.line_of is not None:
+            return f"{self.where} line {self.line_of(row)}"
         return f"{self.where} {split} example {row}"
 
 

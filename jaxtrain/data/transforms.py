@@ -1,61 +1,59 @@
-"""Feature transforms: log, one-hot categories, hashed bag-of-words, normalization.
+"""Feature transforms, vectorized: log, one-hot categories, hashed bag-of-words, normalization.
 
-Every transform is a fit on the training split (returning JSON-able statistics)
-and an apply that uses only those statistics.
+Fits accumulate in float64 (integer data: exact integer sums); applies produce float32.
 """
 
 from __future__ import annotations
 
-import re
 import zlib
-from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from jaxtrain.data.featurestats import Normalizer
 from jaxtrain.util.errors import DataError
 
-_TOKEN = re.compile(r"[a-z0-9']+")
-
-
-def tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
+_NOT_TOKEN = r"[^a-z0-9']+"          # tokens: runs of [a-z0-9'] in the lowercased text
+CHUNK_VALUES = 1 << 22               # values per chunk when a fit walks a large array
 
 
 def hash_text(texts: np.ndarray, dim: int) -> np.ndarray:
-    """Hashed bag-of-words: token counts in `dim` buckets by zlib.crc32 (stable across
-    processes, unlike Python's hash()), each row scaled to unit L2 norm."""
-    out = np.zeros((len(texts), dim), np.float64)
-    for i, t in enumerate(texts):
-        for tok in tokens(str(t)):
-            out[i, zlib.crc32(tok.encode()) % dim] += 1.0
-    norm = np.linalg.norm(out, axis=1, keepdims=True)
-    return out / np.where(norm > 0, norm, 1.0)
+    """Hashed bag-of-words (n, dim) float32: token counts in `dim` buckets by zlib.crc32 (stable
+    across processes, unlike Python's hash()), each row scaled to unit L2 norm. Tokens are
+    hashed once per distinct token, never per row."""
+    lists = pc.split_pattern_regex(pc.utf8_lower(pa.array(texts, pa.string())), _NOT_TOKEN)
+    rows = pc.list_parent_indices(lists).to_numpy()
+    words = pc.list_flatten(lists).dictionary_encode()
+    vocab = words.dictionary.to_pylist()
+    bucket = np.array([zlib.crc32(w.encode()) % dim for w in vocab], np.int64)[words.indices.to_numpy()]
+    keep = np.array([len(w) > 0 for w in vocab], bool)[words.indices.to_numpy()]
+    counts = np.bincount(rows[keep] * dim + bucket[keep], minlength=len(texts) * dim).reshape(len(texts), dim)
+    norm = np.sqrt((counts.astype(np.float64) ** 2).sum(1, keepdims=True))
+    return (counts / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
 
 def fit_categories(col: np.ndarray) -> list[str]:
-    return sorted({str(v) for v in col})
+    return np.unique(col.astype(str)).tolist()
 
 
 def one_hot(col: np.ndarray, categories: list[str]) -> tuple[np.ndarray, int]:
-    """(n, len(categories)) one-hot; unseen categories map to all zeros. Returns (array, unseen)."""
-    index = {c: i for i, c in enumerate(categories)}
-    out = np.zeros((len(col), len(categories)), np.float64)
-    unseen = 0
-    for i, v in enumerate(col):
-        j = index.get(str(v))
-        if j is None:
-            unseen += 1
-        else:
-            out[i, j] = 1.0
-    return out, unseen
+    """(n, len(categories)) float32 one-hot; unseen categories map to all zeros. Returns (array, unseen)."""
+    out = np.zeros((len(col), len(categories)), np.float32)
+    if not categories:
+        return out, len(col)
+    cats = np.asarray(categories, str)          # sorted, as fit_categories returns them
+    values = col.astype(str)
+    pos = np.minimum(np.searchsorted(cats, values), len(cats) - 1)
+    seen = cats[pos] == values
+    out[np.flatnonzero(seen), pos[seen]] = 1.0
+    return out, int((~seen).sum())
 
 
-def apply_log(num: np.ndarray, names: list[str], log_columns: tuple[str, ...] | list[str],
-              where: str, rows: np.ndarray | None = None) -> np.ndarray:
-    """log1p of the named numeric columns; values <= -1 are an error naming the row."""
-    if not log_columns:
-        return num
-    num = num.copy()
+def apply_log(num: np.ndarray, names: list[str], log_columns: list[str], where: str,
+              line_of=None) -> np.ndarray:
+    """log1p of the named numeric columns (in place); values <= -1 are an error naming the line.
+    `line_of(i)` names row i's line in the source, when there is one."""
     for name in log_columns:
         if name not in names:
             raise DataError(f"{where}: data.log_columns names '{name}', which is not a numeric column; "
@@ -64,8 +62,8 @@ def apply_log(num: np.ndarray, names: list[str], log_columns: tuple[str, ...] | 
         bad = num[:, j] <= -1
         if bad.any():
             i = int(np.argmax(bad))
-            row = f" row {int(rows[i])}" if rows is not None else ""
-            raise DataError(f"{where}{row} column '{name}': value {num[i, j]:g} <= -1 has no log1p; "
+            line = f" line {line_of(i)}" if line_of is not None else ""
+            raise DataError(f"{where}{line} column '{name}': value {num[i, j]:g} <= -1 has no log1p; "
                             "remove the column from data.log_columns")
         num[:, j] = np.log1p(num[:, j])
     return num
@@ -74,40 +72,91 @@ def apply_log(num: np.ndarray, names: list[str], log_columns: tuple[str, ...] | 
 # ---------------------------------------------------------------- normalization
 
 
-def fit_normalizer(x: np.ndarray, kind: str, scope: str) -> dict[str, Any]:
-    """Shift and scale so that (x - shift) / scale is normalized; per feature or global."""
-    flat = x.reshape(len(x), -1).astype(np.float64)
-    if kind == "none" or flat.shape[1] == 0:
-        return {"kind": "none", "scope": scope, "shift": [], "scale": []}
-    data = flat.reshape(-1, 1) if scope == "global" else flat
+class Moments:
+    """Count, mean and sum of squared deviations per column, merged chunk by chunk (Chan et al.)
+    in float64: as precise as NumPy's two-pass mean/std without holding the data in float64."""
+
+    def __init__(self, width: int):
+        self.n, self.mean, self.m2 = 0, np.zeros(width), np.zeros(width)
+
+    def add(self, block: np.ndarray) -> None:
+        nb = len(block)
+        if nb == 0:
+            return
+        if block.dtype.kind in "ui" and block.dtype.itemsize <= 2:    # exact integer sums
+            s1 = np.add.reduce(block, 0, dtype=np.int64).astype(np.float64)
+            wide = block.astype(np.int64)
+            mb = s1 / nb
+            m2b = np.add.reduce(wide * wide, 0).astype(np.float64) - s1 * mb
+        else:
+            wide = block.astype(np.float64)
+            mb = wide.mean(0)
+            wide -= mb
+            m2b = (wide * wide).sum(0)
+        tot = self.n + nb
+        delta = mb - self.mean
+        self.mean = self.mean + delta * nb / tot
+        self.m2 = self.m2 + m2b + delta ** 2 * self.n * nb / tot
+        self.n = tot
+
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / max(self.n, 1))
+
+
+def _blocks(flat: np.ndarray, scope: str):
+    """Row chunks of `flat` (n, width); for the global scope, as one column of values."""
+    if scope == "global":
+        flat = flat.reshape(-1, 1)
+    step = max(1, CHUNK_VALUES // max(flat.shape[1], 1))
+    for start in range(0, len(flat), step):
+        yield flat[start:start + step]
+
+
+def fit_normalizer(blocks, width: int, kind: str, scope: str) -> Normalizer:
+    """Shift and scale so that (x - shift) / scale is normalized, from (rows, width) blocks
+    (for the global scope, blocks of one column): per feature or global."""
+    if kind == "none" or width == 0:
+        for _ in blocks:
+            pass
+        return Normalizer("none", scope, [], [], width)
     if kind == "zscore":
-        shift, span = data.mean(0), data.std(0)
+        m = Moments(1 if scope == "global" else width)
+        for blk in blocks:
+            m.add(blk)
+        shift, span = m.mean, m.std()
     else:
-        lo, hi = data.min(0), data.max(0)
+        lo = hi = None
+        for blk in blocks:
+            if len(blk):
+                bl, bh = blk.min(0).astype(np.float64), blk.max(0).astype(np.float64)
+                lo, hi = (bl, bh) if lo is None else (np.minimum(lo, bl), np.maximum(hi, bh))
         shift, span = (lo, hi - lo) if kind == "minmax" else ((lo + hi) / 2, (hi - lo) / 2)
     scale = np.where(span > 0, span, 1.0)
-    return {"kind": kind, "scope": scope, "shift": shift.tolist(), "scale": scale.tolist()}
+    return Normalizer(kind, scope, shift.tolist(), scale.tolist(), width)
 
 
-def normalizer_arrays(stats: dict[str, Any], width: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(shift, scale) as float64 vectors of `width`, or None for no normalization."""
-    if stats["kind"] == "none" or width == 0:
-        return None
-    shift, scale = np.asarray(stats["shift"], np.float64), np.asarray(stats["scale"], np.float64)
-    if stats["scope"] == "global":
-        shift, scale = np.full(width, shift[0]), np.full(width, scale[0])
-    if len(shift) != width:
-        raise DataError(f"saved statistics normalize {len(shift)} features but the data has {width}; "
-                        "the data does not match the run that saved stats.json")
-    return shift, scale
+def fit_normalizer_on(x: np.ndarray, width: int, kind: str, scope: str) -> Normalizer:
+    """`fit_normalizer` over the first `width` features of an in-memory array."""
+    flat = x.reshape(len(x), int(np.prod(x.shape[1:])))[:, :width]
+    return fit_normalizer(_blocks(flat, scope), width, kind, scope)
 
 
-def apply_normalizer(x: np.ndarray, stats: dict[str, Any], width: int | None = None) -> np.ndarray:
-    """Normalize the first `width` features (all by default) in float64, return float32."""
-    shape = x.shape
-    flat = x.reshape(len(x), int(np.prod(shape[1:]))).astype(np.float64)
-    width = flat.shape[1] if width is None else width
-    arrays = normalizer_arrays(stats, width)
+def normalize_(x: np.ndarray, norm: Normalizer) -> np.ndarray:
+    """Normalize float32 `x` (n, ...) in place on its first `width` features; returns x."""
+    arrays = norm.arrays()
+    if arrays is None:
+        return x
+    flat = x.reshape(len(x), int(np.prod(x.shape[1:])))
+    head = flat[:, :norm.width]
+    head -= arrays[0]
+    head /= arrays[1]
+    return x
+
+
+def denormalize(x: np.ndarray, norm: Normalizer) -> np.ndarray:
+    """Normalized features back to input units (for showing images), float64."""
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    arrays = norm.arrays()
     if arrays is not None:
-        flat[:, :width] = (flat[:, :width] - arrays[0]) / arrays[1]
-    return flat.reshape(shape).astype(np.float32)
+        flat[:, :norm.width] = flat[:, :norm.width] * arrays[1] + arrays[0]
+    return flat.reshape(x.shape)

@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from jaxtrain import data as data_stage
+from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.dist import distributed
 from jaxtrain.ckpt.checkpoint import has_checkpoint
 from jaxtrain.ckpt.params import restore_params
@@ -184,7 +185,7 @@ def _undo_writes(workdir: Path, existing: set[str] | None) -> None:
             path.unlink(missing_ok=True)
 
 
-def load_run(run_dir: str | Path) -> tuple[Config, dict]:
+def load_run(run_dir: str | Path) -> tuple[Config, FeatureStats | None]:
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise UserError(f"'{run}' is not a jaxtrain run directory (no config.yaml); "
@@ -199,7 +200,7 @@ class TrainedRun:
     """A finished run reloaded: its config, data (with the saved preprocessing), model
     parameters on the devices, and an Evaluator to run the model over any inputs."""
     cfg: Config
-    stats: dict | None
+    stats: FeatureStats | None
     dataset: data_stage.Dataset | None   # None when loaded for predictions only
     evaluator: Evaluator
     params: Any
@@ -217,14 +218,14 @@ def load_trained(run_dir: str | Path, with_data: bool = True) -> TrainedRun:
     saved statistics, which is all `predict` needs (reloading MNIST costs seconds)."""
     from jaxtrain.dist import parallel
     cfg, stats = load_run(run_dir)
-    if with_data or not stats or "feature_shape" not in stats:
+    if with_data or stats is None or not stats.feature_shape:
         dataset = data_stage.load_dataset(cfg.data, stats=stats)
         stats = dataset.stats
         model = make_model(cfg, dataset)
     else:
         dataset = None
-        outputs = stats["num_classes"] if stats["task"] == "classification" else 1
-        model = _build(cfg, int(np.prod(stats["feature_shape"])), int(outputs))
+        outputs = stats.num_classes if stats.task == "classification" else 1
+        model = _build(cfg, int(np.prod(stats.feature_shape)), int(outputs))
     _, eval_def, params, rest = split_model(model)
     ckpt_dir = Path(run_dir) / "checkpoints"
     if not has_checkpoint(ckpt_dir):

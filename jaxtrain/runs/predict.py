@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxtrain.data import apply as apply_stats
+from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.data.sources import read_idx, read_npz
 from jaxtrain.util.errors import DataError, UserError
 
@@ -30,12 +31,11 @@ def _is_idx(path: Path) -> bool:
     return name.endswith("ubyte") or name.endswith(".idx")
 
 
-def read_inputs(path: str | Path, stats: dict, data_cfg) -> np.ndarray:
+def read_inputs(path: str | Path, stats: FeatureStats, data_cfg) -> np.ndarray:
     """Raw inputs from a CSV (columns as in training), an .npz ('x') or an IDX images file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: input file not found; pass --input with an existing CSV, .npz or IDX file")
-    table_model = bool(apply_stats.feature_columns(stats))
     if path.suffix == ".npz":
         arrays = read_npz(str(path))
         key = next((k for k in ("x", "x_test") if k in arrays), None)
@@ -45,28 +45,20 @@ def read_inputs(path: str | Path, stats: dict, data_cfg) -> np.ndarray:
     elif _is_idx(path):
         x = read_idx(str(path))
     else:
-        features, _, _ = apply_stats.read_csv_features(str(path), stats, data_cfg)
-        return features
-    if table_model:  # a table model fed an array: one column per training feature
-        cols = apply_stats.feature_columns(stats)
-        if x.ndim != 2 or x.shape[1] != len(cols):
-            raise DataError(f"{path}: array 'x' has shape {x.shape}, but the model takes {len(cols)} "
-                            f"columns: {', '.join(cols)}")
-        return apply_stats.apply_table(cols, x.astype(str), stats, data_cfg, str(path))
-    return apply_stats.apply_arrays(x, stats, str(path))
+        return apply_stats.read_csv_features(str(path), stats, data_cfg)
+    return apply_stats.array_features(x, stats, str(path))
 
 
-def predictions_table(outputs: np.ndarray, stats: dict) -> tuple[list[str], list[list]]:
+def predictions_table(outputs: np.ndarray, stats: FeatureStats) -> tuple[list[str], list[list]]:
     """(header, rows) for the model's raw outputs, in user units."""
     n = len(outputs)
-    if stats["task"] == "classification":
+    if stats.task == "classification":
         probs = _softmax(outputs)
-        names = [str(c) for c in (stats.get("classes") or range(probs.shape[1]))]
+        names = [str(c) for c in (stats.classes or range(probs.shape[1]))]
         pred = probs.argmax(1)
         header = ["row", "predicted"] + [f"prob_{c}" for c in names]
         return header, [[i, names[pred[i]], *probs[i].tolist()] for i in range(n)]
-    target = stats.get("target", {"mean": 0.0, "scale": 1.0})
-    values = outputs.astype(np.float64).reshape(n, -1) * target["scale"] + target["mean"]
+    values = outputs.astype(np.float64).reshape(n, -1) * stats.target_scale + stats.target_mean
     header = ["row"] + (["predicted"] if values.shape[1] == 1 else [f"predicted_{k}" for k in range(values.shape[1])])
     return header, [[i, *values[i].tolist()] for i in range(n)]
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.util import plots
 from jaxtrain.util.errors import UserError
 
@@ -74,7 +75,7 @@ def sample_indices(pred: np.ndarray, y: np.ndarray, total: int = 25, max_mistake
     return np.sort(np.concatenate([wrong, right]))
 
 
-def display_images(x: np.ndarray, stats: dict, image_shape: tuple[int, ...]) -> np.ndarray:
+def display_images(x: np.ndarray, stats: FeatureStats, image_shape: tuple[int, ...]) -> np.ndarray:
     """Normalized model inputs back to pixel values (the saved normalization inverted)."""
     from jaxtrain.data.apply import invert_normalizer
     images = invert_normalizer(x, stats).reshape(len(x), *image_shape)
@@ -110,7 +111,7 @@ def write_report(run_dir: str | Path) -> Path:
 
     outputs = trained.outputs(ds.test.x)
     if ds.task == "classification":
-        names = [str(c) for c in (stats.get("classes") or range(ds.num_classes))]
+        names = [str(c) for c in (stats.classes or range(ds.num_classes))]
         pred = outputs.argmax(1)
         matrix = confusion_matrix(ds.test.y, pred, ds.num_classes)
         np.savetxt(run / "confusion_matrix.csv", matrix, fmt="%d", delimiter=",",

@@ -18,6 +18,7 @@ import numpy as np
 
 from jaxtrain.ckpt.resume import Position, check_devices, latest_meta, restore_latest
 from jaxtrain.data.artifacts import STATS_FILE, load_stats
+from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.dist import parallel
 from jaxtrain.util.errors import UserError
 from jaxtrain.training.loop import Hook, Run
@@ -37,7 +38,7 @@ def resume_source(run_dir: str | Path, config: Any, workdir: Any) -> tuple[Path,
     return run / "config.yaml", run
 
 
-def saved_stats(run_dir: Path) -> dict | None:
+def saved_stats(run_dir: Path) -> FeatureStats | None:
     """The preprocessing statistics the run fitted (so resumed data is preprocessed the same)."""
     return load_stats(run_dir) if (Path(run_dir) / STATS_FILE).is_file() else None
 

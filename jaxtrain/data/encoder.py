@@ -1,0 +1,116 @@
+"""The feature encoder: raw rows and fitted `FeatureStats` in, float32 features out.
+
+One code for every path: the in-memory splits, the streamed chunks, `eval` and `predict`.
+A table row is imputed with the training fills, log1p'd, clipped to the outlier bounds
+(when the rule clips), its categories one-hot encoded and its free text hashed; then the
+numeric columns are normalized. Images are flattened (when configured) and normalized.
+Non-finite numbers (inf) count as missing. Every change is counted in `Counts`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from jaxtrain.data import clean, transforms
+from jaxtrain.data.featurestats import FeatureStats
+from jaxtrain.util.errors import DataError
+
+
+@dataclasses.dataclass
+class Counts:
+    """What encoding one split did, per column."""
+    missing: dict[str, int] = dataclasses.field(default_factory=dict)      # imputed (non-finite included)
+    non_finite: dict[str, int] = dataclasses.field(default_factory=dict)   # inf / -inf in numeric columns
+    outliers: dict[str, int] = dataclasses.field(default_factory=dict)    # outside the bounds (clipped if the rule clips)
+    unseen: dict[str, int] = dataclasses.field(default_factory=dict)       # categories not seen in training
+
+    def add(self, other: "Counts") -> "Counts":
+        for field in dataclasses.fields(self):
+            mine = getattr(self, field.name)
+            for k, v in getattr(other, field.name).items():
+                mine[k] = mine.get(k, 0) + v
+        return self
+
+
+def _nonzero(names: list[str], counts) -> dict[str, int]:
+    return {n: int(c) for n, c in zip(names, counts) if c}
+
+
+def non_finite_to_missing(num: np.ndarray, names: list[str]) -> dict[str, int]:
+    """inf / -inf become NaN (missing) in place; returns how many per column."""
+    inf = np.isinf(num)
+    if not inf.any():
+        return {}
+    num[inf] = np.nan
+    return _nonzero(names, inf.sum(0))
+
+
+def feature_width(stats: FeatureStats) -> int:
+    return len(stats.numeric_columns) + sum(len(c) for c in stats.categories.values()) + \
+        len(stats.text_columns) * stats.hash_dim
+
+
+def feature_names(stats: FeatureStats) -> list[str]:
+    return list(stats.numeric_columns) + [f"{n}={v}" for n, cats in stats.categories.items() for v in cats] + \
+        [f"{n}#{k}" for n in stats.text_columns for k in range(stats.hash_dim)]
+
+
+def encode_table(stats: FeatureStats, num: np.ndarray, txt: dict[str, np.ndarray], where: str,
+                 line_of: Callable[[int], int] | None = None) -> tuple[np.ndarray, Counts]:
+    """Raw table rows -> (n, features) float32 before normalization, and what was changed.
+    `num` (n, k) float (NaN: missing) is modified in place; `txt` maps text columns to
+    object arrays (None: missing)."""
+    names = stats.numeric_columns
+    counts = Counts(non_finite=non_finite_to_missing(num, names))
+    counts.missing, _ = clean.missing_counts_of(num, txt, names)
+    num, txt = clean.impute(num, txt, names, stats.fills)
+    transforms.apply_log(num, names, stats.log_columns, where, line_of)
+    rule = stats.outliers
+    if rule.bounds is not None and names:
+        counts.outliers = _nonzero(names, clean.outlier_mask(num, rule.bounds).sum(0))
+        if rule.action == "clip":
+            clean.clip_(num, rule.bounds)
+    out = np.empty((len(num), feature_width(stats)), np.float32)
+    out[:, :len(names)] = num
+    col = len(names)
+    for name, cats in stats.categories.items():
+        out[:, col:col + len(cats)], unseen = transforms.one_hot(txt[name], cats)
+        if unseen:
+            counts.unseen[name] = unseen
+        col += len(cats)
+    for name in stats.text_columns:
+        out[:, col:col + stats.hash_dim] = transforms.hash_text(txt[name], stats.hash_dim)
+        col += stats.hash_dim
+    return out, counts
+
+
+def encode_arrays(stats: FeatureStats, x: np.ndarray, where: str) -> np.ndarray:
+    """Images or feature arrays (n, ...) -> float32 in the trained feature shape, before normalization."""
+    shape = tuple(stats.feature_shape)
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{where}: inputs must be numeric, got {x.dtype}")
+    if tuple(x.shape[1:]) != shape:
+        if int(np.prod(x.shape[1:])) != int(np.prod(shape)):
+            raise DataError(f"{where}: examples have shape {tuple(x.shape[1:])} but the model was trained "
+                            f"on {shape}; pass inputs shaped like the training data")
+        x = x.reshape(len(x), *shape)      # images flattened for the model, as in training
+    return x.astype(np.float32)
+
+
+def normalize(stats: FeatureStats, x: np.ndarray) -> np.ndarray:
+    """Encoded float32 features -> normalized, in place."""
+    return transforms.normalize_(x, stats.normalize)
+
+
+def encode_targets(stats: FeatureStats, y: np.ndarray) -> np.ndarray:
+    """Labels -> int32 class indices, or regression targets -> standardized float32."""
+    if stats.task == "regression":
+        return ((y.astype(np.float64) - stats.target_mean) / stats.target_scale).astype(np.float32)
+    if y.dtype == object:                 # text class names (checked against the classes before)
+        classes = np.asarray(stats.classes, str)
+        order = np.argsort(classes)
+        return order[np.searchsorted(classes[order], y.astype(str))].astype(np.int32)
+    return y.astype(np.int32)

@@ -1,0 +1,126 @@
+"""The on-disk caches of the streaming path.
+
+`ColumnCache`: every record's converted columns (numeric float64 with NaN, text with
+nulls), appended block by block to an Arrow IPC file, read back one column at a time
+(for fitting) or one block at a time (for encoding): never the whole file in memory.
+`RowFile` / `MappedRows`: the encoded float32 rows of a split, written sequentially and
+gathered by index through a memory map whose touched pages are dropped every ~64 MB, so
+an epoch over a file larger than memory keeps a bounded resident set.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import tempfile
+import threading
+import weakref
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from jaxtrain.data.raw import Part
+
+_DROP_EVERY_BYTES = 64 << 20
+_PAGE = mmap.PAGESIZE
+
+
+class CacheDir:
+    """A temp directory for the caches, deleted when this object is garbage (or at exit)."""
+
+    def __init__(self, parent: str | None):
+        self.path = tempfile.mkdtemp(prefix="jaxtrain-stream-", dir=parent)
+        self._remove = weakref.finalize(self, shutil.rmtree, self.path, True)
+
+    def hand_over(self, owner: object) -> None:
+        """Delete the directory with `owner` instead."""
+        self._remove.detach()
+        weakref.finalize(owner, shutil.rmtree, self.path, True)
+
+
+class ColumnCache:
+    """Converted columns of every record, in file order, in an Arrow IPC file."""
+
+    def __init__(self, path: str, num_names: list[str], txt_names: list[str]):
+        self.path, self.num_names, self.txt_names = path, num_names, txt_names
+        fields = [pa.field(n, pa.float64()) for n in num_names] + [pa.field(n, pa.string()) for n in txt_names]
+        self._schema = pa.schema(fields)
+        self._writer = ipc.new_file(path, self._schema)
+
+    def append(self, part: Part) -> None:
+        arrays = [pa.array(part.num[:, j]) for j in range(len(self.num_names))]
+        arrays += [pa.array(part.txt[n], pa.string()) for n in self.txt_names]
+        self._writer.write_batch(pa.record_batch(arrays, schema=self._schema))
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def _open(self, fields: list[int] | None = None):
+        return ipc.open_file(pa.OSFile(self.path), options=ipc.IpcReadOptions(included_fields=fields))
+
+    def numeric(self, name: str) -> np.ndarray:
+        """One numeric column of every record (float64, NaN missing)."""
+        col = self._open([self.num_names.index(name)]).read_all().column(0)
+        return col.to_numpy() if col.num_chunks else np.zeros(0)
+
+    def text(self, name: str) -> np.ndarray:
+        """One text column of every record (object array, None missing)."""
+        col = self._open([len(self.num_names) + self.txt_names.index(name)]).read_all().column(0)
+        return col.to_numpy() if col.num_chunks else np.zeros(0, object)
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray, dict[str, np.ndarray]]]:
+        """(first record, numeric block (n, k) float64, text columns) in file order."""
+        reader, first, k = self._open(), 0, len(self.num_names)
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            num = np.stack([batch.column(j).to_numpy() for j in range(k)], 1) if k else \
+                np.zeros((batch.num_rows, 0))
+            txt = {n: batch.column(k + j).to_numpy(zero_copy_only=False) for j, n in enumerate(self.txt_names)}
+            yield first, num, txt
+            first += batch.num_rows
+
+
+class RowFile:
+    """float32 rows of a fixed width, appended to a raw file."""
+
+    def __init__(self, path: str, width: int):
+        self.path, self.width, self.rows = path, width, 0
+        self._file = open(path, "wb")
+
+    def append(self, x: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(x, np.float32).tobytes())
+        self.rows += len(x)
+
+    def close(self) -> "MappedRows":
+        self._file.close()
+        return MappedRows(self.path, self.rows, self.width)
+
+
+class MappedRows:
+    """Read-only float32 rows of a raw file; `take(idx)` gathers rows (thread-safe)."""
+
+    def __init__(self, path: str, n: int, width: int):
+        self.path = path
+        self._file = open(path, "rb")
+        size = os.path.getsize(path)
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        self.rows = np.frombuffer(self._map, np.float32).reshape(n, width) if size else \
+            np.zeros((n, width), np.float32)
+        self._touched = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        out = self.rows[idx]
+        with self._lock:
+            # A random row touches at least one page: drop them before they add up.
+            self._touched += len(idx) * max(_PAGE, self.rows.itemsize * self.rows.shape[1])
+            if self._touched >= _DROP_EVERY_BYTES and self._map is not None:
+                self._map.madvise(mmap.MADV_DONTNEED)   # clean file pages: re-read on demand
+                self._touched = 0
+        return out
