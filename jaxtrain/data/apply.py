@@ -8,6 +8,7 @@ one-hot / hashed, normalized. Rows are never dropped.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data import csvfile, encoder, transforms
@@ -69,7 +70,7 @@ def array_features(x: np.ndarray, stats: FeatureStats, where: str) -> np.ndarray
     if x.dtype.kind not in "biuf":
         raise DataError(f"{where}: inputs must be numeric, got {x.dtype}")
     k = len(stats.numeric_columns)
-    txt = {n: x[:, k + j].astype(str).astype(object) for j, n in enumerate(cols[k:])}
+    txt = {n: pa.array(x[:, k + j].astype(str)) for j, n in enumerate(cols[k:])}
     part = Part(y=np.zeros(len(x)), rows=np.arange(len(x)), num=x[:, :k].astype(np.float64), txt=txt)
     return table_features(part, stats, where)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from jaxtrain.config.data import CleanConfig
 from jaxtrain.data.raw import Part, RawData
@@ -20,17 +22,18 @@ from jaxtrain.util.errors import DataError
 _KEYS = np.random.default_rng(20261129).integers(1, 2**63, 4096, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
 
-def is_missing(col: np.ndarray) -> np.ndarray:
-    """True where a text column (object array) holds None."""
-    return np.equal(col, None)
+def is_missing(col: pa.Array | np.ndarray) -> np.ndarray:
+    """True where a text column (Arrow: null) or text labels (object array: None) are missing."""
+    if isinstance(col, np.ndarray):
+        return np.equal(col, None)
+    return col.is_null().to_numpy(zero_copy_only=False)
 
 
-def _codes(col: np.ndarray) -> np.ndarray:
-    """A text column as integer codes (equal strings, equal codes; missing its own code)."""
-    miss = is_missing(col)
-    codes = np.full(len(col), -1, np.int64)
-    codes[~miss] = np.unique(col[~miss].astype(str), return_inverse=True)[1]
-    return codes
+def _codes(col: pa.Array | np.ndarray) -> np.ndarray:
+    """A text column as integer codes (equal strings, equal codes; missing: -1)."""
+    if isinstance(col, np.ndarray):
+        col = pa.array(col, pa.string())
+    return pc.fill_null(col.dictionary_encode().indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def row_words(part: Part) -> np.ndarray:
@@ -97,24 +100,6 @@ def fit_fill(values: np.ndarray, rule: str, fill_value: float) -> float:
     return float(np.median(values))       # median, and drop (for evaluation rows)
 
 
-def fit_fills(part: Part, num_names: list[str], cfg: CleanConfig, where: str = "") -> dict[str, Any]:
-    """Fill value per column, fitted on the training split. With missing=drop, evaluation
-    rows are still imputed (never dropped): numeric with the median, text with the most frequent."""
-    fills: dict[str, Any] = {}
-    for j, name in enumerate(num_names):
-        col = part.num[:, j]
-        col = col[~np.isnan(col)]
-        if len(col) == 0:
-            raise all_missing(where, name)
-        fills[name] = fit_fill(col, cfg.missing, cfg.fill_value)
-    for name, col in part.txt.items():
-        present = col[~is_missing(col)]
-        if len(present) == 0:
-            raise all_missing(where, name)
-        fills[name] = cfg.fill_text if cfg.missing == "constant" else str(_most_frequent(present.astype(str)))
-    return fills
-
-
 def all_missing(where: str, name: str) -> DataError:
     return DataError(f"{where + ' ' if where else ''}column '{name}': every value in the training split is "
                      "missing; drop it with data.drop_columns or fill it in")
@@ -148,12 +133,7 @@ def impute(num: np.ndarray, txt: dict[str, np.ndarray], num_names: list[str], fi
         if nan.any():
             fillv = np.array([fills[n] for n in num_names], num.dtype)
             np.copyto(num, np.broadcast_to(fillv, num.shape), where=nan)
-    out = {}
-    for name, col in txt.items():
-        col = col.copy()
-        col[is_missing(col)] = fills[name]
-        out[name] = col
-    return num, out
+    return num, {name: pc.fill_null(col, fills[name]) for name, col in txt.items()}
 
 
 # ---------------------------------------------------------------- outliers
@@ -166,11 +146,6 @@ def fit_bound(col: np.ndarray, cfg: CleanConfig) -> list[float]:
         return [float(mu - cfg.zscore_threshold * sd), float(mu + cfg.zscore_threshold * sd)]
     q1, q3 = np.percentile(col, [25, 75])
     return [float(q1 - cfg.iqr_k * (q3 - q1)), float(q3 + cfg.iqr_k * (q3 - q1))]
-
-
-def fit_bounds(num: np.ndarray, cfg: CleanConfig) -> list[list[float]]:
-    """[low, high] per numeric column."""
-    return [fit_bound(num[:, j], cfg) for j in range(num.shape[1])]
 
 
 def outlier_mask(num: np.ndarray, bounds: list[list[float]]) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import itertools
+import mmap
 import os
 import re
 
@@ -40,6 +41,7 @@ class CsvLayout:
     header: list[str]
     delimiter: str
     sniffed: bool                     # the delimiter was chosen from the header (data.delimiter=auto)
+    quoted: bool = True               # the file holds a quote character (a field may span lines)
 
 
 def sniff_delimiter(line: str) -> str:
@@ -68,7 +70,16 @@ def read_layout(path: str, delimiter: str = "auto") -> CsvLayout:
         raise DataError(f"{path}: column name '{dup[0]}' appears twice in the header; rename one")
     if any(not h for h in header):
         raise DataError(f"{path}: column {header.index('') + 1} has an empty name in the header")
-    return CsvLayout(path, header, sep, delimiter == "auto")
+    return CsvLayout(path, header, sep, delimiter == "auto", _has_quote(path))
+
+
+def _has_quote(path: str) -> bool:
+    """Whether the file holds a '"' anywhere: without one no field spans lines, and Arrow
+    can split the file into blocks at any newline (faster)."""
+    if os.path.getsize(path) == 0:
+        return False
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        return m.find(b'"') >= 0
 
 
 def _skip_blank(row) -> str:
@@ -80,7 +91,7 @@ def arrow_options(layout: CsvLayout, numeric: set[str], block_size: int | None =
     """(read, parse, convert) options: numeric columns parse to float64, the rest stay strings."""
     read = pcsv.ReadOptions(column_names=layout.header, skip_rows=1, use_threads=True,
                             **({"block_size": block_size} if block_size else {}))
-    parse = pcsv.ParseOptions(delimiter=layout.delimiter, newlines_in_values=True,
+    parse = pcsv.ParseOptions(delimiter=layout.delimiter, newlines_in_values=layout.quoted,
                               invalid_row_handler=_skip_blank)
     types = {n: pa.float64() if n in numeric else pa.string() for n in layout.header}
     convert = pcsv.ConvertOptions(column_types=types, null_values=NULL_SPELLINGS, strings_can_be_null=True,
@@ -134,11 +145,11 @@ def missing_mask(col: pa.Array) -> np.ndarray:
     return pc.or_(pc.is_null(col), pc.fill_null(marker, True)).to_numpy(zero_copy_only=False)
 
 
-def text_column(col: pa.Array) -> np.ndarray:
-    """Stripped values as an object array, None where missing."""
-    out = pc.utf8_trim_whitespace(col).to_numpy(zero_copy_only=False)
-    out[missing_mask(col)] = None
-    return out
+def text_column(col: pa.Array) -> pa.Array:
+    """Stripped values, null where missing."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return pc.if_else(pa.array(missing_mask(col)), pa.scalar(None, pa.string()), pc.utf8_trim_whitespace(col))
 
 
 def numeric_column(col: pa.Array, where: str, name: str, line_of, hint: str = "") -> np.ndarray:
@@ -279,17 +290,19 @@ def to_part(batch, schema: CsvSchema, target: str, line_of, first: int = 0) -> P
         if names else np.zeros((batch.num_rows, 0))
     txt = {n: text_column(batch.column(n)) for n in schema.txt_kinds}
     ycol = batch.column(target)
-    y = numeric_column(ycol, where, target, at) if schema.numeric_target else text_column(ycol)
+    y = numeric_column(ycol, where, target, at) if schema.numeric_target else \
+        text_column(ycol).to_numpy(zero_copy_only=False)
     return Part(y=y, rows=np.arange(first, first + batch.num_rows), num=num, txt=txt)
 
 
 def check_not_all_missing(part: Part, schema: CsvSchema) -> None:
+    all_missing = np.isnan(part.num).all(0)
     for j, name in enumerate(schema.num_names):
-        if np.isnan(part.num[:, j]).all():
+        if all_missing[j]:
             raise DataError(f"{schema.layout.path} column '{name}': every value is missing; "
                             "drop it with data.drop_columns or fill it in")
     for name, col in part.txt.items():
-        if np.equal(col, None).all():
+        if col.null_count == len(col):
             raise DataError(f"{schema.layout.path} column '{name}': every value is missing; "
                             "drop it with data.drop_columns or fill it in")
 

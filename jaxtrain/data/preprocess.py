@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data import clean, encoder, tablefit, transforms
@@ -219,7 +220,7 @@ class PartColumns:
     def numeric(self, j: int) -> np.ndarray:
         return self.part.num[:, j].astype(np.float64)
 
-    def text(self, name: str) -> np.ndarray:
+    def text(self, name: str) -> pa.Array:
         return self.part.txt[name]
 
 

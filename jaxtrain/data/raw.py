@@ -1,7 +1,7 @@
 """Raw data as the sources hand it over, before cleaning and transforms.
 
 Two shapes of data: a *table* (numeric columns as one float64 block with NaN for
-missing, text columns as object arrays with None for missing) and an *array* of
+missing, text columns as Arrow string arrays with null for missing) and an *array* of
 images (any numeric dtype, shape (n, ...)). Each part keeps the source index of every
 example (a CSV's record number, counted from 0) so that an error can name it.
 """
@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Callable, Literal
 
 import numpy as np
+import pyarrow as pa
 
 
 @dataclasses.dataclass
@@ -19,7 +20,7 @@ class Part:
     y: np.ndarray                          # labels: float64 (NaN = missing) or object (text, None = missing)
     rows: np.ndarray                       # source index of each example (CSV: record number from 0)
     num: np.ndarray | None = None          # table: (n, k) float64, NaN = missing
-    txt: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # table: text columns
+    txt: dict[str, pa.Array] = dataclasses.field(default_factory=dict)  # table: text columns (null: missing)
     x: np.ndarray | None = None            # array: images (n, ...)
 
     def __len__(self) -> int:
@@ -28,7 +29,7 @@ class Part:
     def take(self, idx: np.ndarray) -> "Part":
         return Part(y=self.y[idx], rows=self.rows[idx],
                     num=None if self.num is None else self.num[idx],
-                    txt={k: v[idx] for k, v in self.txt.items()},
+                    txt={k: v.take(pa.array(idx)) for k, v in self.txt.items()},
                     x=None if self.x is None else self.x[idx])
 
 
@@ -55,7 +56,7 @@ class RawData:
         return f"{self.where} {split} example {row}"
 
 
-def table_part(y: np.ndarray, num: np.ndarray, txt: dict[str, np.ndarray] | None = None,
+def table_part(y: np.ndarray, num: np.ndarray, txt: dict[str, pa.Array] | None = None,
                rows: np.ndarray | None = None) -> Part:
     rows = np.arange(len(y)) if rows is None else rows
     return Part(y=y, rows=rows, num=np.asarray(num, np.float64), txt=dict(txt or {}))

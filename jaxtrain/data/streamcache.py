@@ -52,7 +52,7 @@ class ColumnCache:
 
     def append(self, part: Part) -> None:
         arrays = [pa.array(part.num[:, j]) for j in range(len(self.num_names))]
-        arrays += [pa.array(part.txt[n], pa.string()) for n in self.txt_names]
+        arrays += [part.txt[n] for n in self.txt_names]
         self._writer.write_batch(pa.record_batch(arrays, schema=self._schema))
 
     def close(self) -> None:
@@ -66,19 +66,19 @@ class ColumnCache:
         col = self._open([self.num_names.index(name)]).read_all().column(0)
         return col.to_numpy() if col.num_chunks else np.zeros(0)
 
-    def text(self, name: str) -> np.ndarray:
-        """One text column of every record (object array, None missing)."""
+    def text(self, name: str) -> pa.Array:
+        """One text column of every record (null: missing)."""
         col = self._open([len(self.num_names) + self.txt_names.index(name)]).read_all().column(0)
-        return col.to_numpy() if col.num_chunks else np.zeros(0, object)
+        return col.combine_chunks() if col.num_chunks else pa.array([], pa.string())
 
-    def blocks(self) -> Iterator[tuple[int, np.ndarray, dict[str, np.ndarray]]]:
+    def blocks(self) -> Iterator[tuple[int, np.ndarray, dict[str, pa.Array]]]:
         """(first record, numeric block (n, k) float64, text columns) in file order."""
         reader, first, k = self._open(), 0, len(self.num_names)
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)
             num = np.stack([batch.column(j).to_numpy() for j in range(k)], 1) if k else \
                 np.zeros((batch.num_rows, 0))
-            txt = {n: batch.column(k + j).to_numpy(zero_copy_only=False) for j, n in enumerate(self.txt_names)}
+            txt = {n: batch.column(k + j) for j, n in enumerate(self.txt_names)}
             yield first, num, txt
             first += batch.num_rows
 

@@ -21,6 +21,7 @@ import os
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data import clean, csvfile, csvstream, encoder, pipeline_tf, tablefit
@@ -83,8 +84,8 @@ class CacheColumns:
     def numeric(self, j: int) -> np.ndarray:
         return self.cache.numeric(self.num_names[j])[self.rows]
 
-    def text(self, name: str) -> np.ndarray:
-        return self.cache.text(name)[self.rows]
+    def text(self, name: str) -> pa.Array:
+        return self.cache.text(name).take(pa.array(self.rows))
 
 
 def _numeric_labels(schema: CsvSchema, cfg: DataConfig) -> CsvSchema:
@@ -131,7 +132,8 @@ def _encode_all(s: Scan, stats: FeatureStats, split_rows: list[np.ndarray], dire
             idx = np.flatnonzero(w == k)
             if len(idx):
                 line_of = lambda i, idx=idx, first=first: s.line_of(first + int(idx[i]))  # noqa: E731
-                x, c = encoder.encode_table(stats, num[idx], {n: t[idx] for n, t in txt.items()}, where, line_of)
+                sub = {n: t.take(pa.array(idx)) for n, t in txt.items()}
+                x, c = encoder.encode_table(stats, num[idx], sub, where, line_of)
                 files[k].append(encoder.normalize(stats, x))
                 counts[name].add(c)
     return [_in_split_order(f.close(), rows, directory, name)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data import clean, transforms
@@ -31,7 +33,7 @@ class TrainColumns(Protocol):
 
     def numeric(self, j: int) -> np.ndarray: ...       # float64 copy, NaN missing (inf as read)
 
-    def text(self, name: str) -> np.ndarray: ...       # object array, None missing
+    def text(self, name: str) -> pa.Array: ...         # null: missing
 
     line_of: Callable[[int], int] | None               # the file line of training row i, if any
 
@@ -101,17 +103,16 @@ def fit_text(cols: TrainColumns, keep: np.ndarray, stats: FeatureStats, cfg: Dat
     c = cfg.clean
     for name, kind in cols.txt_kinds.items():
         col = cols.text(name)
-        present = col[~clean.is_missing(col)]
-        if len(present) == 0:
+        counts = pc.value_counts(col.drop_null())
+        if len(counts) == 0:
             raise clean.all_missing(cols.where, name)
         if c.missing == "constant":
             stats.fills[name] = c.fill_text
         else:
-            uniq, counts = np.unique(present.astype(str), return_counts=True)
-            stats.fills[name] = str(uniq[np.argmax(counts)])
+            n = counts.field("counts").to_numpy()
+            stats.fills[name] = min(counts.field("values").filter(pa.array(n == n.max())).to_pylist())
         if kind == "category":
-            kept = col[keep]
-            kept[clean.is_missing(kept)] = stats.fills[name]
+            kept = pc.fill_null(col.filter(pa.array(keep)), stats.fills[name])
             stats.categories[name] = transforms.fit_categories(kept)
         else:
             stats.text_columns.append(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data.raw import Part, RawData
@@ -69,7 +70,8 @@ def load_tfds(cfg: DataConfig) -> RawData:
         if is_text:
             txt = np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in x],
                            dtype=object)
-            parts[s_name] = Part(y=y.astype(np.float64), rows=rows, num=np.zeros((len(y), 0)), txt={kx: txt})
+            parts[s_name] = Part(y=y.astype(np.float64), rows=rows, num=np.zeros((len(y), 0)),
+                                 txt={kx: pa.array(txt, pa.string())})
             continue
         if shape is not None and x.shape[1:] != shape:
             raise DataError(f"{where} split '{s}': examples of shape {x.shape[1:]}, but train has {shape}")

@@ -14,38 +14,71 @@ import pyarrow.compute as pc
 from jaxtrain.data.featurestats import Normalizer
 from jaxtrain.util.errors import DataError
 
-_NOT_TOKEN = r"[^a-z0-9']+"          # tokens: runs of [a-z0-9'] in the lowercased text
+_TOKEN_BYTE = np.zeros(256, bool)   # tokens: runs of [a-z0-9'] in the lowercased text
+_TOKEN_BYTE[[*range(ord("a"), ord("z") + 1), *range(ord("0"), ord("9") + 1), ord("'")]] = True
 CHUNK_VALUES = 1 << 22               # values per chunk when a fit walks a large array
 
 
-def hash_text(texts: np.ndarray, dim: int) -> np.ndarray:
+def _strings(texts: pa.Array | np.ndarray) -> pa.Array:
+    return texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
+
+
+def _tokens(texts: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """(every token as a string, the row of each): tokens are runs of [a-z0-9'] in the
+    lowercased UTF-8 bytes (a non-ASCII byte never belongs to one), found over Arrow's buffers."""
+    low = pc.utf8_lower(pc.fill_null(texts, ""))
+    offsets = np.frombuffer(low.buffers()[1], np.int32, len(low) + 1, low.offset * 4).astype(np.int64)
+    data = np.frombuffer(low.buffers()[2], np.uint8)[offsets[0]:offsets[-1]] if low.buffers()[2] else \
+        np.zeros(0, np.uint8)
+    offsets -= offsets[0]
+    inside = _TOKEN_BYTE[data]
+    edge = np.zeros(len(data) + 1, bool)
+    edge[offsets] = True                                  # a string boundary ends and starts runs
+    step = np.diff(np.concatenate([[False], inside, [False]]).astype(np.int8))
+    starts = np.flatnonzero((step[:-1] == 1) | (inside & edge[:-1]))
+    ends = np.flatnonzero((step[1:] == -1) | (inside & edge[1:]))
+    ends = ends + 1
+    rows = np.searchsorted(offsets, starts, side="right") - 1
+    return _gather_runs(data, starts, ends), rows
+
+
+def _gather_runs(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
+    """The byte runs data[starts[i]:ends[i]] as one Arrow string array: the buffer cut at every
+    run's start and end (tokens and the gaps between them alternate), then every other piece."""
+    cuts = np.empty(2 * len(starts) + 2, np.int32)
+    cuts[0], cuts[-1] = 0, len(data)
+    cuts[1:-1:2], cuts[2:-1:2] = starts, ends
+    pieces = pa.StringArray.from_buffers(len(cuts) - 1, pa.py_buffer(cuts), pa.py_buffer(data))
+    return pieces.take(pa.array(np.arange(1, len(cuts) - 1, 2)))
+
+
+def hash_text(texts: pa.Array | np.ndarray, dim: int) -> np.ndarray:
     """Hashed bag-of-words (n, dim) float32: token counts in `dim` buckets by zlib.crc32 (stable
     across processes, unlike Python's hash()), each row scaled to unit L2 norm. Tokens are
     hashed once per distinct token, never per row."""
-    lists = pc.split_pattern_regex(pc.utf8_lower(pa.array(texts, pa.string())), _NOT_TOKEN)
-    rows = pc.list_parent_indices(lists).to_numpy()
-    words = pc.list_flatten(lists).dictionary_encode()
-    vocab = words.dictionary.to_pylist()
-    bucket = np.array([zlib.crc32(w.encode()) % dim for w in vocab], np.int64)[words.indices.to_numpy()]
-    keep = np.array([len(w) > 0 for w in vocab], bool)[words.indices.to_numpy()]
-    counts = np.bincount(rows[keep] * dim + bucket[keep], minlength=len(texts) * dim).reshape(len(texts), dim)
-    norm = np.sqrt((counts.astype(np.float64) ** 2).sum(1, keepdims=True))
-    return (counts / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+    texts = _strings(texts)
+    words, rows = _tokens(texts)
+    enc = words.dictionary_encode()
+    bucket = np.array([zlib.crc32(w.encode()) % dim for w in enc.dictionary.to_pylist()], np.int64)
+    keys, counts = np.unique(rows * dim + bucket[enc.indices.to_numpy()], return_counts=True)
+    key_rows = keys // dim
+    norm = np.sqrt(np.bincount(key_rows, weights=counts.astype(np.float64) ** 2, minlength=len(texts)))
+    out = np.zeros((len(texts), dim), np.float32)
+    out.ravel()[keys] = counts / norm[key_rows]
+    return out
 
 
-def fit_categories(col: np.ndarray) -> list[str]:
-    return np.unique(col.astype(str)).tolist()
+def fit_categories(col: pa.Array | np.ndarray) -> list[str]:
+    """The distinct present values, sorted (by code point)."""
+    return sorted(pc.unique(_strings(col).drop_null()).to_pylist())
 
 
-def one_hot(col: np.ndarray, categories: list[str]) -> tuple[np.ndarray, int]:
+def one_hot(col: pa.Array | np.ndarray, categories: list[str]) -> tuple[np.ndarray, int]:
     """(n, len(categories)) float32 one-hot; unseen categories map to all zeros. Returns (array, unseen)."""
     out = np.zeros((len(col), len(categories)), np.float32)
-    if not categories:
-        return out, len(col)
-    cats = np.asarray(categories, str)          # sorted, as fit_categories returns them
-    values = col.astype(str)
-    pos = np.minimum(np.searchsorted(cats, values), len(cats) - 1)
-    seen = cats[pos] == values
+    pos = pc.fill_null(pc.index_in(_strings(col), value_set=pa.array(categories, pa.string())), -1)
+    pos = pos.to_numpy(zero_copy_only=False)
+    seen = pos >= 0
     out[np.flatnonzero(seen), pos[seen]] = 1.0
     return out, int((~seen).sum())
 
