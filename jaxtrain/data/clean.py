@@ -43,7 +43,7 @@ def row_words(part: Part) -> np.ndarray:
     if part.x is not None:
         raw = np.ascontiguousarray(part.x.reshape(n, -1)).view(np.uint8).reshape(n, -1)
         pad = (-raw.shape[1]) % 8
-        cols = [np.pad(raw, ((0, 0), (0, pad))).view(np.uint64)]
+        cols = [(np.pad(raw, ((0, 0), (0, pad))) if pad else raw).view(np.uint64)]
     else:
         cols = [np.ascontiguousarray(part.num, np.float64).view(np.uint64)]
         cols += [_codes(c).view(np.uint64)[:, None] for c in part.txt.values()]

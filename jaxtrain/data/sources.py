@@ -128,7 +128,7 @@ def read_idx(path: str) -> np.ndarray:
     if len(body) != need:
         raise DataError(f"{path}: header says shape {tuple(dims)} ({need} bytes) but the file holds "
                         f"{len(body)} bytes; the file is truncated or has the wrong header")
-    return np.frombuffer(body, dtype).reshape(dims).astype(dtype.newbyteorder("="))
+    return np.frombuffer(body, dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
 
 
 def _find_idx(directory: str, key: str) -> str:
