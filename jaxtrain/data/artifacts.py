@@ -16,9 +16,11 @@ REPORT_FILE = "preprocess_report.json"
 
 def write_artifacts(dataset: Dataset, workdir: str | os.PathLike) -> None:
     """Write `stats.json` (fitted statistics, reused by eval/predict) and
-    `preprocess_report.json` (what cleaning did) into `workdir`."""
+    `preprocess_report.json` (what cleaning did) into `workdir`. A Dataset built in Python
+    without fitted statistics writes no stats.json."""
     os.makedirs(workdir, exist_ok=True)
-    for name, obj in ((STATS_FILE, dataset.stats.to_dict()), (REPORT_FILE, dataset.report)):
+    files = [(REPORT_FILE, dataset.report)] + ([(STATS_FILE, dataset.stats.to_dict())] if dataset.stats else [])
+    for name, obj in files:
         tmp = os.path.join(workdir, name + ".tmp")
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1)

@@ -134,7 +134,7 @@ class CheckpointHook(Hook):
             "steps_per_call": run.engine.k, "epoch_sums": sums, "devices": run.mesh.size,
             "last_record": run.history[-1] if run.history else None,
             "hooks": {h.name: h.state_dict() for h in [self, *self.stateful]},
-            "config": to_dict(run.cfg), "stats": run.dataset.stats.to_dict(),
+            "config": to_dict(run.cfg), "stats": run.dataset.stats.to_dict() if run.dataset.stats else None,
         })
 
     def save(self, run: Run, kind: str, best_value: float | None = None) -> None:
