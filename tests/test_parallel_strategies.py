@@ -139,4 +139,4 @@ def test_summary_reports_devices_processes_and_per_device_batch(tmp_path):
            "logging": {"progress": "none"}}, workdir=tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["devices"]["count"] == 8 and summary["devices"]["processes"] == 1
-    assert summary["devices"]["kind"] and summary["batch"] == {"global": 16, "per_device": 2}
+    assert summary["devices"]["kind"] and summary["batch"] == {"global": 16, "per_device": 2, "grad_accum_steps": 1}

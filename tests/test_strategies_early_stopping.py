@@ -30,7 +30,7 @@ def _drive(cfg, values):
     stopped_at = None
     for epoch, value in enumerate(values, 1):
         run.global_step = epoch * 10
-        run.state = _State(params={"w": jnp.full(2, float(epoch))}, rest={})
+        run.state = _State(params={"w": jnp.full(2, float(epoch))}, rest={}, ema=None)
         hook.on_epoch_end(run, {"epoch": epoch, "val": {"loss": value, "accuracy": value}})
         if run.stop_reason:
             stopped_at = epoch

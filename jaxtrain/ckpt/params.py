@@ -18,11 +18,15 @@ def named_leaves(tree: Any) -> dict[str, Any]:
     return {param_path(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def load_named_params(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+def load_named_params(path: str | Path, part: str = "params") -> tuple[dict[str, np.ndarray], dict]:
     """{'layers.0.kernel': array, ...} and the meta of the checkpoint at `path` (a run
-    directory, its checkpoints/, or one step's folder), read to the host."""
+    directory, its checkpoints/, or one step's folder), read to the host. `part="ema"`:
+    the parameters' moving average (train.ema_decay) instead."""
     raw, meta = read_raw(path)
-    params = raw["params"] if "params" in raw else raw
+    if part != "params" and part not in raw:
+        raise UserError(f"checkpoint '{path}' holds no '{part}' parameters; it was saved by a run "
+                        f"without train.ema_decay")
+    params = raw[part] if part in raw else raw
     return {name: np.asarray(v) for name, v in named_leaves(params).items()}, meta
 
 
@@ -45,12 +49,13 @@ def match_params(params: Any, saved: dict[str, np.ndarray]) -> tuple[Any, list[s
     return jax.tree_util.tree_unflatten(treedef, leaves), loaded, fresh
 
 
-def restore_params(path: str | Path, params_like: Any) -> Any:
-    """The saved parameters in the structure of `params_like` (an nnx.State of nnx.Param).
+def restore_params(path: str | Path, params_like: Any, part: str = "params") -> Any:
+    """The saved parameters (or their moving average: `part="ema"`) in the structure of
+    `params_like` (an nnx.State of nnx.Param).
 
     Every parameter must be present with the same shape: this is for evaluating or
     predicting with the model a run trained, not for fine-tuning (finetune.py)."""
-    saved, _ = load_named_params(path)
+    saved, _ = load_named_params(path, part)
     params, _, fresh = match_params(params_like, saved)
     if fresh:
         name, why = next(iter(fresh.items()))
@@ -77,5 +82,5 @@ def checkpoint_mismatch(where: str, params_like: Any, error: Exception) -> UserE
             return ConfigError(f"checkpoint '{where}': parameter '{name}' is "
                                f"{'missing' if got is None else tuple(got.shape)} there but the model has "
                                f"{'none' if need is None else tuple(need)}; {fix}")
-    return ConfigError(f"checkpoint '{where}': its optimizer state does not fit this run's optimizer "
-                       f"settings (optimizer.name, momentum, clip_norm, freeze); {fix}")
+    return ConfigError(f"checkpoint '{where}': its optimizer state does not fit this run's settings "
+                       f"(optimizer.name, momentum, clip_norm, freeze, train.ema_decay); {fix}")

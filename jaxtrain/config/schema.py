@@ -138,8 +138,18 @@ class TrainConfig:
     # JAX's persistent compilation cache: "auto" (the user cache dir, ~/.cache/jaxtrain/xla),
     # a directory, or null to leave it off.
     compilation_cache: str | None = "auto"
+    # Microbatches per batch: the step adds up their gradients and applies one update, so a
+    # batch's activations need only 1/N of the memory (data.batch_size stays the global batch).
+    grad_accum_steps: int = 1
+    # A moving average of the parameters, ema = d * ema + (1 - d) * params after every step;
+    # evaluation, eval, predict and the best checkpoint use it. null: none is kept.
+    ema_decay: float | None = None
 
     def validate(self, key: str) -> None:
+        check_key(self.grad_accum_steps >= 1, f"{key}.grad_accum_steps",
+                  f"must be >= 1 (1: no accumulation), got {self.grad_accum_steps}")
+        check_key(self.ema_decay is None or 0.0 <= self.ema_decay < 1.0, f"{key}.ema_decay",
+                  f"must be in [0, 1) (e.g. 0.999), or null for none, got {self.ema_decay}")
         check_key(self.epochs >= 1, f"{key}.epochs", f"must be >= 1, got {self.epochs}")
         check_key(self.seed >= 0, f"{key}.seed", f"must be >= 0, got {self.seed}")
         check_key(not isinstance(self.steps_per_call, int) or self.steps_per_call >= 1,

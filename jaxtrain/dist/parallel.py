@@ -104,6 +104,17 @@ def check_batch_size(batch_size: int, mesh, key: str = "data.batch_size") -> Non
                           f"the batch is split over; use {' or '.join(map(str, options))}")
 
 
+def check_microbatches(microbatches: int, batch_size: int, mesh) -> None:
+    """Each device's rows of a batch must split into `train.grad_accum_steps` equal microbatches."""
+    per_device = batch_size // batch_shards(mesh)
+    if per_device % microbatches:
+        divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
+        raise ConfigError(f"config key 'train.grad_accum_steps': {microbatches} microbatches do not split "
+                          f"the {per_device} rows each of the {batch_shards(mesh)} device(s) gets of "
+                          f"data.batch_size={batch_size}; use one of {', '.join(map(str, divisors))}, "
+                          f"or a data.batch_size that is a multiple of {microbatches * batch_shards(mesh)}")
+
+
 def device_summary(mesh) -> dict:
     devs = list(np.asarray(mesh.devices).flat)
     return {"count": len(devs), "kind": devs[0].device_kind, "platform": devs[0].platform,
@@ -113,7 +124,7 @@ def device_summary(mesh) -> dict:
 # ---------------------------------------------------------------- placing host data
 
 
-def _is_key(x: Any) -> bool:
+def is_key(x: Any) -> bool:
     return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
@@ -123,7 +134,7 @@ def put_global(value: Any, sharding: NamedSharding) -> jax.Array:
     Each process provides only the pieces its own devices hold, so this works for
     meshes that span processes. Typed PRNG keys travel as their raw data.
     """
-    if _is_key(value):
+    if is_key(value):
         impl = jax.random.key_impl(value)
         return jax.random.wrap_key_data(put_global(jax.random.key_data(value), sharding), impl=impl)
     host = np.asarray(value)
@@ -200,7 +211,7 @@ class Strategy:
         n = self.mesh.shape[axis]
 
         def leaf(x):
-            dim = None if _is_key(x) else _largest_dividing_dim(np.shape(x), n)
+            dim = None if is_key(x) else _largest_dividing_dim(np.shape(x), n)
             if dim is None:
                 return repl
             spec = [None] * np.ndim(x)

@@ -5,10 +5,13 @@ stops runs that cannot possibly fit (a batch of a billion rows, a layer of a
 billion units) instead of letting them die of an out-of-memory error minutes
 in, or take the machine down with them:
 
-    parameters x 4      (params, gradients, updates, the new params: the step donates the old)
+    parameters x 4      (params, gradients, updates, the new params: the step donates the old;
+                         x 5 with train.grad_accum_steps > 1, for the gradients' running sum)
   + optimizer state     (Adam: 2 x params; SGD with momentum: 1 x; plain SGD: 0)
-  + activations         (built-in MLP: batch x every layer's width x 3 for the forward value,
-                         its gradient and the pre-activation; other models: 3 x the input batch)
+  + EMA                 (1 x params with train.ema_decay)
+  + activations         (built-in MLP: microbatch x every layer's width x 3 for the forward value,
+                         its gradient and the pre-activation; other models: 3 x the input
+                         microbatch; a microbatch is the batch / train.grad_accum_steps)
   + input batches       (x and y; K stacked batches when streaming, plus one being prepared)
   + the on-device training set, when it is uploaded
 
@@ -69,10 +72,12 @@ def estimate_train_bytes(cfg: Any, num_params: int, feature_size: int, num_outpu
     per_row_activations = 3 * (feature_size + sum(widths))
     batch_row = feature_size + max(1, num_outputs if num_outputs > 1 else 1) + 1  # x, y, mask
     batches = (steps_per_call + 1) if streaming else 1
+    microbatches = cfg.train.grad_accum_steps
     return {
-        "parameters": 4 * params,
+        "parameters": (4 if microbatches == 1 else 5) * params,
         "optimizer_state": optimizer_state_factor(cfg.optimizer) * params,
-        "activations": per_device_batch * per_row_activations * FLOAT_BYTES,
+        "ema": params if cfg.train.ema_decay is not None else 0,
+        "activations": math.ceil(per_device_batch / microbatches) * per_row_activations * FLOAT_BYTES,
         "input_batches": batches * per_device_batch * batch_row * FLOAT_BYTES,
         "training_set": on_device_data_bytes,
     }
@@ -96,7 +101,8 @@ def check_fits(cfg: Any, model_params: Any, feature_shape: tuple[int, ...], num_
     need = sum(parts.values())
     if need > free:
         biggest = max(parts, key=parts.get)
-        fix = {"activations": "lower data.batch_size", "input_batches": "lower data.batch_size "
+        fix = {"activations": "lower data.batch_size or raise train.grad_accum_steps",
+               "ema": "use a smaller model or train.ema_decay=null", "input_batches": "lower data.batch_size "
                "or train.steps_per_call", "parameters": "use a smaller model (model.hidden_sizes)",
                "optimizer_state": "use a smaller model or optimizer.name=sgd",
                "training_set": "lower train.on_device_fraction to stream the data"}[biggest]

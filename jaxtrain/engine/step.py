@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from jaxtrain.dist.parallel import is_key
 from jaxtrain.model.optim import regularization_penalty
 
 Batch = tuple[jax.Array, jax.Array, jax.Array]
@@ -31,6 +32,7 @@ class TrainState(struct.PyTreeNode):
     params: Any              # nnx.State of the nnx.Param variables
     rest: Any                # nnx.State of everything else (dropout RNG streams, batch stats)
     opt_state: Any
+    ema: Any = None          # moving average of params (train.ema_decay), or None
 
 
 def split_model(model: nnx.Module):
@@ -42,9 +44,15 @@ def split_model(model: nnx.Module):
     return train_def, eval_def, params, rest
 
 
-def init_state(params, rest, tx: optax.GradientTransformation) -> TrainState:
+def init_state(params, rest, tx: optax.GradientTransformation, ema: bool = False) -> TrainState:
+    """The state before the first step; `ema` starts the moving average at the parameters."""
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-                      opt_state=tx.init(params))
+                      opt_state=tx.init(params), ema=jax.tree.map(jnp.copy, params) if ema else None)
+
+
+def eval_params(state: TrainState):
+    """The parameters evaluation uses: the moving average when the run keeps one."""
+    return state.params if state.ema is None else state.ema
 
 
 # ---------------------------------------------------------------- losses
@@ -73,54 +81,45 @@ def batch_metrics(task: str, outputs: jax.Array, y: jax.Array, losses: jax.Array
 def make_train_step(graphdef, tx: optax.GradientTransformation, task: str, *,
                     l1: float = 0.0, l2: float = 0.0, skip_nonfinite: bool = False,
                     axis_name: str | tuple[str, ...] | None = None,
-                    augment: Callable | None = None,
+                    augment: Callable | None = None, grad_accum_steps: int = 1,
+                    ema_decay: float | None = None,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Build the pure train step for a model split into (graphdef, params, rest).
 
     `axis_name` makes it a pmap-style step for one device's shard under `shard_map`:
     gradients and the loss are averaged with `lax.pmean` over that axis, metric sums
-    are summed, so every device ends the step with the same state (parallel.py).
+    are summed, so every device ends the step with the same state (parallel.py). Each
+    device draws its own dropout masks: its index is folded into the RNG keys.
+    `grad_accum_steps` splits the batch into that many microbatches (one update);
+    `ema_decay` keeps `state.ema`, a moving average of the parameters.
     """
-
-    def loss_fn(params, rest, x, y, mask):
-        # copy=True: fresh Variables at this trace level, or dropout's RNG counter (created by
-        # the enclosing scan/jit trace) cannot be advanced inside value_and_grad.
-        model = nnx.merge(graphdef, params, rest, copy=True)
-        outputs = model(x)
-        losses = per_example_loss(task, outputs, y)
-        # Masked mean: padding rows weigh nothing; an all-padding batch gives a zero loss.
-        denominator = jnp.maximum(jnp.sum(mask), 1.0)
-        if axis_name is not None:
-            # This shard's masked sum over the *global* count, times the shard count: the pmean
-            # of the shards' losses (and gradients) is then the global masked mean, however the
-            # padding is spread over the shards.
-            denominator = (jnp.maximum(jax.lax.psum(jnp.sum(mask), axis_name), 1.0)
-                           / jax.lax.psum(1, axis_name))
-        loss = jnp.sum(losses * mask) / denominator
-        loss = loss + regularization_penalty(params, l1, l2)
-        _, new_rest = nnx.state(model, nnx.Param, ...)
-        return loss, (outputs, losses, new_rest)
+    gradients = make_gradients(graphdef, task, l1, l2, axis_name, grad_accum_steps)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         x, y, mask = batch
+        rest = state.rest
+        if axis_name is not None:
+            device = jax.lax.axis_index(axis_name)
+            rest = fold_in_keys(rest, device)
         if augment is not None:  # augment.py: keyed by the step, so reproducible and resume-exact
-            x = augment(x, state.step, None if axis_name is None else jax.lax.axis_index(axis_name))
-        (loss, (outputs, losses, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.rest, x, y, mask)
+            x = augment(x, state.step, None if axis_name is None else device)
+        loss, grads, new_rest, metrics = gradients(state.params, rest, x, y, mask)
         if axis_name is not None:
             grads, loss = jax.lax.pmean((grads, loss), axis_name)
+            metrics = jax.lax.psum(metrics, axis_name)
+            new_rest = with_keys_of(new_rest, state.rest)  # the shared keys; counters advanced
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         loss_ok = jnp.isfinite(loss)
         grads_ok = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)] or [loss_ok])
         finite = loss_ok & jnp.all(grads_ok)
         new = state.replace(step=state.step + 1, params=params, rest=new_rest, opt_state=opt_state)
+        if ema_decay is not None:
+            new = new.replace(ema=jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                                               state.ema, params))
         if skip_nonfinite:
             new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
             new = new.replace(step=state.step + 1)
-        metrics = batch_metrics(task, outputs, y, losses, mask)
-        if axis_name is not None:
-            metrics = jax.lax.psum(metrics, axis_name)
         metrics["nonfinite"] = (~finite).astype(jnp.float32)
         # Which step and what went non-finite, for the guard's message (guard.py): the 1-based
         # global step, and 1 for the loss or 2 + the index of the first non-finite gradient leaf.
@@ -130,6 +129,81 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, task: str, *,
         return new, metrics
 
     return train_step
+
+
+def make_gradients(graphdef, task: str, l1: float, l2: float,
+                   axis_name: str | tuple[str, ...] | None, microbatches: int) -> Callable:
+    """`gradients(params, rest, x, y, mask) -> (loss, grads, new rest, metric sums)`.
+
+    The loss is the batch's masked mean plus the penalty. With `microbatches` > 1 the batch
+    is cut into that many equal microbatches, run one after the other under `lax.scan`, and
+    their gradients are added up: each microbatch's masked sum is divided by the whole
+    batch's count, so the sum is the whole batch's loss, padding included, and only one
+    microbatch's activations are alive at a time.
+    """
+
+    def data_loss(params, rest, x, y, mask, denominator):
+        # copy=True: fresh Variables at this trace level, or dropout's RNG counter (created by
+        # the enclosing scan/jit trace) cannot be advanced inside value_and_grad.
+        model = nnx.merge(graphdef, params, rest, copy=True)
+        outputs = model(x)
+        losses = per_example_loss(task, outputs, y)
+        _, new_rest = nnx.state(model, nnx.Param, ...)
+        metrics = batch_metrics(task, outputs, y, losses, mask)
+        return jnp.sum(losses * mask) / denominator, (new_rest, metrics)
+
+    def penalized_loss(params, rest, x, y, mask, denominator):
+        loss, aux = data_loss(params, rest, x, y, mask, denominator)
+        return loss + regularization_penalty(params, l1, l2), aux
+
+    def accumulated(params, rest, x, y, mask, denominator):
+        def one(carry, microbatch):
+            rest, loss, grads = carry
+            (l, (rest, m)), g = jax.value_and_grad(data_loss, has_aux=True)(
+                params, rest, *microbatch, denominator)
+            return (rest, loss + l, jax.tree.map(jnp.add, grads, g)), m
+
+        zero = (rest, jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        split = [microbatch_split(a, microbatches) for a in (x, y, mask)]
+        (rest, loss, grads), metrics = jax.lax.scan(one, zero, split)
+        if l1 or l2:
+            penalty, penalty_grads = jax.value_and_grad(regularization_penalty)(params, l1, l2)
+            loss, grads = loss + penalty, jax.tree.map(jnp.add, grads, penalty_grads)
+        return loss, grads, rest, jax.tree.map(lambda a: a.sum(0), metrics)
+
+    def gradients(params, rest, x, y, mask):
+        # Masked mean: padding rows weigh nothing; an all-padding batch gives a zero loss.
+        denominator = jnp.maximum(jnp.sum(mask), 1.0)
+        if axis_name is not None:
+            # This shard's masked sum over the *global* count, times the shard count: the pmean
+            # of the shards' losses (and gradients) is then the global masked mean, however the
+            # padding is spread over the shards.
+            denominator = (jnp.maximum(jax.lax.psum(jnp.sum(mask), axis_name), 1.0)
+                           / jax.lax.psum(1, axis_name))
+        if microbatches > 1:
+            return accumulated(params, rest, x, y, mask, denominator)
+        (loss, (rest, metrics)), grads = jax.value_and_grad(penalized_loss, has_aux=True)(
+            params, rest, x, y, mask, denominator)
+        return loss, grads, rest, metrics
+
+    return gradients
+
+
+def microbatch_split(a: jax.Array, n: int) -> jax.Array:
+    """(B, ...) -> (n, B/n, ...), microbatch j taking rows j, j + n, j + 2n, ...: a device
+    holding a contiguous block of the batch holds its share of every microbatch, so
+    splitting moves no data between devices."""
+    return jnp.swapaxes(a.reshape(a.shape[0] // n, n, *a.shape[1:]), 0, 1)
+
+
+def fold_in_keys(rest, index: jax.Array):
+    """`rest` with `index` folded into every PRNG key: a pmap-style step's own streams."""
+    return jax.tree.map(lambda a: jax.random.fold_in(a, index) if is_key(a) else a, rest)
+
+
+def with_keys_of(rest, reference):
+    """`rest` with its PRNG keys taken from `reference` (the counters stay `rest`'s)."""
+    return jax.tree.map(lambda a, r: r if is_key(r) else a, rest, reference)
 
 
 def zero_metrics(task: str) -> Metrics:

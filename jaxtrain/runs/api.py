@@ -231,7 +231,8 @@ def load_trained(run_dir: str | Path, with_data: bool = True) -> TrainedRun:
     if not has_checkpoint(ckpt_dir):
         raise UserError(f"run '{run_dir}' has no saved parameters in checkpoints/; "
                         f"train it with checkpoint.enabled: true")
-    params = restore_params(ckpt_dir, params)
+    # With train.ema_decay the run evaluated its moving average: eval and predict use it too.
+    params = restore_params(ckpt_dir, params, "params" if cfg.train.ema_decay is None else "ema")
     mesh = parallel.make_mesh(cfg.parallel)
     evaluator = Evaluator(eval_def, mesh, cfg.data.eval_batch_size, dataset)
     params, rest = jax.device_put((params, rest), parallel.replicated(mesh))

@@ -41,7 +41,8 @@ def _can_vectorize(cfg: Config) -> bool:
     """Vectorized training covers the plain fit: in-memory data, no per-run hooks."""
     return (cfg.data.backend == "numpy" and not cfg.data.streaming
             and cfg.parallel.strategy == "sharded" and cfg.train.early_stopping is None
-            and not cfg.train.augment and cfg.model.init_from is None)
+            and not cfg.train.augment and cfg.model.init_from is None
+            and cfg.train.grad_accum_steps == 1 and cfg.train.ema_decay is None)
 
 
 def vector_groups(cfgs: list[Config]) -> list[list[int]]:

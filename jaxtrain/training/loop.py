@@ -28,8 +28,8 @@ from jaxtrain.engine.engine import Engine, fits_on_device
 from jaxtrain.util.events import Console, JsonlWriter, Throughput, format_metrics
 from jaxtrain.model.metrics import compute_metrics
 from jaxtrain.model.optim import build_optimizer
-from jaxtrain.engine.step import (TrainState, accumulate_metrics, add_metrics, init_state, make_predict, make_train_step,
-                           split_model)
+from jaxtrain.engine.step import (TrainState, accumulate_metrics, add_metrics, eval_params, init_state, make_predict,
+                                  make_train_step, split_model)
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -131,15 +131,17 @@ def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext) -> 
     enable_persistent_cache(cfg.train.compilation_cache)
     mesh = parallel.make_mesh(cfg.parallel)
     parallel.check_batch_size(cfg.data.batch_size, mesh)
+    parallel.check_microbatches(cfg.train.grad_accum_steps, cfg.data.batch_size, mesh)
     strategy = parallel.Strategy(cfg.parallel.strategy, mesh)
     train_def, eval_def, params, rest = split_model(model)
     from jaxtrain.engine.engine import steps_per_epoch
     steps = steps_per_epoch(dataset.num_train, cfg.data.batch_size)
     tx = build_optimizer(cfg.optimizer, steps, cfg.train.epochs, params)
-    state = strategy.place_state(init_state(params, rest, tx))
+    state = strategy.place_state(init_state(params, rest, tx, ema=cfg.train.ema_decay is not None))
     train_step = make_train_step(train_def, tx, dataset.task, l1=cfg.optimizer.l1, l2=cfg.optimizer.l2,
                                  skip_nonfinite=cfg.train.on_nonfinite == "skip_step",
-                                 axis_name=strategy.step_axis,
+                                 axis_name=strategy.step_axis, grad_accum_steps=cfg.train.grad_accum_steps,
+                                 ema_decay=cfg.train.ema_decay,
                                  augment=make_augment(cfg.train.augment, dataset.feature_shape, cfg.train.seed,
                                                       dataset.image_shape))
     engine = Engine(train_step, dataset, mesh, batch_size=cfg.data.batch_size, seed=cfg.train.seed,
@@ -204,7 +206,7 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
         epoch_done = run.step_in_epoch >= engine.steps
         if dataset.val is not None and epoch_done and (
                 (run.epoch + 1) % cfg.train.eval_every_epochs == 0 or run.epoch + 1 == cfg.train.epochs):
-            val = run.evaluator.evaluate(run.state.params, run.state.rest, dataset.val)
+            val = run.evaluator.evaluate(eval_params(run.state), run.state.rest, dataset.val)
             ctx.events.write("eval", split="val", epoch=run.epoch + 1, step=run.global_step, **val)
             record["val"] = val
             line += " | val " + format_metrics(val)
@@ -220,7 +222,7 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
         hook.on_train_end(run)
     test = {}
     if dataset.test is not None and len(dataset.test):  # data.test_fraction: 0 means no test split
-        test = run.evaluator.evaluate(run.state.params, run.state.rest, dataset.test)
+        test = run.evaluator.evaluate(eval_params(run.state), run.state.rest, dataset.test)
         ctx.events.write("eval", split="test", epoch=run.epoch, step=run.global_step, **test)
         ctx.console.line("test " + format_metrics(test))
     last = run.history[-1] if run.history else {}
@@ -235,8 +237,12 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
         "time": {"compile_s": engine.compile_s, "fit_s": clock() - t_start},
         "devices": devices,
         "batch": {"global": cfg.data.batch_size,
-                  "per_device": cfg.data.batch_size // parallel.batch_shards(run.mesh)},
+                  "per_device": cfg.data.batch_size // parallel.batch_shards(run.mesh),
+                  "grad_accum_steps": cfg.train.grad_accum_steps},
         "parallel": {"strategy": cfg.parallel.strategy, "mesh": dict(run.mesh.shape)},
+        # Which parameters the val/test metrics (and the best checkpoint) describe.
+        "evaluation": {"params": "ema" if cfg.train.ema_decay is not None else "trained",
+                       "ema_decay": cfg.train.ema_decay},
         "execution": {"on_device_data": engine.on_device, "steps_per_call": engine.k,
                       "steps_per_call_measured_ms": {str(k): t * 1e3 for k, t in engine.k_timings.items()},
                       "precision": cfg.train.precision, "recompiles": engine.recompiles},

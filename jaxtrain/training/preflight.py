@@ -42,7 +42,8 @@ def check_before_training(cfg: Any, model: Any, dataset: Any, workdir: Any) -> d
     parts = memory.check_run(cfg, model, dataset)
     if cfg.checkpoint.enabled and workdir is not None:
         params = memory.count_params(nnx.state(model, nnx.Param)) * memory.FLOAT_BYTES
-        per_checkpoint = params * (1 + memory.optimizer_state_factor(cfg.optimizer))
+        ema = cfg.train.ema_decay is not None
+        per_checkpoint = params * (1 + memory.optimizer_state_factor(cfg.optimizer) + ema)
         # keep + best + the one being written, and a margin for metadata, logs and stats.
         need = per_checkpoint * (cfg.checkpoint.keep + 2) + 16 * 2**20
         workdir_checks.check_free_space(workdir, need)

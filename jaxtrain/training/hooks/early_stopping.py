@@ -1,9 +1,9 @@
 """EarlyStopping: stop when a validation metric stops improving; restore the best parameters.
 
 Each epoch with the metric measured counts: an improvement (beyond `min_delta`, in the
-direction of `mode`) resets the wait and keeps a device copy of the parameters and
-model state; `patience` epochs without one set `run.stop_reason`. At the end the best
-copy replaces the last parameters, so the test metrics, the final checkpoint and
+direction of `mode`) resets the wait and keeps a device copy of the parameters, their
+moving average (train.ema_decay) and the model state; `patience` epochs without one set
+`run.stop_reason`. At the end the best copy replaces the last parameters, so the test metrics, the final checkpoint and
 `jaxtrain eval` all describe the best epoch. A resumed run has no device copy of an
 earlier best: it reloads it from the checkpoint of the best step, when that checkpoint
 was saved as the best of the same metric.
@@ -33,7 +33,7 @@ class EarlyStopping(Hook):
         self.best_step: int | None = None
         self.wait = 0
         self.stopped_epoch: int | None = None
-        self._best_copy = None  # (params, rest) on the device
+        self._best_copy = None  # (params, rest, ema) on the device
 
     def state_dict(self) -> dict:
         return {"metric": self.cfg.metric, "best": self.best, "best_epoch": self.best_epoch,
@@ -61,7 +61,7 @@ class EarlyStopping(Hook):
         if self.best_epoch != best_before:
             self.best_step = run.global_step
             # A copy, not a reference: the next compiled call donates the state's buffers.
-            self._best_copy = jax.tree.map(jnp.copy, (run.state.params, run.state.rest))
+            self._best_copy = jax.tree.map(jnp.copy, (run.state.params, run.state.rest, run.state.ema))
         if stop and run.stop_reason is None:
             run.stop_reason = (f"early stopping: {self.cfg.metric} did not improve for "
                                f"{self.cfg.patience} epochs (best {self.best:.6g} at epoch {self.best_epoch})")
@@ -72,8 +72,8 @@ class EarlyStopping(Hook):
         restored = False
         best = self._best_copy if self._best_copy is not None else self._load_best(run)
         if best is not None and self.best_step != run.global_step:
-            params, rest = best
-            run.state = run.state.replace(params=params, rest=rest)
+            params, rest, ema = best
+            run.state = run.state.replace(params=params, rest=rest, ema=ema)
             restored = True
         info = {"metric": self.cfg.metric, "mode": self.cfg.mode, "best": self.best,
                 "best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch,
@@ -94,4 +94,4 @@ class EarlyStopping(Hook):
         state, meta = found
         if meta.get("hooks", {}).get("checkpoint", {}).get("best_metric") != self.cfg.metric:
             return None
-        return state.params, state.rest
+        return state.params, state.rest, state.ema
