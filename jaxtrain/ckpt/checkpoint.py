@@ -2,7 +2,8 @@
 
 Layout, one Orbax CheckpointManager:
 
-    checkpoints/<step>/state     params, rest (RNG streams), opt_state, step (sharded arrays)
+    checkpoints/<step>/state     params, rest (RNG streams), opt_state, step, ema (with
+                                 train.ema_decay) (sharded arrays)
     checkpoints/<step>/meta      JSON: data position, epoch sums, hook states, config, stats
     checkpoints/<step>/metrics   JSON, only on a save that was a new best: {"value": v}
 
@@ -50,8 +51,10 @@ def from_saveable(tree: Any, like: Any) -> Any:
 
 
 def state_tree(state: Any) -> dict[str, Any]:
-    """A TrainState (a dataclass of arrays) as the dict a checkpoint stores: every field."""
-    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    """A TrainState (a dataclass of arrays) as the dict a checkpoint stores: every field that
+    is set (`ema` is None without train.ema_decay)."""
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def _abstract(tree: Any) -> Any:
