@@ -1,7 +1,7 @@
 """Gradient accumulation: the compiled step's memory and speed against the number of microbatches.
 
-    python bench/grad_accum.py [--batch 1024] [--hidden 1024,1024] [--microbatches 1,2,4,8]
-                               [--steps 5] [--repeats 5]
+    python bench/grad_accum.py [--batch 8192] [--hidden 1024,1024] [--microbatches 1,2,4,8]
+                               [--steps 1] [--repeats 5]
 
 One device, the MLP 784-hidden-10 with Adam and random MNIST-shaped data. For each N in
 `--microbatches`, jaxtrain's train step with `grad_accum_steps=N` is compiled once (state
@@ -70,10 +70,10 @@ def cpu_model() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=8192)
     ap.add_argument("--hidden", default="1024,1024")
     ap.add_argument("--microbatches", default="1,2,4,8")
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     hidden = tuple(int(h) for h in args.hidden.split(","))
