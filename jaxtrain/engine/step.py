@@ -139,7 +139,9 @@ def make_gradients(graphdef, task: str, l1: float, l2: float,
     is cut into that many equal microbatches, run one after the other under `lax.scan`, and
     their gradients are added up: each microbatch's masked sum is divided by the whole
     batch's count, so the sum is the whole batch's loss, padding included, and only one
-    microbatch's activations are alive at a time.
+    microbatch's activations are alive at a time. (Under jit with shardings XLA reduces
+    each microbatch's gradients across devices inside the loop; the pmap-style step
+    reduces the sum once, in `train_step`.)
     """
 
     def data_loss(params, rest, x, y, mask, denominator):
