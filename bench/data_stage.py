@@ -62,7 +62,7 @@ def write_numeric_csv(path: str, gigabytes: float, cols: int = 20, seed: int = 0
     """`cols - 1` numeric features (6 decimals) and a linear target, written by Arrow in blocks."""
     rng = np.random.default_rng(seed)
     coef = rng.normal(size=cols - 1)
-    rows = int(gigabytes * 1e9 / (cols * 10.5))
+    rows = int(gigabytes * 1e9 / (cols * 8.0))
     with pcsv.CSVWriter(path, pa.schema([(f"f{j}", pa.float64()) for j in range(cols - 1)] + [("y", pa.float64())])) as w:
         for start in range(0, rows, 500_000):
             n = min(500_000, rows - start)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import itertools
-import mmap
 import os
 import re
 
@@ -75,11 +74,13 @@ def read_layout(path: str, delimiter: str = "auto") -> CsvLayout:
 
 def _has_quote(path: str) -> bool:
     """Whether the file holds a '"' anywhere: without one no field spans lines, and Arrow
-    can split the file into blocks at any newline (faster)."""
-    if os.path.getsize(path) == 0:
-        return False
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        return m.find(b'"') >= 0
+    can split the file into blocks at any newline (faster). Read in chunks, not mapped: a
+    mapped file's pages would count in this process's peak resident memory."""
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            if b'"' in chunk:
+                return True
+    return False
 
 
 def _skip_blank(row) -> str:

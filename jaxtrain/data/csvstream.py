@@ -18,7 +18,7 @@ from jaxtrain.data import csvfile
 from jaxtrain.data.csvfile import CsvSchema, LineIndex
 from jaxtrain.data.raw import Part
 
-BLOCK_BYTES = 16 << 20
+BLOCK_BYTES = 1 << 20              # Arrow's default: larger blocks raise the peak resident memory
 
 
 def _reader(schema: CsvSchema, numeric: set[str], block_bytes: int):
