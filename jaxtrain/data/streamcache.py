@@ -1,8 +1,10 @@
 """The on-disk caches of the streaming path.
 
-`ColumnCache`: every record's converted columns (numeric float64 with NaN, text with
-nulls), appended block by block to an Arrow IPC file, read back one column at a time
-(for fitting) or one block at a time (for encoding): never the whole file in memory.
+`ColumnCache`: every record's converted columns (numeric float64 with NaN, one raw file
+per column; text with nulls, an Arrow IPC file), appended block by block, read back one
+column at a time (for fitting) or one block at a time (for encoding): never the whole
+file in memory. (Reading one field of an IPC file still read whole record batches: the
+peak resident memory grew by the cache's size.)
 `RowFile` / `MappedRows`: the encoded float32 rows of a split, written sequentially and
 gathered by index through a memory map whose touched pages are dropped every ~64 MB, so
 an epoch over a file larger than memory keeps a bounded resident set.
@@ -42,45 +44,56 @@ class CacheDir:
 
 
 class ColumnCache:
-    """Converted columns of every record, in file order, in an Arrow IPC file."""
+    """Converted columns of every record, in file order: each numeric column in its own raw
+    float64 file (read back alone, as one contiguous array), the text columns in an Arrow
+    IPC file, one record batch per block."""
 
     def __init__(self, path: str, num_names: list[str], txt_names: list[str]):
         self.path, self.num_names, self.txt_names = path, num_names, txt_names
-        fields = [pa.field(n, pa.float64()) for n in num_names] + [pa.field(n, pa.string()) for n in txt_names]
-        self._schema = pa.schema(fields)
+        self._num_files = [open(f"{path}.num{j}.f64", "wb") for j in range(len(num_names))]
+        self._schema = pa.schema([pa.field(n, pa.string()) for n in txt_names])
         self._writer = ipc.new_file(path, self._schema)
+        self.block_rows: list[int] = []
 
     def append(self, part: Part) -> None:
-        arrays = [pa.array(part.num[:, j]) for j in range(len(self.num_names))]
-        arrays += [part.txt[n] for n in self.txt_names]
-        self._writer.write_batch(pa.record_batch(arrays, schema=self._schema))
+        for j, f in enumerate(self._num_files):
+            f.write(np.ascontiguousarray(part.num[:, j], np.float64).tobytes())
+        self._writer.write_batch(pa.record_batch([part.txt[n] for n in self.txt_names], schema=self._schema))
+        self.block_rows.append(len(part))
 
     def close(self) -> None:
+        for f in self._num_files:
+            f.close()
         self._writer.close()
 
-    def _open(self, fields: list[int] | None = None):
-        return ipc.open_file(pa.OSFile(self.path), options=ipc.IpcReadOptions(included_fields=fields))
+    def remove(self) -> None:
+        for path in [self.path] + [f.name for f in self._num_files]:
+            os.unlink(path)
 
     def numeric(self, name: str) -> np.ndarray:
         """One numeric column of every record (float64, NaN missing)."""
-        col = self._open([self.num_names.index(name)]).read_all().column(0)
-        return col.to_numpy() if col.num_chunks else np.zeros(0)
+        return np.fromfile(f"{self.path}.num{self.num_names.index(name)}.f64", np.float64)
 
     def text(self, name: str) -> pa.Array:
         """One text column of every record (null: missing)."""
-        col = self._open([len(self.num_names) + self.txt_names.index(name)]).read_all().column(0)
+        options = ipc.IpcReadOptions(included_fields=[self.txt_names.index(name)])
+        col = ipc.open_file(pa.OSFile(self.path), options=options).read_all().column(0)
         return col.combine_chunks() if col.num_chunks else pa.array([], pa.string())
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray, dict[str, pa.Array]]]:
         """(first record, numeric block (n, k) float64, text columns) in file order."""
-        reader, first, k = self._open(), 0, len(self.num_names)
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
-            num = np.stack([batch.column(j).to_numpy() for j in range(k)], 1) if k else \
-                np.zeros((batch.num_rows, 0))
-            txt = {n: batch.column(k + j) for j, n in enumerate(self.txt_names)}
-            yield first, num, txt
-            first += batch.num_rows
+        reader = ipc.open_file(pa.OSFile(self.path))
+        files = [open(f.name, "rb") for f in self._num_files]
+        first = 0
+        try:
+            for i, n in enumerate(self.block_rows):
+                num = np.stack([np.fromfile(f, np.float64, n) for f in files], 1) if files else np.zeros((n, 0))
+                batch = reader.get_batch(i)
+                yield first, num, {name: batch.column(j) for j, name in enumerate(self.txt_names)}
+                first += n
+        finally:
+            for f in files:
+                f.close()
 
 
 class RowFile:

@@ -184,7 +184,7 @@ def load_streaming(cfg: DataConfig, stats: FeatureStats | None = None) -> Datase
         fit_target(stats, s.labels[rows], cfg)
     split_rows = [rows, splits[1], splits[2]]
     mapped, counts = _encode_all(s, stats, split_rows, directory.path)
-    os.unlink(s.cache.path)
+    s.cache.remove()
     count_into_report(counts, stats, rep)
     return _dataset(s, stats, cfg, rep, split_rows, mapped, directory)
 
