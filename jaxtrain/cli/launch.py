@@ -9,6 +9,11 @@ Output is streamed line by line with a `[pI]` prefix. The launcher exits with
 the first non-zero status; the moment one process fails it ends the others
 (each runs in its own process group: SIGTERM, then SIGKILL after a grace
 period), so nothing is left running and nothing hangs in a collective.
+
+Preemption is not a failure: a process that exits 143 (SIGTERM, after the run
+agreed on a stopping step and saved) is followed by the others within
+`PREEMPT_GRACE_S`, so the launcher waits for them. SIGTERM to the launcher
+itself is passed on to every process, which then stop the same way; it exits 143.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from jaxtrain.dist.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PR
 from jaxtrain.util.errors import UserError
 
 GRACE_S = 3.0  # JAX takes SIGTERM as a preemption notice and keeps going: then SIGKILL
+PREEMPT_GRACE_S = 300.0  # a preempted run's processes save, then exit 143 on their own
+PREEMPTED = 128 + signal.SIGTERM
 
 
 def free_port() -> int:
@@ -72,6 +79,32 @@ def _end_all(procs: list[subprocess.Popen]) -> None:
         _signal_group(p, signal.SIGKILL)
 
 
+def _wait_all(procs: list[subprocess.Popen], preempted_at: list[float], lock: threading.Lock) -> int:
+    """Wait for every process; the first non-zero status ends the others, except a preemption
+    (143), which the others follow on their own (ended only after PREEMPT_GRACE_S)."""
+    status, running = 0, set(range(len(procs)))
+    while running:
+        for i in sorted(running):
+            code = procs[i].poll()
+            if code is None:
+                continue
+            running.discard(i)
+            code = code if code >= 0 else 128 - code  # killed by signal N -> 128 + N
+            if code == PREEMPTED and not preempted_at:
+                preempted_at.append(time.monotonic())
+            if code != 0 and status == 0:
+                status = code
+                if code != PREEMPTED:
+                    with lock:
+                        print(f"jaxtrain launch: process {i} exited with status {code}; "
+                              f"stopping the others", file=sys.stderr, flush=True)
+                    _end_all(procs)
+        if preempted_at and time.monotonic() - preempted_at[0] > PREEMPT_GRACE_S:
+            _end_all(procs)
+        time.sleep(0.05)
+    return status or (PREEMPTED if preempted_at else 0)
+
+
 def launch(num_processes: int, args: list[str], *, cpu_devices: int | None = None,
            gpus_per_process: int | None = None, port: int | None = None, out=None,
            subcommands: frozenset[str] = frozenset()) -> int:
@@ -88,10 +121,13 @@ def launch(num_processes: int, args: list[str], *, cpu_devices: int | None = Non
     procs: list[subprocess.Popen] = []
     pumps: list[threading.Thread] = []
     lock = threading.Lock()
-    status = 0
+    preempted_at: list[float] = []  # when SIGTERM came to the launcher or a process exited 143
 
-    def on_term(signum, frame):  # end the children too when the launcher itself is told to stop
-        raise KeyboardInterrupt
+    def on_term(signum, frame):  # pass the preemption notice on; the processes stop together
+        preempted_at.append(time.monotonic())
+        for p in procs:
+            if p.poll() is None:
+                _signal_group(p, signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
     try:
@@ -113,22 +149,9 @@ def launch(num_processes: int, args: list[str], *, cpu_devices: int | None = Non
             t = threading.Thread(target=_pump, args=(i, p.stdout, out, lock), daemon=True)
             t.start()
             pumps.append(t)
-        running = set(range(num_processes))
-        while running:
-            for i in sorted(running):
-                code = procs[i].poll()
-                if code is None:
-                    continue
-                running.discard(i)
-                if code != 0 and status == 0:
-                    status = code if code > 0 else 128 - code  # killed by signal N -> 128 + N
-                    with lock:
-                        print(f"jaxtrain launch: process {i} exited with status {code}; "
-                              f"stopping the others", file=sys.stderr, flush=True)
-                    _end_all(procs)
-            time.sleep(0.05)
+        status = _wait_all(procs, preempted_at, lock)
     except KeyboardInterrupt:
-        status = status or 130
+        status = 130
     finally:
         _end_all(procs)
         if previous is not None:
