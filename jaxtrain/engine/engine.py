@@ -145,6 +145,10 @@ class Engine:
             self._compiled[num] = self._compile(num, state, args)
             return self.timer.call(self._compiled[num], num, state, *args)
 
+    def executable(self) -> Any | None:
+        """The compiled call for the longest chunk (None before the first call)."""
+        return self._compiled[max(self._compiled)] if self._compiled else None
+
     def _start(self, start: int) -> jax.Array:
         """The device scalar for a chunk's first step, uploaded once and reused every epoch."""
         if start not in self._starts:

@@ -90,23 +90,24 @@ def count_params(params: Any) -> int:
 def check_fits(cfg: Any, model_params: Any, feature_shape: tuple[int, ...], num_outputs: int, *,
                num_devices: int, steps_per_call: int, streaming: bool,
                on_device_data_bytes: int = 0, available: tuple[int, str] | None = None) -> dict[str, int]:
-    """Raise a UserError when the estimate exceeds the available memory; return the estimate."""
+    """Raise a UserError when the estimate exceeds the available memory; return the estimate
+    for one device."""
     per_device_batch = math.ceil(cfg.data.batch_size / max(1, num_devices))
     parts = estimate_train_bytes(cfg, count_params(model_params), int(np.prod(feature_shape)), num_outputs,
                                  per_device_batch=per_device_batch, steps_per_call=steps_per_call,
                                  streaming=streaming, on_device_data_bytes=on_device_data_bytes)
     free, where = available or available_bytes()
-    if where == "host memory":  # CPU devices share host memory: every replica counts
-        parts = {k: v * num_devices for k, v in parts.items()}
-    need = sum(parts.values())
+    # CPU devices share host memory: every replica counts.
+    need_parts = {k: v * num_devices for k, v in parts.items()} if where == "host memory" else parts
+    need = sum(need_parts.values())
     if need > free:
-        biggest = max(parts, key=parts.get)
+        biggest = max(need_parts, key=need_parts.get)
         fix = {"activations": "lower data.batch_size or raise train.grad_accum_steps",
                "ema": "use a smaller model or train.ema_decay=null", "input_batches": "lower data.batch_size "
                "or train.steps_per_call", "parameters": "use a smaller model (model.hidden_sizes)",
                "optimizer_state": "use a smaller model or optimizer.name=sgd",
                "training_set": "lower train.on_device_fraction to stream the data"}[biggest]
-        detail = ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in parts.items() if v)
+        detail = ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in need_parts.items() if v)
         raise UserError(f"the run needs about {format_bytes(need)} ({detail}) but only "
                         f"{format_bytes(free)} of {where} is available; {fix}")
     return parts
@@ -126,3 +127,39 @@ def check_run(cfg: Any, model: Any, dataset: Any) -> dict[str, int]:
     data_bytes = dataset.train.x.nbytes + dataset.train.y.nbytes if on_device else 0
     return check_fits(cfg, params, dataset.feature_shape, dataset.num_outputs, num_devices=num_devices,
                       steps_per_call=k, streaming=not on_device, on_device_data_bytes=data_bytes)
+
+
+# ---------------------------------------------------------------- measured, once the run exists
+
+
+def state_bytes_per_device(state: Any) -> int:
+    """Bytes of the training state (parameters, optimizer state, everything else in it) that
+    one device holds: its shard of every leaf (all of a replicated leaf)."""
+    total = 0
+    for leaf in jax.tree.leaves(state):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        shape = leaf.sharding.shard_shape(leaf.shape) if hasattr(leaf, "sharding") else np.shape(leaf)
+        total += math.prod(shape) * leaf.dtype.itemsize
+    return int(total)
+
+
+def compiled_memory(executable: Any) -> dict[str, int] | None:
+    """XLA's own memory analysis of a compiled call, per device: its arguments, outputs,
+    temporaries and the outputs that reuse (alias) donated arguments."""
+    analysis = executable.memory_analysis() if executable is not None else None
+    if analysis is None:
+        return None
+    parts = {"arguments": analysis.argument_size_in_bytes, "outputs": analysis.output_size_in_bytes,
+             "aliased": analysis.alias_size_in_bytes, "temporaries": analysis.temp_size_in_bytes,
+             "code": analysis.generated_code_size_in_bytes}
+    parts["peak"] = parts["arguments"] + parts["outputs"] - parts["aliased"] + parts["temporaries"]
+    return {k: int(v) for k, v in parts.items()}
+
+
+def report(state: Any, executable: Any, estimate: dict[str, int]) -> dict:
+    """summary.json's `memory`: the state one device holds and XLA's analysis of the compiled
+    call, measured, beside the estimate made before the run (all per device, in bytes)."""
+    return {"state_bytes_per_device": state_bytes_per_device(state),
+            "compiled_step": compiled_memory(executable),
+            "estimate": {**estimate, "total": sum(estimate.values())}}

@@ -33,6 +33,7 @@ from jaxtrain.util.events import Console, JsonlWriter
 from jaxtrain.training.loop import COMPUTE_DTYPES, Evaluator, RunContext, fit, setup
 from jaxtrain.model.models import build_model
 from jaxtrain.runs.resume import check_device_count, resume_run, resume_source, saved_stats
+from jaxtrain.engine import memory
 from jaxtrain.engine.step import split_model
 
 
@@ -117,7 +118,7 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
             model = make_model(cfg, dataset)
         if cfg.model.init_from:  # fine-tuning: matching parameters from a trained run
             init_from(model, cfg.model.init_from, console, events)
-        check_before_training(cfg, model, dataset, workdir)  # options vs data, memory, disk space
+        estimate = check_before_training(cfg, model, dataset, workdir)  # options vs data, memory, disk
         if resume is not None:
             check_device_count(workdir / "checkpoints", cfg)
         run = setup(cfg, model, dataset, RunContext(console=console, events=events, workdir=workdir))
@@ -132,6 +133,7 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         # The guard goes first (nothing non-finite is saved), the preemption hook last (after the save).
         hooks = [guard, *hooks, PreemptionHook()]
         summary = fit(run, hooks=hooks)
+        summary["memory"] = memory.report(run.state, run.engine.executable(), estimate)
         summary["status"] = "completed"
         summary["time"]["data_s"] = data_s
         summary["time"]["total_s"] = time.perf_counter() - t_start
