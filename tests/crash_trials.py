@@ -51,6 +51,7 @@ MODES = ["anytime", "training", "mid-save", "mid-save"]  # when to kill; half of
 # Digits, streamed from the host (on_device_fraction 0), 40 steps per epoch, 5 steps per call.
 OVERRIDES = ["train.epochs=4", "train.on_device_fraction=0", "train.steps_per_call=5",
              "parallel.data_axis_size=1", f"checkpoint.every_steps={EVERY}", f"checkpoint.keep={KEEP}",
+             "checkpoint.every_seconds=null",
              "logging.progress=bar", "data.batch_size=32"]  # bar: a progress line after every call
 
 

@@ -19,6 +19,7 @@ BASE = {"name": "blobs", "data": {"source": "synthetic", "name": "blobs", "synth
         "model": {"hidden_sizes": [16], "dropout": 0.2},  # dropout: the RNG stream must resume too
         "optimizer": {"name": "adam", "learning_rate": 0.01},
         "train": {"epochs": 3, "steps_per_call": 2},
+        "checkpoint": {"every_epochs": 1, "every_seconds": None},  # saves by epoch, not by clock
         "logging": {"progress": "none"}}
 
 
@@ -55,7 +56,7 @@ def test_resume_mid_epoch_is_bit_exact(tmp_path, on_device, devices):
     """45 steps straight == 23 steps (a mid-epoch checkpoint) + resume + the rest."""
     cfg = _cfg(train={"on_device_fraction": 1.0 if on_device else 0.0},
                parallel={"data_axis_size": devices},
-               checkpoint={"every_steps": 22, "every_epochs": 100, "keep": 10})
+               checkpoint={"every_steps": 22, "every_epochs": None, "keep": 10})
     full = tmp_path / "full"
     train(cfg, workdir=full)
     # Step saves land on the first compiled-call boundary at or after each multiple of 22:
@@ -181,3 +182,31 @@ def test_resume_keeps_early_stopping_state_and_augmentation_exact(tmp_path):
     assert s_full["early_stopping"] == s_cut["early_stopping"]
     assert s_cut["early_stopping"]["best_epoch"] == 1 and s_cut["early_stopping"]["restored_best"]
     assert _summary_metrics(full) == _summary_metrics(cut)
+
+
+def test_saves_by_time_follow_the_runs_clock(tmp_path):
+    """checkpoint.every_seconds: a save at the first call boundary 25 s after the last one.
+    A fake clock moves 10 s per call (a hook ahead of the checkpoint hook), so the saves
+    fall on every third step: 3, 6, 9, 12, and 15 at the epoch's end (30 s after 12)."""
+    from jaxtrain import load_config
+    from jaxtrain.data import load_dataset
+    from jaxtrain.runs.api import make_model
+    from jaxtrain.training.hooks import CheckpointHook
+    from jaxtrain.training.loop import Hook, RunContext, fit, setup
+    from jaxtrain.util.events import Console, JsonlWriter
+    now = [0.0]
+
+    class Tick(Hook):
+        def after_call(self, run, sums):
+            now[0] += 10.0
+
+    cfg = load_config(_cfg(train={"epochs": 1, "steps_per_call": 1}, parallel={"data_axis_size": 1},
+                           checkpoint={"every_seconds": 25, "every_epochs": None, "keep": 10}))
+    dataset = load_dataset(cfg.data)
+    ctx = RunContext(console=Console("none"), events=JsonlWriter(None), workdir=tmp_path,
+                     clock=lambda: now[0])
+    run = setup(cfg, make_model(cfg, dataset), dataset, ctx)
+    hook = CheckpointHook(cfg.checkpoint, tmp_path / "checkpoints")
+    fit(run, [Tick(), hook])
+    assert hook.saved_steps == [3, 6, 9, 12, 15]
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [3, 6, 9, 12, 15]

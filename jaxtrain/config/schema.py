@@ -197,7 +197,10 @@ class ParallelConfig:
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     enabled: bool = True
-    every_epochs: int = 1
+    # When to save; each is off when null, and a save happens when any is due (plus the last).
+    # By time by default: a kill loses at most a minute of training, and a short run saves once.
+    every_seconds: float | None = 60.0
+    every_epochs: int | None = None
     every_steps: int | None = None
     keep: int = 3
     best_metric: str | None = None
@@ -208,7 +211,9 @@ class CheckpointConfig:
     async_save: bool = False
 
     def validate(self, key: str) -> None:
-        check_key(self.every_epochs >= 1, f"{key}.every_epochs", "must be >= 1")
+        check_key(self.every_seconds is None or self.every_seconds > 0, f"{key}.every_seconds",
+                  "must be > 0 (or null: no saves by time)")
+        check_key(self.every_epochs is None or self.every_epochs >= 1, f"{key}.every_epochs", "must be >= 1")
         check_key(self.every_steps is None or self.every_steps >= 1, f"{key}.every_steps", "must be >= 1")
         check_key(self.keep >= 1, f"{key}.keep", "must be >= 1")
 

@@ -151,6 +151,14 @@ def is_lead() -> bool:
     return jax.process_index() == 0
 
 
+def lead_decides(flag: bool) -> bool:
+    """Process 0's value of `flag` on every process (a decision made by a clock, say)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
 def same_on_all(text: str, max_bytes: int = 1024) -> str:
     """Process 0's value of `text` on every process (e.g. a default run directory named by time)."""
     if jax.process_count() == 1:

@@ -8,8 +8,10 @@ the chosen steps per call (chunk boundaries), the hooks' own state (best value,
 early-stopping patience), the resolved config and the fitted preprocessing stats.
 `jaxtrain.ckpt.resume.restore_latest` reads it back as (state, position).
 
-Step-based saves happen at compiled-call boundaries: the engine picks K (fixed or
-measured) among the divisors of `checkpoint.every_steps` (engine.py, loop.setup).
+Saves happen at compiled-call boundaries when any cadence is due: `every_seconds`
+since the last save (the default, 60: a kill loses at most that much training, plus
+one call), `every_steps` (the engine picks K among the divisors of it, engine.py) or
+`every_epochs`; and at the end. Several processes follow process 0's clock.
 A new best is not a second copy: it is the epoch-end save, marked with its metric
 value, and the store's preservation policy keeps it beside the latest ones.
 """
@@ -25,6 +27,7 @@ import numpy as np
 
 from jaxtrain.ckpt.checkpoint import FORMAT, Best, Checkpointer, state_tree
 from jaxtrain.config.schema import CheckpointConfig, to_dict
+from jaxtrain.dist.distributed import lead_decides
 from jaxtrain.training.loop import Hook, Run
 
 
@@ -67,7 +70,8 @@ class CheckpointHook(Hook):
         self.saved_steps: list[int] = []   # what this run saved (tests and reports read it)
         self._manager: Checkpointer | None = None
         self._saved_state: Any = None      # the TrainState object last written
-        self._boundary = 0
+        self._boundary = 0                 # every_steps intervals passed at the last step save
+        self._last_save = 0.0              # the run's clock at the last save (or the start)
 
     # ---- stateful protocol
     def state_dict(self) -> dict:
@@ -84,20 +88,30 @@ class CheckpointHook(Hook):
                                      best=best)
         every = self.cfg.every_steps
         self._boundary = run.global_step // every if every else 0
+        self._last_save = run.ctx.clock()
 
     def after_call(self, run: Run, sums: dict) -> None:
-        every = self.cfg.every_steps
-        if not every or run.step_in_epoch >= run.engine.steps:  # epoch ends save in on_epoch_end
+        if run.step_in_epoch >= run.engine.steps:  # epoch ends save in on_epoch_end
             return
-        if run.global_step // every > self._boundary:
-            self._boundary = run.global_step // every
+        if self._steps_due(run) | self._time_due(run):  # both: each keeps its own count
             self.save(run, "periodic")
+
+    def _steps_due(self, run: Run) -> bool:
+        every = self.cfg.every_steps
+        due = bool(every) and run.global_step // every > self._boundary
+        if every:
+            self._boundary = max(self._boundary, run.global_step // every)
+        return due
+
+    def _time_due(self, run: Run) -> bool:
+        every = self.cfg.every_seconds
+        return bool(every) and lead_decides(run.ctx.clock() - self._last_save >= every)
 
     def on_epoch_end(self, run: Run, record: dict) -> None:
         epoch_complete = run.step_in_epoch == 0
-        if self.cfg.every_steps:
-            self._boundary = max(self._boundary, run.global_step // self.cfg.every_steps)
-        periodic = epoch_complete and run.epoch % self.cfg.every_epochs == 0
+        every = self.cfg.every_epochs
+        periodic = self._steps_due(run) | self._time_due(run)
+        periodic = epoch_complete and (periodic or bool(every) and run.epoch % every == 0)
         best_value = self._new_best(record)
         if best_value is not None:
             self.best_value, self.best_step = best_value, run.global_step
@@ -141,6 +155,7 @@ class CheckpointHook(Hook):
         for hook in self.stateful:  # e.g. the non-finite guard: a bad state is never written
             hook.before_save(run)
         self._manager.save(run.global_step, state_tree(run.state), self.meta(run, kind), best_value)
+        self._last_save = run.ctx.clock()
         self._saved_state = run.state
         self.saved_steps.append(run.global_step)
 
