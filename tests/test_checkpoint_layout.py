@@ -95,3 +95,22 @@ def test_another_device_count_restores_when_the_batch_splits_and_is_refused_when
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "(saved on 4 devices) cannot resume on 8 devices" in err
     assert sorted(p.name for p in (tmp_path / "small" / "checkpoints").iterdir()) == before
+
+
+def test_async_saves_of_donated_sharded_state_hold_the_saved_step(tmp_path):
+    """async_save: the save returns once the shards are on the host, the next calls donate the
+    device buffers, and every step on disk still equals the synchronous run's."""
+    runs = {}
+    for mode in (False, True):
+        cfg = _cfg("fsdp")
+        cfg["train"]["epochs"] = 2
+        cfg["checkpoint"] = {"every_steps": 5, "every_seconds": None, "keep": 10, "async_save": mode}
+        train(cfg, workdir=tmp_path / str(mode))
+        runs[mode] = tmp_path / str(mode) / "checkpoints"
+    steps = sorted(int(p.name) for p in runs[True].iterdir())
+    assert steps == sorted(int(p.name) for p in runs[False].iterdir()) == [5, 10, 15, 20, 25, 30]
+    for step in steps:
+        a, _ = load_named_params(runs[False] / str(step))
+        b, _ = load_named_params(runs[True] / str(step))
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=f"{name} at step {step}")
