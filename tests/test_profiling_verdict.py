@@ -158,3 +158,8 @@ def test_profile_command_prints_the_breakdown_and_writes_a_trace(tmp_path, capsy
     report = json.loads((workdir / "profile.json").read_text())
     assert report["verdict"] in ("input-bound", "dispatch-bound", "compute-bound")
     assert trace_step_annotations(workdir / "trace")
+    # MFU: the step's FLOPs over the profiled step time, against the run's own peak
+    perf = json.loads((workdir / "summary.json").read_text())["perf"]
+    step_s = report["wall_s"] / report["steps"]
+    assert report["mfu"] == pytest.approx(perf["flops_per_step"] / step_s / 1e12 / perf["peak_tflops"])
+    assert f"MFU: {100 * report['mfu']:.1f}%" in out

@@ -34,7 +34,9 @@ def _train_resume_args(p: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from jaxtrain.runs.api import train
-    train(args.config, workdir=args.workdir, overrides=args.overrides, resume=args.resume)
+    from jaxtrain.util.time_account import since_process_start
+    train(args.config, workdir=args.workdir, overrides=args.overrides, resume=args.resume,
+          account=since_process_start())
     return 0
 
 
@@ -115,10 +117,11 @@ def _profile(args: argparse.Namespace) -> int:
     from jaxtrain.util.errors import UserError
     if args.steps < 2:
         raise UserError(f"--steps {args.steps}: profile needs at least 2 steps (one warm-up call)")
+    from jaxtrain.util.time_account import since_process_start
     workdir = args.workdir or default_workdir(load_config(args.config, args.overrides), "-profile")
     train(args.config, workdir=workdir, overrides=[
         *args.overrides, "train.profile=true", f"train.profile_steps={args.steps}",
-        "checkpoint.enabled=false"])
+        "checkpoint.enabled=false"], account=since_process_start())
     return 0
 
 

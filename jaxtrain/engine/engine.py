@@ -41,6 +41,7 @@ from jaxtrain.dist import parallel
 from jaxtrain.engine.compilation import signature_mismatch
 from jaxtrain.data import Dataset, epoch_permutation
 from jaxtrain.util.phase_timer import PhaseTimer
+from jaxtrain.util.time_account import TimeAccount
 from jaxtrain.engine.prefetch import prefetch_to_device, stack
 from jaxtrain.engine.step import TrainState, accumulate_metrics, make_device_epoch_runner, make_stream_runner
 
@@ -88,7 +89,8 @@ def resolve_steps_per_call(setting: int | str, steps: int, step_multiple: int | 
 class Engine:
     def __init__(self, train_step: Callable, dataset: Dataset, mesh, *, batch_size: int, seed: int,
                  on_device: bool, steps_per_call: int | str, clock: Callable[[], float] = time.perf_counter,
-                 strategy: parallel.Strategy | None = None, step_multiple: int | None = None):
+                 strategy: parallel.Strategy | None = None, step_multiple: int | None = None,
+                 account: TimeAccount | None = None):
         # The strategy (parallel.py) lays out state and batches and compiles the runners.
         self.strategy = strategy = strategy or parallel.Strategy("sharded", mesh)
         self.dataset, self.mesh, self.batch_size, self.seed = dataset, mesh, batch_size, seed
@@ -102,6 +104,7 @@ class Engine:
         self.compile_s = 0.0
         self.recompiles = 0
         self.timer = PhaseTimer(clock)          # inactive unless profiling
+        self.account = account or TimeAccount(clock)  # compiling and measuring K go to 'compile'
         self._compiled: dict[int, Any] = {}
         self._starts: dict[int, jax.Array] = {}
         self._copier: Callable | None = None
@@ -119,13 +122,28 @@ class Engine:
 
     def _compile(self, num: int, state: TrainState, args: tuple) -> Any:
         t0 = self.clock()
-        if self.on_device:
-            lowered = self._runner.lower(state, *args, num_steps=num)
-        else:
-            lowered = self._runner.lower(state, *args)
-        compiled = lowered.compile()
+        with self.account.part("compile"):
+            if self.on_device:
+                lowered = self._runner.lower(state, *args, num_steps=num)
+            else:
+                lowered = self._runner.lower(state, *args)
+            compiled = lowered.compile()
         self.compile_s += self.clock() - t0
         return compiled
+
+    def flops_per_step(self) -> float | None:
+        """FLOPs of one training step on all devices, from XLA's cost analysis of the compiled
+        call. The analysis counts a while loop's body once, so a K-step call reports one step
+        (tests/test_accounting.py checks this against the MLP's analytic count); it describes
+        one device's program, so it is multiplied by the devices of the mesh."""
+        compiled = self._compiled.get(self.k) or next(iter(self._compiled.values()), None)
+        if compiled is None:
+            return None
+        cost = compiled.cost_analysis()
+        if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
+            cost = cost[0] if cost else {}
+        flops = (cost or {}).get("flops")
+        return float(flops) * self.mesh.size if flops and flops > 0 else None
 
     def _call(self, state: TrainState, num: int, *args) -> tuple[TrainState, dict]:
         """Run `num` fused steps, compiling that chunk length once, ahead of time."""
@@ -161,6 +179,10 @@ class Engine:
         """Decide K for `steps_per_call: auto` by timing candidates on a copy of `state`."""
         if self.k is not None:
             return
+        with self.account.part("compile"):
+            self._choose_k(state)
+
+    def _choose_k(self, state: TrainState) -> None:
         max_k = None
         if not self.on_device:
             row = self._row_bytes()

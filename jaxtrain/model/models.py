@@ -128,6 +128,14 @@ class LinearRegression(nnx.Module):
 
 def build_model(cfg: ModelConfig, in_features: int, out_features: int, *, seed: int,
                 compute_dtype: jnp.dtype = jnp.float32) -> nnx.Module:
+    """The configured model, its parameters initialised in one compiled call: eagerly, each
+    initializer op compiles on its own (19 small compiles, seconds on 2 cores), and one
+    call hits the persistent compilation cache as a whole. The values are the same."""
+    return nnx.jit(lambda: _construct(cfg, in_features, out_features, seed, compute_dtype))()
+
+
+def _construct(cfg: ModelConfig, in_features: int, out_features: int, seed: int,
+               compute_dtype: jnp.dtype) -> nnx.Module:
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
     if cfg.name == "mlp":
         return MLP(in_features, tuple(cfg.hidden_sizes), out_features, rngs=rngs,

@@ -17,6 +17,7 @@ from flax import nnx
 from jaxtrain import data as data_stage
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.dist import distributed
+from jaxtrain.engine.compilation import enable_persistent_cache
 from jaxtrain.ckpt.checkpoint import has_checkpoint
 from jaxtrain.ckpt.params import restore_params
 from jaxtrain.config.schema import Config, dump_yaml, load_config
@@ -27,6 +28,8 @@ from jaxtrain.training.signals import PreemptionHook
 from jaxtrain.util.workdir import WorkdirLock, check_writable, explain_os_error
 from jaxtrain.ckpt.finetune import init_from
 from jaxtrain.training import profiling
+from jaxtrain.training.accounting import breakdown, closing_lines
+from jaxtrain.util.time_account import TimeAccount
 from jaxtrain.training.hooks import strategy_hooks
 from jaxtrain.training.hooks.tensorboard import logging_hooks
 from jaxtrain.util.events import Console, JsonlWriter
@@ -73,15 +76,17 @@ def write_text_atomic(path: Path, text: str) -> None:
 def train(config: str | Path | dict | Config | None = None, *, workdir: str | Path | None = None,
           model: nnx.Module | None = None, dataset: data_stage.Dataset | None = None,
           overrides: list[str] | dict[str, Any] | None = None, console: Console | None = None,
-          resume: str | Path | None = None, **kw_overrides: Any) -> dict:
+          resume: str | Path | None = None, account: TimeAccount | None = None, **kw_overrides: Any) -> dict:
     """Train and return the run's summary (also written to WORKDIR/summary.json).
 
     `config` is a YAML path, a config name from configs/, a dict or a Config.
     Keyword overrides use double underscores for dots: `optimizer__learning_rate=0.1`.
     A Python user may pass any `nnx.Module` as `model` and a prepared `dataset`.
     `resume=DIR` continues the run in DIR from its latest checkpoint (see `resume`).
+    `account` splits the wall time into parts (`time.breakdown`); the CLI passes one that
+    counts the process's start-up.
     """
-    t_start = time.perf_counter()
+    account = account or TimeAccount()
     over: dict[str, Any] = {}
     if isinstance(overrides, dict):
         over.update(overrides)
@@ -92,6 +97,7 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     if over:
         cfg = load_config(cfg, over)
     distributed.initialize(cfg.parallel.distributed)  # a multi-process run joins before any JAX use
+    enable_persistent_cache(cfg.train.compilation_cache)  # before the first compile (the model's init)
     lead = distributed.is_lead()  # process 0 writes logs and summaries; all take part in checkpoints
     if resume is None:
         workdir = distributed.same_on_all(str(workdir or default_workdir(cfg)))
@@ -107,12 +113,11 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     hooks: list = []
     abandoned = False
     try:
-        t0 = time.perf_counter()
-        if dataset is None:
-            dataset = data_stage.load_dataset(cfg.data, stats=saved_stats(workdir) if resume else None)
-        data_s = time.perf_counter() - t0
-        if lead:
-            data_stage.write_artifacts(dataset, workdir)   # stats.json + preprocess_report.json
+        with account.part("data"):
+            if dataset is None:
+                dataset = data_stage.load_dataset(cfg.data, stats=saved_stats(workdir) if resume else None)
+            if lead:
+                data_stage.write_artifacts(dataset, workdir)   # stats.json + preprocess_report.json
         console.line(data_stage.summary(dataset))
         if model is None:
             model = make_model(cfg, dataset)
@@ -121,7 +126,8 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         estimate = check_before_training(cfg, model, dataset, workdir)  # options vs data, memory, disk
         if resume is not None:
             check_device_count(workdir / "checkpoints", cfg)
-        run = setup(cfg, model, dataset, RunContext(console=console, events=events, workdir=workdir))
+        run = setup(cfg, model, dataset, RunContext(console=console, events=events, workdir=workdir,
+                                                     account=account))
         guard = NonFiniteGuard(cfg.train.on_nonfinite)
         hooks = strategy_hooks(cfg, workdir, stateful=[guard])  # early stopping, checkpoints
         hooks += profiling.hooks_for(cfg, workdir)  # train.profile: step-time breakdown and trace
@@ -135,13 +141,15 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         summary = fit(run, hooks=hooks)
         summary["memory"] = memory.report(run.state, run.engine.executable(), estimate)
         summary["status"] = "completed"
-        summary["time"]["data_s"] = data_s
-        summary["time"]["total_s"] = time.perf_counter() - t_start
         summary["workdir"] = str(workdir)
+        total_s, parts = breakdown(account)
+        summary["time"].update(data_s=parts["data"], total_s=total_s, breakdown=parts)
         if lead:
             write_json(workdir / "summary.json", summary)
-        events.write("summary", **{k: v for k, v in summary.items() if k in ("test", "train", "time")})
+        events.write("summary", **{k: v for k, v in summary.items() if k in ("test", "train", "time", "perf")})
         console.line(f"wrote {workdir}/summary.json")
+        for line in closing_lines(summary["perf"], total_s, parts):
+            console.line(line)
         return summary
     except (NonFiniteError, Preempted) as e:
         # No summary.json: it would look like a result. The reason goes into metrics.jsonl.

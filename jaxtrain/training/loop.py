@@ -26,6 +26,8 @@ from jaxtrain.config.schema import Config
 from jaxtrain.data import Dataset
 from jaxtrain.engine.engine import Engine, fits_on_device
 from jaxtrain.util.events import Console, JsonlWriter, Throughput, format_metrics
+from jaxtrain.util.time_account import TimeAccount
+from jaxtrain.training.accounting import HOOK_PART, PerfMeter, call_hooks
 from jaxtrain.model.metrics import compute_metrics
 from jaxtrain.model.optim import build_optimizer
 from jaxtrain.engine.step import (TrainState, accumulate_metrics, add_metrics, eval_params, init_state, make_predict,
@@ -41,6 +43,11 @@ class RunContext:
     events: JsonlWriter
     workdir: Path | None = None
     clock: Callable[[], float] = time.perf_counter
+    account: TimeAccount | None = None  # where the run's time goes (accounting.py); one on the clock if None
+
+    def __post_init__(self):
+        if self.account is None:
+            self.account = TimeAccount(self.clock)
 
 
 @dataclasses.dataclass
@@ -137,7 +144,9 @@ def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext) -> 
     from jaxtrain.engine.engine import steps_per_epoch
     steps = steps_per_epoch(dataset.num_train, cfg.data.batch_size)
     tx = build_optimizer(cfg.optimizer, steps, cfg.train.epochs, params)
-    state = strategy.place_state(init_state(params, rest, tx, ema=cfg.train.ema_decay is not None))
+    # One compiled call (cached across runs) instead of an eager compile per optimizer-state leaf.
+    ema = cfg.train.ema_decay is not None
+    state = strategy.place_state(jax.jit(lambda p, r: init_state(p, r, tx, ema=ema))(params, rest))
     train_step = make_train_step(train_def, tx, dataset.task, l1=cfg.optimizer.l1, l2=cfg.optimizer.l2,
                                  skip_nonfinite=cfg.train.on_nonfinite == "skip_step",
                                  axis_name=strategy.step_axis, grad_accum_steps=cfg.train.grad_accum_steps,
@@ -147,94 +156,133 @@ def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext) -> 
     engine = Engine(train_step, dataset, mesh, batch_size=cfg.data.batch_size, seed=cfg.train.seed,
                     on_device=fits_on_device(dataset, cfg.train.on_device_fraction),
                     steps_per_call=cfg.train.steps_per_call, clock=ctx.clock, strategy=strategy,
-                    step_multiple=cfg.checkpoint.every_steps if cfg.checkpoint.enabled else None)
+                    step_multiple=cfg.checkpoint.every_steps if cfg.checkpoint.enabled else None,
+                    account=ctx.account)
     evaluator = Evaluator(eval_def, mesh, cfg.data.eval_batch_size, dataset)
     return Run(cfg=cfg, dataset=dataset, ctx=ctx, mesh=mesh, engine=engine, evaluator=evaluator,
                state=state)
 
 
 def fit(run: Run, hooks: list[Hook] = ()) -> dict:
-    """Train from `run.epoch`/`run.step_in_epoch` to the configured end; return the summary."""
-    cfg, dataset, ctx, engine = run.cfg, run.dataset, run.ctx, run.engine
-    clock = ctx.clock
+    """Train from `run.epoch`/`run.step_in_epoch` to the configured end; return the summary.
+
+    Its time is charged to the parts of `run.ctx.account` (accounting.py)."""
+    cfg, ctx, engine, account = run.cfg, run.ctx, run.engine, run.ctx.account
     devices = parallel.device_summary(run.mesh)
     engine.prepare(run.state)  # steps_per_call=auto: time a few K on a copy of the state
-    ctx.console.line(f"devices: {devices['count']} x {devices['kind']} ({devices['platform']}), "
-                     f"processes: {devices['processes']}")
-    ctx.console.line(f"data: {dataset.name} train={engine.n_train} "
-                     f"val={len(dataset.val) if dataset.val else 0} test={len(dataset.test)} "
-                     f"features={dataset.feature_shape} ({'on device' if engine.on_device else 'streamed'}); "
-                     f"batch {cfg.data.batch_size}, {engine.steps} steps/epoch, {engine.k} steps per call"
-                     + (f" (a divisor of checkpoint.every_steps={engine.step_multiple})" if engine.step_multiple else "")
-                     + (" (auto: " + ", ".join(f"K={k} {t * 1e3:.3g} ms/step" for k, t in engine.k_timings.items())
-                        + ")" if engine.k_timings else ""))
-    for hook in hooks:
-        hook.on_train_start(run)
-
-    steady_time, steady_examples = 0.0, 0  # epochs after the first one timed: caches are warm
+    with account.part(HOOK_PART):
+        _announce(run, devices)
+    call_hooks(account, hooks, "on_train_start", run)
+    meter = PerfMeter(engine, list(run.mesh.devices.flat), cfg.train.precision, cfg.data.batch_size)
+    steady = [0.0, 0]  # seconds and examples of the epochs after the first one timed: caches are warm
     first_epoch = run.epoch
-    t_start = clock()
-    throughput = Throughput(cfg.train.epochs * engine.steps, cfg.data.batch_size, clock)  # bar's ex/s, ETA
+    t_start = ctx.clock()
+    throughput = Throughput(cfg.train.epochs * engine.steps, cfg.data.batch_size, ctx.clock)  # bar's ex/s, ETA
     while run.epoch < cfg.train.epochs and run.stop_reason is None:
-        t0, compile_before = clock(), engine.compile_s
-        sums, run.epoch_sums = run.epoch_sums, None
-        for run.state, chunk_sums, run.step_in_epoch in engine.run_epoch(run.state, run.epoch,
-                                                                         run.step_in_epoch):
-            run.global_step = run.epoch * engine.steps + run.step_in_epoch
-            sums = chunk_sums if sums is None else accumulate_metrics(sums, chunk_sums)
-            run.epoch_sums = sums
-            ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, engine.steps,
-                                 **throughput.update(run.global_step))
-            with engine.timer.phase("hooks"):
-                for hook in hooks:
-                    hook.after_call(run, chunk_sums)
-            if run.stop_reason is not None:
-                break
+        t0, compile_before, train_before = ctx.clock(), engine.compile_s, account.get("train")
+        steps_before = run.step_in_epoch
+        with account.part("train"):
+            sums = _train_epoch(run, hooks, throughput)
         if sums is None:  # resumed exactly at an epoch's end
             run.epoch, run.step_in_epoch = run.epoch + 1, 0
             continue
-        with engine.timer.phase("metric_transfer"):
-            sums = {key: float(v) for key, v in jax.device_get(sums).items()}  # the epoch's one sync
-        elapsed = clock() - t0 - (engine.compile_s - compile_before)
+        elapsed = ctx.clock() - t0 - (engine.compile_s - compile_before)
         if run.epoch > first_epoch or cfg.train.epochs - first_epoch == 1:
-            steady_time += elapsed
-            steady_examples += int(sums["count"])
+            steady[0] += elapsed
+            steady[1] += int(sums["count"])
         record = _epoch_record(run.epoch, run.global_step, sums, elapsed)
-        ctx.events.write("train", **record)
-        line = f"epoch {run.epoch + 1}/{cfg.train.epochs} " + format_metrics(
-            {k: v for k, v in record.items() if k not in ("epoch", "step")})
-        epoch_done = run.step_in_epoch >= engine.steps
-        if dataset.val is not None and epoch_done and (
-                (run.epoch + 1) % cfg.train.eval_every_epochs == 0 or run.epoch + 1 == cfg.train.epochs):
-            val = run.evaluator.evaluate(eval_params(run.state), run.state.rest, dataset.val)
-            ctx.events.write("eval", split="val", epoch=run.epoch + 1, step=run.global_step, **val)
-            record["val"] = val
-            line += " | val " + format_metrics(val)
-        run.history.append(record)
-        ctx.console.line(line)
-        if epoch_done:
-            run.epoch, run.step_in_epoch, run.epoch_sums = run.epoch + 1, 0, None
-        with engine.timer.phase("hooks"):
-            for hook in hooks:
-                hook.on_epoch_end(run, record)
+        record.update(meter.epoch(account.get("train") - train_before, run.step_in_epoch - steps_before))
+        _end_epoch(run, hooks, record)
 
-    for hook in hooks:
-        hook.on_train_end(run)
+    call_hooks(account, hooks, "on_train_end", run)
     test = {}
-    if dataset.test is not None and len(dataset.test):  # data.test_fraction: 0 means no test split
-        test = run.evaluator.evaluate(eval_params(run.state), run.state.rest, dataset.test)
-        ctx.events.write("eval", split="test", epoch=run.epoch, step=run.global_step, **test)
-        ctx.console.line("test " + format_metrics(test))
+    if run.dataset.test is not None and len(run.dataset.test):  # data.test_fraction: 0 means no test split
+        with account.part("evaluation"):
+            test = run.evaluator.evaluate(eval_params(run.state), run.state.rest, run.dataset.test)
+        with account.part(HOOK_PART):
+            ctx.events.write("eval", split="test", epoch=run.epoch, step=run.global_step, **test)
+            ctx.console.line("test " + format_metrics(test))
+    summary = _summary(run, devices, test, steady)
+    summary["time"] = {"compile_s": engine.compile_s, "fit_s": ctx.clock() - t_start}
+    summary["perf"] = meter.section()
+    return summary
+
+
+def _announce(run: Run, devices: dict) -> None:
+    """The devices and the data plan, before the first step."""
+    cfg, dataset, engine = run.cfg, run.dataset, run.engine
+    run.ctx.console.line(f"devices: {devices['count']} x {devices['kind']} ({devices['platform']}), "
+                         f"processes: {devices['processes']}")
+    run.ctx.console.line(
+        f"data: {dataset.name} train={engine.n_train} "
+        f"val={len(dataset.val) if dataset.val else 0} test={len(dataset.test)} "
+        f"features={dataset.feature_shape} ({'on device' if engine.on_device else 'streamed'}); "
+        f"batch {cfg.data.batch_size}, {engine.steps} steps/epoch, {engine.k} steps per call"
+        + (f" (a divisor of checkpoint.every_steps={engine.step_multiple})" if engine.step_multiple else "")
+        + (" (auto: " + ", ".join(f"K={k} {t * 1e3:.3g} ms/step" for k, t in engine.k_timings.items())
+           + ")" if engine.k_timings else ""))
+
+
+def _train_epoch(run: Run, hooks: list[Hook], throughput: Throughput) -> dict | None:
+    """The epoch's compiled calls with the hooks between them; its metric sums, read back once
+    (None when nothing was left to train in it)."""
+    engine, account = run.engine, run.ctx.account
+    sums, run.epoch_sums = run.epoch_sums, None
+    for run.state, chunk_sums, run.step_in_epoch in engine.run_epoch(run.state, run.epoch, run.step_in_epoch):
+        run.global_step = run.epoch * engine.steps + run.step_in_epoch
+        sums = chunk_sums if sums is None else accumulate_metrics(sums, chunk_sums)
+        run.epoch_sums = sums
+        if run.step_in_epoch >= engine.steps:  # the epoch's sync, before hooks that would wait for it
+            jax.block_until_ready(chunk_sums)
+        with account.part(HOOK_PART):
+            run.ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, engine.steps,
+                                     **throughput.update(run.global_step))
+        with engine.timer.phase("hooks"):
+            call_hooks(account, hooks, "after_call", run, chunk_sums)
+        if run.stop_reason is not None:
+            break
+    if sums is None:
+        return None
+    with engine.timer.phase("metric_transfer"):
+        return {key: float(v) for key, v in jax.device_get(sums).items()}  # the epoch's one sync
+
+
+def _end_epoch(run: Run, hooks: list[Hook], record: dict) -> None:
+    """Log the epoch, evaluate when it is due, and give the hooks their epoch-end turn."""
+    cfg, dataset, engine, account = run.cfg, run.dataset, run.engine, run.ctx.account
+    with account.part(HOOK_PART):
+        run.ctx.events.write("train", **record)
+    line = f"epoch {run.epoch + 1}/{cfg.train.epochs} " + format_metrics(
+        {k: v for k, v in record.items() if k not in ("epoch", "step")})
+    epoch_done = run.step_in_epoch >= engine.steps
+    if dataset.val is not None and epoch_done and (
+            (run.epoch + 1) % cfg.train.eval_every_epochs == 0 or run.epoch + 1 == cfg.train.epochs):
+        with account.part("evaluation"):
+            val = run.evaluator.evaluate(eval_params(run.state), run.state.rest, dataset.val)
+        with account.part(HOOK_PART):
+            run.ctx.events.write("eval", split="val", epoch=run.epoch + 1, step=run.global_step, **val)
+        record["val"] = val
+        line += " | val " + format_metrics(val)
+    run.history.append(record)
+    with account.part(HOOK_PART):
+        run.ctx.console.line(line)
+    if epoch_done:
+        run.epoch, run.step_in_epoch, run.epoch_sums = run.epoch + 1, 0, None
+    with engine.timer.phase("hooks"):
+        call_hooks(account, hooks, "on_epoch_end", run, record)
+
+
+def _summary(run: Run, devices: dict, test: dict, steady: list) -> dict:
+    cfg, dataset, engine = run.cfg, run.dataset, run.engine
     last = run.history[-1] if run.history else {}
     return {
         "config_name": cfg.name,
         "task": dataset.task,
         "test": test,
         "val": last.get("val", {}),
-        "train": {"examples_per_sec": steady_examples / steady_time if steady_time else None,
+        "train": {"examples_per_sec": steady[1] / steady[0] if steady[0] else None,
                   "loss": last.get("loss"), "epochs": run.epoch, "steps": run.global_step,
                   **({"accuracy": last["accuracy"]} if "accuracy" in last else {})},
-        "time": {"compile_s": engine.compile_s, "fit_s": clock() - t_start},
         "devices": devices,
         "batch": {"global": cfg.data.batch_size,
                   "per_device": cfg.data.batch_size // parallel.batch_shards(run.mesh),

@@ -28,6 +28,7 @@ from typing import Callable
 
 import jax
 
+from jaxtrain.training.accounting import PerfMeter
 from jaxtrain.training.loop import Hook, Run
 
 ROWS = [("input_wait", "input wait"), ("h2d_transfer", "host-to-device transfer"),
@@ -91,6 +92,8 @@ def format_report(report: dict) -> list[str]:
         lines.append(f"  (prefetch thread, overlapped: prepare {bg['prepare']:.4f} ms/step, "
                      f"transfer {bg['transfer']:.4f} ms/step)")
     lines.append(f"  device idle: {100 * report['device_idle_fraction']:.1f}%")
+    if report.get("mfu") is not None:
+        lines.append(f"  MFU: {100 * report['mfu']:.1f}% ({report['tflops_per_sec']:.3g} TFLOP/s)")
     lines.append(f"verdict: {report['verdict']}: {report['advice']}")
     if report.get("trace_dir"):
         lines.append(f"trace: {report['trace_dir']} (tensorboard --logdir, or Perfetto)")
@@ -198,6 +201,9 @@ class ProfileHook(Hook):
             report["window"] = "traced calls (profiler overhead included)"
         report["trace_dir"] = str(self._trace_dir) if self._trace_dir else None
         report["compile_s"] = run.engine.compile_s
+        meter = PerfMeter(run.engine, list(run.mesh.devices.flat), run.cfg.train.precision,
+                          run.cfg.data.batch_size)
+        report.update(meter.rates(report["wall_s"] * 1e3 / report["steps"]))
         self.report = report
         for line in format_report(report):
             run.ctx.console.line(line)

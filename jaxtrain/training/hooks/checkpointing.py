@@ -57,6 +57,7 @@ class CheckpointHook(Hook):
     """
 
     name = "checkpoint"
+    time_part = "checkpointing"  # its time in the run's breakdown (training/accounting.py)
 
     def __init__(self, cfg: CheckpointConfig, directory: str | Path, stateful: list = (),
                  best_metric: str | None = None, best_mode: str = "min", best_min_delta: float = 0.0):
