@@ -169,3 +169,24 @@ def test_cpu_peak_is_measured_once_and_again_only_when_a_run_beats_it(monkeypatc
     assert peak.cpu_peak("float32", at_least=2.0)[0] == 3.0
     assert json.loads(peak.cache_file().read_text()) == {
         f"{peak.cpu_model()} | {__import__('os').cpu_count()} cpus | jax {peak.jax.__version__} | float32": 3.0}
+
+
+def test_a_run_without_checkpoints_never_imports_orbax(tmp_path):
+    """orbax.checkpoint (tensorstore, asyncio) loads on first use, not with jaxtrain."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np\n"
+            "from jaxtrain import train\n"
+            "from jaxtrain.data import Dataset, Split\n"
+            "x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)\n"
+            "s = Split(x, (x[:, 0] > 0).astype(np.int32))\n"
+            "ds = Dataset(task='classification', num_classes=2, feature_shape=(4,), train=s, val=None, test=s)\n"
+            f"train({{'train': {{'epochs': 1}}, 'checkpoint': {{'enabled': False}}}}, dataset=ds,"
+            f" workdir={str(tmp_path / 'off')!r})\n"
+            "assert 'orbax.checkpoint.checkpoint_manager' not in sys.modules\n"
+            f"train({{'train': {{'epochs': 1}}}}, dataset=ds, workdir={str(tmp_path / 'on')!r})\n"
+            "assert 'orbax.checkpoint.checkpoint_manager' in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**__import__("os").environ, "JAX_NUM_CPU_DEVICES": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "on" / "checkpoints").is_dir() and not (tmp_path / "off" / "checkpoints").exists()

@@ -28,10 +28,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxtrain.util.errors import UserError
+from jaxtrain.util.lazy import lazy_module
+
+ocp = lazy_module("orbax.checkpoint")  # imported on first use: a run without checkpoints never pays for it
 
 FORMAT = 2  # meta["format"]: 2 = full training state + data position
 
@@ -74,6 +75,7 @@ def _value(metrics: dict) -> float:
 
 
 def _options(keep: int, async_save: bool, best: Best | None) -> ocp.CheckpointManagerOptions:
+    policies = ocp.checkpoint_managers
     keep_policies = [policies.LatestN(keep)]
     if best is not None:  # only saves that were a new best carry metrics: keep the best of them
         keep_policies.append(policies.BestN(get_metric_fn=_value, reverse=best.mode == "min", n=1,
