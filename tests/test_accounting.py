@@ -190,3 +190,19 @@ def test_a_run_without_checkpoints_never_imports_orbax(tmp_path):
                           env={**__import__("os").environ, "JAX_NUM_CPU_DEVICES": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "on" / "checkpoints").is_dir() and not (tmp_path / "off" / "checkpoints").exists()
+
+
+def test_command_line_counts_startup_and_exits_with_its_status_and_output(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1"}
+    run = [sys.executable, "-m", "jaxtrain", "train", "--set", "train.epochs=1", "--set", "logging.progress=plain"]
+    proc = subprocess.run([*run, "--workdir", str(tmp_path / "ok")], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("time:")   # flushed before the fast exit
+    parts = json.loads((tmp_path / "ok" / "summary.json").read_text())["time"]["breakdown"]
+    assert parts["startup"] > 0                                         # process start to the run's start
+    bad = subprocess.run([*run, "--set", "train.epochs=0", "--workdir", str(tmp_path / "bad")],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
