@@ -198,7 +198,7 @@ def entry() -> None:
 
 def exit_without_teardown(status: int) -> None:
     """Exit as Python would, less the interpreter's teardown of every module, which took
-    3-4 s on 2 loaded cores after JAX was imported (bench/README.md). Non-daemon threads
+    seconds on 2 loaded cores after JAX was imported (bench/exit_time.py). Non-daemon threads
     are joined and exit handlers run (jax.distributed's shutdown among them) first; the
     standard streams are flushed. Only the command line exits so: `main()` returns."""
     for thread in threading.enumerate():
