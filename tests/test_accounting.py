@@ -115,14 +115,15 @@ def _analytic_flops_per_example(sizes):
     return 6 * weights - 2 * sizes[0] * sizes[1]
 
 
-@pytest.mark.parametrize("devices", [1, 8])
-def test_summary_has_perf_and_a_breakdown_that_adds_up(monkeypatch, tmp_path, devices):
+@pytest.mark.parametrize("devices,microbatches", [(1, 1), (8, 1), (1, 2)])
+def test_summary_has_perf_and_a_breakdown_that_adds_up(monkeypatch, tmp_path, devices, microbatches):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     lines = []
     console = Console("plain", stream=types.SimpleNamespace(write=lines.append, flush=lambda: None,
                                                             isatty=lambda: False))
     summary = train(_mnist_cfg(steps_per_call="epoch"), dataset=_mnist_shaped(), console=console,
-                    workdir=tmp_path / "run", overrides={"parallel.data_axis_size": devices})
+                    workdir=tmp_path / "run", overrides={"parallel.data_axis_size": devices,
+                                                          "train.grad_accum_steps": microbatches})
     perf, t = summary["perf"], summary["time"]
     assert set(accounting.PARTS) <= set(t["breakdown"])
     assert sum(t["breakdown"].values()) == pytest.approx(t["total_s"], rel=0.05)

@@ -45,8 +45,9 @@ def call_hooks(account: TimeAccount, hooks: Iterable, method: str, *args) -> Non
 class PerfMeter:
     """Per-epoch step time and MFU of a run; the `perf` section of its summary."""
 
-    def __init__(self, engine, devices: list, precision: str, batch_size: int):
+    def __init__(self, engine, devices: list, precision: str, batch_size: int, microbatches: int = 1):
         self.engine, self.devices, self.precision, self.batch_size = engine, devices, precision, batch_size
+        self.microbatches = microbatches  # train.grad_accum_steps: a scan XLA counts once
         self.step_ms: list[float] = []
         self._flops: float | None = None
         self._peak: tuple[float | None, str] | None = None
@@ -54,7 +55,9 @@ class PerfMeter:
 
     def flops_per_step(self) -> float | None:
         if self._flops is None:
-            self._flops = self.engine.flops_per_step()
+            flops = self.engine.flops_per_step()
+            # the microbatch scan's body counted once; its update counted as many times (small)
+            self._flops = flops * self.microbatches if flops else None
         return self._flops
 
     def peak(self, achieved: float = 0.0) -> tuple[float | None, str]:

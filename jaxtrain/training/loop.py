@@ -173,7 +173,8 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
     with account.part(HOOK_PART):
         _announce(run, devices)
     call_hooks(account, hooks, "on_train_start", run)
-    meter = PerfMeter(engine, list(run.mesh.devices.flat), cfg.train.precision, cfg.data.batch_size)
+    meter = PerfMeter(engine, list(run.mesh.devices.flat), cfg.train.precision, cfg.data.batch_size,
+                      cfg.train.grad_accum_steps)
     steady = [0.0, 0]  # seconds and examples of the epochs after the first one timed: caches are warm
     first_epoch = run.epoch
     t_start = ctx.clock()

@@ -202,7 +202,7 @@ class ProfileHook(Hook):
         report["trace_dir"] = str(self._trace_dir) if self._trace_dir else None
         report["compile_s"] = run.engine.compile_s
         meter = PerfMeter(run.engine, list(run.mesh.devices.flat), run.cfg.train.precision,
-                          run.cfg.data.batch_size)
+                          run.cfg.data.batch_size, run.cfg.train.grad_accum_steps)
         report.update(meter.rates(report["wall_s"] * 1e3 / report["steps"]))
         self.report = report
         for line in format_report(report):
