@@ -7,6 +7,7 @@ from jaxtrain.data import pipeline_tf, preprocess, sources
 from jaxtrain.data.dataset import Dataset
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.data.streaming import load_streaming
+from jaxtrain.data.tfhelp import require_tf
 
 
 def load_dataset(cfg: DataConfig, stats: FeatureStats | None = None) -> Dataset:
@@ -14,6 +15,7 @@ def load_dataset(cfg: DataConfig, stats: FeatureStats | None = None) -> Dataset:
 
     With `stats` (from a saved run), reuse them instead of fitting new ones.
     """
+    require_tf(cfg)
     if cfg.streaming:
         return load_streaming(cfg, stats)
     raw = sources.load_raw(cfg)

@@ -1,4 +1,4 @@
-"""Raw data sources: builtin (sklearn), synthetic, idx, npz; csv and tfds live in their own modules.
+"""Raw data sources: builtin (tables shipped in data/tables/), synthetic, idx, npz; csv and tfds live in their own modules.
 
 Each loader returns a `RawData` (see raw.py); nothing here cleans or transforms.
 """
@@ -6,6 +6,7 @@ Each loader returns a `RawData` (see raw.py); nothing here cleans or transforms.
 from __future__ import annotations
 
 import gzip
+import importlib.resources
 import os
 import struct
 import zipfile
@@ -23,19 +24,26 @@ _BUILTIN = {"digits": "classification", "iris": "classification", "wine": "class
             "breast_cancer": "classification", "diabetes": "regression"}
 
 
+def builtin_table(name: str) -> dict[str, np.ndarray]:
+    """x, y and feature_names of a built-in table: the package data that
+    scripts/make_builtin_tables.py wrote from scikit-learn's copy."""
+    with importlib.resources.files("jaxtrain.data").joinpath("tables", f"{name}.npz").open("rb") as f:
+        with np.load(f, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+
+
 def _builtin(cfg: DataConfig) -> RawData:
     if cfg.name not in _BUILTIN:
         raise DataError(f"data.name '{cfg.name}': no builtin data set of that name; "
                         f"valid: {', '.join(_BUILTIN)}")
-    import sklearn.datasets
-    d = getattr(sklearn.datasets, f"load_{cfg.name}")()
+    table = builtin_table(cfg.name)
+    x, y = table["x"].astype(np.float64), table["y"].astype(np.float64)
     task = _BUILTIN[cfg.name]
-    names = [str(n) for n in getattr(d, "feature_names", [])] or [f"x{j}" for j in range(d.data.shape[1])]
-    nc = int(d.target.max()) + 1 if task == "classification" else None
+    nc = int(y.max()) + 1 if task == "classification" else None
     extra = {"image_shape": [8, 8]} if cfg.name == "digits" else {}  # 64 columns are 8x8 pixels
-    return RawData("table", {"all": table_part(d.target.astype(np.float64), d.data)}, name=cfg.name,
-                   where=f"builtin data set '{cfg.name}'", task=task, num_classes=nc, num_names=names,
-                   extra=extra)
+    return RawData("table", {"all": table_part(y, x)}, name=cfg.name,
+                   where=f"builtin data set '{cfg.name}'", task=task, num_classes=nc,
+                   num_names=[str(n) for n in table["feature_names"]], extra=extra)
 
 
 # ---------------------------------------------------------------- synthetic

@@ -7,17 +7,12 @@ import pyarrow as pa
 
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data.raw import Part, RawData
-from jaxtrain.data.tfhelp import import_tf
+from jaxtrain.data.tfhelp import import_tfds
 from jaxtrain.util.errors import DataError
 
 
 def _builder(cfg: DataConfig):
-    import_tf()
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as e:
-        raise DataError(f"data.source=tfds needs tensorflow-datasets (and importlib_resources): {e}; "
-                        "pip install tensorflow-datasets importlib_resources") from None
+    tfds = import_tfds()
     try:
         return tfds.builder(cfg.name, data_dir=cfg.data_dir)
     except Exception as e:  # noqa: BLE001  (tfds raises DatasetNotFoundError and friends)

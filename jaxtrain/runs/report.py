@@ -96,6 +96,7 @@ def _metrics_table(summary: dict) -> list[str]:
 def write_report(run_dir: str | Path) -> Path:
     """Write the PNGs and report.md into `run_dir`; return the report's path."""
     from jaxtrain.runs.api import load_trained
+    plots.require_matplotlib()
     run = Path(run_dir)
     history = read_history(run)
     trained = load_trained(run)

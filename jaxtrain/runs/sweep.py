@@ -19,6 +19,7 @@ from typing import Any
 
 from jaxtrain.config.schema import Config, load_config, parse_override
 from jaxtrain.util.errors import ConfigError, UserError
+from jaxtrain.util import plots
 from jaxtrain.util.events import Console
 
 
@@ -88,6 +89,7 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
               console: Console | None = None) -> list[dict[str, Any]]:
     """Train every grid point; write results.csv/.md/.png into `workdir`; return the rows."""
     from jaxtrain.runs.api import default_workdir, train
+    plots.require_matplotlib()           # results.png: refuse before any training
     grid = parse_grid(grid) if isinstance(grid, list) else grid
     overrides = list(overrides or [])
     for key in grid:  # fail fast on a bad key or value, before any training
@@ -126,7 +128,6 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
 
 
 def write_results(root: Path, rows: list[dict[str, Any]], keys: list[str], task: str) -> None:
-    from jaxtrain.util.plots import bar_per_point
     columns = list(dict.fromkeys(c for r in rows for c in r))
     with open(root / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -161,7 +162,7 @@ def write_results(root: Path, rows: list[dict[str, Any]], keys: list[str], task:
               "Each point's run directory is `<point>/` (config.yaml, metrics.jsonl, summary.json, "
               "checkpoints/); `jaxtrain report <point dir>` plots it.", ""]
     (root / "results.md").write_text("\n".join(lines))
-    bar_per_point([r["point"] for r in rows], [v if isinstance(v, float) else float("nan") for v in values],
+    plots.bar_per_point([r["point"] for r in rows], [v if isinstance(v, float) else float("nan") for v in values],
                   metric, root / "results.png", best)
 
 

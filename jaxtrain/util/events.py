@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from jaxtrain.util.optional import require
+
 
 def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
@@ -112,8 +114,8 @@ class TensorBoardWriter:
     """Scalars as TensorBoard event files, via tensorboardX (no TensorFlow needed)."""
 
     def __init__(self, logdir: Path):
-        from tensorboardX import SummaryWriter
-        self._writer = SummaryWriter(str(logdir))
+        tensorboardx = require("tensorboardX", "tensorboard", "logging.tensorboard=true")
+        self._writer = tensorboardx.SummaryWriter(str(logdir))
 
     def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
         for key, value in values.items():

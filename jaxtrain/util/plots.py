@@ -11,8 +11,16 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxtrain.util.optional import require
+
+
+def require_matplotlib() -> None:
+    """Refuse in one line, before any work, when matplotlib (the `report` extra) is missing."""
+    require("matplotlib", "report", "drawing charts (jaxtrain report, sweeps)")
+
 
 def _plt():
+    require_matplotlib()
     import matplotlib
     matplotlib.use("Agg")  # files only: works on a headless machine
     import matplotlib.pyplot as plt
