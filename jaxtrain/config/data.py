@@ -57,11 +57,12 @@ class DataConfig:
     normalize: Literal["none", "zscore", "minmax", "minmax_sym"] = "zscore"
     # per feature, or one shift/scale for all features; auto: global for images.
     normalize_scope: Literal["auto", "feature", "global"] = "auto"
-    backend: Literal["numpy", "tfdata"] = "numpy"
+    backend: Literal["numpy", "tfdata", "grain"] = "numpy"
+    workers: int = 0                 # grain: worker processes gathering batches (0: in this process)
     # csv: read the file in blocks, never whole, and train from an on-disk cache (any backend).
     streaming: bool = False
     cache_dir: str | None = None     # where streaming writes its preprocessed cache (default: temp)
-    num_parallel_calls: int = -1     # tf.data map parallelism; -1 = AUTOTUNE
+    num_parallel_calls: int = -1     # tf.data/grain map threads; -1 = AUTOTUNE (grain: its default)
     prefetch: int = 2                # batches prefetched by the backend
     synthetic_rows: int = 1000
     batch_size: int = 64
@@ -85,6 +86,8 @@ class DataConfig:
         check_key(not self.streaming or self.source == "csv", f"{key}.streaming", "needs data.source=csv")
         check_key(self.delimiter == "auto" or len(self.delimiter) == 1, f"{key}.delimiter",
                   f"must be auto or one character, got {self.delimiter!r}")
+        check_key(self.workers >= 0 and (self.workers == 0 or self.backend == "grain"), f"{key}.workers",
+                  f"worker processes (got {self.workers}) need data.backend=grain and a count >= 0")
         check_key(self.source not in ("csv", "npz", "idx") or self.path is not None,
                f"{key}.path", f"data.source={self.source} needs data.path (a "
                + {"csv": "CSV file", "npz": ".npz file", "idx": "directory with the four MNIST files"

@@ -26,6 +26,18 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
 
 
+def batch_plan(n: int, batch_size: int, seed: int, epoch: int, start: int = 0, rows: slice = slice(None)
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices and mask of the epoch's batches from batch `start` on, `rows` of each (a
+    process's share): two (batches, rows) arrays; the last batch is padded with row 0, masked.
+    Every backend reads batches in this plan, so a resumed epoch seeks to its batch."""
+    steps = -(-n // batch_size)
+    idx = np.zeros(steps * batch_size, np.int32)
+    mask = np.zeros(steps * batch_size, np.float32)
+    idx[:n], mask[:n] = epoch_permutation(n, seed, epoch), 1.0
+    return idx.reshape(steps, batch_size)[start:, rows], mask.reshape(steps, batch_size)[start:, rows]
+
+
 @dataclasses.dataclass
 class Dataset:
     task: Literal["classification", "regression"]
@@ -48,8 +60,9 @@ class Dataset:
     num_train: int = -1
     # True when the training split is streamed from disk rather than held in memory.
     streaming: bool = False
-    # The backend's batch iterator: (batch_size, seed, epoch) -> (x, y, mask) batches.
-    batcher: Callable[[int, int, int], Iterator] | None = dataclasses.field(default=None, repr=False)
+    # The backend's batch iterator: (batch_size, seed, epoch, start, rows) -> (x, y, mask)
+    # batches from batch `start` of the epoch, `rows` of each (see `batch_plan`).
+    batcher: Callable[[int, int, int, int, slice], Iterator] | None = dataclasses.field(default=None, repr=False)
     # tf.data backend: (encoded rows before normalization, targets, normalized width).
     raw_train: Any = dataclasses.field(default=None, repr=False)
     # Streaming: random access to the training rows by training position, (x, y) = gather(idx),
@@ -77,39 +90,23 @@ class Dataset:
     def to_original_units(self, y: np.ndarray) -> np.ndarray:
         return y * self.target_scale + self.target_mean
 
-    def train_batches(self, batch_size: int, seed: int, epoch: int
+    def train_batches(self, batch_size: int, seed: int, epoch: int, start: int = 0, rows: slice = slice(None)
                       ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Fixed-shape (x, y, mask) batches covering every training example once, in
-        `epoch_permutation` order; the last batch is padded and masked, never dropped."""
+        `epoch_permutation` order; the last batch is padded and masked, never dropped.
+        From batch `start` on (a resumed epoch reads nothing before it), `rows` of each batch."""
         if self.batcher is not None:
-            yield from self.batcher(batch_size, seed, epoch)
+            yield from self.batcher(batch_size, seed, epoch, start, rows)
             return
-        order = epoch_permutation(len(self.train), seed, epoch)
-        yield from padded_batches(self.train, batch_size, order)
+        x, y = self.train.x, self.train.y
+        yield from gathered_batches(lambda i: (x[i], y[i]), len(self.train), batch_size, seed, epoch, start, rows)
 
 
 def gathered_batches(gather: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], n: int, batch_size: int,
-                     seed: int, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(x, y, mask) batches of `n` rows that `gather` returns by index, in `epoch_permutation`
-    order; the last batch padded with row 0 and masked (as `padded_batches`)."""
-    order = epoch_permutation(n, seed, epoch)
-    for start in range(0, n, batch_size):
-        idx = np.zeros(batch_size, order.dtype)
-        mask = np.zeros(batch_size, np.float32)
-        real = order[start:start + batch_size]
-        idx[:len(real)], mask[:len(real)] = real, 1.0
+                     seed: int, epoch: int, start: int = 0, rows: slice = slice(None)
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(x, y, mask) batches of the `n` rows `gather` returns by index, by the epoch's
+    `batch_plan`: only the planned rows are read, from batch `start` on."""
+    for idx, mask in zip(*batch_plan(n, batch_size, seed, epoch, start, rows)):
         x, y = gather(idx)
         yield x, y, mask
-
-
-def padded_batches(split: Split, batch_size: int, order: np.ndarray, rows: slice = slice(None)
-                   ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(x, y, mask) batches of `split` in `order`; the last one padded with row 0, masked out.
-    `rows` keeps only those rows of each batch (a process's share), gathering nothing else."""
-    for start in range(0, len(split), batch_size):
-        idx = np.zeros(batch_size, order.dtype)
-        mask = np.zeros(batch_size, np.float32)
-        real = order[start:start + batch_size]
-        idx[:len(real)], mask[:len(real)] = real, 1.0
-        idx, mask = idx[rows], mask[rows]
-        yield split.x[idx], split.y[idx], mask

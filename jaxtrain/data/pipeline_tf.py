@@ -1,10 +1,11 @@
 """The tf.data backend: same values and same epoch order as the NumPy backend.
 
 The training split is kept encoded but not normalized; each epoch is a tf.data
-pipeline over the `epoch_permutation` indices (that permutation *is* the shuffle,
-so both backends visit examples in the same order): batch the indices, a parallel
-map gathers the rows and normalizes them in float32 (the same operations as
-`transforms.normalize_`), then prefetch. The last batch is padded with index 0 and masked.
+pipeline over the `batch_plan` of the `epoch_permutation` (that permutation *is* the
+shuffle, so every backend visits examples in the same order): one element per batch
+(from a resumed epoch's batch on, this process's rows of each), a parallel map gathers
+the rows and normalizes them in float32 (the same operations as `transforms.normalize_`),
+then prefetch. The last batch is padded with index 0 and masked.
 """
 
 from __future__ import annotations
@@ -14,18 +15,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from jaxtrain.data.dataset import Dataset, epoch_permutation
+from jaxtrain.data.dataset import Dataset, batch_plan
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data.tfhelp import import_tf
 from jaxtrain.data.featurestats import Normalizer
-
-
-def padded_order(n: int, batch_size: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    order = epoch_permutation(n, seed, epoch)
-    pad = (-n) % batch_size
-    idx = np.concatenate([order, np.zeros(pad, np.int32)])
-    mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-    return idx, mask
 
 
 def normalize_fn(norm: Normalizer, feature_shape: tuple[int, ...]) -> Callable:
@@ -46,10 +39,11 @@ def normalize_fn(norm: Normalizer, feature_shape: tuple[int, ...]) -> Callable:
 
 def tf_batches(gather: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], n: int,
                dtypes: tuple[np.dtype, np.dtype], normalize: Callable, cfg: DataConfig,
-               batch_size: int, seed: int, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(x, y, mask) batches: tf.data over the permuted indices, parallel map, prefetch."""
+               batch_size: int, seed: int, epoch: int, start: int = 0, rows: slice = slice(None)
+               ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(x, y, mask) batches: tf.data over the batches of the plan, parallel map, prefetch."""
     tf = import_tf()
-    idx, mask = padded_order(n, batch_size, seed, epoch)
+    idx, mask = batch_plan(n, batch_size, seed, epoch, start, rows)
     parallel = tf.data.AUTOTUNE if cfg.num_parallel_calls == -1 else cfg.num_parallel_calls
 
     def load(i, m):
@@ -59,7 +53,6 @@ def tf_batches(gather: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], n:
         return normalize(x), y, m
 
     ds = (tf.data.Dataset.from_tensor_slices((idx, mask))
-          .batch(batch_size)
           .map(load, num_parallel_calls=parallel, deterministic=True)
           .prefetch(cfg.prefetch if cfg.prefetch > 0 else tf.data.AUTOTUNE))
     yield from ds.as_numpy_iterator()

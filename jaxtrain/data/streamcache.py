@@ -128,6 +128,9 @@ class MappedRows:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def __reduce__(self):
+        return MappedRows, (self.path, *self.rows.shape)   # a worker process maps the file itself
+
     def take(self, idx: np.ndarray) -> np.ndarray:
         out = self.rows[idx]
         with self._lock:

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from jaxtrain.config.data import DataConfig
-from jaxtrain.data import clean, csvfile, csvstream, encoder, pipeline_tf, tablefit
+from jaxtrain.data import clean, csvfile, csvstream, encoder, pipeline_grain, pipeline_tf, tablefit
 from jaxtrain.data.csvfile import CsvSchema, LineIndex
 from jaxtrain.data.dataset import Dataset, Split, gathered_batches
 from jaxtrain.data.featurestats import FeatureStats
@@ -204,12 +204,24 @@ def _dataset(s: Scan, stats: FeatureStats, cfg: DataConfig, rep: dict[str, Any],
     row_of = _file_rank(split_rows[TRAIN])      # training position -> row of the file-order train file
     train_rows, ytrain = mapped[TRAIN], targets[TRAIN]
 
-    def gather(i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return train_rows.take(row_of[i]), ytrain[i]
-
+    gather = CacheGather(train_rows, row_of, ytrain)
     directory.hand_over(ds)                     # the cache files live as long as the dataset
     ds.gather_train = gather
     if cfg.backend == "tfdata":
         return pipeline_tf.attach_rows(ds, cfg, gather, (np.float32, ytrain.dtype))
+    if cfg.backend == "grain":
+        return pipeline_grain.attach(ds, cfg, gather)
     ds.batcher = functools.partial(gathered_batches, gather, n_train)
     return ds
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheGather:
+    """Training positions -> (their rows from the cache, targets); picklable, so grain's
+    worker processes map the cache file themselves."""
+    rows: MappedRows
+    row_of: np.ndarray
+    y: np.ndarray
+
+    def __call__(self, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.rows.take(self.row_of[i]), self.y[i]

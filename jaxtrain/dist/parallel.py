@@ -31,7 +31,6 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxtrain.config.schema import ParallelConfig
-from jaxtrain.data.dataset import epoch_permutation, padded_batches
 from jaxtrain.util.errors import ConfigError
 
 DATA_AXIS = "data"
@@ -272,21 +271,10 @@ class Strategy:
         """The rows of every global batch this process supplies."""
         return local_rows(self.stream_sharding(), (1, batch_size), 1)
 
-    def local_batches(self, dataset, batch_size: int, seed: int, epoch: int) -> Iterator:
-        """This process's rows of each (x, y, mask) batch of the epoch, in `train_batches` order.
-
-        With the training split in memory only those rows are gathered; a backend's own
-        batcher (tf.data) yields whole batches, which are then cut.
-        """
-        rows = self.local_batch_rows(batch_size)
-        if rows == slice(0, batch_size):
-            yield from dataset.train_batches(batch_size, seed, epoch)
-        elif dataset.train is not None and dataset.batcher is None:
-            order = epoch_permutation(len(dataset.train), seed, epoch)
-            yield from padded_batches(dataset.train, batch_size, order, rows)
-        else:
-            for batch in dataset.train_batches(batch_size, seed, epoch):
-                yield tuple(a[rows] for a in batch)
+    def local_batches(self, dataset, batch_size: int, seed: int, epoch: int, start: int = 0) -> Iterator:
+        """This process's rows of each (x, y, mask) batch of the epoch from batch `start` on, in
+        `train_batches` order: every backend gathers only those rows."""
+        return dataset.train_batches(batch_size, seed, epoch, start, self.local_batch_rows(batch_size))
 
     def stream_placer(self, batch_size: int) -> Callable[[tuple], tuple]:
         """(K, local rows, ...) host arrays from this process -> global (K, batch_size, ...) arrays."""

@@ -247,9 +247,9 @@ class Engine:
 
     # ------------------------------------------------------------ the epoch
 
-    def _local_batches(self, epoch: int) -> Iterator:
-        """This process's rows of each of the epoch's batches (all of them in a single process)."""
-        return self.strategy.local_batches(self.dataset, self.batch_size, self.seed, epoch)
+    def _local_batches(self, epoch: int, start: int = 0) -> Iterator:
+        """This process's rows of the epoch's batches from batch `start` on (all rows in one process)."""
+        return self.strategy.local_batches(self.dataset, self.batch_size, self.seed, epoch, start)
 
     def run_epoch(self, state: TrainState, epoch: int, start_step: int = 0
                   ) -> Iterator[tuple[TrainState, dict, int]]:
@@ -267,9 +267,7 @@ class Engine:
                     state, sums = self._call(state, num, self._x, self._y, order, self._start(start))
                 yield state, sums, start + num
             return
-        batches = self._local_batches(epoch)
-        for _ in range(start_step):  # skip what a resumed run already trained on
-            next(batches, None)
+        batches = self._local_batches(epoch, start_step)  # a resumed epoch seeks: nothing is re-read
         done = start_step
         for num, chunk in prefetch_to_device(batches, self.k, self._put_chunk, timer=self.timer):
             with self.timer.annotate(first_step + done):
