@@ -1,8 +1,21 @@
-"""jaxtrain: a fast JAX trainer (Flax NNX + Optax) from the command line or Python."""
+"""jaxtrain: a fast JAX trainer (Flax NNX + Optax) from the command line or Python.
 
-from jaxtrain.runs.api import evaluate, resume, train
-from jaxtrain.config.schema import Config, load_config
-from jaxtrain.util.errors import ConfigError, DataError, UserError
+The names below are imported on first use, so that importing one layer (say, a grain
+worker process unpickling a data-stage function) does not import JAX and every layer.
+"""
 
-__all__ = ["train", "resume", "evaluate", "load_config", "Config", "UserError", "ConfigError", "DataError"]
+import importlib
+
+_WHERE = {"train": "jaxtrain.runs.api", "resume": "jaxtrain.runs.api", "evaluate": "jaxtrain.runs.api",
+          "load_config": "jaxtrain.config.schema", "Config": "jaxtrain.config.schema",
+          "UserError": "jaxtrain.util.errors", "ConfigError": "jaxtrain.util.errors",
+          "DataError": "jaxtrain.util.errors"}
+
+__all__ = list(_WHERE)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'jaxtrain' has no attribute '{name}'")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -62,7 +62,7 @@ class DataConfig:
     # csv: read the file in blocks, never whole, and train from an on-disk cache (any backend).
     streaming: bool = False
     cache_dir: str | None = None     # where streaming writes its preprocessed cache (default: temp)
-    num_parallel_calls: int = -1     # tf.data/grain map threads; -1 = AUTOTUNE (grain: its default)
+    num_parallel_calls: int = -1     # tf.data/grain map threads; -1: AUTOTUNE (grain: one per core)
     prefetch: int = 2                # batches prefetched by the backend
     synthetic_rows: int = 1000
     batch_size: int = 64

@@ -1,17 +1,20 @@
 """The grain backend: the JAX ecosystem's host input pipeline, with worker processes.
 
-Each epoch is a grain `MapDataset` with one element per batch of the `batch_plan`, so
-batches come in the NumPy backend's order: from a resumed epoch's batch on (the plan
-starts there; nothing before it is read) and, in several processes, only this process's
-rows of each batch. With `data.workers > 0` the batches are gathered in that many worker
-processes (`mp_prefetch`, spawned: the gather function and what it holds are pickled to
-them) and handed back in order.
+A run reads its training batches through one grain pipeline: a random-access source
+whose element g is the g-th batch of the run's `batch_plan`s laid end to end, so batches
+come in the NumPy backend's order. The pipeline starts at a resumed epoch's batch
+(nothing before it is read) and, in several processes, reads only this process's rows
+of each batch. With `data.workers > 0` batches are gathered in that many worker
+processes (`mp_prefetch`: spawned once per pipeline, the gather function and what it
+holds pickled to them) and handed back in order.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import weakref
 from typing import Callable, Iterator
 
 import numpy as np
@@ -22,22 +25,40 @@ from jaxtrain.util.optional import require
 
 Gather = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
+# Epochs a run's pipeline lays end to end: more than any run trains, finite for grain.
+EPOCHS_AHEAD = 1_000_000
+
 
 def import_grain():
     return require("grain", "grain", "data.backend=grain")
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_plan(n: int, batch_size: int, seed: int, epoch: int, rows: tuple) -> tuple[np.ndarray, np.ndarray]:
+    return batch_plan(n, batch_size, seed, epoch, 0, slice(*rows))
+
+
 @dataclasses.dataclass(frozen=True)
-class _Plan:
-    """A random-access source: element i is batch i of the plan (row indices and mask)."""
-    idx: np.ndarray
-    mask: np.ndarray
+class _RunPlan:
+    """Element g: the g-th batch (row indices, mask) from batch `start` of `epoch` on."""
+    n: int
+    batch_size: int
+    seed: int
+    rows: tuple          # (start, stop) of this process's rows in every batch
+    epoch: int
+    start: int
+
+    @property
+    def steps(self) -> int:
+        return -(-self.n // self.batch_size)
 
     def __len__(self) -> int:
-        return len(self.idx)
+        return EPOCHS_AHEAD * self.steps - self.start
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.idx[i], self.mask[i]
+    def __getitem__(self, g: int) -> tuple[np.ndarray, np.ndarray]:
+        epoch, b = divmod(self.start + g, self.steps)
+        idx, mask = _epoch_plan(self.n, self.batch_size, self.seed, self.epoch + epoch, self.rows)
+        return idx[b], mask[b]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,20 +71,18 @@ class _ReadBatch:
         return x, y, mask
 
 
-def grain_batches(gather: Gather, n: int, cfg: DataConfig, batch_size: int, seed: int, epoch: int,
-                  start: int = 0, rows: slice = slice(None)) -> Iterator[tuple[np.ndarray, ...]]:
-    """(x, y, mask) batches of the epoch from batch `start` on, `rows` of each."""
+def _pipeline(gather: Gather, cfg: DataConfig, plan: _RunPlan) -> Iterator:
+    """A grain iterator over `plan`'s batches: map threads, and worker processes if asked."""
     grain = import_grain()
-    plan = _Plan(*batch_plan(n, batch_size, seed, epoch, start, rows))
-    # Threads as data.num_parallel_calls says (-1: one per core); the buffer holds at least one
-    # batch per thread (grain's advice) and data.prefetch batches.
+    # Threads as data.num_parallel_calls says (-1: one per core); the buffer holds at least
+    # one batch per thread (grain's advice) and data.prefetch batches.
     threads = cfg.num_parallel_calls if cfg.num_parallel_calls > 0 else os.cpu_count() or 1
     read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads, cfg.prefetch))
     batches = grain.MapDataset.source(plan).map(_ReadBatch(gather)).to_iter_dataset(read)
     if cfg.workers > 0:
         _absl_flags_parsed()
         batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers))
-    yield from batches
+    return iter(batches)
 
 
 def _absl_flags_parsed() -> None:
@@ -74,14 +93,44 @@ def _absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+class GrainFeed:
+    """The batcher: (batch_size, seed, epoch, start, rows) -> that epoch's batches from `start`.
+    An epoch that begins where the pipeline stands continues it (worker processes start
+    once a run); any other position (a resume, another batch size) starts a new pipeline
+    there, reading nothing before it."""
+
+    def __init__(self, gather: Gather, n: int, cfg: DataConfig):
+        self.gather, self.n, self.cfg = gather, n, cfg
+        self._iterator: Iterator | None = None
+        self._at: tuple | None = None    # (batch_size, seed, rows, epoch, batch) of the next batch
+
+    def __call__(self, batch_size: int, seed: int, epoch: int, start: int = 0, rows: slice = slice(None)
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        where = (batch_size, seed, (rows.start, rows.stop))
+        if self._iterator is None or self._at != (*where, epoch, start):
+            self.close()
+            self._iterator = _pipeline(self.gather, self.cfg, _RunPlan(self.n, *where, epoch, start))
+        steps = -(-self.n // batch_size)
+        for b in range(start, steps):
+            batch = next(self._iterator)
+            self._at = (*where, epoch, b + 1) if b + 1 < steps else (*where, epoch + 1, 0)
+            yield batch
+
+    def close(self) -> None:
+        """Stop the pipeline and its worker processes."""
+        if self._iterator is not None and hasattr(self._iterator, "close"):
+            self._iterator.close()
+        self._iterator = self._at = None
+
+
 def attach(ds: Dataset, cfg: DataConfig, gather: Gather | None = None) -> Dataset:
     """Make `ds` feed its training split through grain: its in-memory rows, or `gather`'s
     (the streaming cache). ds.train becomes None: the trainer takes the host-fed path."""
     n = ds.num_train
     if gather is None:
         gather, n = _InMemory(ds.train.x, ds.train.y), len(ds.train)
-    ds.batcher = lambda batch_size, seed, epoch, start, rows: grain_batches(
-        gather, n, cfg, batch_size, seed, epoch, start, rows)
+    ds.batcher = GrainFeed(gather, n, cfg)
+    weakref.finalize(ds, ds.batcher.close)
     ds.train, ds.raw_train, ds.num_train = None, None, n
     return ds
 
