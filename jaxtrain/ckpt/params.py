@@ -49,9 +49,10 @@ def match_params(params: Any, saved: dict[str, np.ndarray]) -> tuple[Any, list[s
     return jax.tree_util.tree_unflatten(treedef, leaves), loaded, fresh
 
 
-def restore_params(path: str | Path, params_like: Any, part: str = "params") -> Any:
+def restore_params(path: str | Path, params_like: Any, part: str = "params", rest_like: Any = None) -> Any:
     """The saved parameters (or their moving average: `part="ema"`) in the structure of
-    `params_like` (an nnx.State of nnx.Param).
+    `params_like` (an nnx.State of nnx.Param); with `rest_like`, (params, rest) where rest's
+    float leaves (batch-norm statistics) are the saved ones too.
 
     Every parameter must be present with the same shape: this is for evaluating or
     predicting with the model a run trained, not for fine-tuning (finetune.py)."""
@@ -61,7 +62,13 @@ def restore_params(path: str | Path, params_like: Any, part: str = "params") -> 
         name, why = next(iter(fresh.items()))
         raise UserError(f"checkpoint '{path}': parameter '{name}': {why}; the run's config does not "
                         f"match its checkpoint")
-    return params
+    if rest_like is None:
+        return params
+    raw, _ = read_raw(path)
+    stats = {name: np.asarray(v) for name, v in named_leaves(raw.get("rest", {})).items()
+             if np.issubdtype(np.asarray(v).dtype, np.floating)}
+    rest, _, _ = match_params(rest_like, stats)
+    return params, rest
 
 
 def checkpoint_mismatch(where: str, params_like: Any, error: Exception) -> UserError:

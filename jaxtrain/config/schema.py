@@ -38,19 +38,51 @@ def _config_dir() -> Path:
 CONFIG_DIR = _config_dir()
 
 
+BUILTIN_MODELS = ("mlp", "linear", "cnn")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["mlp", "linear"] = "mlp"
+    # A built-in model (mlp, linear, cnn) or your own, by import path: "package.module:factory",
+    # called as factory(input_shape, out_features, *, rngs, **kwargs) (model/imported.py).
+    name: str = "mlp"
+    # The imported factory's keyword arguments.
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Where an imported model's module was found; filled in when a run starts, so eval,
+    # predict and --resume import the same file from any working directory.
+    import_root: str | None = None
+    # mlp: the hidden layers; cnn: the dense layers after the convolutions.
     hidden_sizes: tuple[int, ...] = (128, 64)
     activation: Literal["relu", "gelu", "tanh", "sigmoid", "silu", "elu"] = "relu"
     dropout: float = 0.0
+    # cnn: one 'SAME' convolution (+ batch norm) + activation + 2x2 max pooling per entry.
+    channels: tuple[int, ...] = (32, 64)
+    kernel_sizes: tuple[int, ...] = (3, 3)
+    batch_norm: bool = False
     # Fine-tuning: a run directory or checkpoint whose matching parameters seed this model.
     init_from: str | None = None
 
+    @property
+    def imported(self) -> bool:
+        return ":" in self.name
+
     def validate(self, key: str) -> None:
+        check_key(self.name in BUILTIN_MODELS or _IMPORT_PATH.fullmatch(self.name) is not None,
+                  f"{key}.name", f"'{self.name}' is neither a built-in model ({', '.join(BUILTIN_MODELS)}) "
+                  "nor an import path 'package.module:factory'")
+        check_key(self.imported or not self.kwargs, f"{key}.kwargs",
+                  "applies to a model given by import path (model.name: 'package.module:factory')")
         check_key(all(h > 0 for h in self.hidden_sizes), f"{key}.hidden_sizes",
                f"every layer needs a positive width, got {list(self.hidden_sizes)}")
         check_key(0.0 <= self.dropout < 1.0, f"{key}.dropout", f"must be in [0, 1), got {self.dropout}")
+        check_key(len(self.channels) >= 1 and all(c > 0 for c in self.channels), f"{key}.channels",
+                  f"needs one or more positive channel counts, got {list(self.channels)}")
+        check_key(len(self.kernel_sizes) == len(self.channels) and all(k > 0 for k in self.kernel_sizes),
+                  f"{key}.kernel_sizes", f"needs one positive size per entry of model.channels "
+                  f"({len(self.channels)}), got {list(self.kernel_sizes)}")
+
+
+_IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +254,10 @@ class CheckpointConfig:
 class LoggingConfig:
     progress: Literal["auto", "bar", "plain", "none"] = "auto"
     tensorboard: bool = False
+    # Experiment trackers (extras jaxtrain[mlflow], jaxtrain[wandb]): params, epoch metrics, the
+    # summary and the report's plots. MLflow honours MLFLOW_TRACKING_URI, W&B its WANDB_* settings.
+    mlflow: bool = False
+    wandb: bool = False
     log_every_steps: int = 0
 
 

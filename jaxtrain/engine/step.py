@@ -107,7 +107,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, task: str, *,
         if axis_name is not None:
             grads, loss = jax.lax.pmean((grads, loss), axis_name)
             metrics = jax.lax.psum(metrics, axis_name)
-            new_rest = with_keys_of(new_rest, state.rest)  # the shared keys; counters advanced
+            new_rest = mean_stats(with_keys_of(new_rest, state.rest), axis_name)  # keys shared, stats averaged
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         loss_ok = jnp.isfinite(loss)
@@ -206,6 +206,12 @@ def fold_in_keys(rest, index: jax.Array):
 def with_keys_of(rest, reference):
     """`rest` with its PRNG keys taken from `reference` (the counters stay `rest`'s)."""
     return jax.tree.map(lambda a, r: r if is_key(r) else a, rest, reference)
+
+
+def mean_stats(rest, axis_name) -> Any:
+    """Batch-norm statistics under pmap: each device saw its shard; keep their average on all."""
+    return jax.tree.map(lambda a: jax.lax.pmean(a, axis_name) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                        rest)
 
 
 def zero_metrics(task: str) -> Metrics:

@@ -9,6 +9,7 @@ is slower than fp32 on CPU. Activations, loss and softmax stay in float32.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable
 
 import jax
@@ -16,6 +17,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtrain.config.schema import ModelConfig
+from jaxtrain.model.imported import build_imported
+from jaxtrain.util.errors import ConfigError
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -126,20 +129,86 @@ class LinearRegression(nnx.Module):
         return self.linear(x.reshape(x.shape[0], -1))
 
 
-def build_model(cfg: ModelConfig, in_features: int, out_features: int, *, seed: int,
+class CNN(nnx.Module):
+    """Per entry of `channels`: a 'SAME' convolution, batch norm (optional), the activation and
+    2x2 max pooling; then the dense layers of an MLP (with its dropout) and a linear head.
+    Inputs arrive flat or as images and are reshaped to `image_shape` (H, W, C)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], channels: tuple[int, ...],
+                 kernel_sizes: tuple[int, ...], hidden_sizes: tuple[int, ...], out_features: int, *,
+                 rngs: nnx.Rngs, activation: str = "relu", dropout: float = 0.0, batch_norm: bool = False,
+                 compute_dtype: jnp.dtype = jnp.float32):
+        h, w, c = image_shape
+        mixed = compute_dtype != jnp.float32  # bf16 inputs, fp32 accumulation and result, as Dense
+        convs, norms = [], []
+        for ch, k in zip(channels, kernel_sizes):
+            convs.append(nnx.Conv(c, ch, (k, k), padding="SAME", rngs=rngs,
+                                  dtype=compute_dtype if mixed else None,
+                                  preferred_element_type=jnp.float32 if mixed else None))
+            norms.append(nnx.BatchNorm(ch, rngs=rngs) if batch_norm else None)
+            c, h, w = ch, h // 2, w // 2
+        self.image_shape = tuple(image_shape)
+        self.convs = nnx.List(convs)
+        self.norms = nnx.List(norms)
+        self.dense = MLP(h * w * c, hidden_sizes, out_features, rngs=rngs, activation=activation,
+                         dropout=dropout, compute_dtype=compute_dtype)
+        self.activation = activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = ACTIVATIONS[self.activation]
+        x = x.reshape(x.shape[0], *self.image_shape)
+        for conv, norm in zip(self.convs, self.norms):
+            x = conv(x)
+            if norm is not None:
+                x = norm(x)
+            x = nnx.max_pool(act(x), window_shape=(2, 2), strides=(2, 2))
+        return self.dense(x)
+
+
+def cnn_image_shape(cfg: ModelConfig, feature_shape: tuple[int, ...],
+                    image_shape: tuple[int, ...] | None) -> tuple[int, int, int]:
+    """(H, W, C) of the images a CNN reads; refuses data without an image shape (tables)."""
+    shape = tuple(image_shape or (feature_shape if len(feature_shape) in (2, 3) else ()))
+    if len(shape) not in (2, 3) or math.prod(shape) != math.prod(feature_shape):
+        raise ConfigError(f"config key 'model.name': cnn needs image data (IDX, tfds images, NPZ image "
+                          f"arrays), but the examples are {math.prod(feature_shape)} features without an "
+                          f"image shape; use model.name=mlp for tables")
+    shape = shape if len(shape) == 3 else (*shape, 1)
+    smallest = min(shape[:2])
+    if smallest >> len(cfg.channels) < 1:
+        raise ConfigError(f"config key 'model.channels': {len(cfg.channels)} convolution blocks halve the "
+                          f"{shape[0]}x{shape[1]} images {len(cfg.channels)} times, to nothing; use at "
+                          f"most {smallest.bit_length() - 1} entries")
+    return shape
+
+
+def build_model(cfg: ModelConfig, feature_shape: tuple[int, ...], out_features: int, *, seed: int,
+                image_shape: tuple[int, ...] | None = None,
                 compute_dtype: jnp.dtype = jnp.float32) -> nnx.Module:
-    """The configured model, its parameters initialised in one compiled call: eagerly, each
-    initializer op compiles on its own (19 small compiles, seconds on 2 cores), and one
-    call hits the persistent compilation cache as a whole. The values are the same."""
-    return nnx.jit(lambda: _construct(cfg, in_features, out_features, seed, compute_dtype))()
+    """The model `cfg` names, for examples of `feature_shape` (`image_shape`: the images'
+    (H, W[, C]) when the data stage flattened them). Built-in models are initialised in one
+    compiled call: eagerly, each initializer op compiles on its own (19 small compiles,
+    seconds on 2 cores), and one call hits the persistent compilation cache as a whole. The
+    values are the same. An imported factory runs eagerly, so its errors stay plain."""
+    if cfg.imported:
+        return build_imported(cfg, tuple(image_shape or feature_shape), tuple(feature_shape),
+                              out_features, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+    return nnx.jit(lambda: _construct(cfg, tuple(feature_shape), out_features, seed, compute_dtype,
+                                      image_shape))()
 
 
-def _construct(cfg: ModelConfig, in_features: int, out_features: int, seed: int,
-               compute_dtype: jnp.dtype) -> nnx.Module:
+def _construct(cfg: ModelConfig, feature_shape: tuple[int, ...], out_features: int, seed: int,
+               compute_dtype: jnp.dtype, image_shape: tuple[int, ...] | None) -> nnx.Module:
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+    in_features = math.prod(feature_shape)
     if cfg.name == "mlp":
         return MLP(in_features, tuple(cfg.hidden_sizes), out_features, rngs=rngs,
                    activation=cfg.activation, dropout=cfg.dropout, compute_dtype=compute_dtype)
     if cfg.name == "linear":
         return LinearRegression(in_features, out_features, rngs=rngs, compute_dtype=compute_dtype)
+    if cfg.name == "cnn":
+        return CNN(cnn_image_shape(cfg, tuple(feature_shape), image_shape), tuple(cfg.channels),
+                   tuple(cfg.kernel_sizes), tuple(cfg.hidden_sizes), out_features, rngs=rngs,
+                   activation=cfg.activation, dropout=cfg.dropout, batch_norm=cfg.batch_norm,
+                   compute_dtype=compute_dtype)
     raise ValueError(f"unknown model {cfg.name!r}")  # unreachable: the config validates names

@@ -34,6 +34,7 @@ from jaxtrain.training.hooks import strategy_hooks
 from jaxtrain.training.hooks.tensorboard import logging_hooks
 from jaxtrain.util.events import Console, JsonlWriter
 from jaxtrain.training.loop import COMPUTE_DTYPES, Evaluator, RunContext, fit, setup
+from jaxtrain.model.imported import import_root
 from jaxtrain.model.models import build_model
 from jaxtrain.runs.resume import check_device_count, resume_run, resume_source, saved_stats
 from jaxtrain.engine import memory
@@ -55,12 +56,21 @@ def prepare_workdir(path: str | Path) -> Path:
 
 
 def make_model(cfg: Config, dataset: data_stage.Dataset) -> nnx.Module:
-    return _build(cfg, int(np.prod(dataset.feature_shape)), dataset.num_outputs)
+    return _build(cfg, dataset.feature_shape, dataset.image_shape, dataset.num_outputs)
 
 
-def _build(cfg: Config, in_features: int, num_outputs: int) -> nnx.Module:
-    return build_model(cfg.model, in_features, num_outputs, seed=cfg.train.seed,
+def _build(cfg: Config, feature_shape, image_shape, num_outputs: int) -> nnx.Module:
+    return build_model(cfg.model, tuple(feature_shape), num_outputs, seed=cfg.train.seed,
+                       image_shape=tuple(image_shape) if image_shape else None,
                        compute_dtype=COMPUTE_DTYPES[cfg.train.precision])
+
+
+def with_import_root(cfg: Config) -> Config:
+    """An imported model's config with the directory its module comes from (model.import_root),
+    so that eval, predict and --resume rebuild it from any working directory."""
+    if not cfg.model.imported:
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, import_root=import_root(cfg.model)))
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -96,6 +106,8 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     cfg = load_config(config, list(overrides) if isinstance(overrides, list) else None)
     if over:
         cfg = load_config(cfg, over)
+    if model is None:
+        cfg = with_import_root(cfg)
     distributed.initialize(cfg.parallel.distributed)  # a multi-process run joins before any JAX use
     enable_persistent_cache(cfg.train.compilation_cache)  # before the first compile (the model's init)
     lead = distributed.is_lead()  # process 0 writes logs and summaries; all take part in checkpoints
@@ -235,14 +247,14 @@ def load_trained(run_dir: str | Path, with_data: bool = True) -> TrainedRun:
     else:
         dataset = None
         outputs = stats.num_classes if stats.task == "classification" else 1
-        model = _build(cfg, int(np.prod(stats.feature_shape)), int(outputs))
+        model = _build(cfg, stats.feature_shape, stats.image_shape, int(outputs))
     _, eval_def, params, rest = split_model(model)
     ckpt_dir = Path(run_dir) / "checkpoints"
     if not has_checkpoint(ckpt_dir):
         raise UserError(f"run '{run_dir}' has no saved parameters in checkpoints/; "
                         f"train it with checkpoint.enabled: true")
     # With train.ema_decay the run evaluated its moving average: eval and predict use it too.
-    params = restore_params(ckpt_dir, params, "params" if cfg.train.ema_decay is None else "ema")
+    params, rest = restore_params(ckpt_dir, params, "params" if cfg.train.ema_decay is None else "ema", rest)
     mesh = parallel.make_mesh(cfg.parallel)
     evaluator = Evaluator(eval_def, mesh, cfg.data.eval_batch_size, dataset)
     params, rest = jax.device_put((params, rest), parallel.replicated(mesh))

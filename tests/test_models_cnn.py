@@ -1,0 +1,131 @@
+"""The built-in CNN: its forward pass against NumPy, every parallel strategy against one
+device, bf16, resume and `report` on small images, and its refusal of tables."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from conftest import make_dataset
+from flax import nnx
+
+from jaxtrain import load_config
+from jaxtrain.cli.main import main
+from jaxtrain.model.models import CNN, build_model
+from jaxtrain.runs.api import train
+from jaxtrain.training.loop import fit, setup
+from jaxtrain.util.events import Console
+
+
+def _numpy_cnn(model: CNN, x: np.ndarray) -> np.ndarray:
+    """One 'SAME' conv block (relu, 2x2 max pool) and the head, in float64 loops."""
+    kernel = np.asarray(model.convs[0].kernel[...], np.float64)   # (k, k, c_in, c_out)
+    bias = np.asarray(model.convs[0].bias[...], np.float64)
+    k = kernel.shape[0]
+    img = x.reshape(len(x), *model.image_shape).astype(np.float64)
+    pad = np.pad(img, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+    n, h, w, _ = img.shape
+    conv = np.zeros((n, h, w, kernel.shape[3]))
+    for i in range(h):
+        for j in range(w):
+            conv[:, i, j] = np.einsum("nabc,abcd->nd", pad[:, i:i + k, j:j + k], kernel)
+    act = np.maximum(conv + bias, 0)
+    pooled = act[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, -1).max(axis=(2, 4))
+    head = model.dense.head
+    return pooled.reshape(n, -1) @ np.asarray(head.kernel[...], np.float64) + np.asarray(head.bias[...])
+
+
+def test_forward_matches_numpy():
+    model = CNN((7, 6, 2), (3,), (3,), (), 4, rngs=nnx.Rngs(0))
+    x = np.random.default_rng(0).normal(size=(5, 7 * 6 * 2)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model(x)), _numpy_cnn(model, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def images():
+    """10x10 grayscale images whose class is the quadrant holding a bright blob."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 320)
+    x = rng.normal(scale=0.3, size=(320, 10, 10)).astype(np.float32)
+    for i, c in enumerate(y):
+        r, q = 1 + 5 * (c // 2) + rng.integers(0, 2), 1 + 5 * (c % 2) + rng.integers(0, 2)
+        x[i, r:r + 2, q:q + 2] += 2.0
+    return make_dataset(x, y, "classification", 4)
+
+
+def _fit(ds, ctx, strategy="sharded", devices=None, precision="float32", batch_norm=False, epochs=2):
+    cfg = load_config({"model": {"name": "cnn", "channels": [4, 8], "kernel_sizes": [3, 3],
+                                 "hidden_sizes": [16], "batch_norm": batch_norm},
+                       "data": {"batch_size": 32},
+                       "optimizer": {"learning_rate": 0.01},
+                       "train": {"epochs": epochs, "steps_per_call": 4, "precision": precision},
+                       "parallel": {"strategy": strategy, "data_axis_size": devices}})
+    model = build_model(cfg.model, ds.feature_shape, 4, seed=0, compute_dtype=jax.numpy.dtype(
+        "bfloat16" if precision == "bfloat16" else "float32"))
+    run = setup(cfg, model, ds, ctx)
+    return run, fit(run)
+
+
+@pytest.fixture(scope="module")
+def one_device(images):
+    from jaxtrain.training.loop import RunContext
+    from jaxtrain.util.events import JsonlWriter
+    ctx = RunContext(console=Console("none"), events=JsonlWriter(None))
+    run, summary = _fit(images, ctx, devices=1)
+    return jax.tree.map(np.asarray, run.state.params), summary
+
+
+@pytest.mark.parametrize("strategy", ["sharded", "pmap", "fsdp"])
+def test_every_strategy_on_8_devices_matches_one_device(images, ctx, one_device, strategy):
+    run, _ = _fit(images, ctx, strategy=strategy, devices=8)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+                 jax.tree.map(np.asarray, run.state.params), one_device[0])
+
+
+def test_pmap_batch_norm_keeps_one_running_mean_across_devices(images, ctx):
+    """After one step of 8 equal shards, the pmean of the shards' means is the batch mean: the
+    running mean under pmap equals the sharded (global-batch) one."""
+    ds_one_step = make_dataset(images.train.x[:40], images.train.y[:40], "classification", 4, 0.2)
+    run_p, _ = _fit(ds_one_step, ctx, strategy="pmap", devices=8, batch_norm=True, epochs=1)
+    run_s, _ = _fit(ds_one_step, ctx, strategy="sharded", devices=8, batch_norm=True, epochs=1)
+    assert run_p.global_step == 1
+    mean_p = np.asarray(run_p.state.rest["norms"][0]["mean"][...])
+    mean_s = np.asarray(run_s.state.rest["norms"][0]["mean"][...])
+    assert np.abs(mean_s).max() > 1e-4
+    np.testing.assert_allclose(mean_p, mean_s, rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_trains_like_float32(images, ctx, one_device):
+    run, summary = _fit(images, ctx, devices=1, precision="bfloat16")
+    assert all(p.dtype == np.float32 for p in jax.tree.leaves(run.state.params))
+    fp32 = one_device[1]
+    assert fp32["test"]["accuracy"] > 0.9
+    assert abs(summary["test"]["accuracy"] - fp32["test"]["accuracy"]) < 0.05
+    assert abs(summary["train"]["loss"] - fp32["train"]["loss"]) < 0.1 * fp32["train"]["loss"] + 0.02
+
+
+CNN_DIGITS = {"model.name": "cnn", "model.channels": [4], "model.kernel_sizes": [3],
+              "model.hidden_sizes": [16], "model.batch_norm": True, "model.dropout": 0.1,
+              "parallel.data_axis_size": 1, "train.steps_per_call": "epoch"}
+
+
+def test_resume_and_report_on_digits_images(tmp_path):
+    cut, straight = tmp_path / "cut", tmp_path / "straight"
+    train("digits_mlp", workdir=cut, console=Console("none"), overrides={**CNN_DIGITS, "train.epochs": 1})
+    train(resume=cut, overrides={"train.epochs": 2}, console=Console("none"))
+    train("digits_mlp", workdir=straight, console=Console("none"), overrides={**CNN_DIGITS, "train.epochs": 2})
+    resumed = json.loads((cut / "summary.json").read_text())["test"]
+    whole = json.loads((straight / "summary.json").read_text())["test"]
+    np.testing.assert_allclose(resumed["loss"], whole["loss"], rtol=1e-6)
+
+    assert main(["report", str(cut)]) == 0
+    matrix = np.loadtxt(cut / "confusion_matrix.csv", delimiter=",", dtype=np.int64)
+    assert np.trace(matrix) / matrix.sum() == resumed["accuracy"]
+    assert (cut / "samples.png").is_file()
+
+
+def test_cnn_refuses_a_table(tmp_path, capsys):
+    code = main(["train", "--set", "model.name=cnn", "--set", "data.name=iris",
+                 "--workdir", str(tmp_path / "run"), "--set", "logging.progress=none"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "model.name" in err and "image" in err
