@@ -93,8 +93,8 @@ def test_user_model_trains_evaluates_predicts_and_resumes(user_dir, tmp_path, mo
         rows = list(csv.DictReader(f))
     got = np.array([[float(r[f"prob_{k}"]) for k in range(10)] for r in rows])
     trained = load_trained(run, with_data=False)
-    norm = trained.stats["normalize"]
-    z = (x - np.asarray(norm["shift"])) / np.asarray(norm["scale"])     # digits: 64 pixel columns
+    norm = trained.stats.normalize
+    z = (x - np.asarray(norm.shift)) / np.asarray(norm.scale)     # digits: 64 pixel columns
     kernel = np.asarray(trained.params["net"]["out"]["kernel"][...], np.float64)
     bias = np.asarray(trained.params["net"]["out"]["bias"][...], np.float64)
     logits = z @ kernel + bias
