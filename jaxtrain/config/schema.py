@@ -201,10 +201,15 @@ class DistributedConfig:
     initialization_timeout_s: int = 60
     # A process silent this long counts as dead, and the others stop with an error.
     heartbeat_timeout_s: int = 30
+    # A live process that makes no progress this long (stuck in a collective that not all
+    # processes joined) ends the run with one line naming it and the phase; null: no limit.
+    collective_timeout_s: int | None = 600
 
     def validate(self, key: str) -> None:
         check_key(self.initialization_timeout_s >= 1, f"{key}.initialization_timeout_s", "must be >= 1")
         check_key(self.heartbeat_timeout_s >= 1, f"{key}.heartbeat_timeout_s", "must be >= 1")
+        check_key(self.collective_timeout_s is None or self.collective_timeout_s >= 1,
+                  f"{key}.collective_timeout_s", "must be >= 1 (seconds), or null for no limit")
         check_key(self.num_processes is None or self.num_processes >= 1, f"{key}.num_processes", "must be >= 1")
 
 

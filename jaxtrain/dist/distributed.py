@@ -157,6 +157,20 @@ def lead_decides(flag: bool) -> bool:
         return flag
     from jax.experimental import multihost_utils
     return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+def same_int_on_all(value: int) -> int:
+    """Process 0's `value` on every process: one decision for what each process measured."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def agreed_min(value: int) -> int:
+    """The smallest of every process's `value` (e.g. 1 if every process's memory fits, else 0)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+    return int(np.min(multihost_utils.process_allgather(np.int32(value))))
 
 
 def same_on_all(text: str, max_bytes: int = 1024) -> str:

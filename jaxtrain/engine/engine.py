@@ -37,7 +37,8 @@ import numpy as np
 
 from jaxtrain.engine import autotune
 
-from jaxtrain.dist import parallel
+from jaxtrain.dist import distributed, parallel
+from jaxtrain.dist.watchdog import ProgressWatchdog
 from jaxtrain.engine.compilation import signature_mismatch
 from jaxtrain.data import Dataset, epoch_permutation
 from jaxtrain.util.phase_timer import PhaseTimer
@@ -65,7 +66,8 @@ def padded_order(n: int, seed: int, epoch: int, total: int) -> np.ndarray:
 
 
 def fits_on_device(dataset: Dataset, fraction: float) -> bool:
-    """Whether the training set fits in `fraction` of the first device's memory."""
+    """Whether the training set fits in `fraction` of the first device's memory, on every
+    process: each measures its own memory, and all must compile the same program."""
     if dataset.train is None or fraction <= 0:
         return False
     need = dataset.train.x.nbytes + dataset.train.y.nbytes
@@ -73,7 +75,7 @@ def fits_on_device(dataset: Dataset, fraction: float) -> bool:
     limit = stats.get("bytes_limit")
     if limit is None:  # CPU: the device memory is host memory
         limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return need <= fraction * limit
+    return bool(distributed.agreed_min(int(need <= fraction * limit)))
 
 
 def resolve_steps_per_call(setting: int | str, steps: int, step_multiple: int | None = None) -> int | None:
@@ -90,7 +92,8 @@ class Engine:
     def __init__(self, train_step: Callable, dataset: Dataset, mesh, *, batch_size: int, seed: int,
                  on_device: bool, steps_per_call: int | str, clock: Callable[[], float] = time.perf_counter,
                  strategy: parallel.Strategy | None = None, step_multiple: int | None = None,
-                 account: TimeAccount | None = None):
+                 account: TimeAccount | None = None, watchdog: ProgressWatchdog | None = None):
+>>>>>>> 2834f48 (Two processes: one decision for what each process measures (K for steps_per_call: auto broadcast from process 0, on-device placement only if it fits on every process); on CPU each train call waits for its inputs and results (XLA's CPU runtime hung two processes of 4 devices: a bare jitted step hangs at its 2nd call, the MNIST K=1 run after ~41 calls); a progress watchdog ends a run stuck in a collective after parallel.distributed.collective_timeout_s (600 s) with one line naming the process and the phase (exit 4); tests: 2x4 devices on MNIST-shaped data with K=1 and auto, processes measuring different timings agree on K, a collective one process never joins ends within the bound)
         # The strategy (parallel.py) lays out state and batches and compiles the runners.
         self.strategy = strategy = strategy or parallel.Strategy("sharded", mesh)
         self.dataset, self.mesh, self.batch_size, self.seed = dataset, mesh, batch_size, seed
@@ -105,6 +108,12 @@ class Engine:
         self.recompiles = 0
         self.timer = PhaseTimer(clock)          # inactive unless profiling
         self.account = account or TimeAccount(clock)  # compiling and measuring K go to 'compile'
+        self.watchdog = watchdog or ProgressWatchdog(None, 0, 1)  # multi-process: ends a stuck run
+        # XLA's CPU runtime deadlocks when a call holding cross-process collectives overlaps other
+        # work on a process with several devices (jax 0.10.2: a bare jitted data-parallel step
+        # hangs at its second call; it runs with one device per process, or waiting for each
+        # call). So there each call waits for its inputs and its results.
+        self._wait_each_call = jax.process_count() > 1 and mesh.devices.flat[0].platform == "cpu"
         self._compiled: dict[int, Any] = {}
         self._starts: dict[int, jax.Array] = {}
         self._copier: Callable | None = None
@@ -150,8 +159,10 @@ class Engine:
         if num not in self._compiled:
             self._compiled[num] = self._compile(num, state, args)
         compiled = self._compiled[num]
+        if self._wait_each_call:
+            jax.block_until_ready((state, args))
         try:
-            return self.timer.call(compiled, num, state, *args)
+            out = self.timer.call(compiled, num, state, *args)
         except (TypeError, ValueError) as exc:
             if "differ" not in str(exc) and "sharding" not in str(exc).lower():
                 raise
@@ -161,7 +172,10 @@ class Engine:
                           f"Keep shapes, dtypes and shardings of the state and batches fixed.",
                           RecompileWarning, stacklevel=2)
             self._compiled[num] = self._compile(num, state, args)
-            return self.timer.call(self._compiled[num], num, state, *args)
+            out = self.timer.call(self._compiled[num], num, state, *args)
+        if self._wait_each_call:
+            jax.block_until_ready(out)
+        return out
 
     def executable(self) -> Any | None:
         """The compiled call for the longest chunk (None before the first call)."""
@@ -191,10 +205,8 @@ class Engine:
         measure = self._measure_on_device if self.on_device else self._stream_measurer(max(ks))
         multi = jax.process_count() > 1
         k, self.k_timings = autotune.choose(lambda k: measure(state, k), ks, early_stop=not multi)
-        if multi:  # every process must run the same chunk lengths: process 0 decides
-            from jax.experimental import multihost_utils
-            k = int(multihost_utils.broadcast_one_to_all(np.int32(k)))
-        self.k = k
+        # Each process timed its own calls; all must run the same chunk lengths: process 0 decides.
+        self.k = distributed.same_int_on_all(k)
 
     def _row_bytes(self) -> int:
         split = self.dataset.train if self.dataset.train is not None else self.dataset.test
@@ -214,6 +226,8 @@ class Engine:
         the training loop does, waiting only at the end: with asynchronous dispatch the
         per-call host cost only shows where the device outruns the host, as in training.
         """
+        phase = f"measuring {k} steps per call (train.steps_per_call: auto)"
+        self.watchdog.enter(phase)
         scratch = self._copy(state)
         calls = max(1, min(8, 64 // k))
         best = math.inf
@@ -223,6 +237,7 @@ class Engine:
             t0 = time.perf_counter()
             sums = None
             for i in range(calls):
+                self.watchdog.enter(phase)
                 scratch, chunk = self._call(scratch, k, *make_args(i))
                 sums = chunk if sums is None else accumulate_metrics(sums, chunk)
             jax.block_until_ready((scratch, sums))
@@ -263,6 +278,7 @@ class Engine:
                                                              self.steps * self.batch_size), self.batch_size)
             for start in range(start_step, self.steps, self.k):
                 num = min(self.k, self.steps - start)
+                self.watchdog.enter(f"the train call at step {first_step + start}")
                 with self.timer.annotate(first_step + start):
                     state, sums = self._call(state, num, self._x, self._y, order, self._start(start))
                 yield state, sums, start + num
@@ -270,6 +286,7 @@ class Engine:
         batches = self._local_batches(epoch, start_step)  # a resumed epoch seeks: nothing is re-read
         done = start_step
         for num, chunk in prefetch_to_device(batches, self.k, self._put_chunk, timer=self.timer):
+            self.watchdog.enter(f"the train call at step {first_step + done}")
             with self.timer.annotate(first_step + done):
                 state, sums = self._call(state, num, *chunk)
             done += num

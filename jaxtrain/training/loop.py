@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxtrain.dist import parallel
+from jaxtrain.dist.watchdog import ProgressWatchdog
 from jaxtrain.engine.compilation import enable_persistent_cache
 from jaxtrain.model.augment import make_augment
 from jaxtrain.config.schema import Config
@@ -44,6 +45,8 @@ class RunContext:
     workdir: Path | None = None
     clock: Callable[[], float] = time.perf_counter
     account: TimeAccount | None = None  # where the run's time goes (accounting.py); one on the clock if None
+    # Multi-process: marks each phase's start and ends a run stuck in a collective (dist/watchdog.py).
+    watchdog: ProgressWatchdog = dataclasses.field(default_factory=lambda: ProgressWatchdog(None, 0, 1))
 
     def __post_init__(self):
         if self.account is None:
@@ -157,7 +160,7 @@ def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext) -> 
                     on_device=fits_on_device(dataset, cfg.train.on_device_fraction),
                     steps_per_call=cfg.train.steps_per_call, clock=ctx.clock, strategy=strategy,
                     step_multiple=cfg.checkpoint.every_steps if cfg.checkpoint.enabled else None,
-                    account=ctx.account)
+                    account=ctx.account, watchdog=ctx.watchdog)
     evaluator = Evaluator(eval_def, mesh, cfg.data.eval_batch_size, dataset)
     return Run(cfg=cfg, dataset=dataset, ctx=ctx, mesh=mesh, engine=engine, evaluator=evaluator,
                state=state)
@@ -195,9 +198,11 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
         record.update(meter.epoch(account.get("train") - train_before, run.step_in_epoch - steps_before))
         _end_epoch(run, hooks, record)
 
+    ctx.watchdog.enter("the hooks at the end of training (the final checkpoint)")
     call_hooks(account, hooks, "on_train_end", run)
     test = {}
     if run.dataset.test is not None and len(run.dataset.test):  # data.test_fraction: 0 means no test split
+        ctx.watchdog.enter("evaluating the test split")
         with account.part("evaluation"):
             test = run.evaluator.evaluate(eval_params(run.state), run.state.rest, run.dataset.test)
         with account.part(HOOK_PART):
@@ -238,12 +243,14 @@ def _train_epoch(run: Run, hooks: list[Hook], throughput: Throughput) -> dict | 
         with account.part(HOOK_PART):
             run.ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, engine.steps,
                                      **throughput.update(run.global_step))
+        run.ctx.watchdog.enter(f"the hooks after step {run.global_step}")
         with engine.timer.phase("hooks"):
             call_hooks(account, hooks, "after_call", run, chunk_sums)
         if run.stop_reason is not None:
             break
     if sums is None:
         return None
+    run.ctx.watchdog.enter(f"reading epoch {run.epoch + 1}'s metrics")
     with engine.timer.phase("metric_transfer"):
         return {key: float(v) for key, v in jax.device_get(sums).items()}  # the epoch's one sync
 
@@ -258,6 +265,7 @@ def _end_epoch(run: Run, hooks: list[Hook], record: dict) -> None:
     epoch_done = run.step_in_epoch >= engine.steps
     if dataset.val is not None and epoch_done and (
             (run.epoch + 1) % cfg.train.eval_every_epochs == 0 or run.epoch + 1 == cfg.train.epochs):
+        run.ctx.watchdog.enter(f"evaluating the validation split after epoch {run.epoch + 1}")
         with account.part("evaluation"):
             val = run.evaluator.evaluate(eval_params(run.state), run.state.rest, dataset.val)
         with account.part(HOOK_PART):
@@ -269,6 +277,7 @@ def _end_epoch(run: Run, hooks: list[Hook], record: dict) -> None:
         run.ctx.console.line(line)
     if epoch_done:
         run.epoch, run.step_in_epoch, run.epoch_sums = run.epoch + 1, 0, None
+    run.ctx.watchdog.enter(f"the hooks at the end of epoch {record['epoch']}")
     with engine.timer.phase("hooks"):
         call_hooks(account, hooks, "on_epoch_end", run, record)
 
