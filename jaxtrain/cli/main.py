@@ -75,7 +75,8 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     from jaxtrain.runs.report import write_report
-    print(write_report(args.run_dir))
+    for path in write_report(args.run_dir):
+        print(f"wrote {path}")
     return 0
 
 

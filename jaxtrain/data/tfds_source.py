@@ -10,6 +10,9 @@ from jaxtrain.data.raw import Part, RawData
 from jaxtrain.data.tfhelp import import_tfds
 from jaxtrain.util.errors import DataError
 
+# tfds data sets that are also published as the four MNIST-format IDX files (data.source=idx).
+IDX_NAMES = ("mnist", "fashion_mnist", "kmnist")
+
 
 def _builder(cfg: DataConfig):
     tfds = import_tfds()
@@ -41,7 +44,9 @@ def load_tfds(cfg: DataConfig) -> RawData:
         ds_by_split = {s: b.as_dataset(split=s) for s in splits}
     except Exception as e:  # noqa: BLE001
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"{where} is not prepared ({msg}); prepare it with `tfds build {cfg.name} "
+        idx = (f"read its four IDX files instead with --set data.source=idx --set data.path=DIR, or "
+               if cfg.name in IDX_NAMES else "")
+        raise DataError(f"{where} is not prepared ({msg}); {idx}prepare it with `tfds build {cfg.name} "
                         f"--data_dir DIR` on a machine with network and copy DIR here, then set "
                         "data.data_dir=DIR (or set data.download=true where downloads work)") from None
     if "train" not in ds_by_split or "test" not in ds_by_split:

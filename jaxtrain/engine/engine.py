@@ -93,7 +93,6 @@ class Engine:
                  on_device: bool, steps_per_call: int | str, clock: Callable[[], float] = time.perf_counter,
                  strategy: parallel.Strategy | None = None, step_multiple: int | None = None,
                  account: TimeAccount | None = None, watchdog: ProgressWatchdog | None = None):
->>>>>>> 2834f48 (Two processes: one decision for what each process measures (K for steps_per_call: auto broadcast from process 0, on-device placement only if it fits on every process); on CPU each train call waits for its inputs and results (XLA's CPU runtime hung two processes of 4 devices: a bare jitted step hangs at its 2nd call, the MNIST K=1 run after ~41 calls); a progress watchdog ends a run stuck in a collective after parallel.distributed.collective_timeout_s (600 s) with one line naming the process and the phase (exit 4); tests: 2x4 devices on MNIST-shaped data with K=1 and auto, processes measuring different timings agree on K, a collective one process never joins ends within the bound)
         # The strategy (parallel.py) lays out state and batches and compiles the runners.
         self.strategy = strategy = strategy or parallel.Strategy("sharded", mesh)
         self.dataset, self.mesh, self.batch_size, self.seed = dataset, mesh, batch_size, seed

@@ -18,6 +18,7 @@ from jaxtrain import data as data_stage
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.dist import distributed
 from jaxtrain.engine.compilation import enable_persistent_cache
+from jaxtrain.dist.watchdog import ProgressWatchdog
 from jaxtrain.ckpt.checkpoint import has_checkpoint
 from jaxtrain.ckpt.params import restore_params
 from jaxtrain.config.schema import Config, dump_yaml, load_config
@@ -39,6 +40,9 @@ from jaxtrain.model.models import build_model
 from jaxtrain.runs.resume import check_device_count, resume_run, resume_source, saved_stats
 from jaxtrain.engine import memory
 from jaxtrain.engine.step import split_model
+
+
+PYTHON_MODEL_FILE = "python_model.json"  # written by a run trained with train(model=...)
 
 
 def default_workdir(cfg: Config, suffix: str = "") -> Path:
@@ -124,6 +128,7 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     events = JsonlWriter(workdir / "metrics.jsonl" if lead else None)
     hooks: list = []
     abandoned = False
+    watchdog = None
     try:
         with account.part("data"):
             if dataset is None:
@@ -133,13 +138,17 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         console.line(data_stage.summary(dataset))
         if model is None:
             model = make_model(cfg, dataset)
+        elif lead:  # eval, report and predict need this model again: say which it was
+            write_json(workdir / PYTHON_MODEL_FILE, {"class": f"{type(model).__module__}.{type(model).__qualname__}"})
         if cfg.model.init_from:  # fine-tuning: matching parameters from a trained run
             init_from(model, cfg.model.init_from, console, events)
         estimate = check_before_training(cfg, model, dataset, workdir)  # options vs data, memory, disk
         if resume is not None:
             check_device_count(workdir / "checkpoints", cfg)
+        watchdog = ProgressWatchdog(cfg.parallel.distributed.collective_timeout_s, jax.process_index(),
+                                    jax.process_count(), phase="setting up the run (compiling, restoring)")
         run = setup(cfg, model, dataset, RunContext(console=console, events=events, workdir=workdir,
-                                                     account=account))
+                                                    account=account, watchdog=watchdog))
         guard = NonFiniteGuard(cfg.train.on_nonfinite)
         hooks = strategy_hooks(cfg, workdir, stateful=[guard])  # early stopping, checkpoints
         hooks += profiling.hooks_for(cfg, workdir)  # train.profile: step-time breakdown and trace
@@ -162,6 +171,7 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         console.line(f"wrote {workdir}/summary.json")
         for line in closing_lines(summary["perf"], total_s, parts):
             console.line(line)
+        console.line(next_steps(workdir, cfg.checkpoint.enabled, python_model=python_model_class(workdir)))
         return summary
     except (NonFiniteError, Preempted) as e:
         # No summary.json: it would look like a result. The reason goes into metrics.jsonl.
@@ -180,6 +190,8 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         # and the signal handlers are put back.
         for hook in hooks:
             getattr(hook, "close", lambda: None)()
+        if watchdog is not None:
+            watchdog.close()
         events.close()
         if lock is not None:
             lock.release()
@@ -233,26 +245,48 @@ class TrainedRun:
         return self.evaluator.outputs(self.params, self.rest, x)
 
 
-def load_trained(run_dir: str | Path, with_data: bool = True) -> TrainedRun:
+def next_steps(workdir: Path, kept_checkpoints: bool, python_model: str | None) -> str:
+    """The line printed after training: where the run is and what to do with it."""
+    if python_model:
+        return (f"run saved in {workdir}; from Python: jaxtrain.evaluate('{workdir}', model=...), and "
+                f"report/predict with the same model")
+    steps = [f"jaxtrain report {workdir}"] + ([f"jaxtrain eval {workdir}", f"jaxtrain predict {workdir} "
+                                              f"--input FILE"] if kept_checkpoints else [])
+    return f"run saved in {workdir}; next: " + ", ".join(steps)
+
+
+def python_model_class(run_dir: str | Path) -> str | None:
+    """The class of the `nnx.Module` a run was trained with from Python (`train(model=...)`), if any."""
+    path = Path(run_dir) / PYTHON_MODEL_FILE
+    return json.loads(path.read_text())["class"] if path.is_file() else None
+
+
+def load_trained(run_dir: str | Path, with_data: bool = True, model: nnx.Module | None = None) -> TrainedRun:
     """Reload a finished run's saved parameters and preprocessing (shared by eval, report, predict).
 
     `with_data=False` skips reloading the run's data set: the model's shape comes from the
-    saved statistics, which is all `predict` needs (reloading MNIST costs seconds)."""
+    saved statistics, which is all `predict` needs (reloading MNIST costs seconds). `model`:
+    a fresh instance of the Python model the run was trained with (its parameters are restored)."""
     from jaxtrain.dist import parallel
     cfg, stats = load_run(run_dir)
-    if with_data or stats is None or not stats.feature_shape:
-        dataset = data_stage.load_dataset(cfg.data, stats=stats)
-        stats = dataset.stats
-        model = make_model(cfg, dataset)
-    else:
-        dataset = None
-        outputs = stats.num_classes if stats.task == "classification" else 1
-        model = _build(cfg, stats.feature_shape, stats.image_shape, int(outputs))
-    _, eval_def, params, rest = split_model(model)
     ckpt_dir = Path(run_dir) / "checkpoints"
     if not has_checkpoint(ckpt_dir):
         raise UserError(f"run '{run_dir}' has no saved parameters in checkpoints/; "
                         f"train it with checkpoint.enabled: true")
+    trained_with = python_model_class(run_dir)
+    if model is None and trained_with:
+        raise UserError(f"run '{run_dir}' was trained with a Python model ({trained_with}); pass a new "
+                        f"instance of it from Python: jaxtrain.evaluate(DIR, model=...), predict or report alike")
+    dataset = None
+    if with_data or stats is None or not stats.feature_shape:
+        dataset = data_stage.load_dataset(cfg.data, stats=stats)
+        stats = dataset.stats
+    if model is None and dataset is not None:
+        model = make_model(cfg, dataset)
+    elif model is None:
+        outputs = stats.num_classes if stats.task == "classification" else 1
+        model = _build(cfg, stats.feature_shape, stats.image_shape, int(outputs))
+    _, eval_def, params, rest = split_model(model)
     # With train.ema_decay the run evaluated its moving average: eval and predict use it too.
     params, rest = restore_params(ckpt_dir, params, "params" if cfg.train.ema_decay is None else "ema", rest)
     mesh = parallel.make_mesh(cfg.parallel)
@@ -261,11 +295,15 @@ def load_trained(run_dir: str | Path, with_data: bool = True) -> TrainedRun:
     return TrainedRun(cfg=cfg, stats=stats, dataset=dataset, evaluator=evaluator, params=params, rest=rest)
 
 
-def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, float]:
-    """Re-evaluate a finished run's saved parameters on a split, with its saved preprocessing."""
-    trained = load_trained(run_dir)
+def evaluate(run_dir: str | Path, split: str = "test", model: nnx.Module | None = None) -> dict[str, float]:
+    """Re-evaluate a finished run's saved parameters on a split, with its saved preprocessing.
+    A run trained with a Python `model` needs a new instance of it here."""
+    trained = load_trained(run_dir, model=model)
     dataset = trained.dataset
-    target = {"test": dataset.test, "val": dataset.val, "train": dataset.train}.get(split)
-    if target is None:
-        raise UserError(f"split '{split}' is not available for run '{run_dir}'; use test, val or train")
+    splits = {name: part for name, part in (("test", dataset.test), ("val", dataset.val),
+                                             ("train", dataset.train)) if part is not None and len(part)}
+    if split not in splits:
+        raise UserError(f"split '{split}' is not available for run '{run_dir}'; it has "
+                        f"{', '.join(splits)}: pass --split {' or --split '.join(splits)}")
+    target = splits[split]
     return trained.evaluator.evaluate(trained.params, trained.rest, target)

@@ -44,6 +44,9 @@ def read_inputs(path: str | Path, stats: FeatureStats, data_cfg) -> np.ndarray:
         x = arrays[key]
     elif _is_idx(path):
         x = read_idx(str(path))
+    elif not table_model:  # trained on images: a CSV has no columns to match
+        raise DataError(f"{path}: this run was trained on images, not table columns; image runs take "
+                        f"an IDX images file or an .npz with an array 'x' of images, not a CSV")
     else:
         return apply_stats.read_csv_features(str(path), stats, data_cfg)
     return apply_stats.array_features(x, stats, str(path))
@@ -63,10 +66,11 @@ def predictions_table(outputs: np.ndarray, stats: FeatureStats) -> tuple[list[st
     return header, [[i, *values[i].tolist()] for i in range(n)]
 
 
-def predict(run_dir: str | Path, input_path: str | Path) -> tuple[list[str], list[list]]:
-    """Predictions for every example in `input_path`, as (header, rows)."""
+def predict(run_dir: str | Path, input_path: str | Path, model=None) -> tuple[list[str], list[list]]:
+    """Predictions for every example in `input_path`, as (header, rows). A run trained with a
+    Python `model` (an `nnx.Module`) needs a new instance of it here."""
     from jaxtrain.runs.api import load_trained
-    trained = load_trained(run_dir, with_data=False)
+    trained = load_trained(run_dir, with_data=False, model=model)
     x = read_inputs(input_path, trained.stats, trained.cfg.data)
     return predictions_table(trained.outputs(x), trained.stats)
 

@@ -8,7 +8,8 @@
 - `report.md` tying them together with the final metrics.
 
 Test-split predictions come from the saved parameters and preprocessing
-(`api.load_trained`), exactly as `jaxtrain eval` computes them.
+(`api.load_trained`), exactly as `jaxtrain eval` computes them; a run that kept no
+checkpoint gets the curves and the metrics only.
 """
 
 from __future__ import annotations
@@ -93,23 +94,39 @@ def _metrics_table(summary: dict) -> list[str]:
     return lines
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write the PNGs and report.md into `run_dir`; return the report's path."""
+def write_report(run_dir: str | Path, model=None) -> list[Path]:
+    """Write the PNGs and report.md into `run_dir`; return the paths written, report.md last.
+
+    The curves come from metrics.jsonl alone, so a run that kept no checkpoint still gets
+    them; the test-split figures need its saved parameters (and, for a run trained with a
+    Python model, a new instance of that `model`)."""
+    from jaxtrain.ckpt.checkpoint import has_checkpoint
     from jaxtrain.runs.api import load_trained
     plots.require_matplotlib()
     run = Path(run_dir)
     history = read_history(run)
-    trained = load_trained(run)
-    ds, stats = trained.dataset, trained.dataset.stats
     summary = read_summary(run)
-    md = [f"# Run report: {trained.cfg.name}", "", f"Run directory: `{run}`; task: {ds.task}; "
-          f"data: {ds.name} (train {ds.num_train}, val {len(ds.val) if ds.val else 0}, test {len(ds.test)}).",
-          ""]
+    written: list[Path] = []
+    md = [f"# Run report: {summary.get('config_name') or run.name}", "", f"Run directory: `{run}`.", ""]
     md += ["## Final metrics", ""] + _metrics_table(summary) + [""]
     if history:
         plots.curves(history, run / "curves.png")
+        written.append(run / "curves.png")
         md += ["## Training and validation curves", "", "![curves](curves.png)", ""]
+    if has_checkpoint(run / "checkpoints"):
+        md += _test_figures(run, load_trained(run, model=model), written)
+    else:
+        md += ["No checkpoint was kept (checkpoint.enabled: false), so there are no test-split figures.", ""]
+    path = run / "report.md"
+    path.write_text("\n".join(md))
+    return written + [path]
 
+
+def _test_figures(run: Path, trained, written: list[Path]) -> list[str]:
+    """The test split's figures from the saved parameters; appends their paths to `written`."""
+    ds, stats = trained.dataset, trained.dataset.stats
+    md = [f"Task: {ds.task}; data: {ds.name} (train {ds.num_train}, val {len(ds.val) if ds.val else 0}, "
+          f"test {len(ds.test)}).", ""]
     outputs = trained.outputs(ds.test.x)
     if ds.task == "classification":
         names = [str(c) for c in (stats.classes or range(ds.num_classes))]
@@ -118,6 +135,7 @@ def write_report(run_dir: str | Path) -> Path:
         np.savetxt(run / "confusion_matrix.csv", matrix, fmt="%d", delimiter=",",
                    header="rows: true class, columns: predicted class; classes " + " ".join(names))
         plots.confusion(matrix, names, run / "confusion_matrix.png")
+        written += [run / "confusion_matrix.png", run / "confusion_matrix.csv"]
         per_class = np.diag(matrix) / np.maximum(matrix.sum(1), 1)
         md += ["## Confusion matrix (test)", "", "![confusion matrix](confusion_matrix.png)", "",
                "| class | test examples | recall |", "| --- | --- | --- |"]
@@ -127,6 +145,7 @@ def write_report(run_dir: str | Path) -> Path:
             pick = sample_indices(pred, ds.test.y)
             images = display_images(ds.test.x[pick], stats, ds.image_shape)
             plots.image_grid(images, pred[pick], ds.test.y[pick], names, run / "samples.png")
+            written.append(run / "samples.png")
             md += ["## Test images", "", f"{len(pick)} test images (the first mistakes, up to 8, then the "
                    "first correct ones, in test order), titled with the predicted label; mistakes in red, "
                    "with the true label.", "", "![samples](samples.png)", ""]
@@ -135,7 +154,6 @@ def write_report(run_dir: str | Path) -> Path:
         predicted = ds.to_original_units(outputs.astype(np.float64)).reshape(len(ds.test), -1)[:, 0]
         target = trained.cfg.data.target or "target"
         plots.regression(actual, predicted, target, run / "regression.png")
+        written.append(run / "regression.png")
         md += ["## Predictions (test)", "", "![predicted vs actual and residuals](regression.png)", ""]
-    path = run / "report.md"
-    path.write_text("\n".join(md))
-    return path
+    return md

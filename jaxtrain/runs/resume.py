@@ -82,4 +82,8 @@ def resume_run(run: Run, checkpoint_dir: Path, hooks: list[Hook]) -> Position | 
                  f"step {position.step_in_epoch} of {run.engine.steps}) in {checkpoint_dir}")
     events.write("resume", step=position.step, epoch=position.epoch, step_in_epoch=position.step_in_epoch,
                  found=True)
+    epochs = run.cfg.train.epochs
+    if run.epoch >= epochs:
+        console.line(f"resume: all {epochs} epochs (train.epochs) are already trained: nothing left to train, "
+                     f"only evaluating; pass --set train.epochs=N with N > {epochs} to train more")
     return position

@@ -79,9 +79,14 @@ def _flatten(summary: dict) -> dict[str, Any]:
     return row
 
 
-def headline_metric(task: str) -> tuple[str, str]:
-    """(column, 'max'|'min') that ranks the points."""
-    return ("test.accuracy", "max") if task == "classification" else ("test.mse", "min")
+def ranking_metric(task: str, rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """(column, 'max'|'min') that chooses the best point: a validation metric, never a test one
+    (choosing on the test split would leak it into the choice). Without a validation split,
+    the final training loss."""
+    metric, mode = ("val.accuracy", "max") if task == "classification" else ("val.mse", "min")
+    if any(isinstance(r.get(metric), float) for r in rows):
+        return metric, mode
+    return "train.loss", "min"
 
 
 def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: str | Path | None = None,
@@ -122,48 +127,65 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
         summaries[i] = train(cfg, workdir=root / names[i], console=console)
 
     rows = [{"point": names[i], **points[i], **_flatten(summaries[i])} for i in range(len(cfgs))]
-    write_results(root, rows, list(grid), summaries[0].get("task", "classification"))
+    table, best, metric = write_results(root, rows, list(grid), summaries[0].get("task", "classification"))
+    for line in table:
+        console.line(line)
+    console.line(f"sweep: best point by {metric}: {best} ({root / best if best else 'none'})")
     console.line(f"sweep: wrote {root}/results.csv, results.md, results.png")
     return rows
 
 
-def write_results(root: Path, rows: list[dict[str, Any]], keys: list[str], task: str) -> None:
+def write_results(root: Path, rows: list[dict[str, Any]], keys: list[str],
+                  task: str) -> tuple[list[str], str | None, str]:
+    """results.csv/.md/.png; returns (the results table, the best point's name, its metric)."""
     columns = list(dict.fromkeys(c for r in rows for c in r))
     with open(root / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    metric, mode = headline_metric(task)
+    metric, mode = ranking_metric(task, rows)
     values = [r.get(metric) for r in rows]
-    sign = -1.0 if mode == "max" else 1.0
-
-    def rank(i: int) -> tuple[float, float]:  # ties broken by the lower test loss
-        loss = rows[i].get("test.loss")
-        return sign * values[i], loss if isinstance(loss, float) and math.isfinite(loss) else math.inf
-
-    finite = [i for i, v in enumerate(values) if isinstance(v, float) and math.isfinite(v)]
-    best = min(finite, key=rank) if finite else None
-    shown = ["point"] + keys + [c for c in columns if c.startswith(("test.", "val."))] + \
+    best = _best_point(rows, values, mode)
+    shown = ["point"] + keys + [c for c in columns if c.startswith(("val.", "test."))] + \
         [c for c in ("train.loss", "train.examples_per_sec", "time.total_s") if c in columns]
-
-    def cell(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
-
+    table = _table(rows, shown, best)
+    how = (f"Chosen on `{metric}` ({'higher' if mode == 'max' else 'lower'} is better), a validation "
+           f"metric: the test columns played no part in the choice." if metric.startswith("val.") else
+           f"The runs have no validation split (data.val_fraction: 0), so the choice is on `{metric}`; "
+           f"set data.val_fraction to choose on held-out data. The test columns played no part.")
     lines = [f"# Sweep results ({len(rows)} points)", "",
-             f"Ranked by `{metric}` ({'higher' if mode == 'max' else 'lower'} is better); "
-             f"best: **{rows[best]['point'] if best is not None else 'none'}**.", "",
-             "| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown)]
-    for i, r in enumerate(rows):
-        text = [cell(r.get(c)) for c in shown]
-        if i == best:
-            text = [f"**{t}**" for t in text]
-        lines.append("| " + " | ".join(text) + " |")
-    lines += ["", f"![{metric} per point](results.png)", "",
-              "Each point's run directory is `<point>/` (config.yaml, metrics.jsonl, summary.json, "
-              "checkpoints/); `jaxtrain report <point dir>` plots it.", ""]
+             f"Best: **{rows[best]['point'] if best is not None else 'none'}**. {how}", "", *table, "",
+             f"![{metric} per point](results.png)", "",
+             "Each point's run directory is `<point>/` (config.yaml, metrics.jsonl, summary.json, "
+             "checkpoints/); `jaxtrain report <point dir>` plots it.", ""]
     (root / "results.md").write_text("\n".join(lines))
     plots.bar_per_point([r["point"] for r in rows], [v if isinstance(v, float) else float("nan") for v in values],
                   metric, root / "results.png", best)
+    return table, (rows[best]["point"] if best is not None else None), metric
+
+
+def _best_point(rows: list[dict[str, Any]], values: list, mode: str) -> int | None:
+    """The index of the best finite value; ties broken by the lower validation (else train) loss."""
+    sign = -1.0 if mode == "max" else 1.0
+
+    def rank(i: int) -> tuple[float, float]:
+        loss = rows[i].get("val.loss", rows[i].get("train.loss"))
+        return sign * values[i], loss if isinstance(loss, float) and math.isfinite(loss) else math.inf
+
+    finite = [i for i, v in enumerate(values) if isinstance(v, float) and math.isfinite(v)]
+    return min(finite, key=rank) if finite else None
+
+
+def _table(rows: list[dict[str, Any]], shown: list[str], best: int | None) -> list[str]:
+    """A markdown table of `shown` columns, the best row in bold."""
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    lines = ["| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown)]
+    for i, r in enumerate(rows):
+        text = [cell(r.get(c)) for c in shown]
+        lines.append("| " + " | ".join(f"**{t}**" if i == best and t else t for t in text) + " |")
+    return lines
 
 
 def read_results(root: str | Path) -> list[dict[str, str]]:

@@ -1,0 +1,159 @@
+"""A new user's first hour (issue 16): the messages and commands a README walkthrough hit."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxtrain
+from jaxtrain.cli.main import main
+from jaxtrain.runs.predict import predict
+from jaxtrain.runs.report import write_report
+from jaxtrain.runs.sweep import read_results, write_results
+from jaxtrain.util.errors import UserError
+from jaxtrain.util.events import Console
+
+FAST = {"train.epochs": 2, "parallel.data_axis_size": 1}
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+class Net(nnx.Module):
+    """A model the config cannot describe: its parameters are named hidden/out, not layers/head."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(64, 16, rngs=rngs)
+        self.out = nnx.Linear(16, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(nnx.relu(self.hidden(x)))
+
+
+@pytest.fixture(scope="module")
+def python_model_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("pymodel") / "run"
+    summary = jaxtrain.train("digits_mlp", workdir=run, model=Net(nnx.Rngs(0)), console=Console("none"),
+                             overrides=FAST)
+    return run, summary
+
+
+def test_a_run_trained_with_a_python_model_is_evaluated_with_a_new_instance_of_it(python_model_run):
+    run, summary = python_model_run
+    again = jaxtrain.evaluate(run, model=Net(nnx.Rngs(7)))  # other initial values: the checkpoint's count
+    assert again["accuracy"] == summary["test"]["accuracy"]
+    assert again["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-6)
+    with pytest.raises(UserError, match="trained with a Python model .*Net"):
+        jaxtrain.evaluate(run)
+
+
+def test_predict_and_report_take_the_python_model(python_model_run, tmp_path):
+    run, _ = python_model_run
+    x = np.random.default_rng(0).uniform(0, 16, (5, 64))
+    np.savez(tmp_path / "new.npz", x=x)
+    header, rows = predict(run, tmp_path / "new.npz", model=Net(nnx.Rngs(1)))
+    assert header[:2] == ["row", "predicted"] and len(rows) == 5
+    written = write_report(run, model=Net(nnx.Rngs(1)))
+    assert run / "confusion_matrix.png" in written and written[-1] == run / "report.md"
+
+
+def test_the_cli_says_in_one_line_that_the_run_needs_its_model(python_model_run, capsys):
+    run, _ = python_model_run
+    assert main(["eval", str(run)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "trained with a Python model" in line and "model=" in line
+
+
+@pytest.fixture(scope="module")
+def digits_run_without_val(tmp_path_factory):
+    run = tmp_path_factory.mktemp("noval") / "run"
+    jaxtrain.train("digits_mlp", workdir=run, console=Console("none"), overrides={**FAST, "data.val_fraction": 0.0})
+    return run
+
+
+def test_eval_of_a_missing_split_lists_only_the_runs_splits(digits_run_without_val, capsys):
+    assert main(["eval", str(digits_run_without_val), "--split", "val"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "split 'val' is not available" in line and "it has test, train" in line
+    assert "val or" not in line and "or --split val" not in line
+
+
+def test_predict_with_a_csv_on_an_image_run_says_image_runs_take_idx_or_npz(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 120)
+    x = rng.integers(0, 255, (120, 8, 8)).astype(np.uint8)
+    np.savez(tmp_path / "images.npz", x_train=x[:100], y_train=y[:100], x_test=x[100:], y_test=y[100:])
+    run = tmp_path / "run"
+    jaxtrain.train({"data": {"source": "npz", "path": str(tmp_path / "images.npz"), "val_fraction": 0.0}},
+                   workdir=run, console=Console("none"), overrides=FAST)
+    (tmp_path / "new.csv").write_text("a,b\n1,2\n")
+    assert main(["predict", str(run), "--input", str(tmp_path / "new.csv")]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "image runs take an IDX images file or an .npz" in line
+
+
+def test_report_without_checkpoints_draws_the_curves_and_prints_what_it_wrote(tmp_path, capsys):
+    run = tmp_path / "run"
+    jaxtrain.train("digits_mlp", workdir=run, console=Console("none"),
+                   overrides={**FAST, "checkpoint.enabled": False})
+    assert not (run / "checkpoints").exists()
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {run / 'curves.png'}" in out and f"wrote {run / 'report.md'}" in out
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (run / "confusion_matrix.png").exists()
+    assert "No checkpoint was kept" in (run / "report.md").read_text()
+
+
+def test_training_ends_with_the_run_directory_and_next_steps(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--workdir", str(run), "--set", "train.epochs=1", "--set", "logging.progress=plain",
+                 "--set", "parallel.data_axis_size=1"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"run saved in {run}; next: jaxtrain report {run}, jaxtrain eval {run}, " \
+                   f"jaxtrain predict {run} --input FILE"
+
+
+def test_offline_mnist_names_the_idx_source(tmp_path, capsys):
+    """tfds has nothing prepared in an empty data_dir: the message gives both ways to get MNIST."""
+    code = main(["train", "mnist_mlp", "--workdir", str(tmp_path / "run"), "--set", f"data.data_dir={tmp_path}"])
+    assert code == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "data.source=idx" in line and "data.path=DIR" in line and "tfds build mnist" in line
+
+
+def test_sweeps_choose_on_the_validation_metric_not_the_test_one(tmp_path):
+    rows = [{"point": "a", "val.accuracy": 0.90, "val.loss": 0.3, "test.accuracy": 0.50, "train.loss": 0.1},
+            {"point": "b", "val.accuracy": 0.80, "val.loss": 0.4, "test.accuracy": 0.99, "train.loss": 0.2}]
+    table, best, metric = write_results(tmp_path, rows, [], "classification")
+    assert (best, metric) == ("a", "val.accuracy")
+    md = (tmp_path / "results.md").read_text()
+    assert "Best: **a**" in md and "a validation metric" in md
+    assert any(line.startswith("| **a**") for line in table)
+    # Without a validation split: the training loss, never the test accuracy.
+    no_val = [{k: v for k, v in r.items() if not k.startswith("val.")} for r in rows]
+    assert write_results(tmp_path, no_val, [], "classification")[1:] == ("a", "train.loss")
+    assert "no validation split" in (tmp_path / "results.md").read_text()
+
+
+def test_sweep_prints_the_results_table_and_the_chosen_point(tmp_path, capsys):
+    assert main(["sweep", "--grid", "optimizer.learning_rate=0.01,0.000001", "--workdir", str(tmp_path / "s"),
+                 "--set", "train.epochs=2", "--set", "parallel.data_axis_size=1",
+                 "--set", "logging.progress=plain", "--set", "checkpoint.enabled=false"]) == 0
+    out = capsys.readouterr().out
+    rows = {r["point"]: float(r["val.accuracy"]) for r in read_results(tmp_path / "s")}
+    chosen = max(rows, key=rows.get)
+    assert "| point | optimizer.learning_rate |" in out
+    assert f"sweep: best point by val.accuracy: {chosen}" in out
+
+
+def test_resume_with_no_epochs_left_says_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = ["--set", "train.epochs=1", "--set", "parallel.data_axis_size=1", "--set", "logging.progress=plain"]
+    assert main(["train", "--workdir", str(run), *sets]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--set", "logging.progress=plain"]) == 0
+    out = capsys.readouterr().out
+    assert "all 1 epochs (train.epochs) are already trained: nothing left to train, only evaluating" in out
