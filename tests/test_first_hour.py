@@ -157,3 +157,72 @@ def test_resume_with_no_epochs_left_says_so(tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--set", "logging.progress=plain"]) == 0
     out = capsys.readouterr().out
     assert "all 1 epochs (train.epochs) are already trained: nothing left to train, only evaluating" in out
+
+
+PHASES = {"input_wait": 0.0, "h2d_transfer": 0.0, "dispatch": 0.1, "device_compute": 0.5,
+          "metric_transfer": 0.0, "hooks": 0.0, "evaluation": 0.0}
+
+
+def test_checkpoint_and_evaluation_bound_runs_get_their_own_verdicts():
+    from jaxtrain.training.profiling import breakdown
+    saving = breakdown({**PHASES, "hooks": 1.5}, wall=2.1, steps=100, k=10)
+    assert saving["verdict"] == "checkpoint-bound" and "checkpoint.async_save" in saving["advice"]
+    evaluating = breakdown({**PHASES, "evaluation": 1.5}, wall=2.1, steps=100, k=10)
+    assert evaluating["verdict"] == "eval-bound" and "train.eval_every_epochs" in evaluating["advice"]
+    assert evaluating["ms_per_step"]["evaluation"] == pytest.approx(15.0)
+
+
+@pytest.mark.parametrize("precision, platform, speedup, advised", [
+    ("float32", "cpu", 0.36, False),   # AVX2: bf16 matmuls measured slower than fp32
+    ("float32", "cpu", 1.8, True),     # a CPU with bf16 dot instructions
+    ("bfloat16", "cpu", 1.8, False),   # already on
+    ("float32", "gpu", None, True),    # known to pay: not measured
+])
+def test_bf16_is_advised_only_where_it_pays(precision, platform, speedup, advised):
+    from jaxtrain.training.profiling import Bf16Advice, breakdown
+
+    def measure():
+        assert speedup is not None, "GPU and TPU are not measured"
+        return speedup
+    report = breakdown(PHASES, wall=0.6, steps=100, k=10, bf16=Bf16Advice(precision, platform, measure))
+    assert report["verdict"] == "compute-bound"
+    assert ("bfloat16" in report["advice"]) == advised, report["advice"]
+
+
+def test_a_profile_window_is_labelled_as_such(tmp_path, capsys):
+    assert main(["profile", "--steps", "8", "--set", "parallel.data_axis_size=1", "--set", "train.steps_per_call=4",
+                 "--set", "logging.progress=plain", "--workdir", str(tmp_path / "prof")]) == 0
+    out = capsys.readouterr().out
+    assert "profile window of 8 steps (8 of 40 steps of epoch 1/30) loss=" in out
+    assert "epoch 1/30 loss" not in out
+
+
+def test_rates_read_at_a_glance():
+    from jaxtrain.util.events import duration, format_metrics
+    assert format_metrics({"loss": 0.25, "examples_per_sec": 154123.0}) == "loss=0.25 examples_per_sec=154k"
+    assert format_metrics({"examples_per_sec": 1.2e6}) == "examples_per_sec=1.2M"
+    assert (duration(45), duration(185), duration(7800)) == ("45s", "3m05s", "2h10m")
+
+
+def test_without_a_terminal_progress_prints_a_line_with_an_eta_every_few_seconds():
+    import io
+    now = [0.0]
+    out = io.StringIO()
+    console = Console("plain", stream=out, plain_every_s=10.0, clock=lambda: now[0])
+    for step in range(1, 100):
+        now[0] = step * 0.5
+        console.progress("epoch 1", step, 100, rate=154000.0, eta_s=(100 - step) * 0.5)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4  # at 10, 20, 30 and 40 s
+    assert lines[0] == "epoch 1: 20/100 steps 154k ex/s ETA 40s"
+
+
+def test_a_rising_validation_loss_warns_and_names_early_stopping():
+    from jaxtrain.training.loop import overfitting_warning
+    history = [{"epoch": e + 1, "val": {"loss": v}} for e, v in enumerate([0.3, 0.167, 0.17, 0.18, 0.196])]
+    warning = overfitting_warning(history)
+    assert "risen 3 evaluations in a row (0.167 -> 0.196; best 0.167 at epoch 2)" in warning
+    assert "train.early_stopping" in warning
+    assert overfitting_warning(history[:4]) is None  # risen twice only
+    history[3]["val"]["loss"] = 0.165  # a dip: not three rises in a row
+    assert overfitting_warning(history) is None

@@ -26,7 +26,7 @@ from jaxtrain.model.augment import make_augment
 from jaxtrain.config.schema import Config
 from jaxtrain.data import Dataset
 from jaxtrain.engine.engine import Engine, fits_on_device
-from jaxtrain.util.events import Console, JsonlWriter, Throughput, format_metrics
+from jaxtrain.util.events import Console, JsonlWriter, Throughput, duration, format_metrics
 from jaxtrain.util.time_account import TimeAccount
 from jaxtrain.training.accounting import HOOK_PART, PerfMeter, call_hooks
 from jaxtrain.model.metrics import compute_metrics
@@ -196,7 +196,7 @@ def fit(run: Run, hooks: list[Hook] = ()) -> dict:
             steady[1] += int(sums["count"])
         record = _epoch_record(run.epoch, run.global_step, sums, elapsed)
         record.update(meter.epoch(account.get("train") - train_before, run.step_in_epoch - steps_before))
-        _end_epoch(run, hooks, record)
+        _end_epoch(run, hooks, record, throughput.last)
 
     ctx.watchdog.enter("the hooks at the end of training (the final checkpoint)")
     call_hooks(account, hooks, "on_train_end", run)
@@ -255,31 +255,64 @@ def _train_epoch(run: Run, hooks: list[Hook], throughput: Throughput) -> dict | 
         return {key: float(v) for key, v in jax.device_get(sums).items()}  # the epoch's one sync
 
 
-def _end_epoch(run: Run, hooks: list[Hook], record: dict) -> None:
+def _end_epoch(run: Run, hooks: list[Hook], record: dict, progress: dict) -> None:
     """Log the epoch, evaluate when it is due, and give the hooks their epoch-end turn."""
     cfg, dataset, engine, account = run.cfg, run.dataset, run.engine, run.ctx.account
     with account.part(HOOK_PART):
         run.ctx.events.write("train", **record)
-    line = f"epoch {run.epoch + 1}/{cfg.train.epochs} " + format_metrics(
-        {k: v for k, v in record.items() if k not in ("epoch", "step")})
     epoch_done = run.step_in_epoch >= engine.steps
+    line = _epoch_label(run, epoch_done) + " " + format_metrics(
+        {k: v for k, v in record.items() if k not in ("epoch", "step")})
     if dataset.val is not None and epoch_done and (
             (run.epoch + 1) % cfg.train.eval_every_epochs == 0 or run.epoch + 1 == cfg.train.epochs):
         run.ctx.watchdog.enter(f"evaluating the validation split after epoch {run.epoch + 1}")
-        with account.part("evaluation"):
+        with account.part("evaluation"), engine.timer.phase("evaluation"):
             val = run.evaluator.evaluate(eval_params(run.state), run.state.rest, dataset.val)
         with account.part(HOOK_PART):
             run.ctx.events.write("eval", split="val", epoch=run.epoch + 1, step=run.global_step, **val)
         record["val"] = val
         line += " | val " + format_metrics(val)
     run.history.append(record)
+    if progress.get("eta_s") and run.epoch + 1 < cfg.train.epochs and run.stop_reason is None:
+        line += f" | ETA {duration(progress['eta_s'])}"
+    warning = overfitting_warning(run.history) if cfg.train.early_stopping is None else None
     with account.part(HOOK_PART):
         run.ctx.console.line(line)
+        if warning:
+            run.ctx.console.line(warning)
     if epoch_done:
         run.epoch, run.step_in_epoch, run.epoch_sums = run.epoch + 1, 0, None
     run.ctx.watchdog.enter(f"the hooks at the end of epoch {record['epoch']}")
     with engine.timer.phase("hooks"):
         call_hooks(account, hooks, "on_epoch_end", run, record)
+
+
+def _epoch_label(run: Run, epoch_done: bool) -> str:
+    """'epoch 3/10', or for an epoch cut short (a profile window, a stop) what part of it ran."""
+    label = f"epoch {run.epoch + 1}/{run.cfg.train.epochs}"
+    if epoch_done:
+        return label
+    return f"{run.stop_reason or 'stopped'} ({run.step_in_epoch} of {run.engine.steps} steps of {label})"
+
+
+RISING_EVALUATIONS = 3  # validation losses in a row, each above the one before, that say "overfitting"
+
+
+def overfitting_warning(history: list[dict]) -> str | None:
+    """A warning when the validation loss has just risen for the RISING_EVALUATIONS-th
+    evaluation in a row (once per such streak), naming train.early_stopping; else None."""
+    losses = [r["val"]["loss"] for r in history if "loss" in r.get("val", {})]
+    recent = losses[-(RISING_EVALUATIONS + 1):]
+    if len(recent) <= RISING_EVALUATIONS or any(b <= a for a, b in zip(recent, recent[1:])):
+        return None
+    if len(losses) > RISING_EVALUATIONS + 1 and losses[-RISING_EVALUATIONS - 2] < recent[0]:
+        return None  # a longer streak: warned when it reached RISING_EVALUATIONS
+    best = min(losses)
+    return (f"warning: the validation loss has risen {RISING_EVALUATIONS} evaluations in a row "
+            f"({recent[0]:.4g} -> {recent[-1]:.4g}; best {best:.4g} at epoch "
+            f"{next(r['epoch'] for r in history if r.get('val', {}).get('loss') == best)}): the model is "
+            f"overfitting; set train.early_stopping (e.g. --set train.early_stopping.patience=5) to stop "
+            f"there and keep the best epoch's parameters")
 
 
 def _summary(run: Run, devices: dict, test: dict, steady: list) -> dict:

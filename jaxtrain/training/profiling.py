@@ -13,33 +13,41 @@ The first `train.profile_trace_calls` calls are also recorded as a
 `jax.profiler` trace (TensorBoard / Perfetto) under WORKDIR/trace, each call
 annotated with `StepTraceAnnotation("train", step_num=<first step of the call>)`.
 
-The verdict compares the host's input time, its dispatch/Python time and the
-device's compute time, and names the change that helps:
-    input-bound     the step waits for data
-    dispatch-bound  the device idles while Python and dispatch run
-    compute-bound   the device is busy: make each step cheaper
+The verdict names the largest share of the time and the change that helps:
+    input-bound       the step waits for data
+    dispatch-bound    the device idles while Python and dispatch run
+    checkpoint-bound  saving checkpoints (and other hooks) blocks the loop
+    eval-bound        evaluating the validation split takes the time
+    compute-bound     the device is busy: make each step cheaper; bf16 is advised only
+                      where it is known to pay (GPU, TPU) or its matmuls were measured
+                      faster than fp32 on this CPU
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from jaxtrain.training.accounting import PerfMeter
 from jaxtrain.training.loop import Hook, Run
 
 ROWS = [("input_wait", "input wait"), ("h2d_transfer", "host-to-device transfer"),
         ("dispatch_python", "dispatch + Python overhead"), ("device_compute", "device compute"),
-        ("metric_transfer", "metric transfer"), ("checkpoint_blocking", "checkpoint/hook blocking")]
+        ("metric_transfer", "metric transfer"), ("checkpoint_blocking", "checkpoint/hook blocking"),
+        ("evaluation", "validation evaluation")]
 
 
-def breakdown(totals: dict[str, float], wall: float, steps: int, k: int, steps_per_epoch: int = 0) -> dict:
+def breakdown(totals: dict[str, float], wall: float, steps: int, k: int, steps_per_epoch: int = 0,
+              bf16: "Bf16Advice | None" = None) -> dict:
     """Per-step seconds of each phase, the device's idle fraction and the verdict."""
-    accounted = sum(totals[p] for p in ("input_wait", "h2d_transfer", "dispatch", "device_compute",
-                                        "metric_transfer", "hooks"))
+    accounted = sum(totals.get(p, 0.0) for p in ("input_wait", "h2d_transfer", "dispatch", "device_compute",
+                                                 "metric_transfer", "hooks", "evaluation"))
     phases = {
         "input_wait": totals["input_wait"],
         "h2d_transfer": totals["h2d_transfer"],
@@ -48,10 +56,11 @@ def breakdown(totals: dict[str, float], wall: float, steps: int, k: int, steps_p
         "device_compute": totals["device_compute"],
         "metric_transfer": totals["metric_transfer"],
         "checkpoint_blocking": totals["hooks"],
+        "evaluation": totals.get("evaluation", 0.0),
     }
     steps = max(steps, 1)
     idle = 1.0 - totals["device_compute"] / wall if wall > 0 else 0.0
-    verdict, advice = judge(phases, k, steps_per_epoch)
+    verdict, advice = judge(phases, k, steps_per_epoch, bf16)
     return {
         "steps": steps, "wall_s": wall, "steps_per_call": k,
         "ms_per_step": {name: 1e3 * s / steps for name, s in phases.items()},
@@ -61,23 +70,74 @@ def breakdown(totals: dict[str, float], wall: float, steps: int, k: int, steps_p
     }
 
 
-def judge(phases: dict[str, float], k: int, steps_per_epoch: int = 0) -> tuple[str, str]:
-    """input-bound / dispatch-bound / compute-bound, and the change that would help."""
-    inputs = phases["input_wait"] + phases["h2d_transfer"]
-    host = phases["dispatch_python"]
-    compute = phases["device_compute"]
-    if inputs >= host and inputs >= compute:
-        return "input-bound", ("the step waits for data: keep the training set on the device "
-                               "(raise train.on_device_fraction), or make batch preparation cheaper "
-                               "(data.backend: tfdata for parallel preprocessing, preprocess once and cache)")
-    if host > compute:
+class Bf16Advice:
+    """Whether to advise train.precision: bfloat16 for a compute-bound run, from what is known
+    of this device: GPUs and TPUs have fast bf16 matmuls; a CPU may not (AVX2 has no bf16 dot
+    instructions), so there a bf16 x bf16 -> fp32 matmul is timed against an fp32 one."""
+
+    def __init__(self, precision: str, platform: str, measure: "Callable[[], float] | None" = None):
+        self.precision, self.platform = precision, platform
+        self._measure = measure or bf16_matmul_speedup
+        self.speedup: float | None = None  # bf16 / fp32 matmul throughput, when measured
+
+    def text(self) -> str | None:
+        """The bf16 advice, or None where bf16 would not help (or is on already)."""
+        if self.precision != "float32":
+            return None
+        if self.platform in ("gpu", "tpu"):
+            return "use train.precision: bfloat16 (bf16 matmuls with fp32 accumulation)"
+        self.speedup = self._measure()
+        if self.speedup > 1.1:
+            return (f"use train.precision: bfloat16 (its matmuls measured {self.speedup:.2f}x the fp32 "
+                    f"ones on this {self.platform})")
+        return None
+
+
+def bf16_matmul_speedup(n: int = 512, repeats: int = 5) -> float:
+    """fp32 time / bf16 time of an n x n matmul with fp32 accumulation on the default device
+    (median of `repeats` after a warm-up call)."""
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+
+    def timed(dtype) -> float:
+        x = a.astype(dtype)
+        fn = jax.jit(lambda u, v: jnp.dot(u, v, preferred_element_type=jnp.float32))
+        fn(x, x).block_until_ready()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(x, x).block_until_ready()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+    return timed(jnp.float32) / timed(jnp.bfloat16)
+
+
+def judge(phases: dict[str, float], k: int, steps_per_epoch: int = 0,
+          bf16: Bf16Advice | None = None) -> tuple[str, str]:
+    """The largest share of the time, and the change that would help."""
+    shares = {"input-bound": phases["input_wait"] + phases["h2d_transfer"],
+              "dispatch-bound": phases["dispatch_python"], "compute-bound": phases["device_compute"],
+              "checkpoint-bound": phases["checkpoint_blocking"], "eval-bound": phases.get("evaluation", 0.0)}
+    verdict = max(shares, key=shares.get)  # ties: the order above
+    if verdict == "input-bound":
+        return verdict, ("the step waits for data: keep the training set on the device "
+                         "(raise train.on_device_fraction), or make batch preparation cheaper "
+                         "(data.backend: tfdata for parallel preprocessing, preprocess once and cache)")
+    if verdict == "dispatch-bound":
         if steps_per_epoch and k >= steps_per_epoch:
-            return "dispatch-bound", ("the device idles while the host works, with one call per epoch "
-                                      "already: use a larger batch (data.batch_size) so each step does more")
-        return "dispatch-bound", (f"the device idles while Python dispatches: raise train.steps_per_call "
-                                  f"above {k} (or 'epoch') to fuse more steps per call, or use a larger batch")
-    return "compute-bound", ("the device is busy: use train.precision: bfloat16 (bf16 matmuls with fp32 "
-                             "accumulation), a smaller model, or a faster/more devices")
+            return verdict, ("the device idles while the host works, with one call per epoch "
+                             "already: use a larger batch (data.batch_size) so each step does more")
+        return verdict, (f"the device idles while Python dispatches: raise train.steps_per_call "
+                         f"above {k} (or 'epoch') to fuse more steps per call, or use a larger batch")
+    if verdict == "checkpoint-bound":
+        return verdict, ("saving checkpoints blocks the loop: save less often (checkpoint.every_epochs, "
+                         "checkpoint.every_steps) or in the background (checkpoint.async_save: true)")
+    if verdict == "eval-bound":
+        return verdict, ("evaluating the validation split takes the time: evaluate less often "
+                         "(train.eval_every_epochs), keep a smaller split (data.val_fraction), or raise "
+                         "data.eval_batch_size")
+    advice = bf16.text() if bf16 is not None else None
+    return verdict, "the device is busy: " + (f"{advice}, a smaller model, or more/faster devices" if advice
+                                             else "a smaller model, or more/faster devices")
 
 
 def format_report(report: dict) -> list[str]:
@@ -121,6 +181,7 @@ class ProfileHook(Hook):
         self._compile_before = 0.0
         self._traced_report: dict | None = None
         self._trace_dir: Path | None = None
+        self.bf16: Bf16Advice | None = None  # tests may set one with a fake measurement
 
     def on_train_start(self, run: Run) -> None:
         self._run = run
@@ -163,11 +224,16 @@ class ProfileHook(Hook):
         wall = self.clock() - self._t_start - self._own_wall - own_now - compile_s
         totals = dict(timer.totals)
         totals["hooks"] = max(0.0, totals["hooks"] - self._own_hooks)
-        report = breakdown(totals, wall, timer.steps, run.engine.k, run.engine.steps)
+        report = breakdown(totals, wall, timer.steps, run.engine.k, run.engine.steps, self._bf16(run))
         if any(timer.background.values()):
             report["prefetch_background_ms_per_step"] = {
                 k: 1e3 * v / max(timer.steps, 1) for k, v in timer.background.items()}
         return report
+
+    def _bf16(self, run: Run) -> Bf16Advice:
+        if self.bf16 is None:
+            self.bf16 = Bf16Advice(run.cfg.train.precision, run.mesh.devices.flat[0].platform)
+        return self.bf16
 
     def after_call(self, run: Run, sums: dict) -> None:
         t0 = self.clock()
@@ -182,7 +248,7 @@ class ProfileHook(Hook):
                 self._own_hooks = self.clock() - t0  # the loop adds this call's hook time after us
                 t0 = self.clock()
         if self.max_steps and run.global_step >= self.max_steps:
-            run.stop_reason = f"profiled {run.global_step} steps"
+            run.stop_reason = f"profile window of {run.global_step} steps"
         own = self.clock() - t0
         self._own_wall += own
         self._own_hooks += own

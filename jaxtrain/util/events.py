@@ -53,14 +53,17 @@ class JsonlWriter:
 
 class Console:
     """Human-readable progress. `mode`: auto (bar on a terminal, plain lines otherwise),
-    bar, plain, none."""
+    bar, plain (a progress line at most every `plain_every_s` within an epoch), none."""
 
-    def __init__(self, mode: str = "auto", stream: TextIO | None = None):
+    def __init__(self, mode: str = "auto", stream: TextIO | None = None, plain_every_s: float = 10.0,
+                 clock=time.monotonic):
         self.stream = stream or sys.stdout
         if mode == "auto":
             mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "plain"
         self.mode = mode
         self._bar_open = False
+        self.plain_every_s, self.clock = plain_every_s, clock
+        self._last_plain = clock()
 
     def line(self, text: str) -> None:
         if self.mode == "none":
@@ -70,12 +73,15 @@ class Console:
 
     def progress(self, label: str, done: int, total: int, rate: float | None = None,
                  eta_s: float | None = None) -> None:
+        extra = f" {human(rate)} ex/s" if rate else ""
+        extra += f" ETA {duration(eta_s)}" if eta_s is not None else ""
+        if self.mode == "plain" and done < total and self.clock() - self._last_plain >= self.plain_every_s:
+            self._last_plain = self.clock()
+            print(f"{label}: {done}/{total} steps{extra}", file=self.stream, flush=True)
         if self.mode != "bar":
             return
         width = 30
         filled = int(width * done / max(total, 1))
-        extra = f" {rate:,.0f} ex/s" if rate else ""
-        extra += f" ETA {eta_s:.0f}s" if eta_s is not None else ""
         self.stream.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{extra}")
         self.stream.flush()
         self._bar_open = True
@@ -95,6 +101,7 @@ class Throughput:
     def __init__(self, total_steps: int, batch_size: int, clock=time.perf_counter):
         self.total_steps, self.batch_size, self.clock = total_steps, batch_size, clock
         self._start: tuple[float, int] | None = None
+        self.last: dict[str, float] = {}  # the latest update's rate and ETA
 
     def update(self, steps_done: int) -> dict[str, float]:
         """{'rate': examples/s, 'eta_s': seconds left} once measurable, else {}."""
@@ -106,8 +113,9 @@ class Throughput:
         if steps_done <= s0 or now <= t0:
             return {}
         steps_per_s = (steps_done - s0) / (now - t0)
-        return {"rate": steps_per_s * self.batch_size,
-                "eta_s": max(self.total_steps - steps_done, 0) / steps_per_s}
+        self.last = {"rate": steps_per_s * self.batch_size,
+                     "eta_s": max(self.total_steps - steps_done, 0) / steps_per_s}
+        return self.last
 
 
 class TensorBoardWriter:
@@ -127,5 +135,24 @@ class TensorBoardWriter:
         self._writer.close()
 
 
+def human(value: float) -> str:
+    """A rate as people read it: 154123.0 -> '154k', 1.2e6 -> '1.2M'."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def duration(seconds: float) -> str:
+    """'45s', '3m05s', '2h10m'."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def format_metrics(metrics: dict[str, float]) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+    return " ".join(f"{k}={human(v)}" if k.endswith("per_sec") and isinstance(v, (int, float))
+                    else f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())

@@ -14,6 +14,7 @@ Phases (seconds summed over calls):
     device_compute    from the return of the call until its results were ready
     metric_transfer   reading metric sums back from the device
     hooks             checkpoint saves and other periodic work blocking the loop
+    evaluation        evaluating the validation split at epoch ends
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Callable
 
 import jax
 
-PHASES = ("input_wait", "h2d_transfer", "dispatch", "device_compute", "metric_transfer", "hooks")
+PHASES = ("input_wait", "h2d_transfer", "dispatch", "device_compute", "metric_transfer", "hooks", "evaluation")
 
 
 class PhaseTimer:
