@@ -44,7 +44,7 @@ def read_inputs(path: str | Path, stats: FeatureStats, data_cfg) -> np.ndarray:
         x = arrays[key]
     elif _is_idx(path):
         x = read_idx(str(path))
-    elif not table_model:  # trained on images: a CSV has no columns to match
+    elif not stats.feature_columns():  # trained on arrays (images): a CSV has no columns to match
         raise DataError(f"{path}: this run was trained on images, not table columns; image runs take "
                         f"an IDX images file or an .npz with an array 'x' of images, not a CSV")
     else:
