@@ -169,9 +169,9 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
             write_json(workdir / "summary.json", summary)
         events.write("summary", **{k: v for k, v in summary.items() if k in ("test", "train", "time", "perf")})
         console.line(f"wrote {workdir}/summary.json")
+        console.line(next_steps(workdir, cfg.checkpoint.enabled, python_model=python_model_class(workdir)))
         for line in closing_lines(summary["perf"], total_s, parts):
             console.line(line)
-        console.line(next_steps(workdir, cfg.checkpoint.enabled, python_model=python_model_class(workdir)))
         return summary
     except (NonFiniteError, Preempted) as e:
         # No summary.json: it would look like a result. The reason goes into metrics.jsonl.
