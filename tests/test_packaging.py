@@ -106,3 +106,9 @@ def test_unpacked_wheel_runs_alone(wheel, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     where, name, shape = done.stdout.split(maxsplit=2)
     assert where.startswith(str(site)) and name == "digits_mlp" and shape.strip() == "(1797, 64)"
+
+
+def test_readme_stays_a_users_page_under_20_kb():
+    # The benchmark narrative belongs in bench/README.md and data-stage details in docs/data.md.
+    size = (ROOT / "README.md").stat().st_size
+    assert size < 20 * 1024, f"README.md is {size} bytes: move details to bench/README.md or docs/"
