@@ -226,3 +226,21 @@ def test_a_rising_validation_loss_warns_and_names_early_stopping():
     assert overfitting_warning(history[:4]) is None  # risen twice only
     history[3]["val"]["loss"] = 0.165  # a dip: not three rises in a row
     assert overfitting_warning(history) is None
+
+
+def test_every_python_name_the_readme_uses_exists():
+    """The README's `jaxtrain.X(...)` calls and `from jaxtrain... import X` lines resolve
+    after `import jaxtrain` (a README once named `jaxtrain.sweep.run_sweep`, which did not)."""
+    import importlib
+    import pathlib
+    import re
+
+    import jaxtrain
+    text = re.sub(r"`?\s*\n\s*`?", " ", (pathlib.Path(__file__).parents[1] / "README.md").read_text())
+    calls = set(re.findall(r"\bjaxtrain\.(\w+)\(", text))
+    imports = set(re.findall(r"from (jaxtrain[\w.]*) import (\w+)", text))
+    assert calls and imports, "the README's Python examples moved: update this test"
+    missing = [f"jaxtrain.{name}" for name in sorted(calls) if not hasattr(jaxtrain, name)]
+    missing += [f"{module}.{name}" for module, name in sorted(imports)
+                if not hasattr(importlib.import_module(module), name)]
+    assert not missing, missing
