@@ -80,6 +80,21 @@ class Result:
         return d
 
 
+class EngineEpochs:
+    """A peer that trains through jaxtrain's engine (`self.run`, a set-up training run):
+    one epoch per unit of work, waited for on the state."""
+    epoch = 0
+
+    def run_epoch(self) -> None:
+        for self.run.state, _, _ in self.run.engine.run_epoch(self.run.state, self.epoch):
+            pass
+        self.epoch += 1
+
+    def sync(self) -> None:
+        import jax
+        jax.block_until_ready(self.run.state)
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

@@ -54,6 +54,8 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 
 import numpy as np  # noqa: E402
 
+from _harness import EngineEpochs  # noqa: E402
+
 CASES = ("grid", "flags", "torch", "e2e", "sweep")
 COMMAND_BUFFER_FLAGS = ("--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,"
                         "CONDITIONAL,WHILE --xla_gpu_graph_min_graph_size=1")
@@ -146,7 +148,7 @@ def kernel_floor(fn, steps: int) -> dict:
     return {"kernel_floor_ms": total_ns / 1e6 / steps, "kernels_per_step": count / steps}
 
 
-class Cell:
+class Cell(EngineEpochs):
     """One training configuration through jaxtrain's engine, as a bench/_harness.py peer."""
 
     def __init__(self, dataset, batch: int, precision: str, k, data: str, hidden=RECIPE_HIDDEN,
@@ -171,14 +173,6 @@ class Cell:
         self.run = setup(cfg, make_model(cfg, self.dataset), self.dataset, ctx)
         self.run.engine.prepare(self.run.state)
 
-    def run_epoch(self) -> None:
-        for self.run.state, _, _ in self.run.engine.run_epoch(self.run.state, self.epoch):
-            pass
-        self.epoch += 1
-
-    def sync(self) -> None:
-        import jax
-        jax.block_until_ready(self.run.state)
 
     def report(self, result) -> dict:
         from jaxtrain.training.accounting import PerfMeter

@@ -40,7 +40,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _harness import measure  # noqa: E402
+from _harness import EngineEpochs, measure  # noqa: E402
 
 BASE_HIDDEN = (256, 128, 64)
 MODES = {"device": (1.0, "epoch"), "device_k1": (1.0, 1), "stream": (0.0, "auto")}
@@ -70,7 +70,7 @@ def synthetic(n: int, seed: int = 0):
                    val=None, test=test, name="synthetic_mnist")
 
 
-class Cell:
+class Cell(EngineEpochs):
     """One grid point as a harness peer: run_epoch() trains one epoch through the engine."""
 
     def __init__(self, width: int, batch: int, precision: str, mode: str, dataset):
@@ -115,13 +115,6 @@ class Cell:
         cost = cost[0] if isinstance(cost, list) else cost
         return float(cost.get("flops", 0.0)) or None
 
-    def run_epoch(self) -> None:
-        for self.run.state, _, _ in self.run.engine.run_epoch(self.run.state, self.epoch):
-            pass
-        self.epoch += 1
-
-    def sync(self) -> None:
-        jax.block_until_ready(self.run.state)
 
 
 def markdown(env: dict, rows: list[dict]) -> str:

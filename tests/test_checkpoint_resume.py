@@ -210,3 +210,17 @@ def test_saves_by_time_follow_the_runs_clock(tmp_path):
     fit(run, [Tick(), hook])
     assert hook.saved_steps == [3, 6, 9, 12, 15]
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [3, 6, 9, 12, 15]
+
+
+def test_saves_that_are_not_a_new_best_do_not_warn(tmp_path, caplog):
+    """Only a new best carries metrics, by design: Orbax's warning for the other saves
+    ("Requested `tracked_metric`; did not provide metrics") must not reach the user."""
+    from jaxtrain.ckpt.checkpoint import Best
+    state = {"w": jax.numpy.ones(3)}
+    store = Checkpointer(tmp_path / "ckpt", best=Best("val.loss"))
+    with caplog.at_level("WARNING"):
+        store.save(1, state, {"kind": "best"}, best_value=0.5)
+        store.save(2, state, {"kind": "final"})
+    store.close()
+    assert store.best_step() == 1 and store.latest_step() == 2
+    assert not [r for r in caplog.records if "metric" in r.getMessage()], caplog.text

@@ -22,6 +22,7 @@ last finished step restorable.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,17 @@ def _value(metrics: dict) -> float:
     return metrics["value"]
 
 
+class _UnmeteredSaveFilter(logging.Filter):
+    """Drops Orbax's warning for a save without metrics while a best metric is tracked:
+    here only a new best carries metrics, by design, so every other save would warn."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "tracked_metric" not in record.getMessage()
+
+
+_UNMETERED_SAVE_FILTER = _UnmeteredSaveFilter()
+
+
 def _options(keep: int, async_save: bool, best: Best | None) -> ocp.CheckpointManagerOptions:
     policies = ocp.checkpoint_managers
     keep_policies = [policies.LatestN(keep)]
@@ -93,6 +105,7 @@ class Checkpointer:
                  best: Best | None = None):
         self.directory = Path(directory).resolve()
         self.tracks_best = best is not None
+        logging.getLogger("absl").addFilter(_UNMETERED_SAVE_FILTER)  # Orbax logs through absl; added once
         self.manager = ocp.CheckpointManager(
             self.directory, options=_options(keep, async_save, best),
             item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
