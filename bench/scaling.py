@@ -73,7 +73,8 @@ class Cell:
 
         from jaxtrain import load_config
         from jaxtrain.util.events import Console, JsonlWriter
-        from jaxtrain.training.loop import RunContext, setup
+        from jaxtrain.training.setup import setup
+        from jaxtrain.training.view import RunContext
         from jaxtrain.model.models import MLP
         a = self.args
         cfg = load_config({"model": {"hidden_sizes": a.hidden}, "data": {"batch_size": a.batch},
@@ -159,7 +160,8 @@ def wide_run(strategy: str, hidden: list[int], features: int = 784, batch: int =
     from jaxtrain import load_config
     from jaxtrain.data import Dataset, Split
     from jaxtrain.model.models import MLP
-    from jaxtrain.training.loop import RunContext, setup
+    from jaxtrain.training.setup import setup
+    from jaxtrain.training.view import RunContext
     from jaxtrain.util.events import Console, JsonlWriter
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch * 2, features)).astype(np.float32)

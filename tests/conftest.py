@@ -31,7 +31,7 @@ def make_dataset(x, y, task="regression", num_classes=None, test_fraction=0.25, 
 
 @pytest.fixture
 def ctx(tmp_path: pathlib.Path):
-    from jaxtrain.training.loop import RunContext
+    from jaxtrain.training.view import RunContext
     events = JsonlWriter(tmp_path / "metrics.jsonl")
     yield RunContext(console=Console("none"), events=events, workdir=tmp_path)
     events.close()

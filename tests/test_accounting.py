@@ -11,7 +11,9 @@ from jaxtrain import load_config
 from jaxtrain.engine import peak
 from jaxtrain.runs.api import train
 from jaxtrain.training import accounting
-from jaxtrain.training.loop import Hook, RunContext, fit, setup
+from jaxtrain.training.loop import fit
+from jaxtrain.training.setup import setup
+from jaxtrain.training.view import Hook, RunContext
 from jaxtrain.runs.api import make_model
 from jaxtrain.util.events import Console, JsonlWriter
 from jaxtrain.util.time_account import TimeAccount, process_age_s
@@ -72,7 +74,7 @@ class Sleeper(Hook):
         self.clock, self.seconds, self.time_part = clock, seconds, time_part
         self.calls = 0
 
-    def after_call(self, run, sums):
+    def after_call(self, info):
         self.calls += 1
         self.clock.advance(self.seconds)
 

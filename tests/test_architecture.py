@@ -73,3 +73,16 @@ def test_layers_contract_catches_an_upward_import(tmp_path, monkeypatch):
                                    "training", "runs", "cli"])
 def test_every_layer_is_a_package(layer):
     assert (ROOT / "jaxtrain" / layer / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize("layer", ["engine", "training", "runs"])
+def test_no_function_is_longer_than_60_lines(layer):
+    import ast
+    long = []
+    for path in sorted((ROOT / "jaxtrain" / layer).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == [], long

@@ -15,7 +15,8 @@ from jaxtrain.ckpt.resume import restore_latest
 from jaxtrain.cli.main import main
 from jaxtrain.data import load_dataset
 from jaxtrain.runs.api import make_model
-from jaxtrain.training.loop import RunContext, setup
+from jaxtrain.training.setup import setup
+from jaxtrain.training.view import RunContext
 from jaxtrain.util.events import Console, JsonlWriter
 
 # 240 training rows, batch 16: 15 steps per epoch; hidden 16 splits over 8 devices (fsdp).

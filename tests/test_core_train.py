@@ -13,7 +13,8 @@ from jaxtrain import load_config
 from jaxtrain import train
 from jaxtrain.data import load_dataset
 from jaxtrain.data.sources import house_prices
-from jaxtrain.training.loop import fit, setup
+from jaxtrain.training.loop import fit
+from jaxtrain.training.setup import setup
 from jaxtrain.model.models import MLP, LinearRegression
 
 
@@ -74,7 +75,7 @@ def test_streaming_and_on_device_modes_train_identically(ctx):
 
 
 def test_compiled_step_is_traced_once(ctx, monkeypatch):
-    import jaxtrain.training.loop as loop_mod
+    import jaxtrain.training.setup as loop_mod
     traces = []
     real = loop_mod.make_train_step
 

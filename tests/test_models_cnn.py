@@ -13,7 +13,8 @@ from jaxtrain import load_config
 from jaxtrain.cli.main import main
 from jaxtrain.model.models import CNN, build_model
 from jaxtrain.runs.api import train
-from jaxtrain.training.loop import fit, setup
+from jaxtrain.training.loop import fit
+from jaxtrain.training.setup import setup
 from jaxtrain.util.events import Console
 
 
@@ -68,7 +69,7 @@ def _fit(ds, ctx, strategy="sharded", devices=None, precision="float32", batch_n
 
 @pytest.fixture(scope="module")
 def one_device(images):
-    from jaxtrain.training.loop import RunContext
+    from jaxtrain.training.view import RunContext
     from jaxtrain.util.events import JsonlWriter
     ctx = RunContext(console=Console("none"), events=JsonlWriter(None))
     run, summary = _fit(images, ctx, devices=1)

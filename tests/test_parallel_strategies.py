@@ -15,7 +15,8 @@ from jaxtrain.cli.main import main
 from jaxtrain.config.schema import DistributedConfig
 from jaxtrain.dist.distributed import settings
 from jaxtrain.util.errors import ConfigError, UserError
-from jaxtrain.training.loop import fit, setup
+from jaxtrain.training.loop import fit
+from jaxtrain.training.setup import setup
 from jaxtrain.model.models import MLP
 
 
@@ -45,7 +46,7 @@ def _train(ds, ctx, *, devices=None, strategy="sharded", on_device=True, mesh=No
 @pytest.fixture(scope="module")
 def reference(blobs, tmp_path_factory):
     from jaxtrain.util.events import Console, JsonlWriter
-    from jaxtrain.training.loop import RunContext
+    from jaxtrain.training.view import RunContext
     ctx = RunContext(console=Console("none"), events=JsonlWriter(None))
     run, _ = _train(blobs, ctx, devices=1)
     return jax.tree.map(np.asarray, run.state.params)

@@ -9,7 +9,8 @@ from flax import nnx
 from jaxtrain.engine import autotune
 
 from jaxtrain import load_config
-from jaxtrain.training.loop import fit, setup
+from jaxtrain.training.loop import fit
+from jaxtrain.training.setup import setup
 from jaxtrain.model.models import MLP
 
 

@@ -11,7 +11,7 @@ from flax import nnx
 
 from jaxtrain import load_config
 from jaxtrain.engine.engine import RecompileWarning
-from jaxtrain.training.loop import setup
+from jaxtrain.training.setup import setup
 from jaxtrain.model.models import MLP
 
 

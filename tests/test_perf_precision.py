@@ -10,7 +10,8 @@ from flax import nnx
 
 from jaxtrain import load_config
 from jaxtrain.engine.compilation import dot_dtypes
-from jaxtrain.training.loop import fit, setup
+from jaxtrain.training.loop import fit
+from jaxtrain.training.setup import setup
 from jaxtrain.model.models import MLP, mixed_dot
 from jaxtrain.engine.step import init_state, make_train_step, split_model
 

@@ -13,8 +13,9 @@ from flax import nnx
 from jaxtrain import load_config
 from jaxtrain.engine.prefetch import prefetch_to_device
 from jaxtrain.model.models import MLP
-from jaxtrain.training import profiling
-from jaxtrain.training.loop import fit, setup
+from jaxtrain.training.hooks import build_hooks
+from jaxtrain.training.loop import fit
+from jaxtrain.training.setup import setup
 from jaxtrain.training.profiling import breakdown, trace_step_annotations
 from jaxtrain.util.phase_timer import PhaseTimer
 
@@ -111,7 +112,7 @@ def _profile_with_clock(tmp_path, ctx, clock, **train_keys):
     ds = _dataset()
     ctx = dataclasses.replace(ctx, clock=clock)
     run = setup(cfg, MLP(8, (4,), 2, rngs=nnx.Rngs(0)), ds, ctx)
-    fit(run, hooks=profiling.hooks_for(cfg, tmp_path))
+    fit(run, hooks=build_hooks(cfg, tmp_path))
     return json.loads((tmp_path / "profile.json").read_text())
 
 

@@ -17,7 +17,7 @@ import crash_trials as ct
 from jaxtrain import train
 from jaxtrain.ckpt.params import load_named_params
 from jaxtrain.util.errors import Preempted
-from jaxtrain.training.loop import Hook
+from jaxtrain.training.view import Hook
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ class SignalAfter(Hook):
     def __init__(self, signum, after_calls):
         self.signum, self.after_calls, self.calls = signum, after_calls, 0
 
-    def after_call(self, run, sums):
+    def after_call(self, info):
         self.calls += 1
         if self.calls == self.after_calls:
             os.kill(os.getpid(), self.signum)
@@ -97,9 +97,9 @@ class SignalAfter(Hook):
 
 def test_sigint_in_process_stops_at_the_next_call_with_a_checkpoint(tmp_path, monkeypatch):
     import jaxtrain.runs.api
-    from jaxtrain.training.hooks import strategy_hooks
-    monkeypatch.setattr(jaxtrain.runs.api, "strategy_hooks",
-                        lambda cfg, wd, **kw: [SignalAfter(signal.SIGINT, 3), *strategy_hooks(cfg, wd, **kw)])
+    from jaxtrain.training.hooks import build_hooks
+    monkeypatch.setattr(jaxtrain.runs.api, "build_hooks",
+                        lambda cfg, wd, **kw: [SignalAfter(signal.SIGINT, 3), *build_hooks(cfg, wd, **kw)])
     over = {"train.epochs": 3, "train.steps_per_call": 4, "logging.progress": "none",
             "parallel.data_axis_size": 1, "data.batch_size": 64}
     with pytest.raises(Preempted) as stopped:

@@ -13,7 +13,8 @@ from flax import nnx
 from jaxtrain import load_config
 from jaxtrain.data import Dataset, Split
 from jaxtrain.model.models import LinearRegression
-from jaxtrain.training.loop import fit, setup
+from jaxtrain.training.loop import fit
+from jaxtrain.training.setup import setup
 
 LR = 0.1
 ROWS, BATCH, FEATURES = 5, 8, 8

@@ -11,7 +11,8 @@ from jaxtrain import load_config
 from jaxtrain.model.augment import image_shape, make_augment, rotate_images, shift_images
 from jaxtrain.config.schema import AugmentConfig
 from jaxtrain.util.errors import ConfigError
-from jaxtrain.training.loop import fit, setup
+from jaxtrain.training.loop import fit
+from jaxtrain.training.setup import setup
 from jaxtrain.model.models import MLP
 
 
@@ -108,7 +109,7 @@ def test_training_sees_augmented_inputs_and_evaluation_does_not(ctx):
 
 
 def test_flattened_images_shift_along_the_rows_the_data_recorded(ctx, tmp_path, monkeypatch):
-    import jaxtrain.training.loop as loop
+    import jaxtrain.training.setup as loop
     from jaxtrain.data import load_dataset
     from jaxtrain.config.data import DataConfig
 

@@ -14,6 +14,7 @@ from jaxtrain import train
 from jaxtrain.ckpt.checkpoint import Checkpointer
 from jaxtrain.config.schema import EarlyStoppingConfig
 from jaxtrain.training.hooks import EarlyStopping
+from jaxtrain.training.view import RunContext, StepInfo
 from jaxtrain.util.events import Console, JsonlWriter
 
 
@@ -22,21 +23,26 @@ class _State(SimpleNamespace):
         return _State(**{**self.__dict__, **kw})
 
 
+def _info(epoch, record=None):
+    state = _State(params={"w": jnp.full(2, float(epoch))}, rest={}, ema=None)
+    return StepInfo(epoch=epoch, step_in_epoch=0, step=epoch * 10, steps_per_epoch=10, steps_per_call=10, devices=1,
+                    ctx=RunContext(console=Console("none"), events=JsonlWriter(None)), record=record,
+                    run_state=state)
+
+
 def _drive(cfg, values):
-    """Feed val metrics epoch by epoch into the hook; params are tagged with their epoch."""
+    """Feed val metrics epoch by epoch into the hook; params are tagged with their epoch. The
+    parameters the run ends with: the last epoch's, or what the hook asks to restore."""
     hook = EarlyStopping(cfg)
-    run = SimpleNamespace(stop_reason=None, global_step=0, extra={},
-                          ctx=SimpleNamespace(console=Console("none"), events=JsonlWriter(None)))
     stopped_at = None
     for epoch, value in enumerate(values, 1):
-        run.global_step = epoch * 10
-        run.state = _State(params={"w": jnp.full(2, float(epoch))}, rest={}, ema=None)
-        hook.on_epoch_end(run, {"epoch": epoch, "val": {"loss": value, "accuracy": value}})
-        if run.stop_reason:
+        request = hook.on_epoch_end(_info(epoch, {"epoch": epoch, "val": {"loss": value, "accuracy": value}}))
+        if request is not None and request.stop:
             stopped_at = epoch
             break
-    hook.on_train_end(run)
-    return hook, run, stopped_at
+    end = hook.on_train_end(_info(epoch))
+    params = end.restore["params"] if end.restore is not None else _info(epoch).state.params
+    return hook, SimpleNamespace(state=SimpleNamespace(params=params), extra=end.summary), stopped_at
 
 
 def test_min_mode_with_min_delta_hand_computed():

@@ -9,7 +9,7 @@ from conftest import make_dataset
 from flax import nnx
 
 from jaxtrain import load_config
-from jaxtrain.training.loop import setup
+from jaxtrain.training.setup import setup
 from jaxtrain.model.models import MLP, LinearRegression
 from jaxtrain.model.optim import build_optimizer
 from jaxtrain.engine.step import init_state, make_train_step, split_model

@@ -5,12 +5,12 @@ import json
 import jax
 import numpy as np
 
-from jaxtrain.runs.api import load_trained
+from jaxtrain.runs.api import load_trained, train
 from jaxtrain.cli.main import main
 from jaxtrain.config.schema import load_config
 from jaxtrain.util.events import Console
 from jaxtrain.runs.sweep import read_results, run_sweep
-from jaxtrain.runs.vsweep import vector_groups
+from jaxtrain.runs.vsweep import vector_groups, why_not_vectorized
 
 CFG = {"name": "tiny", "data": {"source": "synthetic", "name": "blobs", "synthetic_rows": 240, "batch_size": 32},
        "model": {"hidden_sizes": [16], "dropout": 0.1}, "optimizer": {"name": "sgd"}, "train": {"epochs": 3}}
@@ -20,6 +20,13 @@ def test_groups_split_on_anything_but_optimizer_hyperparameters():
     cfgs = [load_config(CFG, [f"optimizer.learning_rate={lr}", f"data.batch_size={bs}"])
             for lr in (0.1, 0.01) for bs in (32, 64)]
     assert sorted(vector_groups(cfgs)) == [[0, 2], [1, 3]]
+
+
+def test_what_cannot_be_vectorized_trains_alone_and_says_why():
+    cfgs = [load_config(CFG, [f"optimizer.learning_rate={lr}", "parallel.strategy=pmap"]) for lr in (0.1, 0.01)]
+    assert vector_groups(cfgs) == [[0], [1]]
+    assert why_not_vectorized(cfgs[0]) == "parallel.strategy=pmap cannot be vectorized"
+    assert why_not_vectorized(load_config(CFG)) is None
 
 
 def _max_param_diff(a, b):
@@ -44,7 +51,7 @@ def test_vectorized_points_equal_their_separate_runs(tmp_path):
     assert len(losses) == 4  # the points really trained differently
 
 
-def test_adamw_learning_rate_and_weight_decay_vectorized(tmp_path, capsys):
+def test_adamw_learning_rate_and_weight_decay_vectorized(tmp_path):
     cfg = {**CFG, "optimizer": {"name": "adamw", "schedule": "cosine"}, "parallel": {"data_axis_size": 1}}
     grid = ["optimizer.learning_rate=0.01,0.003", "optimizer.weight_decay=0,0.1"]
     run_sweep(cfg, grid, workdir=tmp_path / "vec", vectorized=True, console=Console("none"))
@@ -56,9 +63,24 @@ def test_adamw_learning_rate_and_weight_decay_vectorized(tmp_path, capsys):
     vec_dir, sep_dir = tmp_path / "vec" / a["point"], tmp_path / "sep" / b["point"]
     assert sorted(p.name for p in vec_dir.iterdir()) == sorted(p.name for p in sep_dir.iterdir())
     assert json.loads((vec_dir / "summary.json").read_text())["status"] == "completed"
-    # It saves parameters only: resuming it is refused with what to do instead.
-    assert main(["train", "--resume", str(tmp_path / "vec" / a["point"])]) == 2
-    assert "holds parameters only" in capsys.readouterr().err
+
+
+def test_a_vectorized_point_resumes_like_any_run(tmp_path):
+    # Two epochs vectorized, then `train --resume POINT` to a third: the same as one separate
+    # three-epoch run (constant learning rate, dropout on: its RNG state travels too).
+    cfg = {**CFG, "optimizer": {"name": "adam"}, "train": {"epochs": 2}}
+    run_sweep(cfg, ["optimizer.learning_rate=0.01,0.003"], workdir=tmp_path / "vec", vectorized=True,
+              console=Console("none"))
+    point = tmp_path / "vec" / "learning_rate=0.01"
+    assert json.loads((point / "summary.json").read_text())["execution"]["vectorized_points"] == 2
+    assert main(["train", "--resume", str(point), "--set", "train.epochs=3",
+                 "--set", "logging.progress=none"]) == 0
+    resumed = json.loads((point / "summary.json").read_text())
+    separate = train(CFG, workdir=tmp_path / "sep", optimizer__name="adam", optimizer__learning_rate=0.01,
+                     train__epochs=3, logging__progress="none")
+    assert resumed["train"]["steps"] == separate["train"]["steps"]
+    assert abs(resumed["test"]["loss"] - separate["test"]["loss"]) <= 1e-5
+    assert _max_param_diff(point, tmp_path / "sep") <= 1e-5
 
 
 def _adamw_numpy(x, y, lr, wd, steps, b1=0.9, b2=0.999, eps=1e-8):

@@ -115,7 +115,8 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from jaxtrain.runs.api import default_workdir, train
+    from jaxtrain.runs.api import train
+    from jaxtrain.runs.rundir import default_workdir
     from jaxtrain.config.schema import load_config
     from jaxtrain.util.errors import UserError
     if args.steps < 2:

@@ -29,6 +29,7 @@ import math
 import os
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import jax
@@ -44,7 +45,8 @@ from jaxtrain.data import Dataset, epoch_permutation
 from jaxtrain.util.phase_timer import PhaseTimer
 from jaxtrain.util.time_account import TimeAccount
 from jaxtrain.engine.prefetch import prefetch_to_device, stack
-from jaxtrain.engine.step import TrainState, accumulate_metrics, make_device_epoch_runner, make_stream_runner
+from jaxtrain.engine.step import (TrainState, accumulate_metrics, make_device_epoch_runner, make_stream_runner,
+                                  vmapped)
 
 # Streaming chunks stay below this many host bytes (K x batch), bounding memory.
 STREAM_CHUNK_BYTES = 64 << 20
@@ -92,7 +94,10 @@ class Engine:
     def __init__(self, train_step: Callable, dataset: Dataset, mesh, *, batch_size: int, seed: int,
                  on_device: bool, steps_per_call: int | str, clock: Callable[[], float] = time.perf_counter,
                  strategy: parallel.Strategy | None = None, step_multiple: int | None = None,
-                 account: TimeAccount | None = None, watchdog: ProgressWatchdog | None = None):
+                 account: TimeAccount | None = None, watchdog: ProgressWatchdog | None = None,
+                 points: int | None = None, trace_dir: Path | None = None, trace_calls: int = 0):
+        """`points`: the state is P points stacked (a vectorized sweep), each trained on the
+        same batches by a vmapped step. `trace_dir`, `trace_calls`: see PhaseTimer."""
         # The strategy (parallel.py) lays out state and batches and compiles the runners.
         self.strategy = strategy = strategy or parallel.Strategy("sharded", mesh)
         self.dataset, self.mesh, self.batch_size, self.seed = dataset, mesh, batch_size, seed
@@ -105,7 +110,9 @@ class Engine:
         self.k_timings: dict[int, float] = {}   # auto: seconds per step for each K tried
         self.compile_s = 0.0
         self.recompiles = 0
-        self.timer = PhaseTimer(clock)          # inactive unless profiling
+        self.points = points
+        # Inactive unless the loop starts it (train.profile).
+        self.timer = PhaseTimer(clock, trace_dir=trace_dir, trace_calls=trace_calls)
         self.account = account or TimeAccount(clock)  # compiling and measuring K go to 'compile'
         self.watchdog = watchdog or ProgressWatchdog(None, 0, 1)  # multi-process: ends a stuck run
         # XLA's CPU runtime deadlocks when a call holding cross-process collectives overlaps other
@@ -119,8 +126,8 @@ class Engine:
         # Streamed chunks: this process's rows of each batch, assembled into global arrays.
         self._put_chunk = strategy.stream_placer(batch_size)
         if on_device:
-            self._runner = strategy.device_runner(make_device_epoch_runner, train_step, dataset.task,
-                                                  batch_size)
+            make = make_device_epoch_runner if points is None else vmapped(make_device_epoch_runner)
+            self._runner = strategy.device_runner(make, train_step, dataset.task, batch_size)
             self._x = strategy.put_dataset(dataset.train.x)
             self._y = strategy.put_dataset(dataset.train.y)
         else:
@@ -136,7 +143,9 @@ class Engine:
             else:
                 lowered = self._runner.lower(state, *args)
             compiled = lowered.compile()
-        self.compile_s += self.clock() - t0
+        seconds = self.clock() - t0
+        self.compile_s += seconds
+        self.timer.add("compile", seconds)
         return compiled
 
     def flops_per_step(self) -> float | None:

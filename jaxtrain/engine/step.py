@@ -8,7 +8,7 @@ per compiled call), `jax.jit` with shardings, or `jax.shard_map`.
 A batch is `(x, y, mask)`: the mask is 0 for padding, so a last partial batch
 is trained on (and evaluated) exactly, never dropped. Metrics are sums
 (`loss_sum`, `correct`, `count`, `nonfinite`) that stay on the device and are
-added up across steps; the host reads them once per log interval.
+added up across steps; the host reads them once per epoch.
 """
 
 from __future__ import annotations
@@ -260,6 +260,21 @@ def make_device_epoch_runner(train_step, task: str, batch_size: int,
         return state, sums
 
     return run
+
+
+def vmapped(make_runner: Callable) -> Callable:
+    """`make_device_epoch_runner` for a state stacked along a leading axis (a vectorized
+    sweep's points): every point trains on the same batches, in one compiled program."""
+
+    def make(*args, **kwargs):
+        run = make_runner(*args, **kwargs)
+
+        def run_points(state, x_all, y_all, order, start_step, num_steps: int):
+            return jax.vmap(lambda s: run(s, x_all, y_all, order, start_step, num_steps))(state)
+
+        return run_points
+
+    return make
 
 
 def make_stream_runner(train_step, task: str, constrain: Callable[[Any], Any] = lambda b: b):

@@ -6,6 +6,7 @@ one place, from `steps_per_epoch`.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 
 import jax
@@ -46,8 +47,17 @@ def frozen_mask(params, patterns: tuple[str, ...]):
         lambda path, _: any(fnmatch.fnmatchcase(param_path(path), p) for p in patterns), params)
 
 
+# Optimizer fields a vectorized sweep's points may differ in (each is a number the optimizer reads).
+VECTOR_FIELDS = ("learning_rate", "weight_decay", "momentum")
+
+
 def build_optimizer(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int,
-                    params=None) -> optax.GradientTransformation:
+                    params=None, in_state: tuple[str, ...] = ()) -> optax.GradientTransformation:
+    """The optimizer `cfg` describes. `in_state`: fields of VECTOR_FIELDS kept in the optimizer
+    state (optax.inject_hyperparams) instead of baked into the step, so that points differing
+    in them share one compiled step (vectorized sweeps)."""
+    if in_state:
+        return _with_hyperparams_in_state(cfg, steps_per_epoch, epochs, params, in_state)
     schedule = learning_rate_schedule(cfg, steps_per_epoch, epochs)
     if cfg.name == "sgd":
         # No momentum trace for a plain 0; an array momentum (a vectorized sweep's state,
@@ -68,6 +78,17 @@ def build_optimizer(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int,
                               frozen_mask(params, cfg.freeze))
         tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
     return tx
+
+
+def _with_hyperparams_in_state(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int, params,
+                                in_state: tuple[str, ...]) -> optax.GradientTransformation:
+    def factory(learning_rate, weight_decay, momentum):
+        opt = dataclasses.replace(cfg, learning_rate=learning_rate, weight_decay=weight_decay,
+                                  momentum=momentum)
+        return build_optimizer(opt, steps_per_epoch, epochs, params)
+
+    static = [f for f in VECTOR_FIELDS if f not in in_state]
+    return optax.inject_hyperparams(factory, static_args=static)(**{f: getattr(cfg, f) for f in VECTOR_FIELDS})
 
 
 def regularization_penalty(params, l1: float, l2: float) -> jax.Array:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,47 +13,34 @@ from flax import nnx
 
 from jaxtrain import data as data_stage
 from jaxtrain.data.featurestats import FeatureStats
-from jaxtrain.dist import distributed
-from jaxtrain.engine.compilation import enable_persistent_cache
-from jaxtrain.dist.watchdog import ProgressWatchdog
 from jaxtrain.ckpt.checkpoint import has_checkpoint
 from jaxtrain.ckpt.params import restore_params
-from jaxtrain.config.schema import Config, dump_yaml, load_config
-from jaxtrain.util.errors import NonFiniteError, Preempted, UserError
-from jaxtrain.training.guard import NonFiniteGuard
-from jaxtrain.training.preflight import check_before_training
-from jaxtrain.training.signals import PreemptionHook
-from jaxtrain.util.workdir import WorkdirLock, check_writable, explain_os_error
 from jaxtrain.ckpt.finetune import init_from
-from jaxtrain.training import profiling
-from jaxtrain.training.accounting import breakdown, closing_lines
-from jaxtrain.util.time_account import TimeAccount
-from jaxtrain.training.hooks import strategy_hooks
-from jaxtrain.training.hooks.tensorboard import logging_hooks
-from jaxtrain.util.events import Console, JsonlWriter
-from jaxtrain.training.loop import COMPUTE_DTYPES, Evaluator, RunContext, fit, setup
+from jaxtrain.config.schema import Config, load_config
+from jaxtrain.dist import distributed
+from jaxtrain.dist.watchdog import ProgressWatchdog
+from jaxtrain.engine import memory
+from jaxtrain.engine.compilation import enable_persistent_cache
+from jaxtrain.engine.step import split_model
 from jaxtrain.model.imported import import_root
 from jaxtrain.model.models import build_model
-from jaxtrain.runs.resume import check_device_count, resume_run, resume_source, saved_stats
-from jaxtrain.engine import memory
-from jaxtrain.engine.step import split_model
+from jaxtrain.runs.resume import (check_device_count, resume_run, resume_source, saved_hyperparams_in_state,
+                                  saved_stats)
+from jaxtrain.runs.rundir import RunDirectory, default_workdir, write_json
+from jaxtrain.training.accounting import breakdown, call_hooks, closing_lines
+from jaxtrain.training.evaluator import Evaluator
+from jaxtrain.training.hooks import build_hooks
+from jaxtrain.training.preflight import check_before_training
+from jaxtrain.training.setup import COMPUTE_DTYPES, setup
+from jaxtrain.training.loop import fit
+from jaxtrain.training.view import RunContext
+from jaxtrain.util.errors import NonFiniteError, Preempted, UserError
+from jaxtrain.util.events import Console
+from jaxtrain.util.time_account import TimeAccount
+from jaxtrain.util.workdir import explain_os_error
 
 
 PYTHON_MODEL_FILE = "python_model.json"  # written by a run trained with train(model=...)
-
-
-def default_workdir(cfg: Config, suffix: str = "") -> Path:
-    """runs/<time>-<config name><suffix>: where a run writes unless given a --workdir."""
-    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.name}{suffix}"
-
-
-def prepare_workdir(path: str | Path) -> Path:
-    workdir = Path(path)
-    if (workdir / "config.yaml").exists():
-        # Never overwrite a run's results by accident.
-        raise UserError(f"work directory '{workdir}' already holds a run; pass a new --workdir "
-                        f"(or resume it with --resume)")
-    return check_writable(workdir)
 
 
 def make_model(cfg: Config, dataset: data_stage.Dataset) -> nnx.Module:
@@ -77,14 +61,13 @@ def with_import_root(cfg: Config) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, import_root=import_root(cfg.model)))
 
 
-def write_json(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, default=float) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)  # atomic: a reader never sees half a file
+def _config(config: Any, overrides: list[str] | dict[str, Any] | None, kw_overrides: dict) -> Config:
+    over: dict[str, Any] = {}
+    if isinstance(overrides, dict):
+        over.update(overrides)
+    over.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
+    cfg = load_config(config, list(overrides) if isinstance(overrides, list) else None)
+    return load_config(cfg, over) if over else cfg
 
 
 def train(config: str | Path | dict | Config | None = None, *, workdir: str | Path | None = None,
@@ -101,15 +84,9 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     counts the process's start-up.
     """
     account = account or TimeAccount()
-    over: dict[str, Any] = {}
-    if isinstance(overrides, dict):
-        over.update(overrides)
-    over.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
     if resume is not None:
         config, workdir = resume_source(resume, config, workdir)
-    cfg = load_config(config, list(overrides) if isinstance(overrides, list) else None)
-    if over:
-        cfg = load_config(cfg, over)
+    cfg = _config(config, overrides, kw_overrides)
     if model is None:
         cfg = with_import_root(cfg)
     distributed.initialize(cfg.parallel.distributed)  # a multi-process run joins before any JAX use
@@ -117,106 +94,90 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     lead = distributed.is_lead()  # process 0 writes logs and summaries; all take part in checkpoints
     if resume is None:
         workdir = distributed.same_on_all(str(workdir or default_workdir(cfg)))
-    # What the directory held before this call: a run rejected before training undoes its writes.
-    existing = set(p.name for p in Path(workdir).iterdir()) if Path(workdir).is_dir() else None
-    workdir = Path(workdir) if resume is not None or not lead else prepare_workdir(workdir)
-    # One live run per directory (exit 2 otherwise); the kernel frees it if this process dies.
-    lock = WorkdirLock(workdir).acquire() if lead else None
-    console = console or Console(cfg.logging.progress if lead else "none")
-    if lead and resume is None:  # a resume rewrites it only once its checkpoint fits (below)
-        write_text_atomic(workdir / "config.yaml", dump_yaml(cfg))  # a kill never leaves half of it
-    events = JsonlWriter(workdir / "metrics.jsonl" if lead else None)
-    hooks: list = []
-    abandoned = False
-    watchdog = None
-    try:
-        with account.part("data"):
-            if dataset is None:
-                dataset = data_stage.load_dataset(cfg.data, stats=saved_stats(workdir) if resume else None)
-            if lead:
-                data_stage.write_artifacts(dataset, workdir)   # stats.json + preprocess_report.json
-        console.line(data_stage.summary(dataset))
-        if model is None:
-            model = make_model(cfg, dataset)
-        elif lead:  # eval, report and predict need this model again: say which it was
-            write_json(workdir / PYTHON_MODEL_FILE, {"class": f"{type(model).__module__}.{type(model).__qualname__}"})
-        if cfg.model.init_from:  # fine-tuning: matching parameters from a trained run
-            init_from(model, cfg.model.init_from, console, events)
-        estimate = check_before_training(cfg, model, dataset, workdir)  # options vs data, memory, disk
-        if resume is not None:
-            check_device_count(workdir / "checkpoints", cfg)
-        watchdog = ProgressWatchdog(cfg.parallel.distributed.collective_timeout_s, jax.process_index(),
+    with RunDirectory(cfg, workdir, resuming=resume is not None, lead=lead, console=console,
+                      account=account) as rundir:
+        try:
+            summary = _train_in(rundir, model, dataset)
+        except (NonFiniteError, Preempted) as e:
+            # No summary.json: it would look like a result. The reason goes into metrics.jsonl.
+            rundir.ctx.events.write("failed" if isinstance(e, NonFiniteError) else "preempted", message=str(e))
+            raise
+        except OSError as e:  # disk full or permissions while saving: one line, exit 2
+            rundir.keep = True
+            raise (explain_os_error(e, rundir.workdir, "writing the run") or e) from None
+        finish_summary(rundir, summary)
+    return summary
+
+
+def finish_summary(rundir: RunDirectory, summary: dict) -> None:
+    """The time breakdown into the summary; summary.json written; the closing lines."""
+    total_s, parts = breakdown(rundir.ctx.account)
+    summary["time"].update(data_s=parts["data"], total_s=total_s, breakdown=parts)
+    rundir.write_summary(summary)
+    console = rundir.ctx.console
+    console.line(f"wrote {rundir.workdir}/summary.json")
+    console.line(next_steps(rundir.workdir, rundir.cfg.checkpoint.enabled,
+                            python_model=python_model_class(rundir.workdir)))
+    for line in closing_lines(summary["perf"], total_s, parts):
+        console.line(line)
+
+
+def load_data(cfg: Config, ctx: RunContext, dataset: data_stage.Dataset | None = None, *,
+              stats: FeatureStats | None = None, lead: bool = True) -> data_stage.Dataset:
+    """The run's data set (loaded unless given; its time is the account's 'data' part), its
+    preprocessing artifacts written to the work directory."""
+    with ctx.account.part("data"):
+        if dataset is None:
+            dataset = data_stage.load_dataset(cfg.data, stats=stats)
+        if lead:
+            data_stage.write_artifacts(dataset, ctx.workdir)   # stats.json + preprocess_report.json
+    ctx.console.line(data_stage.summary(dataset))
+    return dataset
+
+
+def _train_in(rundir: RunDirectory, model: nnx.Module | None, dataset: data_stage.Dataset | None) -> dict:
+    """Data, model, checks, setup, hooks, a resume if asked for, and the fit."""
+    cfg, ctx, lead = rundir.cfg, rundir.ctx, rundir.lead
+    checkpoints = rundir.workdir / "checkpoints"
+    dataset = load_data(cfg, ctx, dataset, stats=saved_stats(rundir.workdir) if rundir.resuming else None,
+                        lead=lead)
+    if model is None:
+        model = make_model(cfg, dataset)
+    elif lead:  # eval, report and predict need this model again: say which it was
+        write_json(rundir.workdir / PYTHON_MODEL_FILE,
+                   {"class": f"{type(model).__module__}.{type(model).__qualname__}"})
+    if cfg.model.init_from:  # fine-tuning: matching parameters from a trained run
+        init_from(model, cfg.model.init_from, ctx.console, ctx.events)
+    estimate = check_before_training(cfg, model, dataset, rundir.workdir)  # options vs data, memory, disk
+    in_state: tuple[str, ...] = ()
+    if rundir.resuming:
+        check_device_count(checkpoints, cfg)
+        # A vectorized sweep's point keeps some optimizer hyperparameters in its state: resume it alike.
+        in_state = saved_hyperparams_in_state(checkpoints)
+    ctx.watchdog = ProgressWatchdog(cfg.parallel.distributed.collective_timeout_s, jax.process_index(),
                                     jax.process_count(), phase="setting up the run (compiling, restoring)")
-        run = setup(cfg, model, dataset, RunContext(console=console, events=events, workdir=workdir,
-                                                    account=account, watchdog=watchdog))
-        guard = NonFiniteGuard(cfg.train.on_nonfinite)
-        hooks = strategy_hooks(cfg, workdir, stateful=[guard])  # early stopping, checkpoints
-        hooks += profiling.hooks_for(cfg, workdir)  # train.profile: step-time breakdown and trace
-        hooks += logging_hooks(cfg, workdir if lead else None)  # TensorBoard
-        if resume is not None:
-            resume_run(run, workdir / "checkpoints", [guard, *hooks])
-            if lead:  # the overrides (say, more epochs) are now part of the run
-                write_text_atomic(workdir / "config.yaml", dump_yaml(cfg))
-        # The guard goes first (nothing non-finite is saved), the preemption hook last (after the save).
-        hooks = [guard, *hooks, PreemptionHook()]
+    hooks = []
+    try:
+        run = setup(cfg, model, dataset, ctx, hyperparams_in_state=in_state)
+        hooks = build_hooks(cfg, rundir.workdir, stats=dataset.stats, lead=lead, hyperparams_in_state=in_state)
+        if rundir.resuming:
+            resume_run(run, checkpoints, hooks)
+            rundir.write_config(cfg)  # the overrides (say, more epochs) are now part of the run
         summary = fit(run, hooks=hooks)
         summary["memory"] = memory.report(run.state, run.engine.executable(), estimate)
-        summary["status"] = "completed"
-        summary["workdir"] = str(workdir)
-        total_s, parts = breakdown(account)
-        summary["time"].update(data_s=parts["data"], total_s=total_s, breakdown=parts)
-        if lead:
-            write_json(workdir / "summary.json", summary)
-        events.write("summary", **{k: v for k, v in summary.items() if k in ("test", "train", "time", "perf")})
-        console.line(f"wrote {workdir}/summary.json")
-        console.line(next_steps(workdir, cfg.checkpoint.enabled, python_model=python_model_class(workdir)))
-        for line in closing_lines(summary["perf"], total_s, parts):
-            console.line(line)
-        return summary
-    except (NonFiniteError, Preempted) as e:
-        # No summary.json: it would look like a result. The reason goes into metrics.jsonl.
-        events.write("failed" if isinstance(e, NonFiniteError) else "preempted", message=str(e))
-        raise
-    except OSError as e:  # disk full or permissions while saving: one line, exit 2
-        raise (explain_os_error(e, workdir, "writing the run") or e) from None
-    except UserError:
-        # Rejected before anything was trained (bad data, options that clash): remove what
-        # this call wrote, so that fixing the mistake and running the same command again
-        # works. Nothing is lost: that is only the rejected config and empty logs.
-        abandoned = resume is None and lead and not has_checkpoint(workdir / "checkpoints")
-        raise
     finally:
         # However training ended: a checkpoint save in flight finishes (it holds a good state)
         # and the signal handlers are put back.
-        for hook in hooks:
-            getattr(hook, "close", lambda: None)()
-        if watchdog is not None:
-            watchdog.close()
-        events.close()
-        if lock is not None:
-            lock.release()
-        if abandoned:
-            _undo_writes(workdir, existing)
+        call_hooks(ctx.account, hooks, "close")
+        ctx.watchdog.close()
+    summary.update(status="completed", workdir=str(rundir.workdir))
+    return summary
 
 
 def resume(run_dir: str | Path, overrides: list[str] | dict[str, Any] | None = None,
            **kw_overrides: Any) -> dict:
     """Continue the run in `run_dir` from its latest checkpoint; return the new summary."""
     return train(resume=run_dir, overrides=overrides, **kw_overrides)
-
-
-def _undo_writes(workdir: Path, existing: set[str] | None) -> None:
-    """Remove what a rejected run added to `workdir` (all of it, if the run created it)."""
-    if existing is None:
-        shutil.rmtree(workdir, ignore_errors=True)
-        return
-    for path in workdir.iterdir():
-        if path.name in existing:
-            continue
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
 
 
 def load_run(run_dir: str | Path) -> tuple[Config, FeatureStats | None]:

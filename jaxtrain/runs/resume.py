@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
-from jaxtrain.ckpt.resume import Position, check_devices, latest_meta, restore_latest
+from jaxtrain.ckpt.resume import check_devices, latest_meta, restore_latest
 from jaxtrain.data.artifacts import STATS_FILE, load_stats
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.dist import parallel
+from jaxtrain.training.run import Run
+from jaxtrain.training.view import Hook
 from jaxtrain.util.errors import UserError
-from jaxtrain.training.loop import Hook, Run
 
 
 def resume_source(run_dir: str | Path, config: Any, workdir: Any) -> tuple[Path, Path]:
@@ -51,33 +51,27 @@ def check_device_count(checkpoint_dir: Path, cfg: Any) -> None:
         check_devices(*found, devices)
 
 
-def continue_from(run: Run, state: Any, position: Position, hooks: list[Hook]) -> None:
-    """Put the restored state, the data position and the hooks' states into `run`."""
-    run.state = state
-    run.epoch, run.step_in_epoch, run.global_step = position.epoch, position.step_in_epoch, position.step
-    if position.epoch_sums:
-        repl = parallel.replicated(run.mesh)
-        run.epoch_sums = {k: parallel.put_global(np.float32(v), repl) for k, v in position.epoch_sums.items()}
-    if position.last_record:
-        run.history = [position.last_record]
-    if run.cfg.train.steps_per_call == "auto" and position.steps_per_call:
-        run.engine.k = int(position.steps_per_call)  # the same chunk boundaries as before
-    for hook in hooks:
-        if hasattr(hook, "load_state_dict") and hook.name in position.hooks:
-            hook.load_state_dict(position.hooks[hook.name])
+def saved_hyperparams_in_state(checkpoint_dir: Path) -> tuple[str, ...]:
+    """The optimizer hyperparameters a vectorized sweep's point keeps in its state (none for a
+    plain run): the resumed run builds its optimizer the same way, so the state fits."""
+    found = latest_meta(checkpoint_dir)
+    return tuple(found[0].get("hyperparams_in_state") or ()) if found else ()
 
 
-def resume_run(run: Run, checkpoint_dir: Path, hooks: list[Hook]) -> Position | None:
-    """Restore `run` from the latest checkpoint and say where it continues from."""
+def resume_run(run: Run, checkpoint_dir: Path, hooks: list[Hook]) -> None:
+    """Continue `run` from the latest checkpoint (its hooks' state too) and say where from."""
     found = restore_latest(checkpoint_dir, run.state, batch_size=run.cfg.data.batch_size,
                            steps_per_epoch=run.engine.steps)
     console, events = run.ctx.console, run.ctx.events
     if found is None:
         console.line(f"resume: no complete checkpoint in {checkpoint_dir}; starting from step 0")
         events.write("resume", step=0, found=False)
-        return None
+        return
     state, position = found
-    continue_from(run, state, position, hooks)
+    run.continue_from(state, position)
+    for hook in hooks:
+        if hook.name in position.hooks and hasattr(hook, "load_state_dict"):
+            hook.load_state_dict(position.hooks[hook.name])
     console.line(f"resume: continuing from checkpoint step {position.step} (epoch {position.epoch + 1}, "
                  f"step {position.step_in_epoch} of {run.engine.steps}) in {checkpoint_dir}")
     events.write("resume", step=position.step, epoch=position.epoch, step_in_epoch=position.step_in_epoch,
@@ -86,4 +80,3 @@ def resume_run(run: Run, checkpoint_dir: Path, hooks: list[Hook]) -> Position | 
     if run.epoch >= epochs:
         console.line(f"resume: all {epochs} epochs (train.epochs) are already trained: nothing left to train, "
                      f"only evaluating; pass --set train.epochs=N with N > {epochs} to train more")
-    return position

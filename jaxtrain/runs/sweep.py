@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxtrain.config.schema import Config, load_config, parse_override
+from jaxtrain.runs.rundir import default_workdir
 from jaxtrain.util.errors import ConfigError, UserError
 from jaxtrain.util import plots
 from jaxtrain.util.events import Console
@@ -93,7 +94,7 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
               overrides: list[str] | None = None, vectorized: bool = False,
               console: Console | None = None) -> list[dict[str, Any]]:
     """Train every grid point; write results.csv/.md/.png into `workdir`; return the rows."""
-    from jaxtrain.runs.api import default_workdir, train
+    from jaxtrain.runs.api import train
     plots.require_matplotlib()           # results.png: refuse before any training
     grid = parse_grid(grid) if isinstance(grid, list) else grid
     overrides = list(overrides or [])
@@ -114,6 +115,9 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
         from jaxtrain.runs import vsweep
         for group in vsweep.vector_groups(cfgs):
             if len(group) < 2:
+                why = vsweep.why_not_vectorized(cfgs[group[0]])
+                if why:
+                    console.line(f"sweep: {names[group[0]]} trains on its own: {why}")
                 continue
             console.line(f"sweep: {len(group)} points in one vectorized program: "
                          + ", ".join(names[i] for i in group))

@@ -30,8 +30,8 @@ from typing import Any
 
 import jax
 
+from jaxtrain.training.view import Hook, Request, StepInfo
 from jaxtrain.util.errors import NonFiniteError
-from jaxtrain.training.loop import Hook, Run
 
 
 def describe(what: int, params: Any) -> str:
@@ -58,53 +58,52 @@ class NonFiniteGuard(Hook):
     def load_state_dict(self, d: dict) -> None:
         self.skipped = int(d.get("skipped", 0))
 
-    def on_train_start(self, run: Run) -> None:
+    def on_train_start(self, info: StepInfo) -> Request | None:
         self._pending.clear()
-        if self.policy == "skip_step":
-            self._report(run)
+        return self._report() if self.policy == "skip_step" else None
 
-    def after_call(self, run: Run, sums: dict) -> None:
+    def after_call(self, info: StepInfo) -> None:
         if self.policy != "stop":
             return
+        sums = info.run_call_sums  # a vectorized run's: this lane's entry is picked on the host
         self._pending.append({k: sums[k] for k in ("nonfinite", "first_nonfinite_step", "first_nonfinite_what")})
-        self._check(run, wait=run.step_in_epoch >= run.engine.steps)
+        self._check(info, wait=info.call_ends_epoch)
 
-    def before_save(self, run: Run) -> None:
+    def before_save(self, info: StepInfo) -> None:
         if self.policy == "stop":
-            self._check(run, wait=True)
+            self._check(info, wait=True)
 
-    def _check(self, run: Run, wait: bool) -> None:
+    def _check(self, info: StepInfo, wait: bool) -> None:
         """Read the pending calls' sums: all of them if `wait`, else those already computed."""
         while self._pending and (wait or _ready(self._pending[0])):
             chunk = self._pending.pop(0)
-            values = {k: float(v) for k, v in jax.device_get(chunk).items()}
+            values = {k: float(v if info.lane is None else v[info.lane])
+                      for k, v in jax.device_get(chunk).items()}
             if values["nonfinite"]:
                 self._pending.clear()
-                self._stop(run, values)
+                self._stop(info, values)
 
-    def _stop(self, run: Run, values: dict) -> None:
+    def _stop(self, info: StepInfo, values: dict) -> None:
         step = int(values["first_nonfinite_step"])
-        epoch = (step - 1) // run.engine.steps + 1
-        what = describe(int(values["first_nonfinite_what"]), run.state.params)
-        run.stop_reason = "nonfinite"
+        epoch = (step - 1) // info.steps_per_epoch + 1
+        what = describe(int(values["first_nonfinite_what"]), info.state.params)
         raise NonFiniteError(
             f"{what} became non-finite (NaN or inf) at step {step} (epoch {epoch}); training "
             f"stopped and nothing after that step was saved. Lower optimizer.learning_rate, set "
             f"optimizer.clip_norm, check the data for NaN/inf, or set train.on_nonfinite=skip_step")
 
-    def on_train_end(self, run: Run) -> None:
+    def on_train_end(self, info: StepInfo) -> None:
         if self.policy == "stop":  # before the final checkpoint: a stop hook may end mid-epoch
-            self._check(run, wait=True)
+            self._check(info, wait=True)
 
-    def on_epoch_end(self, run: Run, record: dict) -> None:
-        if self.policy == "skip_step":
-            self.skipped += int(record.get("nonfinite_steps", 0))
-            self._report(run)
+    def on_epoch_end(self, info: StepInfo) -> Request | None:
+        if self.policy != "skip_step":
+            return None
+        self.skipped += int(info.record.get("nonfinite_steps", 0))
+        return self._report()
 
-    def _report(self, run: Run) -> None:
-        extra = getattr(run, "extra", None)  # the summary's entries from hooks
-        if extra is not None:
-            extra["nonfinite_skipped_steps"] = self.skipped
+    def _report(self) -> Request:
+        return Request(summary={"nonfinite_skipped_steps": self.skipped})
 
 
 def _ready(tree: dict) -> bool:

@@ -1,17 +1,19 @@
 """Step-time profiling: where the time goes, a verdict, and a jax.profiler trace.
 
-Switched on by `train.profile: true` (or `jaxtrain profile CONFIG --steps N`),
-`ProfileHook` makes the engine's phase timer active (phase_timer.py): each
-compiled call is timed as dispatch (until the call returns)
-and device compute (until its results are ready), next to the input wait,
-host-to-device transfers, metric read-back and blocking hooks (checkpoints).
-Waiting for the device after each call removes the overlap of host and device
-work, so the profiled steps run a little slower than unprofiled ones; what it
-buys is a breakdown whose parts add up to the wall time.
+Switched on by `train.profile: true` (or `jaxtrain profile CONFIG --steps N`):
+the loop starts the engine's phase timer once K is chosen (phase_timer.py). Each
+compiled call is timed as dispatch (until the call returns) and device compute
+(until its results are ready), next to the input wait, host-to-device transfers,
+metric read-back and blocking hooks (checkpoints). Waiting for the device after
+each call removes the overlap of host and device work, so the profiled steps run
+a little slower than unprofiled ones; what it buys is a breakdown whose parts add
+up to the wall time. Compilation is timed apart and left out, so no warm-up call
+has to be thrown away.
 
 The first `train.profile_trace_calls` calls are also recorded as a
 `jax.profiler` trace (TensorBoard / Perfetto) under WORKDIR/trace, each call
 annotated with `StepTraceAnnotation("train", step_num=<first step of the call>)`.
+`ProfileHook` stops training after `train.profile_steps` and reports at the end.
 
 The verdict names the largest share of the time and the change that helps:
     input-bound       the step waits for data
@@ -28,14 +30,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrain.training.accounting import PerfMeter
-from jaxtrain.training.loop import Hook, Run
+from jaxtrain.training.view import Hook, Request, StepInfo
 
 ROWS = [("input_wait", "input wait"), ("h2d_transfer", "host-to-device transfer"),
         ("dispatch_python", "dispatch + Python overhead"), ("device_compute", "device compute"),
@@ -160,129 +162,47 @@ def format_report(report: dict) -> list[str]:
     return lines
 
 
+def window_report(window: dict, k: int, steps_per_epoch: int, bf16: Bf16Advice | None = None) -> dict:
+    """The breakdown of one timer window (PhaseTimer.window)."""
+    report = breakdown(window["totals"], window["wall"], window["steps"], k, steps_per_epoch, bf16)
+    if any(window["background"].values()):
+        report["prefetch_background_ms_per_step"] = {
+            k: 1e3 * v / max(window["steps"], 1) for k, v in window["background"].items()}
+    return report
+
+
 class ProfileHook(Hook):
-    """Times the hot loop's phases from the first call, traces `trace_calls` calls, reports at the end.
+    """Stops training after `max_steps`; at the end, reports the timer's windows: the calls
+    after the trace, or the traced calls when nothing ran after them."""
 
-    Compilation (in the first call of each chunk length) is timed by the engine and
-    taken out of the window, so no warm-up call has to be thrown away: with one call
-    per epoch, a short profile still measures something.
-    """
-
-    def __init__(self, workdir: Path | None, *, trace_calls: int = 5, max_steps: int = 0,
-                 clock: Callable[[], float] | None = None):
+    def __init__(self, workdir: Path | None, *, max_steps: int = 0):
         self.workdir = Path(workdir) if workdir is not None else None
-        self.trace_calls, self.max_steps = trace_calls, max_steps
-        self.clock = clock
-        self.report: dict | None = None
-        self._traced = 0
-        self._t_start = 0.0
-        self._own_wall = 0.0      # this hook's own time inside the window (not training time)
-        self._own_hooks = 0.0     # ... of which counted by the loop's "hooks" phase
-        self._compile_before = 0.0
-        self._traced_report: dict | None = None
-        self._trace_dir: Path | None = None
+        self.max_steps = max_steps
         self.bf16: Bf16Advice | None = None  # tests may set one with a fake measurement
 
-    def on_train_start(self, run: Run) -> None:
-        self._run = run
-        timer = run.engine.timer
-        self.clock = self.clock or timer.clock
-        timer.clock = self.clock
-        timer.active = True
-        self._start_window(run)
+    def after_call(self, info: StepInfo) -> Request | None:
+        if self.max_steps and info.step >= self.max_steps:
+            return Request(stop=f"profile window of {info.step} steps")
+        return None
 
-    def _start_window(self, run: Run) -> None:
-        if self.trace_calls > 0 and self.workdir is not None:
-            self._trace_dir = self.workdir / "trace"
-            jax.profiler.start_trace(str(self._trace_dir))
-            run.engine.timer.tracing = True
-        self._restart(run)
-
-    def _restart(self, run: Run) -> None:
-        run.engine.timer.reset()
-        self._t_start = self.clock()
-        self._own_wall = self._own_hooks = 0.0
-        self._compile_before = run.engine.compile_s
-
-    def _stop_trace(self, run: Run) -> None:
-        if run.engine.timer.tracing:
-            run.engine.timer.tracing = False
-            jax.block_until_ready(run.state)
-            jax.profiler.stop_trace()
-
-    def close(self) -> None:
-        """However the run ended: never leave the process-wide profiler running, or the
-        next trace in this process fails with 'Profile has already been started'."""
-        run = getattr(self, "_run", None)
-        if run is not None and run.engine.timer.tracing:
-            run.engine.timer.tracing = False
-            jax.profiler.stop_trace()
-
-    def _window_report(self, run: Run, own_now: float) -> dict:
-        timer = run.engine.timer
-        compile_s = run.engine.compile_s - self._compile_before  # timed by the engine, not training
-        wall = self.clock() - self._t_start - self._own_wall - own_now - compile_s
-        totals = dict(timer.totals)
-        totals["hooks"] = max(0.0, totals["hooks"] - self._own_hooks)
-        report = breakdown(totals, wall, timer.steps, run.engine.k, run.engine.steps, self._bf16(run))
-        if any(timer.background.values()):
-            report["prefetch_background_ms_per_step"] = {
-                k: 1e3 * v / max(timer.steps, 1) for k, v in timer.background.items()}
-        return report
-
-    def _bf16(self, run: Run) -> Bf16Advice:
-        if self.bf16 is None:
-            self.bf16 = Bf16Advice(run.cfg.train.precision, run.mesh.devices.flat[0].platform)
-        return self.bf16
-
-    def after_call(self, run: Run, sums: dict) -> None:
-        t0 = self.clock()
-        if run.engine.timer.tracing:
-            self._traced += 1
-            if self._traced >= self.trace_calls:
-                # The traced calls ran under the profiler, which slows them: keep their
-                # breakdown only as a fallback, and time the calls after the trace afresh.
-                self._stop_trace(run)
-                self._traced_report = self._window_report(run, self.clock() - t0)
-                self._restart(run)
-                self._own_hooks = self.clock() - t0  # the loop adds this call's hook time after us
-                t0 = self.clock()
-        if self.max_steps and run.global_step >= self.max_steps:
-            run.stop_reason = f"profile window of {run.global_step} steps"
-        own = self.clock() - t0
-        self._own_wall += own
-        self._own_hooks += own
-
-    def on_train_end(self, run: Run) -> None:
-        timer = run.engine.timer
-        t0 = self.clock()
-        self._stop_trace(run)
-        timer.active = False
-        if timer.steps > 0 or self._traced_report is None:
-            report = self._window_report(run, self.clock() - t0)
-            report["window"] = "traced calls (profiler overhead included)" if self._traced_report is None \
-                and self._trace_dir else "calls after the trace"
+    def on_train_end(self, info: StepInfo) -> None:
+        profile = info.profile
+        window, traced = profile["window"], profile["traced"]
+        bf16 = self.bf16 or Bf16Advice(profile["precision"], profile["platform"])
+        if window["steps"] > 0 or traced is None:
+            report = window_report(window, info.steps_per_call, info.steps_per_epoch, bf16)
+            report["window"] = ("traced calls (profiler overhead included)"
+                                if traced is None and profile["trace_dir"] else "calls after the trace")
         else:
-            report = self._traced_report
+            report = window_report(traced, info.steps_per_call, info.steps_per_epoch, bf16)
             report["window"] = "traced calls (profiler overhead included)"
-        report["trace_dir"] = str(self._trace_dir) if self._trace_dir else None
-        report["compile_s"] = run.engine.compile_s
-        meter = PerfMeter(run.engine, list(run.mesh.devices.flat), run.cfg.train.precision,
-                          run.cfg.data.batch_size, run.cfg.train.grad_accum_steps)
-        report.update(meter.rates(report["wall_s"] * 1e3 / report["steps"]))
-        self.report = report
+        report["trace_dir"] = profile["trace_dir"]
+        report["compile_s"] = profile["compile_s"]
+        report.update(profile["perf"].rates(report["wall_s"] * 1e3 / report["steps"]))
         for line in format_report(report):
-            run.ctx.console.line(line)
+            info.ctx.console.line(line)
         if self.workdir is not None:
             (self.workdir / "profile.json").write_text(json.dumps(report, indent=2) + "\n")
-
-
-def hooks_for(cfg, workdir: Path | None) -> list[Hook]:
-    """The profiling hook when `train.profile` is on (one line in api.train wires it in)."""
-    if not cfg.train.profile:
-        return []
-    return [ProfileHook(workdir, trace_calls=cfg.train.profile_trace_calls,
-                        max_steps=cfg.train.profile_steps)]
 
 
 def trace_step_annotations(trace_dir: str | Path) -> list[int]:

@@ -4,7 +4,7 @@ Schedulers preempt with SIGTERM (then SIGKILL after a grace period); a person
 presses Ctrl-C (SIGINT). `PreemptionHook` turns either into an orderly stop:
 
 1. the handler only records the signal (nothing else is safe inside a handler);
-2. after the compiled call in flight returns, the hook sets `run.stop_reason`, so
+2. after the compiled call in flight returns, the hook asks the loop to stop, so
    the loop ends and the checkpoint hook saves the state at that step (its data
    position included, so `--resume` continues exactly there);
 3. in `on_train_end` (it must be the last hook) it raises `Preempted`: no test
@@ -32,8 +32,8 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
+from jaxtrain.training.view import Hook, Request, StepInfo
 from jaxtrain.util.errors import Preempted
-from jaxtrain.training.loop import Hook, Run
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -41,9 +41,10 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class PreemptionHook(Hook):
     def __init__(self):
         self.received: int | None = None
-        self._previous: dict[int, Any] = {}
+        self._announced = False
         self._synced = False   # several processes: JAX's preemption sync point decides
         self._calls = 0        # compiled calls so far in this process (the same on every process)
+        self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.received = signum
@@ -54,33 +55,35 @@ class PreemptionHook(Hook):
             signal.signal(signum, handler)
         self._previous.clear()
 
-    def on_train_start(self, run: Run) -> None:
+    def on_train_start(self, info: StepInfo) -> None:
         self._synced = jax.process_count() > 1
         if self._synced or threading.current_thread() is not threading.main_thread():
             return  # JAX's service owns SIGTERM; Python delivers signals to the main thread only
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handler)
 
-    def after_call(self, run: Run, sums: dict) -> None:
+    def after_call(self, info: StepInfo) -> Request | None:
         if self._synced:
             self._calls += 1
             if multihost_utils.reached_preemption_sync_point(self._calls):
                 self.received = signal.SIGTERM  # the notice came to this process or another
-        self._stop_if_signalled(run)
+        return self._stop_if_signalled(info)
 
-    def _stop_if_signalled(self, run: Run) -> None:
-        if self.received is not None and run.stop_reason is None:
-            run.stop_reason = f"signal {signal.Signals(self.received).name}"
-            run.ctx.console.line(f"{signal.Signals(self.received).name} received: saving a checkpoint "
-                                 f"at step {run.global_step} and stopping")
+    def _stop_if_signalled(self, info: StepInfo) -> Request | None:
+        if self.received is None or self._announced:
+            return None
+        self._announced = True
+        name = signal.Signals(self.received).name
+        info.ctx.console.line(f"{name} received: saving a checkpoint at step {info.step} and stopping")
+        return Request(stop=f"signal {name}")
 
-    def on_epoch_end(self, run: Run, record: dict) -> None:
-        self._stop_if_signalled(run)
+    def on_epoch_end(self, info: StepInfo) -> Request | None:
+        return self._stop_if_signalled(info)
 
-    def on_train_end(self, run: Run) -> None:
+    def on_train_end(self, info: StepInfo) -> None:
         self.close()
         if self.received is not None:
-            raise Preempted(self.received, run.global_step)
+            raise Preempted(self.received, info.step)
 
     def close(self) -> None:
         """Put the previous handlers back (also when training ended with an exception)."""

@@ -1,23 +1,41 @@
-"""The training-strategy hooks a run gets from its config: early stopping, checkpoints."""
+"""The hooks a run gets from its config, built in one place, in the one order that works.
+
+1. the non-finite guard: it reads each call's flags first, so nothing non-finite is
+   acted on or saved;
+2. early stopping, before checkpointing: the final checkpoint holds the best parameters
+   it restores;
+3. checkpoints (with a work directory), carrying the guard's and early stopping's state;
+4. profiling (`train.profile`), TensorBoard (`logging.tensorboard`, on the lead process);
+5. preemption last: it raises only after the final checkpoint is written.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from jaxtrain.config.schema import Config
+from jaxtrain.data.featurestats import FeatureStats
+from jaxtrain.training.guard import NonFiniteGuard
 from jaxtrain.training.hooks.checkpointing import CheckpointHook
 from jaxtrain.training.hooks.early_stopping import EarlyStopping
-from jaxtrain.training.loop import Hook
+from jaxtrain.training.hooks.tensorboard import TensorBoardHook
+from jaxtrain.training.profiling import ProfileHook
+from jaxtrain.training.signals import PreemptionHook
+from jaxtrain.training.view import Hook
 
-__all__ = ["CheckpointHook", "EarlyStopping", "strategy_hooks"]
+__all__ = ["CheckpointHook", "EarlyStopping", "build_hooks"]
 
 
-def strategy_hooks(cfg: Config, workdir: str | Path | None, stateful: list = ()) -> list[Hook]:
-    """Early stopping (if configured) before checkpointing, so that the final checkpoint holds
-    the restored best parameters. Checkpoints need a work directory. `stateful`: other hooks
-    whose state the checkpoints carry (say, the non-finite guard's count of skipped steps)."""
-    hooks: list[Hook] = []
-    ckpt_dir = Path(workdir) / "checkpoints" if workdir is not None else None
+def build_hooks(cfg: Config, workdir: str | Path | None, *, stats: FeatureStats | None = None, lead: bool = True,
+                hyperparams_in_state: Sequence[str] = (), preemption: bool = True) -> list[Hook]:
+    """`stats`: the data's fitted statistics, recorded in checkpoints; `hyperparams_in_state`:
+    a vectorized point's optimizer fields kept in its state (recorded, so a resume matches);
+    `preemption`: handle SIGTERM/SIGINT (one lane of a vectorized run does, for the process)."""
+    workdir = Path(workdir) if workdir is not None else None
+    guard = NonFiniteGuard(cfg.train.on_nonfinite)
+    hooks: list[Hook] = [guard]
+    ckpt_dir = workdir / "checkpoints" if workdir is not None else None
     es = cfg.train.early_stopping
     if es is not None:
         hooks.append(EarlyStopping(es, ckpt_dir if cfg.checkpoint.enabled else None))
@@ -25,8 +43,16 @@ def strategy_hooks(cfg: Config, workdir: str | Path | None, stateful: list = ())
         # With early stopping and no best_metric of its own, the best checkpoint follows early
         # stopping's idea of best (same metric, mode and min_delta): it holds what is restored.
         follow = es is not None and cfg.checkpoint.best_metric is None
-        hooks.append(CheckpointHook(cfg.checkpoint, ckpt_dir, stateful=[*hooks, *stateful],
+        hooks.append(CheckpointHook(cfg, ckpt_dir, stateful=list(hooks),
+                                    meta={"stats": stats.to_dict() if stats else None,
+                                          "hyperparams_in_state": list(hyperparams_in_state)},
                                     best_metric=es.metric if follow else None,
                                     best_mode=es.mode if follow else "min",
                                     best_min_delta=es.min_delta if follow else 0.0))
+    if cfg.train.profile:
+        hooks.append(ProfileHook(workdir, max_steps=cfg.train.profile_steps))
+    if cfg.logging.tensorboard and workdir is not None and lead:
+        hooks.append(TensorBoardHook(workdir / "tensorboard"))
+    if preemption:
+        hooks.append(PreemptionHook())
     return hooks

@@ -26,9 +26,9 @@ import jax
 import numpy as np
 
 from jaxtrain.ckpt.checkpoint import FORMAT, Best, Checkpointer, state_tree
-from jaxtrain.config.schema import CheckpointConfig, to_dict
+from jaxtrain.config.schema import Config, to_dict
 from jaxtrain.dist.distributed import lead_decides
-from jaxtrain.training.loop import Hook, Run
+from jaxtrain.training.view import Hook, StepInfo
 
 
 def _json_ready(obj: Any) -> Any:
@@ -50,27 +50,30 @@ def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0
 
 
 class CheckpointHook(Hook):
-    """Saves to `directory`: the last `cfg.keep` steps are kept, and the best one.
+    """Saves to `directory`: the last `checkpoint.keep` steps are kept, and the best one.
 
     `stateful` hooks (anything with `name`, `state_dict()`, `load_state_dict()`) have
-    their state saved in every checkpoint's metadata and given back on resume.
+    their state saved in every checkpoint's metadata and given back on resume. `meta`:
+    what every checkpoint records besides the position (the data stats, a vectorized
+    point's optimizer hyperparameters kept in its state).
     """
 
     name = "checkpoint"
     time_part = "checkpointing"  # its time in the run's breakdown (training/accounting.py)
 
-    def __init__(self, cfg: CheckpointConfig, directory: str | Path, stateful: list = (),
+    def __init__(self, cfg: Config, directory: str | Path, stateful: list = (), meta: dict | None = None,
                  best_metric: str | None = None, best_mode: str = "min", best_min_delta: float = 0.0):
-        self.cfg, self.directory = cfg, Path(directory)
+        self.cfg, self.directory = cfg.checkpoint, Path(directory)
         self.stateful = list(stateful)
-        self.best_metric = best_metric if best_metric is not None else cfg.best_metric
-        self.best_mode = best_mode if best_metric is not None else cfg.best_mode
+        self.run_meta = {"config": to_dict(cfg), **(meta or {})}
+        self.best_metric = best_metric if best_metric is not None else self.cfg.best_metric
+        self.best_mode = best_mode if best_metric is not None else self.cfg.best_mode
         self.best_min_delta = best_min_delta
         self.best_value: float | None = None
         self.best_step: int | None = None
         self.saved_steps: list[int] = []   # what this run saved (tests and reports read it)
         self._manager: Checkpointer | None = None
-        self._saved_state: Any = None      # the TrainState object last written
+        self._saved_state: Any = None      # the run's state object last written
         self._boundary = 0                 # every_steps intervals passed at the last step save
         self._last_save = 0.0              # the run's clock at the last save (or the start)
 
@@ -83,41 +86,40 @@ class CheckpointHook(Hook):
             self.best_value, self.best_step = d.get("best_value"), d.get("best_step")
 
     # ---- hook
-    def on_train_start(self, run: Run) -> None:
+    def on_train_start(self, info: StepInfo) -> None:
         best = Best(self.best_metric, self.best_mode) if self.best_metric else None
         self._manager = Checkpointer(self.directory, keep=self.cfg.keep, async_save=self.cfg.async_save,
                                      best=best)
         every = self.cfg.every_steps
-        self._boundary = run.global_step // every if every else 0
-        self._last_save = run.ctx.clock()
+        self._boundary = info.step // every if every else 0
+        self._last_save = info.ctx.clock()
 
-    def after_call(self, run: Run, sums: dict) -> None:
-        if run.step_in_epoch >= run.engine.steps:  # epoch ends save in on_epoch_end
+    def after_call(self, info: StepInfo) -> None:
+        if info.call_ends_epoch:  # epoch ends save in on_epoch_end
             return
-        if self._steps_due(run) | self._time_due(run):  # both: each keeps its own count
-            self.save(run, "periodic")
+        if self._steps_due(info) | self._time_due(info):  # both: each keeps its own count
+            self.save(info, "periodic")
 
-    def _steps_due(self, run: Run) -> bool:
+    def _steps_due(self, info: StepInfo) -> bool:
         every = self.cfg.every_steps
-        due = bool(every) and run.global_step // every > self._boundary
+        due = bool(every) and info.step // every > self._boundary
         if every:
-            self._boundary = max(self._boundary, run.global_step // every)
+            self._boundary = max(self._boundary, info.step // every)
         return due
 
-    def _time_due(self, run: Run) -> bool:
+    def _time_due(self, info: StepInfo) -> bool:
         every = self.cfg.every_seconds
-        return bool(every) and lead_decides(run.ctx.clock() - self._last_save >= every)
+        return bool(every) and lead_decides(info.ctx.clock() - self._last_save >= every)
 
-    def on_epoch_end(self, run: Run, record: dict) -> None:
-        epoch_complete = run.step_in_epoch == 0
+    def on_epoch_end(self, info: StepInfo) -> None:
         every = self.cfg.every_epochs
-        periodic = self._steps_due(run) | self._time_due(run)
-        periodic = epoch_complete and (periodic or bool(every) and run.epoch % every == 0)
-        best_value = self._new_best(record)
+        periodic = self._steps_due(info) | self._time_due(info)
+        periodic = info.epoch_complete and (periodic or bool(every) and info.epoch % every == 0)
+        best_value = self._new_best(info.record)
         if best_value is not None:
-            self.best_value, self.best_step = best_value, run.global_step
+            self.best_value, self.best_step = best_value, info.step
         if periodic or best_value is not None:
-            self.save(run, "epoch" if periodic else "best", best_value)
+            self.save(info, "epoch" if periodic else "best", best_value)
 
     def _new_best(self, record: dict) -> float | None:
         """The epoch's metric value when it improves on the best so far, else None."""
@@ -128,9 +130,9 @@ class CheckpointHook(Hook):
             return None
         return value if improved(value, self.best_value, self.best_mode, self.best_min_delta) else None
 
-    def on_train_end(self, run: Run) -> None:
-        if self._saved_state is not run.state:  # not saved yet, or changed (best params restored)
-            self.save(run, "final")
+    def on_train_end(self, info: StepInfo) -> None:
+        if self._saved_state is not info.run_state:  # not saved yet, or changed (best params restored)
+            self.save(info, "final")
         self.close()
 
     def close(self) -> None:
@@ -139,24 +141,22 @@ class CheckpointHook(Hook):
         self._manager = None
 
     # ---- saving
-    def meta(self, run: Run, kind: str) -> dict:
+    def meta(self, info: StepInfo, kind: str) -> dict:
         sums = None
-        if run.epoch_sums is not None:
-            sums = {k: float(v) for k, v in jax.device_get(run.epoch_sums).items()}
+        if info.epoch_sums is not None:
+            sums = {k: float(v) for k, v in jax.device_get(info.epoch_sums).items()}
         return _json_ready({
-            "format": FORMAT, "kind": kind, "step": run.global_step, "epoch": run.epoch,
-            "step_in_epoch": run.step_in_epoch, "steps_per_epoch": run.engine.steps,
-            "steps_per_call": run.engine.k, "epoch_sums": sums, "devices": run.mesh.size,
-            "last_record": run.history[-1] if run.history else None,
-            "hooks": {h.name: h.state_dict() for h in [self, *self.stateful]},
-            "config": to_dict(run.cfg), "stats": run.dataset.stats.to_dict() if run.dataset.stats else None,
+            "format": FORMAT, "kind": kind, "step": info.step, "epoch": info.epoch,
+            "step_in_epoch": info.step_in_epoch, "steps_per_epoch": info.steps_per_epoch,
+            "steps_per_call": info.steps_per_call, "epoch_sums": sums, "devices": info.devices,
+            "last_record": info.last_record,
+            "hooks": {h.name: h.state_dict() for h in [self, *self.stateful]}, **self.run_meta,
         })
 
-    def save(self, run: Run, kind: str, best_value: float | None = None) -> None:
+    def save(self, info: StepInfo, kind: str, best_value: float | None = None) -> None:
         for hook in self.stateful:  # e.g. the non-finite guard: a bad state is never written
-            hook.before_save(run)
-        self._manager.save(run.global_step, state_tree(run.state), self.meta(run, kind), best_value)
-        self._last_save = run.ctx.clock()
-        self._saved_state = run.state
-        self.saved_steps.append(run.global_step)
-
+            hook.before_save(info)
+        self._manager.save(info.step, state_tree(info.state), self.meta(info, kind), best_value)
+        self._last_save = info.ctx.clock()
+        self._saved_state = info.run_state
+        self.saved_steps.append(info.step)

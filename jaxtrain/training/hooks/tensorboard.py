@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxtrain.config.schema import Config
+from jaxtrain.training.view import Hook, StepInfo
 from jaxtrain.util.events import TensorBoardWriter
-from jaxtrain.training.loop import Hook, Run
 
 SKIP = ("epoch", "step", "val")
 
@@ -21,24 +20,21 @@ class TensorBoardHook(Hook):
         self.logdir = Path(logdir)
         self.writer: TensorBoardWriter | None = None
 
-    def on_train_start(self, run: Run) -> None:
+    def on_train_start(self, info: StepInfo) -> None:
         self.writer = TensorBoardWriter(self.logdir)
 
-    def on_epoch_end(self, run: Run, record: dict) -> None:
+    def on_epoch_end(self, info: StepInfo) -> None:
         if self.writer is None:
             return
-        self.writer.scalars("train", {k: v for k, v in record.items() if k not in SKIP}, run.global_step)
+        record = info.record
+        self.writer.scalars("train", {k: v for k, v in record.items() if k not in SKIP}, info.step)
         if record.get("val"):
-            self.writer.scalars("val", record["val"], run.global_step)
+            self.writer.scalars("val", record["val"], info.step)
 
-    def on_train_end(self, run: Run) -> None:
+    def on_train_end(self, info: StepInfo) -> None:
+        self.close()
+
+    def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-
-
-def logging_hooks(cfg: Config, workdir: Path | None) -> list[Hook]:
-    """The hooks `logging.*` asks for."""
-    if cfg.logging.tensorboard and workdir is not None:
-        return [TensorBoardHook(Path(workdir) / "tensorboard")]
-    return []
