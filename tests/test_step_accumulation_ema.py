@@ -24,7 +24,9 @@ from jaxtrain.engine.memory import check_fits
 from jaxtrain.engine.step import fold_in_keys, init_state, make_train_step, split_model
 from jaxtrain.model.models import MLP
 from jaxtrain.runs.api import evaluate, load_trained
-from jaxtrain.training.loop import Hook, fit, setup
+from jaxtrain.training.loop import fit
+from jaxtrain.training.setup import setup
+from jaxtrain.training.view import Hook
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +128,11 @@ class _Params(Hook):
     def __init__(self):
         self.seen = []
 
-    def on_train_start(self, run):
-        self.seen.append(_host(run.state.params))
+    def on_train_start(self, info):
+        self.seen.append(_host(info.state.params))
 
-    def after_call(self, run, sums):
-        self.seen.append(_host(run.state.params))
+    def after_call(self, info):
+        self.seen.append(_host(info.state.params))
 
 
 def test_ema_matches_numpy_and_evaluation_uses_it(blobs, ctx):
