@@ -192,12 +192,14 @@ def test_saves_by_time_follow_the_runs_clock(tmp_path):
     from jaxtrain.data import load_dataset
     from jaxtrain.runs.api import make_model
     from jaxtrain.training.hooks import CheckpointHook
-    from jaxtrain.training.loop import Hook, RunContext, fit, setup
+    from jaxtrain.training.loop import fit
+    from jaxtrain.training.setup import setup
+    from jaxtrain.training.view import Hook, RunContext
     from jaxtrain.util.events import Console, JsonlWriter
     now = [0.0]
 
     class Tick(Hook):
-        def after_call(self, run, sums):
+        def after_call(self, info):
             now[0] += 10.0
 
     cfg = load_config(_cfg(train={"epochs": 1, "steps_per_call": 1}, parallel={"data_axis_size": 1},
@@ -206,7 +208,7 @@ def test_saves_by_time_follow_the_runs_clock(tmp_path):
     ctx = RunContext(console=Console("none"), events=JsonlWriter(None), workdir=tmp_path,
                      clock=lambda: now[0])
     run = setup(cfg, make_model(cfg, dataset), dataset, ctx)
-    hook = CheckpointHook(cfg.checkpoint, tmp_path / "checkpoints")
+    hook = CheckpointHook(cfg, tmp_path / "checkpoints")
     fit(run, [Tick(), hook])
     assert hook.saved_steps == [3, 6, 9, 12, 15]
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [3, 6, 9, 12, 15]
