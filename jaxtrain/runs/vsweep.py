@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from pathlib import Path
 
 from jaxtrain import data as data_stage
 from jaxtrain.config.schema import Config, to_dict
 from jaxtrain.model.optim import VECTOR_FIELDS
-from jaxtrain.runs.api import load_data, make_model
+from jaxtrain.runs.api import finish_summary, load_data, make_model
 from jaxtrain.runs.rundir import RunDirectory
 from jaxtrain.training.hooks import build_hooks
 from jaxtrain.training.loop import fit_lanes
 from jaxtrain.training.preflight import check_before_training
 from jaxtrain.training.setup import setup_vectorized
 from jaxtrain.util.events import Console
+from jaxtrain.util.time_account import TimeAccount
 
 
 def why_not_vectorized(cfg: Config) -> str | None:
@@ -64,12 +64,13 @@ def vector_groups(cfgs: list[Config]) -> list[list[int]]:
 
 def train_vectorized(cfgs: list[Config], workdirs: list[Path], console: Console | None = None) -> list[dict]:
     """Train points that differ only in VECTOR_FIELDS in one program; return their summaries."""
-    t_start = time.perf_counter()
     console = console or Console("none")
+    account = TimeAccount()  # the points train together: one account of the time for all
     with contextlib.ExitStack() as stack:
-        dirs = [stack.enter_context(RunDirectory(cfg, w, console=console)) for cfg, w in zip(cfgs, workdirs)]
+        dirs = [stack.enter_context(RunDirectory(cfg, w, console=console, account=account))
+                for cfg, w in zip(cfgs, workdirs)]
         base, ctx = cfgs[0], dirs[0].ctx
-        dataset, data_s = load_data(base, ctx)
+        dataset = load_data(base, ctx)
         for d in dirs[1:]:  # each point's stats.json and preprocess_report.json
             data_stage.write_artifacts(dataset, d.workdir)
         model = make_model(base, dataset)
@@ -83,6 +84,5 @@ def train_vectorized(cfgs: list[Config], workdirs: list[Path], console: Console 
         summaries = fit_lanes(run)
         for d, summary in zip(dirs, summaries):
             summary.update(status="completed", workdir=str(d.workdir))
-            summary["time"].update(data_s=data_s, total_s=time.perf_counter() - t_start)
-            d.write_summary(summary)
+            finish_summary(d, summary)
         return summaries
