@@ -75,11 +75,12 @@ def test_every_layer_is_a_package(layer):
     assert (ROOT / "jaxtrain" / layer / "__init__.py").is_file()
 
 
-@pytest.mark.parametrize("layer", ["engine", "training", "runs"])
-def test_no_function_is_longer_than_60_lines(layer):
+def test_no_function_in_the_package_is_longer_than_60_lines():
     import ast
     long = []
-    for path in sorted((ROOT / "jaxtrain" / layer).rglob("*.py")):
+    paths = sorted((ROOT / "jaxtrain").rglob("*.py"))
+    assert len(paths) > 50 and any(p.parent.name == "cli" for p in paths)  # the whole package is read
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
