@@ -43,10 +43,11 @@ SCRIPT = textwrap.dedent("""
         Engine._time_calls = lambda self, state, k, make_args: 1e-3 if jax.process_index() == 0 else 1e-3 / k
     if mode == "lead_extra":
         after_call = NonFiniteGuard.after_call
-        def after_call_and_extra(self, run, sums):
-            after_call(self, run, sums)
-            if jax.process_index() == 0 and run.global_step == 1:
+        def after_call_and_extra(self, info):
+            request = after_call(self, info)
+            if jax.process_index() == 0 and info.step == 1:
                 distributed.agreed_min(1)
+            return request
         NonFiniteGuard.after_call = after_call_and_extra
     sys.exit(main(["train", "mnist_shaped.yaml", "--workdir", mode, *sys.argv[2:]]))
 """)
