@@ -37,7 +37,8 @@ def why_not_vectorized(cfg: Config) -> str | None:
     """Why a point cannot train in a vectorized group (None if it can): vectorized training
     covers in-memory data, the sharded strategy and no per-point early stopping, augmentation,
     fine-tuning, gradient accumulation or parameter averaging."""
-    reasons = {"data.backend=tfdata": cfg.data.backend != "numpy", "data.streaming": cfg.data.streaming,
+    reasons = {f"data.backend={cfg.data.backend}": cfg.data.backend != "numpy",
+               "data.streaming": cfg.data.streaming,
                f"parallel.strategy={cfg.parallel.strategy}": cfg.parallel.strategy != "sharded",
                "train.early_stopping": cfg.train.early_stopping is not None,
                "train.augment": bool(cfg.train.augment), "model.init_from": cfg.model.init_from is not None,
