@@ -61,7 +61,7 @@ def build_optimizer(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int,
     schedule = learning_rate_schedule(cfg, steps_per_epoch, epochs)
     if cfg.name == "sgd":
         # No momentum trace for a plain 0; an array momentum (a vectorized sweep's state,
-        # see vsweep.py) always gets one, since its value is unknown at trace time.
+        # see training/setup.py) always gets one, since its value is unknown at trace time.
         plain_zero = isinstance(cfg.momentum, (int, float)) and cfg.momentum == 0
         opt = optax.sgd(schedule, momentum=None if plain_zero else cfg.momentum, nesterov=cfg.nesterov)
     elif cfg.name == "adam":

@@ -5,7 +5,7 @@ Each point trains in `WORKDIR/<point name>/` (a complete run directory: `eval`,
 point: its values and final metrics), `results.md` and `results.png`.
 
 With `vectorized=True`, points that differ only in optimizer hyperparameters
-(see `vsweep.VECTOR_FIELDS`) train together in one compiled program (vsweep.py).
+(`model/optim.py:VECTOR_FIELDS`) train together in one compiled program (vsweep.py).
 """
 
 from __future__ import annotations
