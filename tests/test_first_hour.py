@@ -1,5 +1,7 @@
 """A new user's first hour (issue 16): the messages and commands a README walkthrough hit."""
 
+import sys
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -122,6 +124,17 @@ def test_offline_mnist_names_the_idx_source(tmp_path, capsys):
     assert code == 2
     line = _one_line(capsys.readouterr().err)
     assert "data.source=idx" in line and "data.path=DIR" in line and "tfds build mnist" in line
+
+
+def test_without_tensorflow_mnist_names_the_idx_source_too(tmp_path, capsys, monkeypatch):
+    """The lean install has no TensorFlow: the first error an mnist_mlp user meets names both
+    the tf extra and the IDX files, which need no TensorFlow."""
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow now fails
+    code = main(["train", "mnist_mlp", "--workdir", str(tmp_path / "run")])
+    assert code == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "jaxtrain[tf]" in line and "data.source=idx" in line and "data.path=DIR" in line
+    assert not (tmp_path / "run").exists()
 
 
 def test_sweeps_choose_on_the_validation_metric_not_the_test_one(tmp_path):

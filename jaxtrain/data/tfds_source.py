@@ -7,11 +7,8 @@ import pyarrow as pa
 
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data.raw import Part, RawData
-from jaxtrain.data.tfhelp import import_tfds
+from jaxtrain.data.tfhelp import IDX_INSTEAD, IDX_NAMES, import_tfds
 from jaxtrain.util.errors import DataError
-
-# tfds data sets that are also published as the four MNIST-format IDX files (data.source=idx).
-IDX_NAMES = ("mnist", "fashion_mnist", "kmnist")
 
 
 def _builder(cfg: DataConfig):
@@ -44,8 +41,7 @@ def load_tfds(cfg: DataConfig) -> RawData:
         ds_by_split = {s: b.as_dataset(split=s) for s in splits}
     except Exception as e:  # noqa: BLE001
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        idx = (f"read its four IDX files instead with --set data.source=idx --set data.path=DIR, or "
-               if cfg.name in IDX_NAMES else "")
+        idx = f"{IDX_INSTEAD}, or " if cfg.name in IDX_NAMES else ""
         raise DataError(f"{where} is not prepared ({msg}); {idx}prepare it with `tfds build {cfg.name} "
                         f"--data_dir DIR` on a machine with network and copy DIR here, then set "
                         "data.data_dir=DIR (or set data.download=true where downloads work)") from None

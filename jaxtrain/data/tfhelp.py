@@ -5,13 +5,23 @@ from __future__ import annotations
 import os
 
 from jaxtrain.config.data import DataConfig
+from jaxtrain.util.errors import UserError
 from jaxtrain.util.optional import require
+
+# tfds data sets that are also published as the four MNIST-format IDX files (data.source=idx).
+IDX_NAMES = ("mnist", "fashion_mnist", "kmnist")
+IDX_INSTEAD = "read its four IDX files instead with --set data.source=idx --set data.path=DIR"
 
 
 def require_tf(cfg: DataConfig) -> None:
     """Import what `cfg` needs of TensorFlow now, before any data is read; one line if missing."""
     if cfg.source == "tfds":
-        import_tfds()
+        try:
+            import_tfds()
+        except UserError as e:  # MNIST and its kin need no TensorFlow: say so
+            if cfg.name not in IDX_NAMES:
+                raise
+            raise UserError(f"{e}; or {IDX_INSTEAD}") from None
     elif cfg.backend == "tfdata":
         import_tf("data.backend=tfdata")
 
