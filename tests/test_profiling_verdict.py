@@ -132,6 +132,18 @@ def test_loop_bound_run_is_judged_dispatch_bound_and_traced(tmp_path, ctx):
     assert trace_step_annotations(tmp_path / "trace") == [0, 1, 2, 3]
 
 
+def test_a_verdict_from_traced_calls_alone_says_to_profile_longer(tmp_path, ctx):
+    # 3 steps, one per call, all inside a 4-call trace: nothing untraced was measured.
+    report = _profile_with_clock(tmp_path, ctx, FakeClock(1e-3), steps_per_call=1, profile_steps=3,
+                                 profile_trace_calls=4)
+    assert report["window"].startswith("traced calls") and report["steps"] == 3
+    assert "profile more steps" in report["advice"]
+    (tmp_path / "longer").mkdir()
+    longer = _profile_with_clock(tmp_path / "longer", ctx, FakeClock(1e-3), steps_per_call=1,
+                                 profile_steps=12, profile_trace_calls=4)
+    assert longer["window"] == "calls after the trace" and "profile more steps" not in longer["advice"]
+
+
 def test_breakdown_arithmetic_and_verdicts():
     totals = {"input_wait": 0.1, "h2d_transfer": 0.1, "dispatch": 0.2, "device_compute": 1.0,
               "metric_transfer": 0.05, "hooks": 0.05}

@@ -196,6 +196,9 @@ class ProfileHook(Hook):
         else:
             report = window_report(traced, info.steps_per_call, info.steps_per_epoch, bf16)
             report["window"] = "traced calls (profiler overhead included)"
+        if report["window"].startswith("traced"):  # the tracer's own cost lands in dispatch
+            report["advice"] += ("; but only traced calls were measured, and tracing inflates dispatch: "
+                                 "profile more steps (--steps, train.profile_steps) for a sound verdict")
         report["trace_dir"] = profile["trace_dir"]
         report["compile_s"] = profile["compile_s"]
         report.update(profile["perf"].rates(report["wall_s"] * 1e3 / report["steps"]))
