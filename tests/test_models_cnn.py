@@ -11,7 +11,7 @@ from flax import nnx
 
 from jaxtrain import load_config
 from jaxtrain.cli.main import main
-from jaxtrain.model.models import CNN, build_model
+from jaxtrain.model.models import CNN, build_model, shifted_matmul_conv
 from jaxtrain.runs.api import train
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
@@ -40,6 +40,22 @@ def test_forward_matches_numpy():
     model = CNN((7, 6, 2), (3,), (3,), (), 4, rngs=nnx.Rngs(0))
     x = np.random.default_rng(0).normal(size=(5, 7 * 6 * 2)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(model(x)), _numpy_cnn(model, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_shifted_matmul_conv_equals_xla_conv_values_and_gradients(k):
+    """The CPU convolution against lax.conv_general_dilated ('SAME', even kernels padded one
+    more after than before), forward and both gradients."""
+    rng = np.random.default_rng(k)
+    x = jax.numpy.asarray(rng.normal(size=(3, 7, 6, 2)), np.float32)
+    w = jax.numpy.asarray(rng.normal(size=(k, k, 2, 5)), np.float32)
+    dims = ("NHWC", "HWIO", "NHWC")
+    reference = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dims)
+    ours = lambda x, w: shifted_matmul_conv(x, w, (1, 1), "SAME", dimension_numbers=dims)
+    np.testing.assert_allclose(ours(x, w), reference(x, w), rtol=1e-5, atol=1e-5)
+    loss = lambda f: jax.grad(lambda x, w: (f(x, w) ** 2).sum(), argnums=(0, 1))(x, w)
+    for a, b in zip(loss(ours), loss(reference)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

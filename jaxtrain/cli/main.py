@@ -93,6 +93,20 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="work directory of a finished training run")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="model format (default onnx)")
+    p.add_argument("--output", help="model file to write (default RUN_DIR/model.onnx); its input "
+                   "contract goes beside it, same name with .json")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from jaxtrain.runs.export import export_onnx
+    model, contract = export_onnx(args.run_dir, args.output)
+    print(f"wrote {model} and {contract}", file=sys.stderr)
+    return 0
+
+
 def _launch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--num-processes", type=int, required=True, help="local processes to start")
     p.add_argument("--cpu-devices", type=int, help="simulated CPU devices per process (JAX_NUM_CPU_DEVICES)")
@@ -138,6 +152,7 @@ COMMANDS: list[Command] = [
     ("sweep", "train every point of a hyperparameter grid", _sweep_args, _sweep),
     ("report", "plot a finished run: curves, sample predictions, confusion matrix", _report_args, _report),
     ("predict", "apply a finished run to new data, write predictions as CSV", _predict_args, _predict),
+    ("export", "write a finished run's network as ONNX, normalization folded in", _export_args, _export),
     ("launch", "run N local processes of one multi-process run: launch -n N -- train CONFIG",
      _launch_args, _launch),
 ]

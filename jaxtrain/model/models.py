@@ -144,7 +144,8 @@ class CNN(nnx.Module):
         for ch, k in zip(channels, kernel_sizes):
             convs.append(nnx.Conv(c, ch, (k, k), padding="SAME", rngs=rngs,
                                   dtype=compute_dtype if mixed else None,
-                                  preferred_element_type=jnp.float32 if mixed else None))
+                                  preferred_element_type=jnp.float32 if mixed else None,
+                                  conv_general_dilated=conv_for(jax.default_backend())))
             norms.append(nnx.BatchNorm(ch, rngs=rngs) if batch_norm else None)
             c, h, w = ch, h // 2, w // 2
         self.image_shape = tuple(image_shape)
@@ -161,8 +162,41 @@ class CNN(nnx.Module):
             x = conv(x)
             if norm is not None:
                 x = norm(x)
-            x = nnx.max_pool(act(x), window_shape=(2, 2), strides=(2, 2))
+            x = max_pool_2x2(act(x))
         return self.dense(x)
+
+
+def conv_for(backend: str) -> Callable:
+    """The convolution the CNN's layers compute with: XLA's own, except on CPU, where a
+    convolution inside the fused epoch's loop ran 21x slower than the same step written as
+    shifted slices and one matmul (bench/cnn_conv.py)."""
+    return shifted_matmul_conv if backend == "cpu" else jax.lax.conv_general_dilated
+
+
+def shifted_matmul_conv(lhs: jax.Array, rhs: jax.Array, window_strides, padding, *, lhs_dilation=None,
+                        rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
+                        precision=None, preferred_element_type=None, out_sharding=None) -> jax.Array:
+    """`lax.conv_general_dilated` for what the CNN asks (NHWC images, HWIO kernel, stride 1,
+    'SAME' padding, no dilation or groups): the k*k shifted copies of the padded input side by
+    side, times the kernel as one (k*k*C_in, C_out) matrix."""
+    kh, kw, c_in, c_out = rhs.shape
+    assert padding == "SAME" and tuple(window_strides) == (1, 1) and feature_group_count == 1
+    assert all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+    n, h, w, _ = lhs.shape
+    padded = jnp.pad(lhs, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+    shifted = jnp.concatenate([padded[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)], axis=-1)
+    out = jnp.dot(shifted.reshape(n * h * w, kh * kw * c_in), rhs.reshape(kh * kw * c_in, c_out),
+                  precision=precision, preferred_element_type=preferred_element_type)
+    return out.reshape(n, h, w, c_out)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling, stride 2, an odd last row/column dropped (as 'VALID'). Written as a
+    reshape and a max: its gradient is element-wise, where reduce_window's select-and-scatter
+    made a whole MNIST CNN step 1.9x slower on CPU (measured, same values)."""
+    n, h, w, c = x.shape
+    x = x[:, :h // 2 * 2, :w // 2 * 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 def cnn_image_shape(cfg: ModelConfig, feature_shape: tuple[int, ...],

@@ -2,64 +2,38 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 from flax import nnx
 
 from jaxtrain import data as data_stage
 from jaxtrain.data.featurestats import FeatureStats
-from jaxtrain.ckpt.checkpoint import has_checkpoint
-from jaxtrain.ckpt.params import restore_params
 from jaxtrain.ckpt.finetune import init_from
 from jaxtrain.config.schema import Config, load_config
 from jaxtrain.dist import distributed
 from jaxtrain.dist.watchdog import ProgressWatchdog
 from jaxtrain.engine import memory
 from jaxtrain.engine.compilation import enable_persistent_cache
-from jaxtrain.engine.step import split_model
-from jaxtrain.model.imported import import_root
-from jaxtrain.model.models import build_model
+from jaxtrain.runs.report import write_report
 from jaxtrain.runs.resume import (check_device_count, resume_run, resume_source, saved_hyperparams_in_state,
                                   saved_stats)
 from jaxtrain.runs.rundir import RunDirectory, default_workdir, write_json
+from jaxtrain.runs.trained import (PYTHON_MODEL_FILE, load_trained, make_model, python_model_class,
+                                   with_import_root)
 from jaxtrain.training.accounting import breakdown, call_hooks, closing_lines
-from jaxtrain.training.evaluator import Evaluator
 from jaxtrain.training.hooks import build_hooks
+from jaxtrain.training.hooks.trackers import TrackerHook
 from jaxtrain.training.preflight import check_before_training
-from jaxtrain.training.setup import COMPUTE_DTYPES, setup
+from jaxtrain.training.setup import setup
 from jaxtrain.training.loop import fit
-from jaxtrain.training.view import RunContext
+from jaxtrain.training.view import Hook, RunContext
 from jaxtrain.util.errors import NonFiniteError, Preempted, UserError
 from jaxtrain.util.events import Console
 from jaxtrain.util.time_account import TimeAccount
 from jaxtrain.util.workdir import explain_os_error
-
-
-PYTHON_MODEL_FILE = "python_model.json"  # written by a run trained with train(model=...)
-
-
-def make_model(cfg: Config, dataset: data_stage.Dataset) -> nnx.Module:
-    return _build(cfg, dataset.feature_shape, dataset.image_shape, dataset.num_outputs)
-
-
-def _build(cfg: Config, feature_shape, image_shape, num_outputs: int) -> nnx.Module:
-    return build_model(cfg.model, tuple(feature_shape), num_outputs, seed=cfg.train.seed,
-                       image_shape=tuple(image_shape) if image_shape else None,
-                       compute_dtype=COMPUTE_DTYPES[cfg.train.precision])
-
-
-def with_import_root(cfg: Config) -> Config:
-    """An imported model's config with the directory its module comes from (model.import_root),
-    so that eval, predict and --resume rebuild it from any working directory."""
-    if not cfg.model.imported:
-        return cfg
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, import_root=import_root(cfg.model)))
-
 
 def _config(config: Any, overrides: list[str] | dict[str, Any] | None, kw_overrides: dict) -> Config:
     over: dict[str, Any] = {}
@@ -97,7 +71,7 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     with RunDirectory(cfg, workdir, resuming=resume is not None, lead=lead, console=console,
                       account=account) as rundir:
         try:
-            summary = _train_in(rundir, model, dataset)
+            summary, hooks = _train_in(rundir, model, dataset)
         except (NonFiniteError, Preempted) as e:
             # No summary.json: it would look like a result. The reason goes into metrics.jsonl.
             rundir.ctx.events.write("failed" if isinstance(e, NonFiniteError) else "preempted", message=str(e))
@@ -105,17 +79,19 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         except OSError as e:  # disk full or permissions while saving: one line, exit 2
             rundir.keep = True
             raise (explain_os_error(e, rundir.workdir, "writing the run") or e) from None
-        finish_summary(rundir, summary)
+        finish_summary(rundir, summary, hooks)
     return summary
 
 
-def finish_summary(rundir: RunDirectory, summary: dict) -> None:
-    """The time breakdown into the summary; summary.json written; the closing lines."""
+def finish_summary(rundir: RunDirectory, summary: dict, hooks: list[Hook] = ()) -> None:
+    """The time breakdown into the summary; summary.json written; the experiment trackers
+    among `hooks` finished; the closing lines."""
     total_s, parts = breakdown(rundir.ctx.account)
     summary["time"].update(data_s=parts["data"], total_s=total_s, breakdown=parts)
     rundir.write_summary(summary)
     console = rundir.ctx.console
     console.line(f"wrote {rundir.workdir}/summary.json")
+    finish_trackers(hooks, summary, rundir.workdir, console)
     console.line(next_steps(rundir.workdir, rundir.cfg.checkpoint.enabled,
                             python_model=python_model_class(rundir.workdir)))
     for line in closing_lines(summary["perf"], total_s, parts):
@@ -135,8 +111,10 @@ def load_data(cfg: Config, ctx: RunContext, dataset: data_stage.Dataset | None =
     return dataset
 
 
-def _train_in(rundir: RunDirectory, model: nnx.Module | None, dataset: data_stage.Dataset | None) -> dict:
-    """Data, model, checks, setup, hooks, a resume if asked for, and the fit."""
+def _train_in(rundir: RunDirectory, model: nnx.Module | None,
+              dataset: data_stage.Dataset | None) -> tuple[dict, list[Hook]]:
+    """Data, model, checks, setup, hooks, a resume if asked for, and the fit: the summary, and
+    the hooks (the experiment trackers finish after summary.json is written)."""
     cfg, ctx, lead = rundir.cfg, rundir.ctx, rundir.lead
     checkpoints = rundir.workdir / "checkpoints"
     dataset = load_data(cfg, ctx, dataset, stats=saved_stats(rundir.workdir) if rundir.resuming else None,
@@ -156,7 +134,7 @@ def _train_in(rundir: RunDirectory, model: nnx.Module | None, dataset: data_stag
         in_state = saved_hyperparams_in_state(checkpoints)
     ctx.watchdog = ProgressWatchdog(cfg.parallel.distributed.collective_timeout_s, jax.process_index(),
                                     jax.process_count(), phase="setting up the run (compiling, restoring)")
-    hooks = []
+    hooks, trained = [], False
     try:
         run = setup(cfg, model, dataset, ctx, hyperparams_in_state=in_state)
         hooks = build_hooks(cfg, rundir.workdir, stats=dataset.stats, lead=lead, hyperparams_in_state=in_state)
@@ -165,45 +143,39 @@ def _train_in(rundir: RunDirectory, model: nnx.Module | None, dataset: data_stag
             rundir.write_config(cfg)  # the overrides (say, more epochs) are now part of the run
         summary = fit(run, hooks=hooks)
         summary["memory"] = memory.report(run.state, run.engine.executable(), estimate)
+        trained = True
     finally:
         # However training ended: a checkpoint save in flight finishes (it holds a good state)
-        # and the signal handlers are put back.
-        call_hooks(ctx.account, hooks, "close")
+        # and the signal handlers are put back. After a normal end the trackers stay open
+        # until summary.json and the report are written (finish_summary).
+        call_hooks(ctx.account, [h for h in hooks if not (trained and isinstance(h, TrackerHook))], "close")
         ctx.watchdog.close()
     summary.update(status="completed", workdir=str(rundir.workdir))
-    return summary
+    return summary, hooks
+
+
+def finish_trackers(hooks: list, summary: dict, workdir: Path, console: Console) -> None:
+    """Hand the experiment trackers the summary, summary.json and the report's plots (the
+    report is written here; it needs matplotlib and, for a Python model, that model)."""
+    trackers = [h for h in hooks if isinstance(h, TrackerHook)]
+    if not trackers:
+        return
+    files = [workdir / "summary.json"]
+    if importlib.util.find_spec("matplotlib") is None:
+        console.line("trackers: no report plots without matplotlib (pip install 'jaxtrain[report]')")
+    elif python_model_class(workdir):
+        console.line("trackers: no report plots for a run trained with a Python model; "
+                     "jaxtrain.runs.report.write_report(DIR, model=...) writes them")
+    else:
+        files += [path for path in write_report(workdir) if path.suffix == ".png"]
+    for tracker in trackers:
+        tracker.finish(summary, files)
 
 
 def resume(run_dir: str | Path, overrides: list[str] | dict[str, Any] | None = None,
            **kw_overrides: Any) -> dict:
     """Continue the run in `run_dir` from its latest checkpoint; return the new summary."""
     return train(resume=run_dir, overrides=overrides, **kw_overrides)
-
-
-def load_run(run_dir: str | Path) -> tuple[Config, FeatureStats | None]:
-    run = Path(run_dir)
-    if not (run / "config.yaml").is_file():
-        raise UserError(f"'{run}' is not a jaxtrain run directory (no config.yaml); "
-                        f"pass the --workdir of a finished training run")
-    cfg = load_config(run / "config.yaml")
-    stats = saved_stats(run)
-    return cfg, stats
-
-
-@dataclasses.dataclass
-class TrainedRun:
-    """A finished run reloaded: its config, data (with the saved preprocessing), model
-    parameters on the devices, and an Evaluator to run the model over any inputs."""
-    cfg: Config
-    stats: FeatureStats | None
-    dataset: data_stage.Dataset | None   # None when loaded for predictions only
-    evaluator: Evaluator
-    params: Any
-    rest: Any
-
-    def outputs(self, x: np.ndarray) -> np.ndarray:
-        """The model's outputs (logits, or standardized predictions) for preprocessed inputs."""
-        return self.evaluator.outputs(self.params, self.rest, x)
 
 
 def next_steps(workdir: Path, kept_checkpoints: bool, python_model: str | None) -> str:
@@ -214,46 +186,6 @@ def next_steps(workdir: Path, kept_checkpoints: bool, python_model: str | None) 
     steps = [f"jaxtrain report {workdir}"] + ([f"jaxtrain eval {workdir}", f"jaxtrain predict {workdir} "
                                               f"--input FILE"] if kept_checkpoints else [])
     return f"run saved in {workdir}; next: " + ", ".join(steps)
-
-
-def python_model_class(run_dir: str | Path) -> str | None:
-    """The class of the `nnx.Module` a run was trained with from Python (`train(model=...)`), if any."""
-    path = Path(run_dir) / PYTHON_MODEL_FILE
-    return json.loads(path.read_text())["class"] if path.is_file() else None
-
-
-def load_trained(run_dir: str | Path, with_data: bool = True, model: nnx.Module | None = None) -> TrainedRun:
-    """Reload a finished run's saved parameters and preprocessing (shared by eval, report, predict).
-
-    `with_data=False` skips reloading the run's data set: the model's shape comes from the
-    saved statistics, which is all `predict` needs (reloading MNIST costs seconds). `model`:
-    a fresh instance of the Python model the run was trained with (its parameters are restored)."""
-    from jaxtrain.dist import parallel
-    cfg, stats = load_run(run_dir)
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    if not has_checkpoint(ckpt_dir):
-        raise UserError(f"run '{run_dir}' has no saved parameters in checkpoints/; "
-                        f"train it with checkpoint.enabled: true")
-    trained_with = python_model_class(run_dir)
-    if model is None and trained_with:
-        raise UserError(f"run '{run_dir}' was trained with a Python model ({trained_with}); pass a new "
-                        f"instance of it from Python: jaxtrain.evaluate(DIR, model=...), predict or report alike")
-    dataset = None
-    if with_data or stats is None or not stats.feature_shape:
-        dataset = data_stage.load_dataset(cfg.data, stats=stats)
-        stats = dataset.stats
-    if model is None and dataset is not None:
-        model = make_model(cfg, dataset)
-    elif model is None:
-        outputs = stats.num_classes if stats.task == "classification" else 1
-        model = _build(cfg, stats.feature_shape, stats.image_shape, int(outputs))
-    _, eval_def, params, rest = split_model(model)
-    # With train.ema_decay the run evaluated its moving average: eval and predict use it too.
-    params, rest = restore_params(ckpt_dir, params, "params" if cfg.train.ema_decay is None else "ema", rest)
-    mesh = parallel.make_mesh(cfg.parallel)
-    evaluator = Evaluator(eval_def, mesh, cfg.data.eval_batch_size, dataset)
-    params, rest = jax.device_put((params, rest), parallel.replicated(mesh))
-    return TrainedRun(cfg=cfg, stats=stats, dataset=dataset, evaluator=evaluator, params=params, rest=rest)
 
 
 def evaluate(run_dir: str | Path, split: str = "test", model: nnx.Module | None = None) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """`jaxtrain predict`: a finished run applied to new raw inputs, predictions as CSV.
 
 The inputs go through the run's saved preprocessing (stats.json, via
-`jaxtrain.data.apply`) and the saved parameters (`api.load_trained`). Output:
+`jaxtrain.data.apply`) and the saved parameters (`trained.load_trained`). Output:
 classification: `row, predicted, prob_<class>...`; regression: `row, predicted[_k]`
 in the target's original units.
 """
@@ -69,7 +69,7 @@ def predictions_table(outputs: np.ndarray, stats: FeatureStats) -> tuple[list[st
 def predict(run_dir: str | Path, input_path: str | Path, model=None) -> tuple[list[str], list[list]]:
     """Predictions for every example in `input_path`, as (header, rows). A run trained with a
     Python `model` (an `nnx.Module`) needs a new instance of it here."""
-    from jaxtrain.runs.api import load_trained
+    from jaxtrain.runs.trained import load_trained
     trained = load_trained(run_dir, with_data=False, model=model)
     x = read_inputs(input_path, trained.stats, trained.cfg.data)
     return predictions_table(trained.outputs(x), trained.stats)

@@ -8,7 +8,7 @@
 - `report.md` tying them together with the final metrics.
 
 Test-split predictions come from the saved parameters and preprocessing
-(`api.load_trained`), exactly as `jaxtrain eval` computes them; a run that kept no
+(`trained.load_trained`), exactly as `jaxtrain eval` computes them; a run that kept no
 checkpoint gets the curves and the metrics only.
 """
 
@@ -101,7 +101,7 @@ def write_report(run_dir: str | Path, model=None) -> list[Path]:
     them; the test-split figures need its saved parameters (and, for a run trained with a
     Python model, a new instance of that `model`)."""
     from jaxtrain.ckpt.checkpoint import has_checkpoint
-    from jaxtrain.runs.api import load_trained
+    from jaxtrain.runs.trained import load_trained
     plots.require_matplotlib()
     run = Path(run_dir)
     history = read_history(run)

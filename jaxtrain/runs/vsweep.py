@@ -83,7 +83,7 @@ def train_vectorized(cfgs: list[Config], workdirs: list[Path], console: Console 
                                      preemption=lane is run.lanes[0])
             stack.callback(lambda hooks=lane.hooks: [hook.close() for hook in hooks])
         summaries = fit_lanes(run)
-        for d, summary in zip(dirs, summaries):
+        for d, lane, summary in zip(dirs, run.lanes, summaries):
             summary.update(status="completed", workdir=str(d.workdir))
-            finish_summary(d, summary)
+            finish_summary(d, summary, lane.hooks)
         return summaries

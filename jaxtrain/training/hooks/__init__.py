@@ -5,7 +5,8 @@
 2. early stopping, before checkpointing: the final checkpoint holds the best parameters
    it restores;
 3. checkpoints (with a work directory), carrying the guard's and early stopping's state;
-4. profiling (`train.profile`), TensorBoard (`logging.tensorboard`, on the lead process);
+4. profiling (`train.profile`), TensorBoard (`logging.tensorboard`), the experiment trackers
+   (`logging.mlflow`, `logging.wandb`): these two on the lead process only;
 5. preemption last: it raises only after the final checkpoint is written.
 """
 
@@ -20,6 +21,7 @@ from jaxtrain.training.guard import NonFiniteGuard
 from jaxtrain.training.hooks.checkpointing import CheckpointHook
 from jaxtrain.training.hooks.early_stopping import EarlyStopping
 from jaxtrain.training.hooks.tensorboard import TensorBoardHook
+from jaxtrain.training.hooks.trackers import tracker_hooks
 from jaxtrain.training.profiling import ProfileHook
 from jaxtrain.training.signals import PreemptionHook
 from jaxtrain.training.view import Hook
@@ -53,6 +55,8 @@ def build_hooks(cfg: Config, workdir: str | Path | None, *, stats: FeatureStats 
         hooks.append(ProfileHook(workdir, max_steps=cfg.train.profile_steps))
     if cfg.logging.tensorboard and workdir is not None and lead:
         hooks.append(TensorBoardHook(workdir / "tensorboard"))
+    if workdir is not None and lead:
+        hooks += tracker_hooks(cfg, workdir)
     if preemption:
         hooks.append(PreemptionHook())
     return hooks
