@@ -99,6 +99,17 @@ def test_every_strategy_on_8_devices_matches_one_device(images, ctx, one_device,
                  jax.tree.map(np.asarray, run.state.params), one_device[0])
 
 
+@pytest.mark.parametrize("strategy", ["sharded", "fsdp"])
+def test_batch_norm_on_8_devices_matches_one_device(images, ctx, strategy):
+    """Batch statistics over the global batch: parameters and running statistics as on one device."""
+    one, _ = _fit(images, ctx, devices=1, batch_norm=True, epochs=1)
+    run, _ = _fit(images, ctx, strategy=strategy, devices=8, batch_norm=True, epochs=1)
+    for got, want in ((run.state.params, one.state.params), (run.state.rest, one.state.rest)):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+                     jax.tree.map(np.asarray, got), jax.tree.map(np.asarray, want))
+    assert np.abs(np.asarray(one.state.rest["norms"][0]["mean"][...])).max() > 1e-4
+
+
 def test_pmap_batch_norm_keeps_one_running_mean_across_devices(images, ctx):
     """After one step of 8 equal shards, the pmean of the shards' means is the batch mean: the
     running mean under pmap equals the sharded (global-batch) one."""

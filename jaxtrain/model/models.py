@@ -142,7 +142,9 @@ class CNN(nnx.Module):
         mixed = compute_dtype != jnp.float32  # bf16 inputs, fp32 accumulation and result, as Dense
         convs, norms = [], []
         for ch, k in zip(channels, kernel_sizes):
-            convs.append(nnx.Conv(c, ch, (k, k), padding="SAME", rngs=rngs,
+            # No bias before batch norm: it would be subtracted again, and its gradient, zero up to
+            # rounding, is noise that Adam scales up to full-size steps.
+            convs.append(nnx.Conv(c, ch, (k, k), padding="SAME", use_bias=not batch_norm, rngs=rngs,
                                   dtype=compute_dtype if mixed else None,
                                   preferred_element_type=jnp.float32 if mixed else None,
                                   conv_general_dilated=conv_for(jax.default_backend())))
