@@ -29,6 +29,16 @@ def make_dataset(x, y, task="regression", num_classes=None, test_fraction=0.25, 
                    test=Split(x[:n_test].astype(np.float32), y[:n_test]), name=name)
 
 
+@pytest.fixture(scope="module")
+def blobs():
+    """3 classes from 6 features. 300 training rows at batch 32: 10 steps per epoch, the last
+    one 12 rows, so on 8 devices some get only padding; 2 epochs = 20 steps."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 6)).astype(np.float32)
+    y = (x[:, 0] - x[:, 2] > 0).astype(np.int32) + (x[:, 1] > 1).astype(np.int32)
+    return make_dataset(x, y, "classification", 3)
+
+
 @pytest.fixture
 def ctx(tmp_path: pathlib.Path):
     from jaxtrain.training.view import RunContext

@@ -5,7 +5,6 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import make_dataset
 from flax import nnx
 
 from jaxtrain import load_config
@@ -18,16 +17,6 @@ from jaxtrain.util.errors import ConfigError, UserError
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
 from jaxtrain.model.models import MLP
-
-
-@pytest.fixture(scope="module")
-def blobs():
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(400, 6)).astype(np.float32)
-    y = (x[:, 0] - x[:, 2] > 0).astype(np.int32) + (x[:, 1] > 1).astype(np.int32)
-    # 300 training rows, batch 32: 10 steps per epoch, the last one 12 rows, so some
-    # devices get only padding; 2 epochs = 20 steps.
-    return make_dataset(x, y, "classification", 3)
 
 
 def _train(ds, ctx, *, devices=None, strategy="sharded", on_device=True, mesh=None, optimizer="adam"):

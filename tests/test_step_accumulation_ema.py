@@ -29,15 +29,6 @@ from jaxtrain.training.setup import setup
 from jaxtrain.training.view import Hook
 
 
-@pytest.fixture(scope="module")
-def blobs():
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(400, 6)).astype(np.float32)
-    y = (x[:, 0] - x[:, 2] > 0).astype(np.int32) + (x[:, 1] > 1).astype(np.int32)
-    # 300 training rows, batch 32: 10 steps per epoch, the last one 12 rows (padded).
-    return make_dataset(x, y, "classification", 3)
-
-
 def _fit(ds, ctx, hooks=(), model=None, batch_size=32, **train_keys):
     par = train_keys.pop("parallel", {"data_axis_size": 1})
     cfg = load_config({"model": {"hidden_sizes": [16]}, "data": {"batch_size": batch_size},
