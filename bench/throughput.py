@@ -48,16 +48,8 @@ MODES = {"device": (1.0, "epoch"), "device_k1": (1.0, 1), "stream": (0.0, "auto"
 
 def matmul_peak(precision: str, n: int = 2048, repeats: int = 5) -> float:
     """Peak FLOP/s of an n x n x n matmul in `precision` (best of repeats)."""
-    dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
-    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
-    f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32)).lower(a, a).compile()
-    f(a, a).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(a, a).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / min(times)  # the peak: the best repeat
+    from jaxtrain.engine.peak import measure_matmul_tflops
+    return measure_matmul_tflops(precision, n, repeats) * 1e12
 
 
 def synthetic(n: int, seed: int = 0):

@@ -28,15 +28,10 @@ The verdict names the largest share of the time and the change that helps:
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-
 from typing import Callable
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
+from jaxtrain.engine import peak
 from jaxtrain.training.view import Hook, Request, StepInfo
 
 ROWS = [("input_wait", "input wait"), ("h2d_transfer", "host-to-device transfer"),
@@ -97,20 +92,8 @@ class Bf16Advice:
 
 def bf16_matmul_speedup(n: int = 512, repeats: int = 5) -> float:
     """fp32 time / bf16 time of an n x n matmul with fp32 accumulation on the default device
-    (median of `repeats` after a warm-up call)."""
-    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
-
-    def timed(dtype) -> float:
-        x = a.astype(dtype)
-        fn = jax.jit(lambda u, v: jnp.dot(u, v, preferred_element_type=jnp.float32))
-        fn(x, x).block_until_ready()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(x, x).block_until_ready()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
-    return timed(jnp.float32) / timed(jnp.bfloat16)
+    (best of `repeats` after a warm-up call, as the peak table measures a CPU)."""
+    return peak.measure_matmul_tflops("bfloat16", n, repeats) / peak.measure_matmul_tflops("float32", n, repeats)
 
 
 def judge(phases: dict[str, float], k: int, steps_per_epoch: int = 0,
