@@ -8,6 +8,10 @@ its progress (`enter(phase)`: the train call at step N, the epoch's metrics, an
 evaluation, the hooks), and a background thread ends the process with one line
 naming the process and the phase when no progress was marked for `timeout_s`
 (`parallel.distributed.collective_timeout_s`). `jaxtrain launch` then stops the others.
+
+A stuck collective and a long one look alike from the host: with asynchronous dispatch the
+host waits for a whole epoch's calls at its metric read. So the timeout must exceed the
+longest compiled call, or epoch, that the run legitimately waits for; the line says so.
 """
 
 from __future__ import annotations
@@ -52,9 +56,9 @@ class ProgressWatchdog:
 
     def message(self, phase: str, waited: float) -> str:
         return (f"process {self.process} of {self.num_processes} made no progress for {waited:.0f} s in "
-                f"{phase}: the processes are waiting on each other in a collective that not all of "
-                f"them joined; ending the run (parallel.distributed.collective_timeout_s="
-                f"{self.timeout_s:g})")
+                f"{phase}: most likely the processes wait on each other in a collective that not all "
+                f"of them joined; ending the run. If one compiled call or epoch really takes longer, "
+                f"raise it from parallel.distributed.collective_timeout_s={self.timeout_s:g}")
 
     def check(self) -> bool:
         """End the run if the current phase has lasted longer than the timeout; True if it did."""
