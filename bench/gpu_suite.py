@@ -163,7 +163,7 @@ class Cell(EngineEpochs):
         from jaxtrain import load_config
         from jaxtrain.runs.api import make_model
         from jaxtrain.training.setup import setup
-        from jaxtrain.training.view import RunContext
+        from jaxtrain.training.hooks.protocol import RunContext
         from jaxtrain.util.events import Console, JsonlWriter
         cfg = load_config({"model": {"hidden_sizes": list(self.hidden)}, "data": {"batch_size": self.batch},
                            "optimizer": {"name": self.optimizer, "learning_rate": 0.01},

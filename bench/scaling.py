@@ -74,7 +74,7 @@ class Cell:
         from jaxtrain import load_config
         from jaxtrain.util.events import Console, JsonlWriter
         from jaxtrain.training.setup import setup
-        from jaxtrain.training.view import RunContext
+        from jaxtrain.training.hooks.protocol import RunContext
         from jaxtrain.model.models import MLP
         a = self.args
         cfg = load_config({"model": {"hidden_sizes": a.hidden}, "data": {"batch_size": a.batch},
@@ -161,7 +161,7 @@ def wide_run(strategy: str, hidden: list[int], features: int = 784, batch: int =
     from jaxtrain.data import Dataset, Split
     from jaxtrain.model.models import MLP
     from jaxtrain.training.setup import setup
-    from jaxtrain.training.view import RunContext
+    from jaxtrain.training.hooks.protocol import RunContext
     from jaxtrain.util.events import Console, JsonlWriter
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch * 2, features)).astype(np.float32)
@@ -189,7 +189,7 @@ def save_peak(how: str, hidden: list[int]) -> dict:
     import jax
 
     from jaxtrain.ckpt.checkpoint import Checkpointer, state_tree
-    from jaxtrain.dist import parallel
+    from jaxtrain.parallel import placement
     from jaxtrain.engine.memory import state_bytes_per_device
     run = wide_run("fsdp", hidden)
     tree = state_tree(run.state)
@@ -207,7 +207,7 @@ def save_peak(how: str, hidden: list[int]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         sampler.start()
         ckpt = Checkpointer(tmp)
-        ckpt.save(1, parallel.to_host(tree) if how == "gather" else tree, {})
+        ckpt.save(1, placement.to_host(tree) if how == "gather" else tree, {})
         ckpt.close()
         done.set()
         sampler.join()

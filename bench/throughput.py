@@ -79,7 +79,7 @@ class Cell(EngineEpochs):
         from jaxtrain import load_config
         from jaxtrain.util.events import Console, JsonlWriter
         from jaxtrain.training.setup import COMPUTE_DTYPES, setup
-        from jaxtrain.training.view import RunContext
+        from jaxtrain.training.hooks.protocol import RunContext
         from jaxtrain.model.models import MLP
         fraction, k = MODES[self.mode]
         hidden = [h * self.width for h in BASE_HIDDEN]

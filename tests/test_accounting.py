@@ -13,7 +13,7 @@ from jaxtrain.runs.api import train
 from jaxtrain.training import accounting
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
-from jaxtrain.training.view import Hook, RunContext
+from jaxtrain.training.hooks.protocol import Hook, RunContext
 from jaxtrain.runs.api import make_model
 from jaxtrain.util.events import Console, JsonlWriter
 from jaxtrain.util.time_account import TimeAccount, process_age_s

@@ -69,7 +69,7 @@ def test_layers_contract_catches_an_upward_import(tmp_path, monkeypatch):
     assert lint_imports(no_cache=True) == 1
 
 
-@pytest.mark.parametrize("layer", ["util", "config", "data", "model", "dist", "engine", "ckpt",
+@pytest.mark.parametrize("layer", ["util", "config", "data", "model", "parallel", "engine", "ckpt",
                                    "training", "runs", "cli"])
 def test_every_layer_is_a_package(layer):
     assert (ROOT / "jaxtrain" / layer / "__init__.py").is_file()

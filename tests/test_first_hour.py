@@ -177,7 +177,7 @@ PHASES = {"input_wait": 0.0, "h2d_transfer": 0.0, "dispatch": 0.1, "device_compu
 
 
 def test_checkpoint_and_evaluation_bound_runs_get_their_own_verdicts():
-    from jaxtrain.training.profiling import breakdown
+    from jaxtrain.training.hooks.profiling import breakdown
     saving = breakdown({**PHASES, "hooks": 1.5}, wall=2.1, steps=100, k=10)
     assert saving["verdict"] == "checkpoint-bound" and "checkpoint.async_save" in saving["advice"]
     evaluating = breakdown({**PHASES, "evaluation": 1.5}, wall=2.1, steps=100, k=10)
@@ -192,7 +192,7 @@ def test_checkpoint_and_evaluation_bound_runs_get_their_own_verdicts():
     ("float32", "gpu", None, True),    # known to pay: not measured
 ])
 def test_bf16_is_advised_only_where_it_pays(precision, platform, speedup, advised):
-    from jaxtrain.training.profiling import Bf16Advice, breakdown
+    from jaxtrain.training.hooks.profiling import Bf16Advice, breakdown
 
     def measure():
         assert speedup is not None, "GPU and TPU are not measured"

@@ -9,12 +9,12 @@ from conftest import make_dataset
 
 from jaxtrain import load_config
 from jaxtrain.runs.api import make_model
-from jaxtrain.training.guard import NonFiniteGuard
+from jaxtrain.training.hooks.guard import NonFiniteGuard
 from jaxtrain.training.hooks import CheckpointHook, EarlyStopping, build_hooks
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
-from jaxtrain.training.signals import PreemptionHook
-from jaxtrain.training.view import Hook, Request
+from jaxtrain.training.hooks.signals import PreemptionHook
+from jaxtrain.training.hooks.protocol import Hook, Request
 
 
 def _run(ctx, epochs=2):

@@ -29,9 +29,9 @@ SCRIPT = textwrap.dedent("""
     import sys
     import jax
     from jaxtrain.cli.main import main
-    from jaxtrain.dist import distributed
+    from jaxtrain.parallel import distributed
     from jaxtrain.engine.engine import Engine
-    from jaxtrain.training.guard import NonFiniteGuard
+    from jaxtrain.training.hooks.guard import NonFiniteGuard
 
     mode = sys.argv[1]
     prepare = Engine.prepare

@@ -61,7 +61,7 @@ DIE = textwrap.dedent("""
     import os, pathlib, sys
     import jax, jax.numpy as jnp
     from jaxtrain.config.schema import DistributedConfig
-    from jaxtrain.dist.distributed import initialize
+    from jaxtrain.parallel.distributed import initialize
     initialize(DistributedConfig(heartbeat_timeout_s=3))
     pathlib.Path(f"pid{jax.process_index()}").write_text(str(os.getpid()))
     if jax.process_index() == 1:

@@ -9,10 +9,10 @@ from flax import nnx
 
 from jaxtrain import load_config
 
-from jaxtrain.dist import parallel
+from jaxtrain.parallel import placement
 from jaxtrain.cli.main import main
 from jaxtrain.config.schema import DistributedConfig
-from jaxtrain.dist.distributed import settings
+from jaxtrain.parallel.distributed import settings
 from jaxtrain.util.errors import ConfigError, UserError
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
@@ -35,7 +35,7 @@ def _train(ds, ctx, *, devices=None, strategy="sharded", on_device=True, mesh=No
 @pytest.fixture(scope="module")
 def reference(blobs, tmp_path_factory):
     from jaxtrain.util.events import Console, JsonlWriter
-    from jaxtrain.training.view import RunContext
+    from jaxtrain.training.hooks.protocol import RunContext
     ctx = RunContext(console=Console("none"), events=JsonlWriter(None))
     run, _ = _train(blobs, ctx, devices=1)
     return jax.tree.map(np.asarray, run.state.params)
@@ -85,16 +85,16 @@ def test_batch_not_divisible_by_devices_exits_2_with_nearest_sizes(capsys, tmp_p
 
 def test_mesh_settings_are_checked():
     cfg = load_config({"parallel": {"mesh": {"data": -1, "fsdp": 2}}}).parallel
-    assert parallel.mesh_shape(cfg, 8) == {"data": 4, "fsdp": 2}
+    assert placement.mesh_shape(cfg, 8) == {"data": 4, "fsdp": 2}
     with pytest.raises(ConfigError, match="does not fit the 8 available"):
-        parallel.mesh_shape(load_config({"parallel": {"mesh": {"data": 3}}}).parallel, 8)
+        placement.mesh_shape(load_config({"parallel": {"mesh": {"data": 3}}}).parallel, 8)
     with pytest.raises(ConfigError, match="valid axes: data, fsdp"):
         load_config({"parallel": {"mesh": {"model": 2}}})
 
 
 def test_each_process_gathers_only_its_rows_of_every_batch(blobs, monkeypatch):
     """The multi-process input path, in one process: rows 8..15 of each global batch."""
-    strategy = parallel.Strategy("sharded", parallel.make_mesh(load_config({}).parallel))
+    strategy = placement.Strategy("sharded", placement.make_mesh(load_config({}).parallel))
     monkeypatch.setattr(strategy, "local_batch_rows", lambda batch_size: slice(8, 16))
     local = list(strategy.local_batches(blobs, 32, seed=5, epoch=1))
     full = list(blobs.train_batches(32, 5, 1))

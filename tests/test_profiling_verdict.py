@@ -16,7 +16,7 @@ from jaxtrain.model.models import MLP
 from jaxtrain.training.hooks import build_hooks
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
-from jaxtrain.training.profiling import breakdown, trace_step_annotations
+from jaxtrain.training.hooks.profiling import breakdown, trace_step_annotations
 from jaxtrain.util.phase_timer import PhaseTimer
 
 

@@ -17,7 +17,7 @@ import crash_trials as ct
 from jaxtrain import train
 from jaxtrain.ckpt.params import load_named_params
 from jaxtrain.util.errors import Preempted
-from jaxtrain.training.view import Hook
+from jaxtrain.training.hooks.protocol import Hook
 
 
 @pytest.fixture(scope="module")

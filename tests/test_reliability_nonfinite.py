@@ -10,7 +10,7 @@ from flax import nnx
 from jaxtrain import load_config
 from jaxtrain.data import epoch_permutation
 from jaxtrain.util.errors import NonFiniteError
-from jaxtrain.training.guard import NonFiniteGuard
+from jaxtrain.training.hooks.guard import NonFiniteGuard
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
 from jaxtrain.model.models import MLP, LinearRegression

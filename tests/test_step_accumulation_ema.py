@@ -18,7 +18,7 @@ from flax import nnx
 
 from jaxtrain import load_config, resume, train
 from jaxtrain.ckpt.checkpoint import Checkpointer
-from jaxtrain.dist.parallel import is_key
+from jaxtrain.parallel.placement import is_key
 from jaxtrain.cli.main import main
 from jaxtrain.engine.memory import check_fits
 from jaxtrain.engine.step import fold_in_keys, init_state, make_train_step, split_model
@@ -26,7 +26,7 @@ from jaxtrain.model.models import MLP
 from jaxtrain.runs.api import evaluate, load_trained
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
-from jaxtrain.training.view import Hook
+from jaxtrain.training.hooks.protocol import Hook
 
 
 def _fit(ds, ctx, hooks=(), model=None, batch_size=32, **train_keys):

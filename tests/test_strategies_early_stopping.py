@@ -14,7 +14,7 @@ from jaxtrain import train
 from jaxtrain.ckpt.checkpoint import Checkpointer
 from jaxtrain.config.schema import EarlyStoppingConfig
 from jaxtrain.training.hooks import EarlyStopping
-from jaxtrain.training.view import RunContext, StepInfo
+from jaxtrain.training.hooks.protocol import RunContext, StepInfo
 from jaxtrain.util.events import Console, JsonlWriter
 
 

@@ -3,7 +3,7 @@
 Each process gets the coordinator address (a free loopback port) and its id in
 the environment (distributed.py reads them), so the command after `--` runs
 unchanged; it may also be any other command (`-- python my_script.py`), which
-then calls `jaxtrain.dist.distributed.initialize` itself (or `jaxtrain.train`).
+then calls `jaxtrain.parallel.distributed.initialize` itself (or `jaxtrain.train`).
 
 Output is streamed line by line with a `[pI]` prefix. The launcher exits with
 the first non-zero status; the moment one process fails it ends the others
@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 
-from jaxtrain.dist.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+from jaxtrain.parallel.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 from jaxtrain.util.errors import UserError
 
 GRACE_S = 3.0  # JAX takes SIGTERM as a preemption notice and keeps going: then SIGKILL

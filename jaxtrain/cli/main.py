@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"jaxtrain: error: {e}", file=sys.stderr)
-        if "jaxtrain.dist.distributed" in sys.modules:  # multi-process: leave now, don't wait for the others
-            sys.modules["jaxtrain.dist.distributed"].exit_if_joined(2)
+        if "jaxtrain.parallel.distributed" in sys.modules:  # multi-process: leave now, don't wait for the others
+            sys.modules["jaxtrain.parallel.distributed"].exit_if_joined(2)
         return 2
     except NonFiniteError as e:  # not the user's typo: the run itself went wrong (README: Reliability)
         if args.debug:

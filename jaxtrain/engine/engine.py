@@ -38,8 +38,8 @@ import numpy as np
 
 from jaxtrain.engine import autotune
 
-from jaxtrain.dist import distributed, parallel
-from jaxtrain.dist.watchdog import ProgressWatchdog
+from jaxtrain.parallel import distributed, placement
+from jaxtrain.parallel.watchdog import ProgressWatchdog
 from jaxtrain.engine.compilation import signature_mismatch
 from jaxtrain.data import Dataset, epoch_permutation
 from jaxtrain.util.phase_timer import PhaseTimer
@@ -93,13 +93,13 @@ def resolve_steps_per_call(setting: int | str, steps: int, step_multiple: int | 
 class Engine:
     def __init__(self, train_step: Callable, dataset: Dataset, mesh, *, batch_size: int, seed: int,
                  on_device: bool, steps_per_call: int | str, clock: Callable[[], float] = time.perf_counter,
-                 strategy: parallel.Strategy | None = None, step_multiple: int | None = None,
+                 strategy: placement.Strategy | None = None, step_multiple: int | None = None,
                  account: TimeAccount | None = None, watchdog: ProgressWatchdog | None = None,
                  points: int | None = None, trace_dir: Path | None = None, trace_calls: int = 0):
         """`points`: the state is P points stacked (a vectorized sweep), each trained on the
         same batches by a vmapped step. `trace_dir`, `trace_calls`: see PhaseTimer."""
-        # The strategy (parallel.py) lays out state and batches and compiles the runners.
-        self.strategy = strategy = strategy or parallel.Strategy("sharded", mesh)
+        # The strategy (parallel/placement.py) lays out state and batches and compiles the runners.
+        self.strategy = strategy = strategy or placement.Strategy("sharded", mesh)
         self.dataset, self.mesh, self.batch_size, self.seed = dataset, mesh, batch_size, seed
         self.on_device, self.clock = on_device, clock
         self.n_train = dataset.num_train

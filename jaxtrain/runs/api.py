@@ -13,8 +13,8 @@ from jaxtrain import data as data_stage
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.ckpt.finetune import init_from
 from jaxtrain.config.schema import Config, load_config
-from jaxtrain.dist import distributed
-from jaxtrain.dist.watchdog import ProgressWatchdog
+from jaxtrain.parallel import distributed
+from jaxtrain.parallel.watchdog import ProgressWatchdog
 from jaxtrain.engine import memory
 from jaxtrain.engine.compilation import enable_persistent_cache
 from jaxtrain.runs.report import write_report
@@ -29,7 +29,7 @@ from jaxtrain.training.hooks.trackers import TrackerHook
 from jaxtrain.training.preflight import check_before_training
 from jaxtrain.training.setup import setup
 from jaxtrain.training.loop import fit
-from jaxtrain.training.view import Hook, RunContext
+from jaxtrain.training.hooks.protocol import Hook, RunContext
 from jaxtrain.util.errors import NonFiniteError, Preempted, UserError
 from jaxtrain.util.events import Console
 from jaxtrain.util.time_account import TimeAccount

@@ -18,9 +18,9 @@ import jax
 from jaxtrain.ckpt.resume import check_devices, latest_meta, restore_latest
 from jaxtrain.data.artifacts import STATS_FILE, load_stats
 from jaxtrain.data.featurestats import FeatureStats
-from jaxtrain.dist import parallel
+from jaxtrain.parallel import placement
 from jaxtrain.training.run import Run
-from jaxtrain.training.view import Hook
+from jaxtrain.training.hooks.protocol import Hook
 from jaxtrain.util.errors import UserError
 
 
@@ -47,7 +47,7 @@ def check_device_count(checkpoint_dir: Path, cfg: Any) -> None:
     """Before anything is built: refuse in one line a device count the checkpoint cannot resume on."""
     found = latest_meta(checkpoint_dir)
     if found is not None:
-        devices = math.prod(parallel.mesh_shape(cfg.parallel, jax.device_count()).values())
+        devices = math.prod(placement.mesh_shape(cfg.parallel, jax.device_count()).values())
         check_devices(*found, devices)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from jaxtrain.ckpt.checkpoint import has_checkpoint
 from jaxtrain.config.schema import Config, dump_yaml
-from jaxtrain.training.view import RunContext
+from jaxtrain.training.hooks.protocol import RunContext
 from jaxtrain.util.errors import UserError
 from jaxtrain.util.events import Console, JsonlWriter
 from jaxtrain.util.time_account import TimeAccount

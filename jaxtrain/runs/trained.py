@@ -116,7 +116,7 @@ def load_trained(run_dir: str | Path, with_data: bool = True, model: nnx.Module 
     `with_data=False` skips reloading the run's data set: the model's shape comes from the
     saved statistics, which is all `predict` needs (reloading MNIST costs seconds). `model`:
     a fresh instance of the Python model the run was trained with (its parameters are restored)."""
-    from jaxtrain.dist import parallel
+    from jaxtrain.parallel import placement
     cfg, stats = load_run(run_dir)
     checkpoint_dir(run_dir)   # before reloading the data
     check_python_model(run_dir, model)
@@ -127,7 +127,7 @@ def load_trained(run_dir: str | Path, with_data: bool = True, model: nnx.Module 
     if model is None:
         model = make_model(cfg, dataset) if dataset is not None else model_from_stats(cfg, stats)
     eval_def, params, rest = restore_model(run_dir, cfg, model)
-    mesh = parallel.make_mesh(cfg.parallel)
+    mesh = placement.make_mesh(cfg.parallel)
     evaluator = Evaluator(eval_def, mesh, cfg.data.eval_batch_size, dataset)
-    params, rest = jax.device_put((params, rest), parallel.replicated(mesh))
+    params, rest = jax.device_put((params, rest), placement.replicated(mesh))
     return TrainedRun(cfg=cfg, stats=stats, dataset=dataset, evaluator=evaluator, params=params, rest=rest)

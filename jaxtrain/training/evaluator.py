@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from jaxtrain.data import Dataset
-from jaxtrain.dist import parallel
+from jaxtrain.parallel import placement
 from jaxtrain.engine.step import make_predict
 from jaxtrain.model.metrics import compute_metrics
 
@@ -21,19 +21,19 @@ class Evaluator:
         self.batch_size = batch_size
         self.dataset = dataset
         self._predict = jax.jit(make_predict(eval_def),
-                                out_shardings=parallel.output_sharding(mesh, 1))
+                                out_shardings=placement.output_sharding(mesh, 1))
         self._placed: dict[int, tuple[np.ndarray, jax.Array]] = {}  # the dataset's splits, uploaded once
 
     def _place(self, x: np.ndarray) -> jax.Array:
         """x padded to whole batches, as (num_batches, batch, ...) device arrays."""
         n = len(x)
-        data_size = parallel.batch_shards(self.mesh)
+        data_size = placement.batch_shards(self.mesh)
         b = min(self.batch_size, n)
         b = max(data_size, math.ceil(b / data_size) * data_size)
         nb = math.ceil(n / b)
         padded = np.zeros((nb * b, *x.shape[1:]), x.dtype)
         padded[:n] = x
-        return jax.device_put(padded.reshape(nb, b, *x.shape[1:]), parallel.batch_sharding(self.mesh, 1))
+        return jax.device_put(padded.reshape(nb, b, *x.shape[1:]), placement.batch_sharding(self.mesh, 1))
 
     def outputs(self, params, rest, x: np.ndarray, xs: jax.Array | None = None) -> np.ndarray:
         xs = self._place(x) if xs is None else xs

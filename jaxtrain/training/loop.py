@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import jax
 
-from jaxtrain.dist import parallel
+from jaxtrain.parallel import placement
 from jaxtrain.engine.step import accumulate_metrics, eval_params
 from jaxtrain.training.accounting import HOOK_PART, PerfMeter, hook_part
 from jaxtrain.training.run import Lane, Run
 from jaxtrain.training.summary import Steady, epoch_record, run_summary
-from jaxtrain.training.view import Hook
+from jaxtrain.training.hooks.protocol import Hook
 from jaxtrain.util.events import Throughput, duration, format_metrics
 
 
@@ -31,7 +31,7 @@ def fit(run: Run, hooks: list[Hook] | None = None) -> dict:
 def fit_lanes(run: Run) -> list[dict]:
     """Train from `run.epoch`/`run.step_in_epoch` to the configured end; each lane's summary."""
     cfg, engine, clock = run.cfg, run.engine, run.ctx.clock
-    devices = parallel.device_summary(run.mesh)
+    devices = placement.device_summary(run.mesh)
     engine.prepare(run.state)  # steps_per_call=auto: time a few K on a copy of the state
     with run.ctx.account.part(HOOK_PART):
         _announce(run, devices)

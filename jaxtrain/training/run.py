@@ -17,11 +17,11 @@ import numpy as np
 from jaxtrain.ckpt.resume import Position
 from jaxtrain.config.schema import Config
 from jaxtrain.data import Dataset
-from jaxtrain.dist import parallel
+from jaxtrain.parallel import placement
 from jaxtrain.engine.engine import Engine
 from jaxtrain.engine.step import TrainState
 from jaxtrain.training.evaluator import Evaluator
-from jaxtrain.training.view import Hook, Request, RunContext, StepInfo
+from jaxtrain.training.hooks.protocol import Hook, Request, RunContext, StepInfo
 
 
 @dataclasses.dataclass
@@ -92,12 +92,12 @@ class Run:
 
     def continue_from(self, state: TrainState, position: Position) -> None:
         """Take a restored state and position: training goes on exactly where it stopped."""
-        repl = parallel.replicated(self.mesh)
+        repl = placement.replicated(self.mesh)
         self.state = state
         self.epoch, self.step_in_epoch, self.global_step = (position.epoch, position.step_in_epoch,
                                                             position.step)
         if position.epoch_sums:
-            self.epoch_sums = {k: parallel.put_global(np.float32(v), repl) for k, v in position.epoch_sums.items()}
+            self.epoch_sums = {k: placement.put_global(np.float32(v), repl) for k, v in position.epoch_sums.items()}
         if position.last_record:
             self.lanes[0].history[:] = [position.last_record]
         if self.cfg.train.steps_per_call == "auto" and position.steps_per_call:

@@ -17,7 +17,7 @@ from flax import nnx
 
 from jaxtrain.config.schema import Config
 from jaxtrain.data import Dataset
-from jaxtrain.dist import parallel
+from jaxtrain.parallel import placement
 from jaxtrain.engine.compilation import enable_persistent_cache
 from jaxtrain.engine.engine import Engine, fits_on_device, steps_per_epoch
 from jaxtrain.engine.step import init_state, make_train_step, split_model
@@ -25,12 +25,12 @@ from jaxtrain.model.augment import make_augment
 from jaxtrain.model.optim import VECTOR_FIELDS, build_optimizer
 from jaxtrain.training.evaluator import Evaluator
 from jaxtrain.training.run import Lane, Run
-from jaxtrain.training.view import RunContext
+from jaxtrain.training.hooks.protocol import RunContext
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _train_step(cfg: Config, dataset: Dataset, graphdef, tx, strategy: parallel.Strategy):
+def _train_step(cfg: Config, dataset: Dataset, graphdef, tx, strategy: placement.Strategy):
     return make_train_step(graphdef, tx, dataset.task, l1=cfg.optimizer.l1, l2=cfg.optimizer.l2,
                            skip_nonfinite=cfg.train.on_nonfinite == "skip_step",
                            axis_name=strategy.step_axis, grad_accum_steps=cfg.train.grad_accum_steps,
@@ -60,12 +60,12 @@ def _trace_dir(cfg: Config, ctx: RunContext):
     return None
 
 
-def _mesh(cfg: Config) -> tuple[Any, parallel.Strategy]:
+def _mesh(cfg: Config) -> tuple[Any, placement.Strategy]:
     enable_persistent_cache(cfg.train.compilation_cache)
-    mesh = parallel.make_mesh(cfg.parallel)
-    parallel.check_batch_size(cfg.data.batch_size, mesh)
-    parallel.check_microbatches(cfg.train.grad_accum_steps, cfg.data.batch_size, mesh)
-    return mesh, parallel.Strategy(cfg.parallel.strategy, mesh)
+    mesh = placement.make_mesh(cfg.parallel)
+    placement.check_batch_size(cfg.data.batch_size, mesh)
+    placement.check_microbatches(cfg.train.grad_accum_steps, cfg.data.batch_size, mesh)
+    return mesh, placement.Strategy(cfg.parallel.strategy, mesh)
 
 
 def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext,

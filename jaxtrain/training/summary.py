@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxtrain.dist import parallel
+from jaxtrain.parallel import placement
 from jaxtrain.training.run import Lane, Run
 
 
@@ -58,7 +58,7 @@ def run_summary(run: Run, lane: Lane, devices: dict, test: dict, steady: Steady,
         "perf": perf,
         "devices": devices,
         "batch": {"global": cfg.data.batch_size,
-                  "per_device": cfg.data.batch_size // parallel.batch_shards(run.mesh),
+                  "per_device": cfg.data.batch_size // placement.batch_shards(run.mesh),
                   "grad_accum_steps": cfg.train.grad_accum_steps},
         "parallel": {"strategy": cfg.parallel.strategy, "mesh": dict(run.mesh.shape)},
         # Which parameters the val/test metrics (and the best checkpoint) describe.

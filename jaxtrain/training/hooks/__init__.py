@@ -17,14 +17,14 @@ from typing import Sequence
 
 from jaxtrain.config.schema import Config
 from jaxtrain.data.featurestats import FeatureStats
-from jaxtrain.training.guard import NonFiniteGuard
+from jaxtrain.training.hooks.guard import NonFiniteGuard
 from jaxtrain.training.hooks.checkpointing import CheckpointHook
 from jaxtrain.training.hooks.early_stopping import EarlyStopping
 from jaxtrain.training.hooks.tensorboard import TensorBoardHook
 from jaxtrain.training.hooks.trackers import tracker_hooks
-from jaxtrain.training.profiling import ProfileHook
-from jaxtrain.training.signals import PreemptionHook
-from jaxtrain.training.view import Hook
+from jaxtrain.training.hooks.profiling import ProfileHook
+from jaxtrain.training.hooks.signals import PreemptionHook
+from jaxtrain.training.hooks.protocol import Hook
 
 __all__ = ["CheckpointHook", "EarlyStopping", "build_hooks"]
 

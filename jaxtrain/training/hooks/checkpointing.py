@@ -27,8 +27,8 @@ import numpy as np
 
 from jaxtrain.ckpt.checkpoint import FORMAT, Best, Checkpointer, state_tree
 from jaxtrain.config.schema import Config, to_dict
-from jaxtrain.dist.distributed import lead_decides
-from jaxtrain.training.view import Hook, StepInfo
+from jaxtrain.parallel.distributed import lead_decides
+from jaxtrain.training.hooks.protocol import Hook, StepInfo
 
 
 def _json_ready(obj: Any) -> Any:

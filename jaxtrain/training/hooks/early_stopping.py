@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxtrain.ckpt.resume import restore_best
 from jaxtrain.config.schema import EarlyStoppingConfig
 from jaxtrain.training.hooks.checkpointing import improved, metric_value
-from jaxtrain.training.view import Hook, Request, StepInfo
+from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
 
 
 class EarlyStopping(Hook):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxtrain.training.view import Hook, StepInfo
+from jaxtrain.training.hooks.protocol import Hook, StepInfo
 from jaxtrain.util.events import TensorBoardWriter
 
 SKIP = ("epoch", "step", "val")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from jaxtrain.config.schema import Config, to_dict
-from jaxtrain.training.view import Hook, StepInfo
+from jaxtrain.training.hooks.protocol import Hook, StepInfo
 from jaxtrain.util.errors import UserError
 from jaxtrain.util.optional import require_installed
 from jaxtrain.util.trackers import MlflowWriter, WandbWriter

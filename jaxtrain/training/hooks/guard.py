@@ -30,7 +30,7 @@ from typing import Any
 
 import jax
 
-from jaxtrain.training.view import Hook, Request, StepInfo
+from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
 from jaxtrain.util.errors import NonFiniteError
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import jax
 
-from jaxtrain.dist.watchdog import ProgressWatchdog
+from jaxtrain.parallel.watchdog import ProgressWatchdog
 from jaxtrain.util.events import Console, JsonlWriter
 from jaxtrain.util.time_account import TimeAccount
 

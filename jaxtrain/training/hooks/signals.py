@@ -32,7 +32,7 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
-from jaxtrain.training.view import Hook, Request, StepInfo
+from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
 from jaxtrain.util.errors import Preempted
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from jaxtrain.engine import peak
-from jaxtrain.training.view import Hook, Request, StepInfo
+from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
 
 ROWS = [("input_wait", "input wait"), ("h2d_transfer", "host-to-device transfer"),
         ("dispatch_python", "dispatch + Python overhead"), ("device_compute", "device compute"),
