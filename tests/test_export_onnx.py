@@ -6,10 +6,13 @@ column and a model jax2onnx cannot convert are refused in one line."""
 
 import csv
 import json
+import struct
 
+import jax
 import numpy as np
 import pytest
 
+from jaxtrain import evaluate
 from jaxtrain.cli.main import main
 
 pytest.importorskip("jax2onnx")
@@ -93,6 +96,7 @@ def test_the_exported_table_model_takes_raw_rows_and_matches_predict(tmp_path, t
     assert kinds == {"rooms": ("float32", ["batch", 1]), "area": ("float32", ["batch", 1]),
                      "city": ("string", ["batch", 1])}
 
+    onnx.checker.check_model(onnx.load(str(tmp_path / "houses.onnx")), full_check=True)
     session = _session(tmp_path / "houses.onnx", contract)
     got = session.run([contract["output"]["name"]], _raw_feeds(_read_csv(tmp_path / "new.csv"), contract))[0]
     predicted = _read_csv(tmp_path / "p.csv")
@@ -133,7 +137,8 @@ def test_the_cnn_exports_convolutions_as_conv_and_matches_predict(tmp_path, batc
         x[i, 1 + 3 * c:4 + 3 * c, 2:6] = 250
     np.savez(tmp_path / "squares.npz", x=x, y=y)
     new = rng.integers(0, 255, (7, 10, 10)).astype(np.uint8)
-    np.savez(tmp_path / "new.npz", x=new)
+    labels = rng.integers(0, 3, 7).astype(np.uint8)
+    np.savez(tmp_path / "new.npz", x=new, y=labels)
 
     run = tmp_path / "run"
     assert main(["train", "--workdir", str(run), *COMMON, "--set", "data.source=npz",
@@ -156,6 +161,37 @@ def test_the_cnn_exports_convolutions_as_conv_and_matches_predict(tmp_path, batc
         [contract["output"]["name"]], {pixels["name"]: new.reshape(7, 100).astype(np.float32)})[0]
     want = np.array([[float(row[f"prob_{k}"]) for k in range(3)] for row in _read_csv(tmp_path / "p.csv")])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+    # The same images scored with their labels, from an .npz and from IDX files: predict's numbers.
+    scored = evaluate(run, input=tmp_path / "new.npz")
+    assert scored["accuracy"] == np.mean(want.argmax(1) == labels)
+    assert scored["loss"] == pytest.approx(-np.mean(np.log(want[np.arange(7), labels])), rel=1e-6)
+    _write_idx(tmp_path / "new-images-idx3-ubyte", new)
+    _write_idx(tmp_path / "new-labels-idx1-ubyte", labels)
+    assert evaluate(run, input=tmp_path / "new-images-idx3-ubyte") == scored
+
+
+def _write_idx(path, array):
+    """An MNIST-format file of uint8 values."""
+    path.write_bytes(bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+                     + array.astype(np.uint8).tobytes())
+
+
+def test_the_exported_cnn_convolves_with_xla_whatever_kernel_training_used():
+    """jax2onnx writes `Conv` for lax's convolution; on CPU the CNN trains with another kernel
+    of the same values, which export swaps out (some jax2onnx versions convert what the
+    kernel computes, slices and a matmul, instead of the module)."""
+    from jaxtrain.config.schema import ModelConfig
+    from jaxtrain.model.models import build_model
+    from jaxtrain.runs.export import with_xla_convolutions
+    model = build_model(ModelConfig(name="cnn", channels=[2], kernel_sizes=[3], hidden_sizes=[4]), (64,), 3,
+                        seed=0, image_shape=(8, 8))
+    x = np.random.default_rng(0).normal(size=(2, 64)).astype(np.float32)
+    before = np.asarray(model(x))
+    model = with_xla_convolutions(model)
+    primitives = {e.primitive.name for e in jax.make_jaxpr(model)(x).jaxpr.eqns}
+    assert "conv_general_dilated" in primitives
+    np.testing.assert_allclose(np.asarray(model(x)), before, rtol=1e-5, atol=1e-6)
 
 
 CALLBACK_MODULE = '''

@@ -136,6 +136,7 @@ def _convert(forward, stats: FeatureStats, output_name: str, model_name: str):
 def _behind_preprocessing(net, stats: FeatureStats, output_name: str):
     """The network joined behind the table's preprocessing graph: one input per raw column."""
     import onnx.compose
+    import onnx.helper
     net = onnx.compose.add_prefix(net, NET_PREFIX)      # its names apart from the column names
     opset = next(o.version for o in net.opset_import if o.domain in ("", "ai.onnx"))
     pre = onnx_table.table_graph(stats, "features", opset, net.ir_version)
@@ -143,4 +144,7 @@ def _behind_preprocessing(net, stats: FeatureStats, output_name: str):
     for node in joined.graph.node:          # the output keeps its plain name
         node.output[:] = [output_name if o == NET_PREFIX + output_name else o for o in node.output]
     joined.graph.output[0].name = output_name
+    unique = {o.domain: o.version for o in joined.opset_import}   # merge_models may list a domain twice
+    del joined.opset_import[:]
+    joined.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in unique.items())
     return joined
