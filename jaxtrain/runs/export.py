@@ -28,7 +28,7 @@ from jaxtrain.util.errors import UserError
 from jaxtrain.util.optional import require_installed
 
 FORMATS = ("onnx",)
-PIXELS = "features"              # the network's input: pixels, or a table's encoded features
+NETWORK_INPUT = "features"       # pixels, or a table's encoded features (behind the preprocessing graph)
 NET_PREFIX = "jaxtrain.net/"
 
 
@@ -61,7 +61,7 @@ def contract(stats: FeatureStats, run_dir: Path, fill_rule: str, output_name: st
         extra = {"preprocessing": "in the graph: missing-value fills, log1p, clipping, one-hot, normalization",
                  "feature_names": list(stats.feature_names)}
     else:
-        inputs = [{"name": PIXELS, "dtype": "float32", "shape": ["batch", *stats.feature_shape],
+        inputs = [{"name": NETWORK_INPUT, "dtype": "float32", "shape": ["batch", *stats.feature_shape],
                    "kind": "pixels", "image_shape": stats.image_shape,
                    "meaning": "raw pixel values (as in the training files, in the training shape), "
                               "before normalization"}]
@@ -96,7 +96,10 @@ def export_onnx(run_dir: str | Path, output: str | Path | None = None,
         raise UserError(f"{output}: --output must be a file path in an existing folder")
     # float32 whatever the run's precision: ONNX runtimes do bf16 matmuls unevenly.
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="float32"))
-    model = with_xla_convolutions(model or model_from_stats(cfg, stats))
+    if model is None:
+        model = model_from_stats(cfg, stats)
+        if not cfg.model.imported:     # a model of the user's computes as its author wrote it
+            model = with_xla_convolutions(model)
     forward = exported_function(*restore_model(run, cfg, model), stats)
     num_outputs = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *stats.feature_shape), jnp.float32)).shape[-1]
     proto = _convert(forward, stats, output_name, cfg.model.name)
@@ -110,9 +113,9 @@ def export_onnx(run_dir: str | Path, output: str | Path | None = None,
 
 
 def with_xla_convolutions(model: nnx.Module) -> nnx.Module:
-    """`model` with every `nnx.Conv` computing through `lax.conv_general_dilated`, which
-    jax2onnx writes as ONNX `Conv`. On CPU the CNN trains with another kernel of the same
-    values (shifted slices and one matmul, faster there) that would export as those slices."""
+    """A built-in `model` with every `nnx.Conv` computing through `lax.conv_general_dilated`,
+    which jax2onnx writes as ONNX `Conv`. On CPU the CNN trains with another kernel of the
+    same values (shifted slices and one matmul, faster there) that would export as those."""
     for _, module in nnx.iter_modules(model):
         if isinstance(module, nnx.Conv):
             module.conv_general_dilated = jax.lax.conv_general_dilated
@@ -120,14 +123,14 @@ def with_xla_convolutions(model: nnx.Module) -> nnx.Module:
 
 
 def _convert(forward, stats: FeatureStats, output_name: str, model_name: str):
-    """The network as an ONNX model with input PIXELS (features before normalization)."""
+    """The network as an ONNX model with input NETWORK_INPUT (features before normalization)."""
     # jax2onnx and onnx_ir log warnings about optional plugins and shape details; failures raise.
     for name in ("jax2onnx", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.ERROR)
     from jax2onnx import to_onnx
     try:
         return to_onnx(forward, inputs=[("batch", *stats.feature_shape)], model_name="jaxtrain",
-                       input_names=[PIXELS], output_names=[output_name])
+                       input_names=[NETWORK_INPUT], output_names=[output_name])
     except Exception as e:  # an operation jax2onnx has no converter for
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UserError(f"model '{model_name}' cannot be exported to ONNX: {type(e).__name__}: {first[:300]}") from None
@@ -140,7 +143,7 @@ def _behind_preprocessing(net, stats: FeatureStats, output_name: str):
     net = onnx.compose.add_prefix(net, NET_PREFIX)      # its names apart from the column names
     opset = next(o.version for o in net.opset_import if o.domain in ("", "ai.onnx"))
     pre = onnx_table.table_graph(stats, "features", opset, net.ir_version)
-    joined = onnx.compose.merge_models(pre, net, io_map=[(pre.graph.output[0].name, NET_PREFIX + PIXELS)])
+    joined = onnx.compose.merge_models(pre, net, io_map=[(pre.graph.output[0].name, NET_PREFIX + NETWORK_INPUT)])
     for node in joined.graph.node:          # the output keeps its plain name
         node.output[:] = [output_name if o == NET_PREFIX + output_name else o for o in node.output]
     joined.graph.output[0].name = output_name
