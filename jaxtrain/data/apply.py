@@ -112,7 +112,7 @@ def check_columns(header: list[str], stats: FeatureStats, cfg: DataConfig, where
             what.append(f"unexpected column(s): {', '.join(extra)}")
         raise DataError(f"{where}: columns do not match the training data ({'; '.join(what)}); "
                         f"the input needs exactly the training columns: {', '.join(wanted)}"
-                        + ("" if extra == [] else " (--keep COLUMN copies other columns to the output)"))
+                        + (" (--keep COLUMN copies other columns to the output)" if extra else ""))
 
 
 def table_input(part: Part, stats: FeatureStats, where: str, line_of=None) -> UserInput:
@@ -144,16 +144,23 @@ def read_csv_input(path: str, stats: FeatureStats, cfg: DataConfig, keep: list[s
     table = csvfile.read_all(layout, schema.numeric - set(keep))
     if table.num_rows == 0:
         raise DataError(f"{path}: only a header row, no data rows")
-    line_of = csvfile.LineIndex(layout)
+    return arrow_input(table, path, stats, cfg.target, keep, labels, csvfile.LineIndex(layout))
+
+
+def arrow_input(table: pa.Table, where: str, stats: FeatureStats, target: str, keep: list[str],
+                labels: bool, line_of) -> UserInput:
+    """An Arrow table of raw rows whose columns were checked (`check_columns`): the features
+    encoded, `keep` columns as text, the target column as text when `labels`. `line_of(i)`
+    names row i's line in messages (a CSV's `LineIndex`)."""
     columns = {n: table.column(n) for n in stats.feature_columns()}
-    num = np.stack([csvfile.numeric_column(columns[n], path, n, line_of) for n in stats.numeric_columns], 1) \
+    num = np.stack([csvfile.numeric_column(columns[n], where, n, line_of) for n in stats.numeric_columns], 1) \
         if stats.numeric_columns else np.zeros((table.num_rows, 0))
     txt = {n: csvfile.text_column(columns[n]) for n in list(stats.categories) + stats.text_columns}
     data = table_input(Part(y=np.zeros(len(num)), rows=np.arange(len(num)), num=num, txt=txt),
-                       stats, path, line_of)
+                       stats, where, line_of)
     data.kept = {n: pc.fill_null(table.column(n).cast(pa.string()), "").to_pylist() for n in keep}
     if labels:
-        data.labels = csvfile.text_column(table.column(cfg.target)).to_numpy(zero_copy_only=False)
+        data.labels = csvfile.text_column(table.column(target).cast(pa.string())).to_numpy(zero_copy_only=False)
     return data
 
 
