@@ -27,6 +27,23 @@ def test_unknown_key_lists_the_valid_keys(capsys, tmp_path):
     assert code == 2 and "unknown config key 'model.1'" in err and "hidden_sizes" in err
 
 
+@pytest.mark.parametrize("where,typo,meant", [
+    ("set", "data.batch_sise=32", "data.batch_size"), ("set", "trian.epochs=3", "train"),
+    ("yaml", "optimizer:\n  lerning_rate: 0.1\n", "optimizer.learning_rate"),
+    ("yaml", "data:\n  clean:\n    duplicate: true\n", "data.clean.duplicates")])
+def test_a_misspelled_key_or_section_gets_the_closest_valid_one(capsys, tmp_path, where, typo, meant):
+    args = ["--set", typo] if where == "set" else [str(tmp_path / "typo.yaml")]
+    (tmp_path / "typo.yaml").write_text(typo)
+    code, err = _run(capsys, "train", *args, "--workdir", str(tmp_path / "r"))
+    assert code == 2 and f"did you mean '{meant}'?" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_key_like_no_valid_one_gets_no_guess(capsys, tmp_path):
+    code, err = _run(capsys, "train", "--set", "data.zzz=1", "--workdir", str(tmp_path / "r"))
+    assert code == 2 and "unknown config key 'data.zzz'" in err and "did you mean" not in err
+
+
 def test_wrong_type_names_the_key(capsys, tmp_path):
     code, err = _run(capsys, "train", "--set", "train.epochs=many", "--workdir", str(tmp_path / "r"))
     assert code == 2 and "train.epochs" in err and "many" in err

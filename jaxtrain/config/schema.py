@@ -10,6 +10,7 @@ them; `--set section.key=value` overrides one key, the value parsed as YAML.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -358,8 +359,10 @@ def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
     unknown = sorted(set(raw) - fields, key=str)  # keys may be numbers in a user's YAML
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
-        raise ConfigError(f"unknown config key '{where}'; valid keys{' in ' + prefix if prefix else ''}: "
-                          f"{', '.join(sorted(fields))}")
+        close = difflib.get_close_matches(str(unknown[0]), fields, n=1)
+        hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'? " if close else ""
+        raise ConfigError(f"unknown config key '{where}'; {hint}"
+                          f"valid keys{' in ' + prefix if prefix else ''}: {', '.join(sorted(fields))}")
     values = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
     obj = cls(**values)
     if hasattr(obj, "validate"):
