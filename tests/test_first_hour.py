@@ -68,6 +68,43 @@ def test_the_cli_says_in_one_line_that_the_run_needs_its_model(python_model_run,
     assert "trained with a Python model" in line and "model=" in line
 
 
+def test_the_python_api_is_silent_at_verbose_0_and_names_python_arguments(tmp_path, capfd):
+    run = tmp_path / "run"
+    summary = jaxtrain.train("digits_mlp", workdir=run, verbose=0, overrides=FAST)
+    assert jaxtrain.evaluate(run, verbose=0)["accuracy"] == summary["test"]["accuracy"]
+    out, err = capfd.readouterr()
+    assert out == "" and "Traceback" not in err
+    with pytest.raises(UserError) as raised:  # a second run into the same directory
+        jaxtrain.train("digits_mlp", workdir=run, verbose=0, overrides=FAST)
+    message = str(raised.value)
+    assert "workdir=" in message and "jaxtrain.resume(" in message and "--" not in message
+    with pytest.raises(UserError) as raised:
+        jaxtrain.evaluate(run, split="nope", verbose=0)
+    assert "split='test'" in str(raised.value) and "--split" not in str(raised.value)
+    # the command line says the same in flags
+    assert main(["train", "digits_mlp", "--workdir", str(run)]) == 2
+    line = _one_line(capfd.readouterr().err)
+    assert "pass a new --workdir (or resume it with --resume)" in line
+
+
+def test_verbose_1_prints_epoch_lines_without_progress(tmp_path, capsys):
+    jaxtrain.train("digits_mlp", workdir=tmp_path / "run", overrides={**FAST, "logging.progress": "plain",
+                                                                     "train.steps_per_call": 1})
+    out = capsys.readouterr().out
+    assert "epoch 1/2 loss=" in out and "epoch 2/2 loss=" in out and "test " in out
+    assert " steps" not in out.replace("steps/epoch", "").replace("steps per call", "")
+    with pytest.raises(UserError, match="verbose=3: pass 0"):
+        jaxtrain.train("digits_mlp", workdir=tmp_path / "other", verbose=3)
+
+
+def test_cli_phrasing_maps_to_python_terms():
+    from jaxtrain.util.errors import python_phrasing
+    assert python_phrasing("pass --set train.epochs=N with N > 3, or --set data.path=x.csv") == \
+        "pass overrides={'train.epochs': N} with N > 3, or overrides={'data.path': 'x.csv'}"
+    assert python_phrasing("read it with --set data.source=idx --set data.path=DIR") == \
+        "read it with overrides={'data.source': 'idx', 'data.path': DIR}"
+
+
 @pytest.fixture(scope="module")
 def digits_run_without_val(tmp_path_factory):
     run = tmp_path_factory.mktemp("noval") / "run"

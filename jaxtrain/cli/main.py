@@ -37,7 +37,7 @@ def _train_resume_args(p: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     from jaxtrain.runs.api import train
     from jaxtrain.util.time_account import since_process_start
-    train(args.config, workdir=args.workdir, overrides=args.overrides, resume=args.resume,
+    train(args.config, workdir=args.workdir, overrides=args.overrides, resume=args.resume, verbose=2,
           account=since_process_start())
     return 0
 
@@ -49,7 +49,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     from jaxtrain.runs.api import evaluate
-    print(json.dumps({args.split: evaluate(args.run_dir, args.split)}, indent=2))
+    print(json.dumps({args.split: evaluate(args.run_dir, args.split, verbose=0)}, indent=2))
     return 0
 
 
@@ -65,7 +65,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
 def _sweep(args: argparse.Namespace) -> int:
     from jaxtrain.runs.sweep import run_sweep
     run_sweep(args.config, args.grid, workdir=args.workdir, overrides=args.overrides,
-              vectorized=args.vectorized)
+              vectorized=args.vectorized, verbose=2)
     return 0
 
 
@@ -139,7 +139,7 @@ def _profile(args: argparse.Namespace) -> int:
     workdir = args.workdir or default_workdir(load_config(args.config, args.overrides), "-profile")
     train(args.config, workdir=workdir, overrides=[
         *args.overrides, "train.profile=true", f"train.profile_steps={args.steps}",
-        "checkpoint.enabled=false"], account=since_process_start())
+        "checkpoint.enabled=false"], verbose=2, account=since_process_start())
     return 0
 
 
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"jaxtrain: error: {e}", file=sys.stderr)
+        print(f"jaxtrain: error: {e.cli or e}", file=sys.stderr)
         if "jaxtrain.parallel.distributed" in sys.modules:  # multi-process: leave now, don't wait for the others
             sys.modules["jaxtrain.parallel.distributed"].exit_if_joined(2)
         return 2
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxtrain: training failed: {e}", file=sys.stderr)
         return 3
     except Preempted as e:
-        print(f"jaxtrain: {e}", file=sys.stderr)
+        print(f"jaxtrain: {e.cli or e}", file=sys.stderr)
         return 128 + e.signum
     except MemoryError:  # what the memory estimate (memory.py) did not foresee: still one line
         if args.debug:

@@ -53,14 +53,17 @@ class JsonlWriter:
 
 class Console:
     """Human-readable progress. `mode`: auto (bar on a terminal, plain lines otherwise),
-    bar, plain (a progress line at most every `plain_every_s` within an epoch), none."""
+    bar, plain (a progress line at most every `plain_every_s` within an epoch), none.
+    `verbose` (the Python API's, as Keras' `fit` has it): 0 prints nothing, 1 the lines
+    (epochs, results) without progress, 2 both."""
 
     def __init__(self, mode: str = "auto", stream: TextIO | None = None, plain_every_s: float = 10.0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, verbose: int = 2):
         self.stream = stream or sys.stdout
         if mode == "auto":
             mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "plain"
-        self.mode = mode
+        self.mode = "none" if verbose < 1 else mode
+        self.show_progress = verbose >= 2
         self._bar_open = False
         self.plain_every_s, self.clock = plain_every_s, clock
         self._last_plain = clock()
@@ -73,6 +76,8 @@ class Console:
 
     def progress(self, label: str, done: int, total: int, rate: float | None = None,
                  eta_s: float | None = None) -> None:
+        if not self.show_progress:
+            return
         extra = f" {human(rate)} ex/s" if rate else ""
         extra += f" ETA {duration(eta_s)}" if eta_s is not None else ""
         if self.mode == "plain" and done < total and self.clock() - self._last_plain >= self.plain_every_s:
