@@ -112,6 +112,7 @@ def _launch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-devices", type=int, help="simulated CPU devices per process (JAX_NUM_CPU_DEVICES)")
     p.add_argument("--gpus-per-process", type=int, help="give process i its own GPUs (JAX_LOCAL_DEVICE_IDS)")
     p.add_argument("--port", type=int, help="coordinator port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--verbose", action="store_true", help="also show the processes' connection chatter (Gloo)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                    help="a jaxtrain command (train CONFIG ...) or any program, after --")
 
@@ -119,7 +120,7 @@ def _launch_args(p: argparse.ArgumentParser) -> None:
 def _launch(args: argparse.Namespace) -> int:
     from jaxtrain.cli.launch import launch
     return launch(args.num_processes, args.cmd, cpu_devices=args.cpu_devices,
-                  gpus_per_process=args.gpus_per_process, port=args.port,
+                  gpus_per_process=args.gpus_per_process, port=args.port, verbose=args.verbose,
                   subcommands=frozenset(name for name, *_ in COMMANDS))
 
 
