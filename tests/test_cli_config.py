@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from jaxtrain.cli.main import main
 from jaxtrain.config.schema import dump_yaml, load_config
@@ -83,6 +84,13 @@ def test_overrides_and_round_trip(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(dump_yaml(cfg))
     assert load_config(path) == cfg
+    # config.yaml keeps only the model keys the model reads; they load back as they were
+    for name, used in (("linear", set()), ("cnn", {"channels", "kernel_sizes", "batch_norm", "hidden_sizes"})):
+        other = load_config(cfg, [f"model.name={name}"])
+        saved = set(yaml.safe_load(dump_yaml(other))["model"]) - {"name", "import_root", "init_from"}
+        assert saved - {"activation", "dropout"} == used
+        path.write_text(dump_yaml(other))
+        assert load_config(path).model.name == name
 
 
 def test_dict_config_rejects_unknown_section():

@@ -455,5 +455,16 @@ def load_config(source: str | Path | dict | Config | None = None,
     return from_dict(Config, raw)
 
 
+# The model keys each built-in model reads (an imported one reads `kwargs`); beside the keys
+# every model has, a run's config.yaml keeps only these, so it shows what shaped the model.
+MODEL_KEYS = {"mlp": ("hidden_sizes", "activation", "dropout"), "linear": (),
+              "cnn": ("hidden_sizes", "activation", "dropout", "channels", "kernel_sizes", "batch_norm")}
+COMMON_MODEL_KEYS = ("name", "import_root", "init_from")
+
+
 def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The config as YAML, less the model keys its model does not read (they load back as defaults)."""
+    raw = to_dict(cfg)
+    used = COMMON_MODEL_KEYS + (("kwargs",) if cfg.model.imported else MODEL_KEYS[cfg.model.name])
+    raw["model"] = {k: v for k, v in raw["model"].items() if k in used}
+    return yaml.safe_dump(raw, sort_keys=False)
