@@ -83,14 +83,49 @@ def rungs(epochs: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+class Halving:
+    """Successive halving for one group of trials (a population, or one trial alone) at epoch
+    rungs: when every trial of the group still training has reached a rung, each is compared
+    with the group and with every trial of the study that reached that rung before (any
+    worker's: their values are in the storage), and only the top 1/REDUCTION go on. Deciding
+    for the whole group at once makes the choice independent of the order of the lanes."""
+
+    def __init__(self, study: Any, objective: Objective):
+        self.study, self.objective = study, objective
+        self.members: list[PruneHook] = []
+        self._waiting: list[PruneHook] = []
+
+    def arrive(self, hook: "PruneHook", epoch: int, value: float) -> bool:
+        """Record `hook`'s value at a rung; True when this was the last of the group and at
+        least one trial was pruned (the run must stop there to let them go)."""
+        hook.trial.set_user_attr(f"rung_{epoch}", value)
+        self._waiting.append(hook)
+        live = [m for m in self.members if m.pruned_at is None]
+        if len(self._waiting) < len(live):
+            return False
+        earlier = [t.user_attrs[f"rung_{epoch}"] for t in self.study.get_trials(deepcopy=False)
+                   if f"rung_{epoch}" in t.user_attrs and t.number not in {m.trial.number for m in self._waiting}]
+        values = sorted(earlier + [m.rung_value for m in self._waiting],
+                        reverse=self.objective.direction == "maximize")
+        cut = values[max(1, math.ceil(len(values) / REDUCTION)) - 1]
+        better = (lambda v: v >= cut) if self.objective.direction == "maximize" else (lambda v: v <= cut)
+        for m in self._waiting:
+            if not better(m.rung_value):
+                m.pruned_at = epoch
+        self._waiting = []
+        return any(m.pruned_at == epoch for m in self.members)
+
+
 class PruneHook(Hook):
-    """Reports a trial's metric to the study after each epoch; at a rung, asks the study's
-    pruner and stops the trial when it says so."""
+    """Reports a trial's metric to the study after each epoch; at a rung, leaves the decision
+    to the group's Halving and stops the run when some trial of the group is pruned."""
     name = "search_pruning"
 
-    def __init__(self, trial: Any, objective: Objective, epochs: int):
-        self.trial, self.objective, self.rungs = trial, objective, rungs(epochs)
+    def __init__(self, trial: Any, objective: Objective, epochs: int, halving: Halving):
+        self.trial, self.objective, self.rungs, self.halving = trial, objective, rungs(epochs), halving
         self.pruned_at: int | None = None
+        self.rung_value = math.nan
+        halving.members.append(self)
 
     def on_epoch_end(self, info: StepInfo) -> Request | None:
         value = self.objective.of_record(info.record)
@@ -98,11 +133,17 @@ class PruneHook(Hook):
         if value is None or self.pruned_at is not None:
             return None
         self.trial.report(value, epoch)
-        if epoch in self.rungs and self.trial.should_prune():
-            self.pruned_at = epoch
-            return Request(stop=f"pruned at epoch {epoch} (successive halving)",
-                           summary={"search": {"pruned_at_epoch": epoch}})
+        if epoch in self.rungs:
+            self.rung_value = value
+            if self.halving.arrive(self, epoch, value):
+                return Request(stop=f"successive halving at epoch {epoch}")
         return None
+
+    def on_train_end(self, info: StepInfo) -> Request | None:
+        if self.pruned_at is None:
+            return None
+        info.ctx.console.line(f"{info.ctx.workdir.name}: pruned at epoch {self.pruned_at} (successive halving)")
+        return Request(summary={"search": {"pruned_at_epoch": self.pruned_at}})
 
 
 @dataclasses.dataclass
@@ -141,7 +182,7 @@ def search(config: Any = None, space: dict[str, str] | list[str] | None = None, 
     console = console or Console(base.logging.progress)
     objective = objective_for(base)
     name = study or base.name
-    opened = open_study(optuna, storage or f"journal:{root / STUDY_FILE}", name, objective, dims, prune)
+    opened = open_study(optuna, storage or f"journal:{root / STUDY_FILE}", name, objective, dims)
     opened.sampler = _sampler(optuna, sampler, base.train.seed if seed is None else seed, opened)
     s = Search(optuna, opened, base, dims, root, objective, trials, population, prune, console)
     fail_stale_trials(s)
@@ -153,12 +194,10 @@ def search(config: Any = None, space: dict[str, str] | list[str] | None = None, 
     return finish(s)
 
 
-def open_study(optuna: Any, storage: str, name: str, objective: Objective, space: dict[str, Dimension],
-               prune: bool) -> Any:
+def open_study(optuna: Any, storage: str, name: str, objective: Objective, space: dict[str, Dimension]) -> Any:
     """The study `name` in `storage`, created if new; refused if it was made for another space
     or metric (its trials would mean something else)."""
-    pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=REDUCTION)
-              if prune else optuna.pruners.NopPruner())
+    pruner = optuna.pruners.NopPruner()  # jaxtrain decides pruning for a whole population (Halving)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # jaxtrain prints its own lines
     try:
         study = optuna.create_study(storage=_storage(optuna, storage), study_name=name, pruner=pruner,
@@ -299,7 +338,8 @@ def _train_group(s: Search, trials: list[Any], cfgs: list[Config], dirs: list[Pa
     A population that hits a non-finite loss trains its trials one by one (the failing trial
     alone fails); a trial that does is told FAILED (summary None)."""
     from jaxtrain.runs.api import train
-    hooks = [PruneHook(t, s.objective, c.train.epochs) if s.prune else None for t, c in zip(trials, cfgs)]
+    halving = Halving(s.study, s.objective)
+    hooks = [PruneHook(t, s.objective, c.train.epochs, halving) if s.prune else None for t, c in zip(trials, cfgs)]
     if len(trials) > 1:
         try:
             summaries = vsweep.train_vectorized(cfgs, dirs, s.console, extra_hooks=[[h] if h else [] for h in hooks],
