@@ -57,6 +57,14 @@ class Objective:
         value = record.get(key) if section == "train" else (record.get("val") or {}).get(key)
         return float(value) if isinstance(value, (int, float)) else None
 
+    def rank_key(self, value: float, record: dict) -> tuple[float, float]:
+        """Smaller ranks first: the metric (negated when higher is better), ties broken by the
+        validation loss (the training loss without a validation split)."""
+        loss = (record.get("val") or {}).get("loss", record.get("loss"))
+        loss = float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
+        value = value if math.isfinite(value) else (-math.inf if self.direction == "maximize" else math.inf)
+        return (-value if self.direction == "maximize" else value, loss)
+
     def of_summary(self, summary: dict) -> float | None:
         section, key = self.metric.split(".")
         value = (summary.get(section) or {}).get(key)
@@ -95,22 +103,20 @@ class Halving:
         self.members: list[PruneHook] = []
         self._waiting: list[PruneHook] = []
 
-    def arrive(self, hook: "PruneHook", epoch: int, value: float) -> bool:
-        """Record `hook`'s value at a rung; True when this was the last of the group and at
+    def arrive(self, hook: "PruneHook", epoch: int) -> bool:
+        """Record `hook`'s rank key at a rung; True when this was the last of the group and at
         least one trial was pruned (the run must stop there to let them go)."""
-        hook.trial.set_user_attr(f"rung_{epoch}", value)
+        hook.trial.set_user_attr(f"rung_{epoch}", list(hook.rung_key))
         self._waiting.append(hook)
-        live = [m for m in self.members if m.pruned_at is None]
-        if len(self._waiting) < len(live):
+        if len(self._waiting) < len([m for m in self.members if m.pruned_at is None]):
             return False
-        earlier = [t.user_attrs[f"rung_{epoch}"] for t in self.study.get_trials(deepcopy=False)
-                   if f"rung_{epoch}" in t.user_attrs and t.number not in {m.trial.number for m in self._waiting}]
-        values = sorted(earlier + [m.rung_value for m in self._waiting],
-                        reverse=self.objective.direction == "maximize")
-        cut = values[max(1, math.ceil(len(values) / REDUCTION)) - 1]
-        better = (lambda v: v >= cut) if self.objective.direction == "maximize" else (lambda v: v <= cut)
+        group = {m.trial.number for m in self._waiting}
+        earlier = [tuple(t.user_attrs[f"rung_{epoch}"]) for t in self.study.get_trials(deepcopy=False)
+                   if f"rung_{epoch}" in t.user_attrs and t.number not in group]
+        keys = sorted(earlier + [m.rung_key for m in self._waiting])
+        cut = keys[max(1, math.ceil(len(keys) / REDUCTION)) - 1]
         for m in self._waiting:
-            if not better(m.rung_value):
+            if m.rung_key > cut:
                 m.pruned_at = epoch
         self._waiting = []
         return any(m.pruned_at == epoch for m in self.members)
@@ -124,7 +130,7 @@ class PruneHook(Hook):
     def __init__(self, trial: Any, objective: Objective, epochs: int, halving: Halving):
         self.trial, self.objective, self.rungs, self.halving = trial, objective, rungs(epochs), halving
         self.pruned_at: int | None = None
-        self.rung_value = math.nan
+        self.rung_key: tuple[float, float] = (math.inf, math.inf)
         halving.members.append(self)
 
     def on_epoch_end(self, info: StepInfo) -> Request | None:
@@ -134,8 +140,8 @@ class PruneHook(Hook):
             return None
         self.trial.report(value, epoch)
         if epoch in self.rungs:
-            self.rung_value = value
-            if self.halving.arrive(self, epoch, value):
+            self.rung_key = self.objective.rank_key(value, info.record)
+            if self.halving.arrive(self, epoch):
                 return Request(stop=f"successive halving at epoch {epoch}")
         return None
 
