@@ -167,3 +167,18 @@ def test_search_without_optuna_exits_2_naming_the_extra(monkeypatch, capsys, con
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "optuna" in err and "pip install 'jaxtrain[search]'" in err
+
+
+def test_trials_left_running_by_a_killed_search_do_not_count(config, tmp_path):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from jaxtrain.runs.search import STUDY_FILE, _worker, search
+    root = tmp_path / "s"
+    root.mkdir()
+    study = optuna.create_study(study_name="tiny", direction="maximize",
+                                storage=JournalStorage(JournalFileBackend(str(root / STUDY_FILE))))
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = study.ask()  # as a search killed while training it leaves it: RUNNING, its process gone
+    stale.set_user_attr("worker", _worker().rpartition(":")[0] + ":" + ended.stdout.strip())
+    out = search(config, SPACE[1::2], trials=2, population=2, workdir=root, console=Console("none"))
+    assert [(r["number"], r["state"]) for r in out["rows"]] == [(0, "FAIL"), (1, "COMPLETE"), (2, "COMPLETE")]
