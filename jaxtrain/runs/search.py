@@ -208,7 +208,9 @@ def open_study(optuna: Any, storage: str, name: str, objective: Objective, space
     try:
         study = optuna.create_study(storage=_storage(optuna, storage), study_name=name, pruner=pruner,
                                     direction=objective.direction, load_if_exists=True)
-    except (ImportError, ValueError, OSError) as e:
+    except Exception as e:  # a bad URL, a missing database driver, an unreachable server
+        if not isinstance(e, (ImportError, ValueError, OSError)) and not type(e).__module__.startswith("sqlalchemy"):
+            raise
         raise UserError(f"--storage {storage}: Optuna cannot open it ({str(e).splitlines()[0]})") from None
     described = {"space": {k: d.describe() for k, d in space.items()}, "metric": objective.metric}
     made_for = {k: study.user_attrs.get(k) for k in described}
