@@ -9,6 +9,7 @@ evaluation, checkpoints). Sides:
 - `population`: P trials at a time, each batch one compiled program;
 - `one_at_a_time`: `--population 1`;
 - `population_prune`: P at a time with successive halving (`--prune`);
+- `one_at_a_time_prune`: `--population 1 --prune` (not run unless named in `--sides`);
 - `grid`: a vectorized grid sweep of N points over the same ranges (`sweep --vectorized`),
   for its best validation accuracy (and its time).
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     sides = {"population": lambda root: _search_side(args, root, args.population, False),
              "one_at_a_time": lambda root: _search_side(args, root, 1, False),
              "population_prune": lambda root: _search_side(args, root, args.population, True),
+             "one_at_a_time_prune": lambda root: _search_side(args, root, 1, True),
              "grid": lambda root: _grid_side(args, root)}
     chosen = [s for s in args.sides.split(",") if s]
     times: dict[str, list[float]] = {s: [] for s in chosen}
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         result["speedup_population_vs_one_at_a_time"] = med["one_at_a_time"] / med["population"]
     if "population" in med and "population_prune" in med:
         result["speedup_prune_vs_no_prune"] = med["population"] / med["population_prune"]
+    if "one_at_a_time" in med and "one_at_a_time_prune" in med:
+        result["speedup_prune_vs_no_prune_one_at_a_time"] = med["one_at_a_time"] / med["one_at_a_time_prune"]
     print(json.dumps(result, indent=2))
     return 0
 
