@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from jaxtrain.config.schema import Config, load_config
+from jaxtrain.runs.sweep import split_values
 from jaxtrain.util.errors import ConfigError
 
 KINDS = ("loguniform", "uniform", "int", "choice")
@@ -62,7 +63,6 @@ def parse_spec(key: str, spec: str) -> Dimension:
         raise ConfigError(f"{where}: SPEC must be {FORMS}")
     kind, body = match.group(1), match.group(2)
     if kind == "choice":
-        from jaxtrain.runs.sweep import split_values
         values = split_values(body)
         if not values:
             raise ConfigError(f"{where}: choice needs at least one value")
