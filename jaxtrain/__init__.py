@@ -7,6 +7,7 @@ worker process unpickling a data-stage function) does not import JAX and every l
 import importlib
 
 _WHERE = {"train": "jaxtrain.runs.api", "resume": "jaxtrain.runs.api", "evaluate": "jaxtrain.runs.api",
+          "search": "jaxtrain.runs.search",
           "load_config": "jaxtrain.config.schema", "Config": "jaxtrain.config.schema",
           "UserError": "jaxtrain.util.errors", "ConfigError": "jaxtrain.util.errors",
           "DataError": "jaxtrain.util.errors"}

@@ -74,6 +74,32 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_args(p: argparse.ArgumentParser) -> None:
+    _train_args(p)
+    p.add_argument("--space", action="append", default=[], metavar="KEY=SPEC", required=True,
+                   help="a config key and where to search it: loguniform(a,b), uniform(a,b), int(a,b) "
+                        "or choice(v1,v2,...); one --space per key")
+    p.add_argument("--trials", type=int, required=True, help="trials in all (a re-run continues up to N)")
+    p.add_argument("--population", type=int, default=8,
+                   help="trials asked and trained at a time, as one vectorized program when only optimizer "
+                        "hyperparameters vary (default 8; 1: one at a time)")
+    p.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="Optuna sampler (default tpe)")
+    p.add_argument("--prune", action="store_true",
+                   help="successive halving at epochs 1, 3, 9, ...: stop trials in the bottom two thirds")
+    p.add_argument("--storage", help="Optuna storage: journal:PATH or an RDB URL, shared by workers "
+                   "(default: WORKDIR/study.journal)")
+    p.add_argument("--study", help="study name in the storage (default: the config's name)")
+    p.add_argument("--seed", type=int, help="sampler seed (default train.seed)")
+
+
+def _search(args: argparse.Namespace) -> int:
+    from jaxtrain.runs.search import search
+    search(args.config, args.space, trials=args.trials, population=args.population, sampler=args.sampler,
+           prune=args.prune, storage=args.storage, study=args.study, workdir=args.workdir,
+           overrides=args.overrides, seed=args.seed)
+    return 0
+
+
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="work directory of a finished training run")
 
@@ -160,6 +186,8 @@ COMMANDS: list[Command] = [
     ("profile", "run N steps and break down the step time: profile CONFIG [--set k=v] [--steps N]",
      _profile_args, _profile),
     ("sweep", "train every point of a hyperparameter grid", _sweep_args, _sweep),
+    ("search", "sample hyperparameters with Optuna, trials trained as vectorized populations",
+     _search_args, _search),
     ("report", "plot a finished run: curves, sample predictions, confusion matrix", _report_args, _report),
     ("predict", "apply a finished run to new data, write predictions as CSV", _predict_args, _predict),
     ("export", "write a finished run's network as ONNX, normalization folded in", _export_args, _export),

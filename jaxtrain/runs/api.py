@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 from flax import nnx
@@ -51,7 +51,8 @@ def _config(config: Any, overrides: list[str] | dict[str, Any] | None, kw_overri
 def train(config: str | Path | dict | Config | None = None, *, workdir: str | Path | None = None,
           model: nnx.Module | None = None, dataset: data_stage.Dataset | None = None,
           overrides: list[str] | dict[str, Any] | None = None, verbose: int = 1, console: Console | None = None,
-          resume: str | Path | None = None, account: TimeAccount | None = None, **kw_overrides: Any) -> dict:
+          resume: str | Path | None = None, account: TimeAccount | None = None,
+          hooks: Sequence[Hook] = (), **kw_overrides: Any) -> dict:
     """Train and return the run's summary (also written to WORKDIR/summary.json).
 
     `verbose`: 0 prints nothing, 1 a line per epoch and the results, 2 progress too (the
@@ -62,7 +63,7 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     A Python user may pass any `nnx.Module` as `model` and a prepared `dataset`.
     `resume=DIR` continues the run in DIR from its latest checkpoint (see `resume`).
     `account` splits the wall time into parts (`time.breakdown`); the CLI passes one that
-    counts the process's start-up.
+    counts the process's start-up. `hooks` run after the config's own (a search's pruning).
     """
     account = account or TimeAccount()
     if resume is not None:
@@ -79,7 +80,7 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     with RunDirectory(cfg, workdir, resuming=resume is not None, lead=lead, console=console,
                       account=account) as rundir:
         try:
-            summary, hooks = _train_in(rundir, model, dataset)
+            summary, hooks = _train_in(rundir, model, dataset, hooks)
         except (NonFiniteError, Preempted) as e:
             # No summary.json: it would look like a result. The reason goes into metrics.jsonl.
             rundir.ctx.events.write("failed" if isinstance(e, NonFiniteError) else "preempted", message=str(e))
@@ -119,8 +120,8 @@ def load_data(cfg: Config, ctx: RunContext, dataset: data_stage.Dataset | None =
     return dataset
 
 
-def _train_in(rundir: RunDirectory, model: nnx.Module | None,
-              dataset: data_stage.Dataset | None) -> tuple[dict, list[Hook]]:
+def _train_in(rundir: RunDirectory, model: nnx.Module | None, dataset: data_stage.Dataset | None,
+              extra_hooks: Sequence[Hook] = ()) -> tuple[dict, list[Hook]]:
     """Data, model, checks, setup, hooks, a resume if asked for, and the fit: the summary, and
     the hooks (the experiment trackers finish after summary.json is written)."""
     cfg, ctx, lead = rundir.cfg, rundir.ctx, rundir.lead
@@ -146,6 +147,7 @@ def _train_in(rundir: RunDirectory, model: nnx.Module | None,
     try:
         run = setup(cfg, model, dataset, ctx, hyperparams_in_state=in_state)
         hooks = build_hooks(cfg, rundir.workdir, stats=dataset.stats, lead=lead, hyperparams_in_state=in_state)
+        hooks += extra_hooks
         if rundir.resuming:
             resume_run(run, checkpoints, hooks)
             rundir.write_config(cfg)  # the overrides (say, more epochs) are now part of the run

@@ -19,6 +19,10 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
 
 from jaxtrain import data as data_stage
 from jaxtrain.config.schema import Config, to_dict
@@ -26,6 +30,8 @@ from jaxtrain.model.optim import VECTOR_FIELDS
 from jaxtrain.runs.api import finish_summary, load_data, make_model
 from jaxtrain.runs.rundir import RunDirectory
 from jaxtrain.training.hooks import build_hooks
+from jaxtrain.training.hooks.protocol import Hook
+from jaxtrain.training.run import Lane, Run
 from jaxtrain.training.loop import fit_lanes
 from jaxtrain.training.preflight import check_before_training
 from jaxtrain.training.setup import setup_vectorized
@@ -63,8 +69,14 @@ def vector_groups(cfgs: list[Config]) -> list[list[int]]:
     return list(groups.values())
 
 
-def train_vectorized(cfgs: list[Config], workdirs: list[Path], console: Console | None = None) -> list[dict]:
-    """Train points that differ only in VECTOR_FIELDS in one program; return their summaries."""
+def train_vectorized(cfgs: list[Config], workdirs: list[Path], console: Console | None = None,
+                     extra_hooks: list[list[Hook]] | None = None,
+                     leaves: Callable[[Lane], bool] | None = None) -> list[dict]:
+    """Train points that differ only in VECTOR_FIELDS in one program; return their summaries.
+
+    `extra_hooks`: each point's hooks after the config's own. `leaves`: whether a lane's hooks
+    took it out of the population (a search's pruning). When a lane leaves, the lanes left
+    continue as a new, smaller population (the stopped ones cost nothing more)."""
     console = console or Console("none")
     account = TimeAccount()  # the points train together: one account of the time for all
     with contextlib.ExitStack() as stack:
@@ -77,13 +89,38 @@ def train_vectorized(cfgs: list[Config], workdirs: list[Path], console: Console 
         model = make_model(base, dataset)
         check_before_training(base, model, dataset, dirs[0].workdir)
         run = setup_vectorized(cfgs, model, dataset, [d.ctx for d in dirs], [w.name for w in workdirs])
-        for lane in run.lanes:
+        for i, lane in enumerate(run.lanes):
             lane.hooks = build_hooks(lane.cfg, lane.ctx.workdir, stats=dataset.stats,
                                      hyperparams_in_state=lane.hyperparams_in_state,
                                      preemption=lane is run.lanes[0])
+            lane.hooks += list(extra_hooks[i]) if extra_hooks else []
             stack.callback(lambda hooks=lane.hooks: [hook.close() for hook in hooks])
-        summaries = fit_lanes(run)
-        for d, lane, summary in zip(dirs, run.lanes, summaries):
-            summary.update(status="completed", workdir=str(d.workdir))
-            finish_summary(d, summary, lane.hooks)
-        return summaries
+        summaries: dict[int, dict] = {}
+        position = {id(lane): i for i, lane in enumerate(run.lanes)}
+        while True:
+            results = fit_lanes(run)
+            left = {id(lane) for lane in run.lanes if leaves is not None and leaves(lane)}
+            done_all = (run.stop_reason is None or not left or len(left) == len(run.lanes)
+                        or run.epoch >= base.train.epochs)
+            for lane, summary in zip(run.lanes, results):
+                if done_all or id(lane) in left:
+                    summary.update(status="completed", workdir=str(lane.ctx.workdir))
+                    finish_summary(dirs[position[id(lane)]], summary, lane.hooks)
+                    summaries[position[id(lane)]] = summary
+            if done_all:
+                return [summaries[i] for i in range(len(cfgs))]
+            run = compact(run, [lane for lane in run.lanes if id(lane) not in left], model)
+
+
+def compact(run: Run, keep: list[Lane], model) -> Run:
+    """A population of the lanes in `keep` (their states, hooks and records), rebuilt at an epoch
+    boundary: its program computes only them from here on."""
+    new = setup_vectorized([lane.cfg for lane in keep], model, run.dataset, [lane.ctx for lane in keep],
+                           [lane.name for lane in keep], varying=run.lanes[0].hyperparams_in_state)
+    rows = jnp.asarray([lane.index for lane in keep])
+    new.state = new.engine.strategy.place_state(jax.tree.map(lambda a: a[rows], run.state))
+    for i, lane in enumerate(keep):
+        lane.index = i
+    new.lanes = keep
+    new.epoch, new.step_in_epoch, new.global_step = run.epoch, run.step_in_epoch, run.global_step
+    return new

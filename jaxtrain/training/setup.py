@@ -91,13 +91,16 @@ def varying_fields(cfgs: Sequence[Config]) -> tuple[str, ...]:
 
 
 def setup_vectorized(cfgs: Sequence[Config], model: nnx.Module, dataset: Dataset,
-                     ctxs: Sequence[RunContext], names: Sequence[str]) -> Run:
-    """One run for points that differ only in VECTOR_FIELDS: stacked states, a vmapped step."""
+                     ctxs: Sequence[RunContext], names: Sequence[str],
+                     varying: tuple[str, ...] | None = None) -> Run:
+    """One run for points that differ only in VECTOR_FIELDS: stacked states, a vmapped step.
+    `varying`: the fields kept in the optimizer state (default: those the points differ in); a
+    population rebuilt from some of its points keeps the original ones, so its state fits."""
     base = cfgs[0]
     mesh, strategy = _mesh(base)
     train_def, eval_def, params, rest = split_model(model)
     steps = steps_per_epoch(dataset.num_train, base.data.batch_size)
-    varying = varying_fields(cfgs)
+    varying = varying_fields(cfgs) if varying is None else varying
     txs = [build_optimizer(c.optimizer, steps, c.train.epochs, params, in_state=varying) for c in cfgs]
     states = [init_state(params, rest, tx) for tx in txs]
     state = strategy.place_state(jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))

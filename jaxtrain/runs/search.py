@@ -1,0 +1,476 @@
+"""Hyperparameter search on Optuna: trials sampled from a space, trained as vectorized populations.
+
+Ask and tell: the study proposes P trials (`population`), jaxtrain trains them, and tells
+the study each one's validation metric (the final training loss without a validation split;
+never a test metric). Trials that differ only in optimizer hyperparameters
+(`model/optim.py:VECTOR_FIELDS`) train as one population, one compiled program, through the
+vectorized sweep's path (vsweep.py); the others train one after another.
+
+`--prune` adds successive halving at epoch rungs 1, 3, 9, ...: a trial whose metric at a
+rung is not in the top third of the study's trials at that rung is told PRUNED and stops;
+its population is rebuilt from the lanes left (vsweep.compact), so it costs nothing more.
+
+The study lives in an Optuna storage: by default a journal file in the work directory, so
+running the same command again continues it up to N trials in all; any Optuna URL
+(`journal:PATH` on a shared file system, or an RDB URL) lets several processes share it.
+Before asking, a worker counts finished and running trials against N, and a trial asked
+past N in a race with another worker is given back unused.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import shutil
+import socket
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from jaxtrain.config.schema import Config, dump_yaml, load_config, to_dict
+from jaxtrain.model.optim import VECTOR_FIELDS
+from jaxtrain.runs import vsweep
+from jaxtrain.runs.rundir import write_text_atomic
+from jaxtrain.runs.space import Dimension, check_space, parse_space, sample, trial_config
+from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
+from jaxtrain.util.errors import NonFiniteError, UserError
+from jaxtrain.util.events import Console
+from jaxtrain.util.optional import require
+
+STUDY_FILE = "study.journal"
+REDUCTION = 3  # successive halving keeps the top third at each rung; rungs at 1, 3, 9, ... epochs
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What chooses the trials: a validation metric, or the training loss without a validation split."""
+    metric: str       # 'val.accuracy', 'val.mse' or 'train.loss'
+    direction: str    # 'maximize' or 'minimize'
+
+    def of_record(self, record: dict) -> float | None:
+        """The metric in one epoch's record (None when that epoch was not evaluated)."""
+        section, key = self.metric.split(".")
+        value = record.get(key) if section == "train" else (record.get("val") or {}).get(key)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def rank_key(self, value: float, record: dict) -> tuple[float, float]:
+        """Smaller ranks first: the metric (negated when higher is better), ties broken by the
+        validation loss (the training loss without a validation split)."""
+        loss = (record.get("val") or {}).get("loss", record.get("loss"))
+        loss = float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
+        value = value if math.isfinite(value) else (-math.inf if self.direction == "maximize" else math.inf)
+        return (-value if self.direction == "maximize" else value, loss)
+
+    def of_summary(self, summary: dict) -> float | None:
+        section, key = self.metric.split(".")
+        value = (summary.get(section) or {}).get(key)
+        return float(value) if isinstance(value, (int, float)) else None
+
+
+def objective_for(cfg: Config) -> Objective:
+    """Loads the data once to learn its task and whether it has a validation split."""
+    from jaxtrain import data as data_stage
+    dataset = data_stage.load_dataset(cfg.data)
+    if dataset.val is None or not len(dataset.val):
+        return Objective("train.loss", "minimize")
+    if dataset.task == "classification":
+        return Objective("val.accuracy", "maximize")
+    return Objective("val.mse", "minimize")
+
+
+def rungs(epochs: int) -> tuple[int, ...]:
+    """Epochs at which successive halving decides: 1, 3, 9, ... below the last epoch."""
+    out, r = [], 1
+    while r < epochs:
+        out.append(r)
+        r *= REDUCTION
+    return tuple(out)
+
+
+class Halving:
+    """Successive halving for one group of trials (a population, or one trial alone) at epoch
+    rungs: when every trial of the group still training has reached a rung, each is compared
+    with the group and with every trial of the study that reached that rung before (any
+    worker's: their values are in the storage), and only the top 1/REDUCTION go on. Deciding
+    for the whole group at once makes the choice independent of the order of the lanes."""
+
+    def __init__(self, study: Any, objective: Objective):
+        self.study, self.objective = study, objective
+        self.members: list[PruneHook] = []
+        self._waiting: list[PruneHook] = []
+
+    def arrive(self, hook: "PruneHook", epoch: int) -> bool:
+        """Record `hook`'s rank key at a rung; True when this was the last of the group and at
+        least one trial was pruned (the run must stop there to let them go)."""
+        hook.trial.set_user_attr(f"rung_{epoch}", list(hook.rung_key))
+        self._waiting.append(hook)
+        if len(self._waiting) < len([m for m in self.members if m.pruned_at is None]):
+            return False
+        group = {m.trial.number for m in self._waiting}
+        earlier = [tuple(t.user_attrs[f"rung_{epoch}"]) for t in self.study.get_trials(deepcopy=False)
+                   if f"rung_{epoch}" in t.user_attrs and t.number not in group]
+        keys = sorted(earlier + [m.rung_key for m in self._waiting])
+        cut = keys[max(1, math.ceil(len(keys) / REDUCTION)) - 1]
+        for m in self._waiting:
+            if m.rung_key > cut:
+                m.pruned_at = epoch
+        self._waiting = []
+        return any(m.pruned_at == epoch for m in self.members)
+
+
+class PruneHook(Hook):
+    """Reports a trial's metric to the study after each epoch; at a rung, leaves the decision
+    to the group's Halving and stops the run when some trial of the group is pruned."""
+    name = "search_pruning"
+
+    def __init__(self, trial: Any, objective: Objective, epochs: int, halving: Halving):
+        self.trial, self.objective, self.rungs, self.halving = trial, objective, rungs(epochs), halving
+        self.pruned_at: int | None = None
+        self.rung_key: tuple[float, float] = (math.inf, math.inf)
+        halving.members.append(self)
+
+    def on_epoch_end(self, info: StepInfo) -> Request | None:
+        value = self.objective.of_record(info.record)
+        epoch = int(info.record["epoch"])
+        if value is None or self.pruned_at is not None:
+            return None
+        self.trial.report(value, epoch)
+        if epoch in self.rungs:
+            self.rung_key = self.objective.rank_key(value, info.record)
+            if self.halving.arrive(self, epoch):
+                return Request(stop=f"successive halving at epoch {epoch}")
+        return None
+
+    def on_train_end(self, info: StepInfo) -> Request | None:
+        if self.pruned_at is None:
+            return None
+        info.ctx.console.line(f"{info.ctx.workdir.name}: pruned at epoch {self.pruned_at} (successive halving)")
+        return Request(summary={"search": {"pruned_at_epoch": self.pruned_at}})
+
+
+@dataclasses.dataclass
+class Search:
+    """What every step of a search needs."""
+    optuna: Any
+    study: Any
+    base: Config
+    space: dict[str, Dimension]
+    root: Path
+    objective: Objective
+    trials: int
+    population: int
+    prune: bool
+    console: Console
+
+
+def search(config: Any = None, space: dict[str, str] | list[str] | None = None, *, trials: int,
+           population: int = 8, sampler: str = "tpe", prune: bool = False, storage: str | None = None,
+           study: str | None = None, workdir: str | Path | None = None,
+           overrides: list[str] | dict[str, Any] | None = None, seed: int | None = None,
+           console: Console | None = None) -> dict[str, Any]:
+    """Search `space` ({'optimizer.learning_rate': 'loguniform(1e-4,1e-1)', ...}) for `trials`
+    trials in all, `population` at a time. Returns the best trial's parameters and value, the
+    paths of best.yaml, results.csv and the best trial's run directory, and the rows."""
+    optuna = require("optuna", "search", "jaxtrain search")
+    if trials < 1 or population < 1:
+        raise UserError(f"--trials {trials} --population {population}: both must be at least 1")
+    if sampler not in ("tpe", "random"):
+        raise UserError(f"--sampler {sampler}: choose tpe or random")
+    dims = parse_space(space or [])
+    base = load_config(config, overrides)
+    check_space(base, dims)
+    root = Path(workdir) if workdir else Path("runs") / f"{base.name}-search"
+    root.mkdir(parents=True, exist_ok=True)
+    console = console or Console(base.logging.progress)
+    objective = objective_for(base)
+    name = study or base.name
+    opened = open_study(optuna, storage or f"journal:{root / STUDY_FILE}", name, objective, dims)
+    opened.sampler = _sampler(optuna, sampler, base.train.seed if seed is None else seed, opened)
+    s = Search(optuna, opened, base, dims, root, objective, trials, population, prune, console)
+    fail_stale_trials(s)
+    console.line(f"search: study '{name}' ({storage or root / STUDY_FILE}): {_taken(s)} of {trials} "
+                 f"trials taken; choosing on {objective.metric} ({objective.direction}), {sampler} sampler"
+                 + (", successive halving" if prune else ""))
+    while batch := ask_batch(s):
+        train_batch(s, batch)
+    return finish(s)
+
+
+def open_study(optuna: Any, storage: str, name: str, objective: Objective, space: dict[str, Dimension]) -> Any:
+    """The study `name` in `storage`, created if new; refused if it was made for another space
+    or metric (its trials would mean something else)."""
+    pruner = optuna.pruners.NopPruner()  # jaxtrain decides pruning for a whole population (Halving)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # jaxtrain prints its own lines
+    try:
+        study = optuna.create_study(storage=_storage(optuna, storage), study_name=name, pruner=pruner,
+                                    direction=objective.direction, load_if_exists=True)
+    except Exception as e:  # a bad URL, a missing database driver, an unreachable server
+        if not isinstance(e, (ImportError, ValueError, OSError)) and not type(e).__module__.startswith("sqlalchemy"):
+            raise
+        raise UserError(f"--storage {storage}: Optuna cannot open it ({str(e).splitlines()[0]})") from None
+    described = {"space": {k: d.describe() for k, d in space.items()}, "metric": objective.metric}
+    made_for = {k: study.user_attrs.get(k) for k in described}
+    if made_for["space"] is None:
+        for k, v in described.items():
+            study.set_user_attr(k, v)
+    elif made_for != described:
+        raise UserError(f"study '{name}' in {storage} searches {made_for['space']} on {made_for['metric']}, "
+                        f"not {described['space']} on {described['metric']}; pass another --study")
+    return study
+
+
+def _storage(optuna: Any, url: str) -> Any:
+    """`journal:PATH` -> a journal file storage (created with its folder); else the URL as is."""
+    if not url.startswith("journal:"):
+        return url
+    path = Path(url[len("journal:"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    journal = optuna.storages.journal
+    return journal.JournalStorage(journal.JournalFileBackend(str(path)))
+
+
+def _sampler(optuna: Any, kind: str, seed: int, study: Any) -> Any:
+    """Seeded; offset by the trials already taken, so a continued study (or a second worker)
+    does not draw the first points again. TPE's constant liar spreads the trials of one batch."""
+    seed = seed + len(study.trials)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant_liar is marked experimental
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def _worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_stale_trials(s: Search) -> None:
+    """Trials left running by a search process of this machine that has ended (killed) are
+    told FAILED, so that they do not count against N: a killed search loses only those."""
+    host = socket.gethostname()
+    for t in s.study.get_trials(deepcopy=False, states=(s.optuna.trial.TrialState.RUNNING,)):
+        who, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if who == host and pid.isdigit() and not _alive(int(pid)):
+            s.study.tell(t.number, state=s.optuna.trial.TrialState.FAIL)
+            s.console.line(f"search: trial {t.number} was left running by an ended process; marked failed")
+
+
+def _counted(s: Search) -> list[Any]:
+    """Trials that count against N: finished or running, not failed, not given back."""
+    states = s.optuna.trial.TrialState
+    return [t for t in s.study.get_trials(deepcopy=False)
+            if t.state in (states.COMPLETE, states.PRUNED, states.RUNNING) and not t.user_attrs.get("surplus")]
+
+
+def _taken(s: Search) -> int:
+    return len(_counted(s))
+
+
+def ask_batch(s: Search) -> list[Any]:
+    """Up to `population` new trials, never past N in all: asked trials beyond the first N
+    (another worker asked at the same moment) are given back unused."""
+    room = min(s.population, s.trials - _taken(s))
+    if room <= 0:
+        return []
+    batch = [s.study.ask() for _ in range(room)]
+    for trial in batch:
+        trial.set_user_attr("worker", _worker())
+    first = {t.number for t in sorted(_counted(s), key=lambda t: t.number)[:s.trials]}
+    kept = []
+    for trial in batch:
+        if trial.number in first:
+            kept.append(trial)
+        else:
+            trial.set_user_attr("surplus", True)
+            s.study.tell(trial, state=s.optuna.trial.TrialState.FAIL)
+    return kept
+
+
+def train_batch(s: Search, batch: list[Any]) -> None:
+    """Sample, group, train and tell a batch of trials; each group is told as soon as it ends,
+    so a killed search loses only the trials in flight."""
+    values = [sample(t, s.space) for t in batch]
+    cfgs = [trial_config(s.base, s.space, v) for v in values]
+    dirs = [s.root / f"trial-{t.number:04d}" for t in batch]
+    for trial, workdir in zip(batch, dirs):
+        trial.set_user_attr("workdir", str(workdir))
+    groups = vsweep.vector_groups(cfgs) if s.population > 1 else [[i] for i in range(len(batch))]
+    numbers = ", ".join(str(t.number) for t in batch)
+    if len(batch) > 1 and len(groups) == 1:
+        s.console.line(f"search: trials {numbers} train as one population (one compiled program)")
+    elif len(batch) > 1:
+        s.console.line(f"search: trials {numbers} train in {len(groups)} groups: {_why_apart(s, cfgs)}")
+    for group in groups:
+        t0 = time.perf_counter()
+        results = _train_group(s, [batch[i] for i in group], [cfgs[i] for i in group], [dirs[i] for i in group])
+        for i, (summary, pruned_at) in zip(group, results):
+            _tell(s, batch[i], summary, pruned_at, len(group), time.perf_counter() - t0)
+
+
+def _why_apart(s: Search, cfgs: list[Config]) -> str:
+    """One line: why the trials of a batch cannot all train in one program."""
+    if s.population == 1:
+        return "--population 1 trains one trial at a time"
+    why = vsweep.why_not_vectorized(cfgs[0])
+    if why:
+        return why
+    vectorizable = {f"optimizer.{f}" for f in VECTOR_FIELDS}
+    apart = [k for k in s.space if k not in vectorizable and len({str(_value(c, k)) for c in cfgs}) > 1]
+    return (f"they differ in {', '.join(apart) or 'keys'} (only optimizer "
+            f"{'/'.join(VECTOR_FIELDS)} can vary inside one compiled program)")
+
+
+def _value(cfg: Config, key: str) -> Any:
+    value: Any = to_dict(cfg)
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _train_group(s: Search, trials: list[Any], cfgs: list[Config], dirs: list[Path]) -> list[tuple[dict | None, int | None]]:
+    """(summary, epoch pruned at) of each trial of a group: one population, or one trial alone.
+    A population that hits a non-finite loss trains its trials one by one (the failing trial
+    alone fails); a trial that does is told FAILED (summary None)."""
+    from jaxtrain.runs.api import train
+    halving = Halving(s.study, s.objective)
+    hooks = [PruneHook(t, s.objective, c.train.epochs, halving) if s.prune else None for t, c in zip(trials, cfgs)]
+    if len(trials) > 1:
+        try:
+            summaries = vsweep.train_vectorized(cfgs, dirs, s.console, extra_hooks=[[h] if h else [] for h in hooks],
+                                                leaves=lambda lane: any(h is not None and h.pruned_at is not None
+                                                                        for h in lane.hooks if isinstance(h, PruneHook)))
+            return [(summary, h.pruned_at if h else None) for summary, h in zip(summaries, hooks)]
+        except NonFiniteError as e:
+            s.console.line(f"search: the population of trials {', '.join(str(t.number) for t in trials)} "
+                           f"stopped ({e}); training them one at a time")
+            for d in dirs:
+                shutil.rmtree(d, ignore_errors=True)
+            return [r for t, c, d in zip(trials, cfgs, dirs) for r in _train_group(s, [t], [c], [d])]
+    try:
+        summary = train(cfgs[0], workdir=dirs[0], console=s.console, hooks=[hooks[0]] if hooks[0] else [])
+    except NonFiniteError as e:
+        trials[0].set_user_attr("error", str(e))
+        return [(None, None)]
+    return [(summary, hooks[0].pruned_at if hooks[0] else None)]
+
+
+def _tell(s: Search, trial: Any, summary: dict | None, pruned_at: int | None, population: int,
+          seconds: float) -> None:
+    """Tell the study how a trial ended; what results.csv shows rides along as user attributes."""
+    states = s.optuna.trial.TrialState
+    if summary is None:
+        s.study.tell(trial, state=states.FAIL)
+        return
+    value = s.objective.of_summary(summary)
+    trial.set_user_attr("value", value)
+    trial.set_user_attr("epochs", int(summary["train"]["epochs"]))
+    trial.set_user_attr("time_s", round(float(summary["time"].get("total_s", seconds)), 3))
+    trial.set_user_attr("population", population)
+    if pruned_at is not None:
+        s.study.tell(trial, state=states.PRUNED)
+    elif value is None or not math.isfinite(value):
+        s.study.tell(trial, state=states.FAIL)
+    else:
+        s.study.tell(trial, value)
+
+
+def result_rows(s: Search) -> list[dict[str, Any]]:
+    """One row per trial of the study (every worker's), in trial order."""
+    rows = []
+    for t in s.study.get_trials(deepcopy=False):
+        if t.user_attrs.get("surplus"):
+            continue
+        rows.append({"number": t.number, "state": t.state.name, **{k: t.params.get(k) for k in s.space},
+                     s.objective.metric: t.user_attrs.get("value"), "epochs": t.user_attrs.get("epochs"),
+                     "time_s": t.user_attrs.get("time_s"), "population": t.user_attrs.get("population"),
+                     "workdir": t.user_attrs.get("workdir")})
+    return rows
+
+
+def finish(s: Search) -> dict[str, Any]:
+    """results.csv, best.yaml, the plots; the console's table and choice; what `search` returns."""
+    rows = result_rows(s)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["number"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(s.root / "results.csv", text.getvalue())
+    complete = [t for t in s.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    best = s.study.best_trial if complete else None
+    shown = ["number", "state", *s.space, s.objective.metric, "epochs", "time_s", "population"]
+    for line in _table(rows, shown, best.number if best else None):
+        s.console.line(line)
+    out: dict[str, Any] = {"best_params": None, "best_value": None, "metric": s.objective.metric,
+                           "best_yaml": None, "best_workdir": None, "results": s.root / "results.csv",
+                           "rows": rows}
+    if best is None:
+        s.console.line(f"search: no trial completed; wrote {s.root}/results.csv")
+        return out
+    best_cfg = trial_config(s.base, s.space, best.params)
+    write_text_atomic(s.root / "best.yaml", dump_yaml(best_cfg))
+    out.update(best_params=dict(best.params), best_value=best.value, best_yaml=s.root / "best.yaml",
+               best_workdir=Path(best.user_attrs["workdir"]) if "workdir" in best.user_attrs else None)
+    s.console.line(f"search: best trial {best.number} by {s.objective.metric} = {best.value:.4g} "
+                   f"({', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in best.params.items())}); "
+                   f"run directory {out['best_workdir']}; the test split played no part in the choice")
+    s.console.line(f"search: wrote {s.root}/results.csv and best.yaml (jaxtrain train {s.root}/best.yaml)")
+    write_plots(s)
+    return out
+
+
+def _table(rows: list[dict[str, Any]], shown: list[str], best: int | None) -> list[str]:
+    """The results as a markdown table, the best trial's row in bold."""
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    lines = ["| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown)]
+    for r in rows:
+        text = [cell(r.get(c)) for c in shown]
+        lines.append("| " + " | ".join(f"**{t}**" if r["number"] == best and t else t for t in text) + " |")
+    return lines
+
+
+def write_plots(s: Search) -> None:
+    """history.png and importance.png with Optuna's matplotlib plots (the `report` extra);
+    a note instead of a plot that cannot be drawn."""
+    import importlib.util
+    if importlib.util.find_spec("matplotlib") is None:
+        s.console.line("search: no plots without matplotlib (pip install 'jaxtrain[report]')")
+        return
+    import matplotlib
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+    vis = s.optuna.visualization.matplotlib
+    plots = {"history.png": vis.plot_optimization_history, "importance.png": vis.plot_param_importances}
+    if importlib.util.find_spec("sklearn") is None:
+        plots.pop("importance.png")
+        s.console.line("search: no importance.png: Optuna's importance evaluator needs scikit-learn "
+                       "(pip install scikit-learn)")
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+                ax = plot(s.study)
+            fig = ax.figure
+            fig.tight_layout()
+            tmp = s.root / f".{name}.{os.getpid()}.png"
+            fig.savefig(tmp, dpi=110)
+            plt.close(fig)
+            tmp.replace(s.root / name)
+        except (ValueError, RuntimeError) as e:
+            s.console.line(f"search: no {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    s.console.line(f"search: plots in {s.root}: {', '.join(n for n in plots if (s.root / n).exists())}")
