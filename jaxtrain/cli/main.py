@@ -83,7 +83,7 @@ def _report(args: argparse.Namespace) -> int:
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="work directory of a finished training run")
     p.add_argument("--input", required=True, help="CSV with the training feature columns "
-                   "(or .npz with 'x', or an IDX images file)")
+                   "(or .npz with 'x', an IDX images file, a folder of PNG/JPEG images or one image)")
     p.add_argument("--output", help="CSV to write (default: print to stdout)")
 
 

@@ -3,7 +3,8 @@
 The inputs go through the run's saved preprocessing (stats.json, via
 `jaxtrain.data.apply`) and the saved parameters (`trained.load_trained`). Output:
 classification: `row, predicted, prob_<class>...`; regression: `row, predicted[_k]`
-in the target's original units.
+in the target's original units. Image inputs (a folder or an image file) add the column
+`file` after `row`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxtrain.data import apply as apply_stats
+from jaxtrain.data import images
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.data.sources import read_idx, read_npz
 from jaxtrain.util.errors import DataError, UserError
@@ -46,7 +48,8 @@ def read_inputs(path: str | Path, stats: FeatureStats, data_cfg) -> np.ndarray:
         x = read_idx(str(path))
     elif not stats.feature_columns():  # trained on arrays (images): a CSV has no columns to match
         raise DataError(f"{path}: this run was trained on images, not table columns; image runs take "
-                        f"an IDX images file or an .npz with an array 'x' of images, not a CSV")
+                        f"a folder of PNG/JPEG images, an image file, an IDX images file or an .npz with "
+                        f"an array 'x' of images, not a CSV")
     else:
         return apply_stats.read_csv_features(str(path), stats, data_cfg)
     return apply_stats.array_features(x, stats, str(path))
@@ -71,8 +74,22 @@ def predict(run_dir: str | Path, input_path: str | Path, model=None) -> tuple[li
     Python `model` (an `nnx.Module`) needs a new instance of it here."""
     from jaxtrain.runs.trained import load_trained
     trained = load_trained(run_dir, with_data=False, model=model)
+    if images.is_image_input(input_path):
+        x, names = read_image_files(input_path, trained.stats, trained.cfg.data)
+        header, rows = predictions_table(trained.outputs(x), trained.stats)
+        return header[:1] + ["file"] + header[1:], [[r[0], name, *r[1:]] for r, name in zip(rows, names)]
     x = read_inputs(input_path, trained.stats, trained.cfg.data)
     return predictions_table(trained.outputs(x), trained.stats)
+
+
+def read_image_files(path: str | Path, stats: FeatureStats, data_cfg) -> tuple[np.ndarray, list[str]]:
+    """Normalized features of a folder of images (or one image file) and each image's name."""
+    if stats.is_table or not stats.image_shape:
+        raise DataError(f"{path}: this run was trained on table columns, not images; pass --input with "
+                        "a CSV, .npz or IDX file")
+    x, names = images.read_image_inputs(path, tuple(stats.image_shape), data_cfg.image_size is not None,
+                                        images.threads(data_cfg))
+    return apply_stats.array_features(x, stats, str(path)), names
 
 
 def predict_file(run_dir: str | Path, input_path: str | Path, output: str | Path | None = None) -> None:
