@@ -278,6 +278,15 @@ def test_colour_images_rgb_and_gray_by_the_luma_formula(tmp_path):
     luma = want.astype(np.float64) @ np.array([299, 587, 114]) / 1000      # ITU-R 601-2 luma
     assert gray.image_shape == (4, 6)
     np.testing.assert_allclose(gray.train.x, luma, atol=1.0)
+    from PIL import Image
+    mixed = tmp_path / "mixed"                          # the first image gray, the others colour
+    write_folder(mixed, x, y)
+    Image.fromarray(x[0, ..., 1]).save(mixed / "0" / "00000.png")
+    both = load_dataset(_images_cfg(tmp_path, mixed, flatten=False, **kw))
+    first = x.copy()
+    first[0] = x[0, ..., 1:2]                           # gray as RGB: the same value thrice
+    assert both.image_shape == (4, 6, 3)
+    np.testing.assert_array_equal(both.train.x, first[folder_order(y)][split_indices(12, 0.0, 0.0, 0)[0]])
     write_folder(tmp_path / "jpeg", x, y, suffix=".jpg", quality=100, subsampling=0)
     jpeg = load_dataset(_images_cfg(tmp_path, tmp_path / "jpeg", flatten=False, **kw))
     assert jpeg.image_shape == (4, 6, 3) and np.abs(jpeg.train.x - want).mean() < 3

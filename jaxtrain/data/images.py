@@ -58,16 +58,30 @@ class Folder:
     files: list[str]
     labels: np.ndarray
     ignored: int                     # files without an image suffix
+    signature: list[str]             # "path size mtime" of each file, for the cache key
 
     def path(self, i: int) -> str:
         return os.path.join(self.root, self.files[i])
 
 
-def _image_files(directory: Path) -> tuple[list[Path], int]:
-    """Image files under `directory`, in path order, and the number of other files."""
-    found = sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
-    images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
-    return images, len(found) - len(images)
+def _image_files(directory: str, below: str = "") -> tuple[list[tuple[str, str]], int]:
+    """(path relative to `directory`, "path size mtime") of each image file under it, in path
+    order, and the number of other files. One scandir walk: no second stat per file."""
+    images, others = [], 0
+    with os.scandir(os.path.join(directory, below)) as it:
+        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    for e in entries:
+        rel = os.path.join(below, e.name)
+        if e.is_dir():
+            more, n = _image_files(directory, rel)
+            images += more
+            others += n
+        elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+            st = e.stat()
+            images.append((rel, f"{rel}\0{st.st_size}\0{st.st_mtime_ns}"))
+        else:
+            others += 1
+    return images, others
 
 
 def list_folder(root: str, classes: list[str] | None = None) -> tuple[Folder, list[str]]:
@@ -88,13 +102,17 @@ def list_folder(root: str, classes: list[str] | None = None) -> tuple[Folder, li
     classes = found if classes is None else classes
     files, labels, ignored = [], [], 0
     for name in found:
-        images, others = _image_files(base / name)
-        files += [str(p.relative_to(base)) for p in images]
+        try:
+            images, others = _image_files(str(base), name)
+        except OSError as e:
+            raise DataError(f"{base / name}: cannot list the folder ({e.strerror or e})") from None
+        files += images
         labels += [classes.index(name)] * len(images)
         ignored += others
     if not files:
         raise DataError(f"{root}: no PNG or JPEG files in its class sub-folders ({', '.join(found)})")
-    return Folder(str(root), files, np.asarray(labels, np.int64), ignored), classes
+    return Folder(str(root), [f for f, _ in files], np.asarray(labels, np.int64), ignored,
+                  [sig for _, sig in files]), classes
 
 
 # ---------------------------------------------------------------- decoding
@@ -115,24 +133,20 @@ class Target:
         return hw if self.channels == 1 else (*hw, 3)
 
 
-def decode(image_module: Any, path: str, target: Target) -> np.ndarray:
-    """One image file as uint8 pixels of `target.shape` (errors: Pillow's)."""
-    with image_module.open(path) as im:
-        im = im.convert("L" if target.channels == 1 else "RGB")
-        if im.size != (target.width, target.height):
-            im = im.resize((target.width, target.height), image_module.Resampling.BILINEAR)
-        return np.asarray(im, np.uint8)
-
-
 def threads(cfg: DataConfig) -> int:
     """Decoding threads: data.num_parallel_calls, or one per core (-1)."""
     return cfg.num_parallel_calls if cfg.num_parallel_calls > 0 else (os.cpu_count() or 1)
 
 
-def parallel(fn: Callable[[int], Any], n: int, workers: int) -> list[Any]:
-    """[fn(i) for i in range(n)], in a pool of threads."""
-    with concurrent.futures.ThreadPoolExecutor(max(1, min(workers, n))) as pool:
-        return list(pool.map(fn, range(n)))
+def parallel(fn: Callable[[int], Any], n: int, workers: int, chunk: int = 256) -> list[Any]:
+    """[fn(i) for i in range(n)], by a pool of threads in chunks of indices (a task per
+    file cost more to hand over than a small PNG takes to decode)."""
+    starts = range(0, n, chunk)
+    run = lambda start: [fn(i) for i in range(start, min(start + chunk, n))]  # noqa: E731
+    if workers <= 1 or len(starts) <= 1:
+        return [r for start in starts for r in run(start)]
+    with concurrent.futures.ThreadPoolExecutor(min(workers, len(starts))) as pool:
+        return [r for part in pool.map(run, starts) for r in part]
 
 
 def _probe(image_module: Any, path: str) -> tuple[int, int, str] | str:
@@ -144,33 +158,45 @@ def _probe(image_module: Any, path: str) -> tuple[int, int, str] | str:
         return _one_line(e)
 
 
-def _decode_into(image_module: Any, path: str, target: Target, out: np.ndarray, slot: int) -> str | None:
+def _decode_into(image_module: Any, path: str, target: Target, out: np.ndarray, slot: int
+                 ) -> tuple[int, int, str] | str:
+    """Decode one file into out[slot]; its (width, height, mode) as found, or the reason it
+    cannot be read. A file of another size than a `resize=False` target is not decoded."""
     try:
-        out[slot] = decode(image_module, path, target)
+        with image_module.open(path) as im:
+            found = (im.size[0], im.size[1], im.mode)
+            if target.resize or im.size == (target.width, target.height):
+                im = im.convert("L" if target.channels == 1 else "RGB")
+                if im.size != (target.width, target.height):
+                    im = im.resize((target.width, target.height), image_module.Resampling.BILINEAR)
+                out[slot] = np.asarray(im, np.uint8)
+            return found
     except _decode_errors(image_module) as e:
         return _one_line(e)
-    return None
 
 
-def _resolve_target(folder: Folder, probes: list, cfg: DataConfig, reference: "Decoded | None") -> Target:
-    """The training folder's target from data.image_size/channels or its first readable image;
-    an evaluation folder takes the training folder's."""
-    if reference is not None:
-        return reference.target
-    first = next(i for i, p in enumerate(probes) if not isinstance(p, str))
-    w, h, _ = probes[first]
-    if cfg.image_size:
-        h, w = cfg.image_size
-    gray = all(p[2] in _GRAY_MODES for p in probes if not isinstance(p, str))
-    channels = cfg.channels or (1 if gray else 3)
-    return Target(int(h), int(w), int(channels), resize=cfg.image_size is not None)
+def _first_target(image_module: Any, folder: Folder, cfg: DataConfig) -> tuple[Target, str]:
+    """The training folder's target from data.image_size/channels, else from its first
+    readable image (size and, provisionally, channels), and the file it came from."""
+    reason = ""
+    for i in range(len(folder.files)):
+        probe = _probe(image_module, folder.path(i))
+        if isinstance(probe, str):
+            reason = reason or probe
+            continue
+        w, h, mode = probe
+        h, w = cfg.image_size or (h, w)
+        channels = cfg.channels or (1 if mode in _GRAY_MODES else 3)
+        return Target(int(h), int(w), int(channels), resize=cfg.image_size is not None), folder.path(i)
+    raise DataError(f"{folder.path(0)}: cannot read as an image ({reason}); the folder {folder.root} "
+                    "holds no readable image")
 
 
-def _check_sizes(folder: Folder, probes: list, target: Target, first_file: str) -> None:
+def _check_sizes(folder: Folder, found: list, target: Target, first_file: str) -> None:
     """Without data.image_size every image must have the first training image's size."""
     if target.resize:
         return
-    for i, p in enumerate(probes):
+    for i, p in enumerate(found):
         if not isinstance(p, str) and (p[1], p[0]) != (target.height, target.width):
             raise DataError(f"{folder.path(i)}: {p[1]}x{p[0]} pixels (height x width), but {first_file} "
                             f"is {target.height}x{target.width}; images of mixed sizes need "
@@ -203,12 +229,7 @@ def cache_root(cfg: DataConfig) -> str:
 def cache_key(folder: Folder, settings: list) -> str:
     """A digest of the folder's file list, sizes and modification times and of `settings`."""
     digest = hashlib.sha256(json.dumps([_CACHE_FORMAT, os.path.abspath(folder.root), settings]).encode())
-    for i, rel in enumerate(folder.files):
-        try:
-            st = os.stat(folder.path(i))
-        except OSError as e:
-            raise DataError(f"{folder.path(i)}: cannot read ({e.strerror or e})") from None
-        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    digest.update("\n".join(folder.signature).encode())
     return digest.hexdigest()[:24]
 
 
@@ -235,31 +256,31 @@ def decoded_folder(folder: Folder, cfg: DataConfig, reference: Decoded | None = 
 
 
 def _write_entry(folder: Folder, cfg: DataConfig, reference: Decoded | None, directory: str) -> None:
-    """Probe every header, settle the target, decode every readable file into pixels.u8."""
+    """Decode every file into pixels.npy in one pass, and say in meta.json what was kept."""
     image_module = require_pillow()
-    workers = threads(cfg)
-    probes = parallel(lambda i: _probe(image_module, folder.path(i)), len(folder.files), workers)
-    readable = [i for i, p in enumerate(probes) if not isinstance(p, str)]
-    if not readable:
-        raise DataError(f"{folder.path(0)}: cannot read as an image ({probes[0]}); the folder "
-                        f"{folder.root} holds no readable image")
-    target = _resolve_target(folder, probes, cfg, reference)
-    first_file = reference.first_file if reference else folder.path(readable[0])
-    _check_sizes(folder, probes, target, first_file)
-    shape = (len(readable), *target.shape)
-    pixels = np.lib.format.open_memmap(os.path.join(directory, "pixels.npy"), "w+", np.uint8, shape)
-    errors = parallel(lambda j: _decode_into(image_module, folder.path(readable[j]), target, pixels, j),
-                      len(readable), workers)
-    pixels.flush()
-    del pixels
-    reasons = {i: p for i, p in enumerate(probes) if isinstance(p, str)}
-    reasons.update({readable[j]: e for j, e in enumerate(errors) if e is not None})
+    target, first_file = (reference.target, reference.first_file) if reference \
+        else _first_target(image_module, folder, cfg)
+    found = _decode_pass(image_module, folder, target, directory, threads(cfg))
+    colour = any(not isinstance(p, str) and p[2] not in _GRAY_MODES for p in found)
+    if reference is None and cfg.channels is None and target.channels == 1 and colour:
+        target = dataclasses.replace(target, channels=3)    # a gray first image, colour later
+        found = _decode_pass(image_module, folder, target, directory, threads(cfg))
+    _check_sizes(folder, found, target, first_file)
     meta = {"target": dataclasses.asdict(target), "first_file": first_file,
-            "slots": [j for j, e in enumerate(errors) if e is None],
-            "kept": [readable[j] for j, e in enumerate(errors) if e is None],
-            "skipped": [[folder.path(i), reasons[i]] for i in sorted(reasons)]}
+            "kept": [i for i, p in enumerate(found) if not isinstance(p, str)],
+            "skipped": [[folder.path(i), p] for i, p in enumerate(found) if isinstance(p, str)]}
     with open(os.path.join(directory, "meta.json"), "w") as f:
         json.dump(meta, f)
+
+
+def _decode_pass(image_module: Any, folder: Folder, target: Target, directory: str, workers: int) -> list:
+    """Every file into its row of pixels.npy (unreadable ones leave a row of zeros)."""
+    shape = (len(folder.files), *target.shape)
+    pixels = np.lib.format.open_memmap(os.path.join(directory, "pixels.npy"), "w+", np.uint8, shape)
+    found = parallel(lambda i: _decode_into(image_module, folder.path(i), target, pixels, i),
+                     len(folder.files), workers)
+    pixels.flush()
+    return found
 
 
 def _publish(partial: str, entry: str) -> None:
@@ -275,10 +296,10 @@ def _read_entry(entry: str, reused: bool) -> Decoded:
     with open(os.path.join(entry, "meta.json")) as f:
         meta = json.load(f)
     pixels = np.load(os.path.join(entry, "pixels.npy"), mmap_mode="r")
-    slots = np.asarray(meta["slots"], np.int64)
-    if len(slots) != len(pixels):        # some files failed to decode: gather the rest
-        pixels = pixels[slots]
-    return Decoded(Target(**meta["target"]), pixels, np.asarray(meta["kept"], np.int64),
+    kept = np.asarray(meta["kept"], np.int64)
+    if len(kept) != len(pixels):        # some files could not be read: gather the rest
+        pixels = pixels[kept]
+    return Decoded(Target(**meta["target"]), pixels, kept,
                    [tuple(s) for s in meta["skipped"]], entry, reused, meta["first_file"])
 
 
@@ -349,10 +370,10 @@ def read_image_inputs(path: str | os.PathLike, image_shape: tuple[int, ...], res
     pixels and each image's name (its path below the folder). Nothing is skipped."""
     p = Path(path)
     if p.is_dir():
-        files, _ = _image_files(p)
-        if not files:
+        names = [rel for rel, _ in _image_files(str(p))[0]]
+        if not names:
             raise DataError(f"{p}: no PNG or JPEG files in this folder")
-        names = [str(f.relative_to(p)) for f in files]
+        files = [p / rel for rel in names]
     elif p.is_file():
         files, names = [p], [p.name]
     else:
@@ -360,18 +381,13 @@ def read_image_inputs(path: str | os.PathLike, image_shape: tuple[int, ...], res
     image_module = require_pillow("image inputs")
     h, w = image_shape[:2]
     target = Target(int(h), int(w), 3 if len(image_shape) == 3 else 1, resize)
-    return np.stack(parallel(lambda i: _read_input(image_module, str(files[i]), target), len(files),
-                             workers)), names
-
-
-def _read_input(image_module: Any, path: str, target: Target) -> np.ndarray:
-    probe = _probe(image_module, path)
-    if not isinstance(probe, str) and not target.resize and (probe[1], probe[0]) != (target.height, target.width):
-        raise DataError(f"{path}: {probe[1]}x{probe[0]} pixels (height x width), but the run was trained "
-                        f"on {target.height}x{target.width} images; resize the image or train with "
-                        "data.image_size")
-    out = np.zeros((1, *target.shape), np.uint8)
-    reason = probe if isinstance(probe, str) else _decode_into(image_module, path, target, out, 0)
-    if reason is not None:
-        raise DataError(f"{path}: cannot read as an image ({reason})")
-    return out[0]
+    out = np.zeros((len(files), *target.shape), np.uint8)
+    found = parallel(lambda i: _decode_into(image_module, str(files[i]), target, out, i), len(files), workers)
+    for path, p in zip(files, found):
+        if isinstance(p, str):
+            raise DataError(f"{path}: cannot read as an image ({p})")
+        if not resize and (p[1], p[0]) != (target.height, target.width):
+            raise DataError(f"{path}: {p[1]}x{p[0]} pixels (height x width), but the run was trained "
+                            f"on {target.height}x{target.width} images; resize the image or train with "
+                            "data.image_size")
+    return out, names
