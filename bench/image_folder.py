@@ -1,10 +1,11 @@
 """Benchmark: a folder of PNG images (data.source=images) beside its floors, side by side in one run.
 
-    python bench/image_folder.py [--mnist DIR] [--images 10000] [--repeats 3] [--json FILE]
+    python bench/image_folder.py [--mnist DIR] [--images 10000] [--size 28] [--suffix .png]
+                                 [--repeats 3] [--json FILE]
 
 Writes `--images` MNIST training images (from the IDX files in --mnist; without it, the
-built-in 8x8 digits scaled to 28x28) as PNG files, one sub-folder per class, into a temp
-dir, and an .npz of the same pixels. Cases, medians of interleaved repeats after a warm-up:
+built-in 8x8 digits scaled to 28x28), resized to --size, as PNG or JPEG files, one
+sub-folder per class, into a temp dir, and an .npz of the pixels read back. Cases, medians of interleaved repeats after a warm-up:
 - `pillow loop`: the floor, one thread opening and decoding every file with Pillow;
 - `decode, 1 thread` / `decode, all cores`: `sources.load_raw` with a fresh cache
   directory (probe, decode into the memory-mapped cache), data.num_parallel_calls 1 / -1;
@@ -48,15 +49,22 @@ def mnist_or_digits(mnist: str | None, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.tile(x, (reps, 1, 1))[:n], np.tile(table["y"].astype(np.int64), reps)[:n]
 
 
-def write_pngs(root: str, x: np.ndarray, y: np.ndarray) -> list[str]:
+def write_images(root: str, x: np.ndarray, y: np.ndarray, size: int, suffix: str) -> list[str]:
     from PIL import Image
     paths = []
     for i in range(len(x)):
         folder = os.path.join(root, str(y[i]))
         os.makedirs(folder, exist_ok=True)
-        paths.append(os.path.join(folder, f"{i:06d}.png"))
-        Image.fromarray(x[i]).save(paths[-1])
+        paths.append(os.path.join(folder, f"{i:06d}{suffix}"))
+        im = Image.fromarray(x[i])
+        im = im if im.size == (size, size) else im.resize((size, size), Image.Resampling.BILINEAR)
+        im.save(paths[-1])
     return paths
+
+
+def read_back(paths: list[str]) -> np.ndarray:
+    from PIL import Image
+    return np.stack([np.asarray(Image.open(p)) for p in paths])
 
 
 def cases(work: str, paths: list[str]) -> dict:
@@ -113,27 +121,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mnist", help="directory of the MNIST IDX files (default: built-in digits, 28x28)")
     ap.add_argument("--images", type=int, default=10000)
+    ap.add_argument("--size", type=int, default=28, help="side of the square images written")
+    ap.add_argument("--suffix", default=".png", choices=[".png", ".jpg"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="jaxtrain-bench-images-")
     try:
         x, y = mnist_or_digits(args.mnist, args.images)
+        paths = write_images(os.path.join(work, "png"), x, y, args.size, args.suffix)
         order = np.argsort(y, kind="stable")
-        np.savez(os.path.join(work, "same.npz"), x=x[order], y=y[order])
-        paths = write_pngs(os.path.join(work, "png"), x, y)
+        np.savez(os.path.join(work, "same.npz"), x=read_back(paths)[order], y=y[order])
         times = measure(cases(work, paths), args.repeats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     median = {k: statistics.median(v) for k, v in times.items()}
     floor = median["pillow loop"]
-    print(f"{len(x)} PNG images {x.shape[1]}x{x.shape[2]} ({'MNIST' if args.mnist else 'digits x3'}); "
+    print(f"{len(x)} {args.suffix} images {args.size}x{args.size} ({'MNIST' if args.mnist else 'digits'}); "
           f"{cpu_model()}; median of {args.repeats}")
     for k, v in median.items():
         print(f"  {k:20s} {v * 1e3:9.1f} ms   {v / floor:6.2f}x the Pillow loop")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"images": len(x), "cpu": cpu_model(), "seconds": times, "median_s": median}, f, indent=1)
+            json.dump({"images": len(x), "size": args.size, "suffix": args.suffix, "cpu": cpu_model(), "seconds": times, "median_s": median}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -166,7 +166,8 @@ def _decode_into(image_module: Any, path: str, target: Target, out: np.ndarray, 
         with image_module.open(path) as im:
             found = (im.size[0], im.size[1], im.mode)
             if target.resize or im.size == (target.width, target.height):
-                im = im.convert("L" if target.channels == 1 else "RGB")
+                mode = "L" if target.channels == 1 else "RGB"
+                im = im if im.mode == mode else im.convert(mode)    # converting to its own mode copies
                 if im.size != (target.width, target.height):
                     im = im.resize((target.width, target.height), image_module.Resampling.BILINEAR)
                 out[slot] = np.asarray(im, np.uint8)
