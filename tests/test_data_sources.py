@@ -292,7 +292,7 @@ def test_colour_images_rgb_and_gray_by_the_luma_formula(tmp_path):
     assert jpeg.image_shape == (4, 6, 3) and np.abs(jpeg.train.x - want).mean() < 3
 
 
-def test_truncated_png_is_an_error_naming_it_or_a_counted_drop(tmp_path):
+def test_truncated_png_is_an_error_naming_it_or_a_counted_drop(tmp_path, capsys):
     from jaxtrain.cli.main import main
     _, _, paths = _gray_folder(tmp_path, n=60, shape=(16, 16))
     data = paths[5].read_bytes()
@@ -309,7 +309,8 @@ def test_truncated_png_is_an_error_naming_it_or_a_counted_drop(tmp_path):
     assert ds.report["images"]["folders"]["path"]["other_files_ignored"] == 1
     code = main(["train", "--set", "data.source=images", "--set", f"data.path={tmp_path / 'imgs'}",
                  "--set", f"data.cache_dir={tmp_path / 'cache'}", "--workdir", str(tmp_path / "run")])
-    assert code == 2
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"{paths[5]}: cannot read as an image" in err
 
 
 def test_separate_test_folder_is_the_test_split(tmp_path):

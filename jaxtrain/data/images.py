@@ -2,7 +2,7 @@
 
 The sub-folder names, sorted, are the class names; a class's images are every PNG or JPEG
 file under its sub-folder, in path order. Each folder is decoded once, by a pool of threads
-(Pillow releases the GIL while it decodes), into a raw uint8 file under the cache directory;
+(Pillow releases the GIL while it decodes), into a uint8 .npy file under the cache directory;
 a later run over the same files (same names, sizes and modification times) with the same
 image settings maps that file instead of decoding again. Grayscale images are (n, H, W),
 as IDX and NPZ images are, so the same pixels make the same dataset whichever way they
