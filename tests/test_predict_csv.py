@@ -1,13 +1,14 @@
 """`jaxtrain predict`: saved preprocessing on raw CSV rows gives evaluate's outputs."""
 
 import csv
+import json
 import re
 
 import numpy as np
 import pytest
 
 from jaxtrain.runs import predict as predict_module
-from jaxtrain.runs.api import load_trained, train
+from jaxtrain.runs.api import evaluate, load_trained, train
 from jaxtrain.cli.main import main
 from jaxtrain.data import load_dataset
 from jaxtrain.config.data import DataConfig
@@ -97,6 +98,9 @@ def test_regression_predictions_in_original_units(tmp_path):
     want = trained.dataset.to_original_units(trained.outputs(trained.dataset.test.x)[:, 0].astype(np.float64))
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert abs(np.median(got)) > 100  # original units (thousands), not standardized values
+    scored, split = evaluate(run, input=tmp_path / "new.csv"), evaluate(run, "test")   # the same rows
+    assert scored.keys() == split.keys() == {"loss", "mse", "mae", "r2"}
+    np.testing.assert_allclose([scored[k] for k in split], [split[k] for k in split], rtol=1e-6)
 
 
 @pytest.mark.parametrize("drop, add", [("c", None), (None, "zzz"), ("b", "colour")])
@@ -151,6 +155,100 @@ def test_unwritable_output_is_refused_before_predicting(class_run, tmp_path, cap
     assert main(["predict", str(run), "--input", str(data_dir / "new.csv"), "--output", str(output)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(output) in err and "Traceback" not in err
+
+
+def _write_rows(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def test_predict_says_per_column_what_it_filled_and_did_not_know(class_run, tmp_path, capsys):
+    _, run = class_run
+    unseen = ["purple", "Red", "teal", "red ish", "grey", "black"]
+    rows = [["", "red", "20"], ["0.5", "NA", "30"], ["", "green", ""]] + \
+        [[f"{k / 10}", colour, "25"] for k, colour in enumerate(unseen)] + [["1", "purple", "40"]]
+    _write_rows(tmp_path / "new.csv", ["a", "b", "c"], rows)
+    capsys.readouterr()
+    assert main(["predict", str(run), "--input", str(tmp_path / "new.csv"), "--output",
+                 str(tmp_path / "p.csv")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    fills = json.loads((run / "stats.json").read_text())["fills"]
+    n = len(rows)
+    assert f"column 'a': 2 of {n} values missing, filled with {fills['a']:g} (the training median)" in err[0]
+    assert any(line.endswith(f"column 'b': 1 of {n} values missing, filled with '{fills['b']}' "
+                             "(the most frequent training value)") for line in err), err
+    [unknown] = [line for line in err if "not seen in training" in line]
+    # 7 values in 6 distinct spellings; the first five named, in the order they come
+    assert f"column 'b': 7 of {n} values not seen in training, one-hot encoded as all zeros: " \
+           "'purple', 'Red', 'teal', 'red ish', 'grey', ..." in unknown
+    assert any(f"column 'c': 1 of {n} values missing" in line for line in err)
+    assert len(_read(tmp_path / "p.csv")) == n          # no row dropped
+
+
+def test_keep_copies_id_columns_and_probabilities_print_to_six_digits(class_run, tmp_path, capsys):
+    data_dir, run = class_run
+    rows = _read(data_dir / "new.csv")
+    _write_rows(tmp_path / "ids.csv", ["house_id", "a", "b", "c", "batch"],
+                [[f"H-{i:03d}", r["a"], r["b"], r["c"], f"b{i % 2}"] for i, r in enumerate(rows)])
+    assert main(["predict", str(run), "--input", str(tmp_path / "ids.csv"), "--keep", "house_id",
+                 "--keep", "batch", "--output", str(tmp_path / "kept.csv")]) == 0
+    assert main(["predict", str(run), "--input", str(data_dir / "new.csv"), "--full-precision",
+                 "--output", str(tmp_path / "full.csv")]) == 0
+    kept, full = _read(tmp_path / "kept.csv"), _read(tmp_path / "full.csv")
+    assert list(kept[0])[:4] == ["row", "house_id", "batch", "predicted"]
+    assert [r["house_id"] for r in kept] == [f"H-{i:03d}" for i in range(len(rows))]
+    assert [r["batch"] for r in kept] == [f"b{i % 2}" for i in range(len(rows))]
+    assert [r["predicted"] for r in kept] == [r["predicted"] for r in full]
+    trained = load_trained(run)
+    logits = trained.outputs(trained.dataset.test.x).astype(np.float64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    columns = [c for c in kept[0] if c.startswith("prob_")]
+    short = np.array([[float(r[c]) for c in columns] for r in kept])
+    np.testing.assert_allclose(short, probs, rtol=5e-6)          # 6 significant digits
+    assert all(len(re.sub(r"e.*|[-.]|^0\.0*", "", r[c])) <= 6 for r in kept for c in columns)
+    np.testing.assert_allclose([[float(r[c]) for c in columns] for r in full], probs, rtol=1e-12)
+    capsys.readouterr()
+    assert main(["predict", str(run), "--input", str(tmp_path / "ids.csv"), "--keep", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--keep column(s) nope not in the file" in err
+
+
+def test_eval_input_scores_a_labeled_file_as_eval_scores_the_split(class_run, capsys):
+    data_dir, run = class_run
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    split = json.loads(capsys.readouterr().out)["test"]
+    assert main(["eval", str(run), "--input", str(data_dir / "new.csv")]) == 0   # the test split's raw rows
+    scored = json.loads(capsys.readouterr().out)["input"]
+    assert scored.keys() == split.keys()
+    np.testing.assert_allclose([scored[k] for k in split], [split[k] for k in split], rtol=1e-6)
+    assert evaluate(run, input=data_dir / "new.csv") == scored
+    assert main(["eval", str(run), "--split", "val", "--input", str(data_dir / "new.csv")]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_eval_input_with_labels_the_run_never_saw_exits_2_naming_them(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    a = rng.normal(0, 1, 120)
+    names = np.array(["low", "mid", "high"])[np.digitize(a, [-0.4, 0.4])]
+    _write_rows(tmp_path / "bands.csv", ["a", "band"], [[f"{v:.4f}", s] for v, s in zip(a, names)])
+    run = tmp_path / "run"
+    train({"data": {"source": "csv", "path": str(tmp_path / "bands.csv"), "target": "band"},
+           "model": {"hidden_sizes": [4]}, "train": {"epochs": 1}, "parallel": {"data_axis_size": 1}},
+          workdir=run, console=Console("none"))
+    _write_rows(tmp_path / "typos.csv", ["a", "band"],
+                [["0.1", "mid"], ["1.5", "hgih"], ["-2", "low "], ["0.2", "midd"], ["3", "hgih"], ["0", ""]])
+    capsys.readouterr()
+    assert main(["eval", str(run), "--input", str(tmp_path / "typos.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "typos.csv column 'band'" in err, err
+    assert "4 row(s) have labels the run never saw in training: 'hgih' (closest: 'high'), " \
+           "'midd' (closest: 'mid'), a missing label" in err, err
+    with pytest.raises(UserError, match="'hgih' \\(closest: 'high'\\)"):
+        evaluate(run, input=tmp_path / "typos.csv")
 
 
 # ---------------------------------------------------------------- image inputs
@@ -212,3 +310,18 @@ def test_a_truncated_image_input_exits_2_naming_it(image_run, tmp_path, capsys):
     assert main(["predict", str(run), "--input", str(tmp_path / "big")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "9x8 pixels" in err and "trained on 8x8 images" in err
+
+
+def test_eval_input_on_a_class_folder_equals_the_test_split(image_run, tmp_path):
+    """The test folder scored as an input file gives the run's own test metrics; its class
+    sub-folders are the labels."""
+    tmp, run = image_run
+    scored, split = evaluate(run, input=tmp / "test"), evaluate(run, "test")
+    assert set(scored) == set(split)
+    for metric in split:
+        np.testing.assert_allclose(scored[metric], split[metric], rtol=1e-5, atol=1e-6)
+    from image_folders import digits_uint8, write_folder
+    x, _ = digits_uint8()
+    write_folder(tmp_path / "odd", x[:2], np.array([0, 1]), names=["zero", "twelve"])
+    with pytest.raises(UserError, match="twelve"):
+        evaluate(run, input=tmp_path / "odd")

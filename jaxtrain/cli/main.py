@@ -44,12 +44,18 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="work directory of a finished training run")
-    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--split", choices=["test", "val", "train"], help="a split of the run's data "
+                       "(default test)")
+    which.add_argument("--input", metavar="FILE", help="a labeled file to score instead (CSV with the "
+                       "training columns and the target, .npz with 'x' and 'y', IDX images, or a folder of images in "
+                       "class sub-folders)")
 
 
 def _eval(args: argparse.Namespace) -> int:
     from jaxtrain.runs.api import evaluate
-    print(json.dumps({args.split: evaluate(args.run_dir, args.split)}, indent=2))
+    name = "input" if args.input else (args.split or "test")
+    print(json.dumps({name: evaluate(args.run_dir, args.split, input=args.input)}, indent=2))
     return 0
 
 
@@ -85,11 +91,15 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="CSV with the training feature columns "
                    "(or .npz with 'x', an IDX images file, a folder of PNG/JPEG images or one image)")
     p.add_argument("--output", help="CSV to write (default: print to stdout)")
+    p.add_argument("--keep", action="append", default=[], metavar="COLUMN",
+                   help="copy this column of the input CSV (an ID, say) into the output; repeatable")
+    p.add_argument("--full-precision", action="store_true",
+                   help="print probabilities with every digit (default: 6 significant digits)")
 
 
 def _predict(args: argparse.Namespace) -> int:
     from jaxtrain.runs.predict import predict_file
-    predict_file(args.run_dir, args.input, args.output)
+    predict_file(args.run_dir, args.input, args.output, keep=args.keep, full_precision=args.full_precision)
     return 0
 
 

@@ -17,6 +17,9 @@ from jaxtrain.parallel import distributed
 from jaxtrain.parallel.watchdog import ProgressWatchdog
 from jaxtrain.engine import memory
 from jaxtrain.engine.compilation import enable_persistent_cache
+from jaxtrain.data import apply as apply_stats
+from jaxtrain.model.metrics import compute_metrics
+from jaxtrain.runs.predict import read_user_input
 from jaxtrain.runs.report import write_report
 from jaxtrain.runs.resume import (check_device_count, resume_run, resume_source, saved_hyperparams_in_state,
                                   saved_stats)
@@ -188,9 +191,16 @@ def next_steps(workdir: Path, kept_checkpoints: bool, python_model: str | None) 
     return f"run saved in {workdir}; next: " + ", ".join(steps)
 
 
-def evaluate(run_dir: str | Path, split: str = "test", model: nnx.Module | None = None) -> dict[str, float]:
-    """Re-evaluate a finished run's saved parameters on a split, with its saved preprocessing.
-    A run trained with a Python `model` needs a new instance of it here."""
+def evaluate(run_dir: str | Path, split: str | None = None, model: nnx.Module | None = None, *,
+             input: str | Path | None = None) -> dict[str, float]:
+    """Re-evaluate a finished run's saved parameters on a split of its data (default test),
+    or on a labeled file `input` (CSV, .npz, IDX), with its saved preprocessing. A run
+    trained with a Python `model` needs a new instance of it here."""
+    if input is not None:
+        if split is not None:
+            raise UserError("evaluate takes a split or an input file, not both")
+        return _evaluate_file(run_dir, input, model)
+    split = split or "test"
     trained = load_trained(run_dir, model=model)
     dataset = trained.dataset
     splits = {name: part for name, part in (("test", dataset.test), ("val", dataset.val),
@@ -200,3 +210,14 @@ def evaluate(run_dir: str | Path, split: str = "test", model: nnx.Module | None 
                         f"{', '.join(splits)}: pass --split {' or --split '.join(splits)}")
     target = splits[split]
     return trained.evaluator.evaluate(trained.params, trained.rest, target)
+
+
+def _evaluate_file(run_dir: str | Path, path: str | Path, model: nnx.Module | None) -> dict[str, float]:
+    """The metrics of the run's model on a labeled file, read as `predict` reads its input."""
+    trained = load_trained(run_dir, with_data=False, model=model)
+    stats = trained.stats
+    data = read_user_input(trained, path, labels=True)
+    in_csv = stats.is_table and Path(path).suffix != ".npz"
+    where = f"{path} column '{trained.cfg.data.target}'" if in_csv else str(path)
+    y = apply_stats.label_targets(stats, data.labels, where)
+    return compute_metrics(stats.task, trained.outputs(data.x), y, stats.target_mean, stats.target_scale)

@@ -1,13 +1,11 @@
-"""`jaxtrain export RUN_DIR --format onnx [--output FILE]`: the trained network as ONNX.
+"""`jaxtrain export RUN_DIR --format onnx [--output FILE]`: the whole prediction function as ONNX.
 
-The exported graph takes the feature vector as jaxtrain encodes it *before*
-normalization (raw pixels for images; for tables the numeric columns, after the
-run's missing-value fills, log1p and clipping, then the one-hot and hashed-text
-columns, in stats.json's feature order), applies the run's normalization, runs the
-network in float32, and returns what `jaxtrain predict` prints: class probabilities,
-or predictions in the target's original units. `FILE.json` beside the model states
-that contract (input name, shape and features; output name and meaning). Written
-with jax2onnx (the `export` extra) and checked by running it in onnxruntime.
+A table run's model takes the raw row, one input per column (`onnx_table.py` builds the
+preprocessing graph: fills, log1p, clipping, one-hot); an image run's takes the raw pixels.
+Then the run's normalization, the network in float32 (written by jax2onnx, the `export`
+extra; convolutions as ONNX `Conv`), and what `jaxtrain predict` prints: class
+probabilities, or predictions in the target's original units. `FILE.json` beside the
+model states that contract: every input with its dtype and meaning, the output, the classes.
 """
 
 from __future__ import annotations
@@ -24,11 +22,14 @@ import numpy as np
 from flax import nnx
 
 from jaxtrain.data.featurestats import FeatureStats
+from jaxtrain.runs import onnx_table
 from jaxtrain.runs.trained import check_python_model, load_run, model_from_stats, restore_model
 from jaxtrain.util.errors import UserError
 from jaxtrain.util.optional import require_installed
 
 FORMATS = ("onnx",)
+NETWORK_INPUT = "features"       # pixels, or a table's encoded features (behind the preprocessing graph)
+NET_PREFIX = "jaxtrain.net/"
 
 
 def exported_function(eval_def, params, rest, stats: FeatureStats) -> Callable[[jax.Array], jax.Array]:
@@ -52,34 +53,34 @@ def exported_function(eval_def, params, rest, stats: FeatureStats) -> Callable[[
     return forward
 
 
-def contract(stats: FeatureStats, run_dir: Path, input_name: str, output_name: str, num_outputs: int) -> dict[str, Any]:
-    table = stats.is_table
-    features = {"feature_names": list(stats.feature_names), "numeric_columns": list(stats.numeric_columns),
-                "log1p_columns": list(stats.log_columns), "missing_fills": dict(stats.fills)} \
-        if table else {"image_shape": stats.image_shape}
+def contract(stats: FeatureStats, run_dir: Path, fill_rule: str, output_name: str,
+             num_outputs: int) -> dict[str, Any]:
+    """The model's inputs and output, as the file beside it states them."""
+    if stats.is_table:
+        inputs = onnx_table.input_contract(stats, fill_rule)
+        extra = {"preprocessing": "in the graph: missing-value fills, log1p, clipping, one-hot, normalization",
+                 "feature_names": list(stats.feature_names)}
+    else:
+        inputs = [{"name": NETWORK_INPUT, "dtype": "float32", "shape": ["batch", *stats.feature_shape],
+                   "kind": "pixels", "image_shape": stats.image_shape,
+                   "meaning": "raw pixel values (as in the training files, in the training shape), "
+                              "before normalization"}]
+        extra = {"preprocessing": "in the graph: normalization"}
     if stats.task == "classification":
-        output = {"name": output_name, "shape": ["batch", num_outputs], "meaning": "class probabilities",
+        output = {"name": output_name, "dtype": "float32", "shape": ["batch", num_outputs],
+                  "meaning": "class probabilities, in the order of `classes`",
                   "classes": [str(c) for c in (stats.classes or range(num_outputs))]}
     else:
-        output = {"name": output_name, "shape": ["batch", num_outputs],
+        output = {"name": output_name, "dtype": "float32", "shape": ["batch", num_outputs],
                   "meaning": "predictions in the target's original units"}
-    return {
-        "format": "onnx", "run": str(run_dir), "task": stats.task,
-        "input": {"name": input_name, "dtype": "float32", "shape": ["batch", *stats.feature_shape],
-                  "meaning": ("encoded table features before normalization: numeric columns (missing values "
-                              "filled, log1p and clipping applied as the run does), then one-hot categories "
-                              "and hashed text, in feature_names order") if table else
-                             "raw pixel values (as in the training files), before normalization",
-                  **features},
-        "normalization": "folded into the model",
-        "output": output,
-    }
+    return {"format": "onnx", "run": str(run_dir), "task": stats.task, "inputs": inputs, **extra,
+            "output": output}
 
 
 def export_onnx(run_dir: str | Path, output: str | Path | None = None,
                 model: nnx.Module | None = None) -> tuple[Path, Path]:
-    """Write RUN_DIR's network as ONNX (default RUN_DIR/model.onnx) and its contract (.json).
-    A run trained with a Python `model` needs a new instance of it here."""
+    """Write RUN_DIR's whole prediction function as ONNX (default RUN_DIR/model.onnx) and its
+    contract (.json). A run trained with a Python `model` needs a new instance of it here."""
     require_installed("jax2onnx", "export", "jaxtrain export --format onnx")
     run = Path(run_dir)
     cfg, stats = load_run(run)
@@ -87,31 +88,66 @@ def export_onnx(run_dir: str | Path, output: str | Path | None = None,
     if stats is None or not stats.feature_shape:
         raise UserError(f"run '{run}' has no stats.json with the feature shape; export needs a run "
                         "trained by `jaxtrain train`")
+    output_name = "probabilities" if stats.task == "classification" else "predictions"
+    if stats.is_table:
+        onnx_table.check_exportable(stats, output_name)
     output = Path(output) if output is not None else run / "model.onnx"
     if output.is_dir() or not output.parent.is_dir():
         raise UserError(f"{output}: --output must be a file path in an existing folder")
     # float32 whatever the run's precision: ONNX runtimes do bf16 matmuls unevenly.
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="float32"))
-    eval_def, params, rest = restore_model(run, cfg, model or model_from_stats(cfg, stats))
-    forward = exported_function(eval_def, params, rest, stats)
-    input_name = "features"
-    output_name = "probabilities" if stats.task == "classification" else "predictions"
+    if model is None:
+        model = model_from_stats(cfg, stats)
+        if not cfg.model.imported:     # a model of the user's computes as its author wrote it
+            model = with_xla_convolutions(model)
+    forward = exported_function(*restore_model(run, cfg, model), stats)
     num_outputs = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *stats.feature_shape), jnp.float32)).shape[-1]
-    _convert(forward, stats, output, input_name, output_name, cfg.model.name)
+    proto = _convert(forward, stats, output_name, cfg.model.name)
+    if stats.is_table:
+        proto = _behind_preprocessing(proto, stats, output_name)
+    output.write_bytes(proto.SerializeToString())
     info = output.with_suffix(".json")
-    info.write_text(json.dumps(contract(stats, run, input_name, output_name, num_outputs), indent=1) + "\n")
+    info.write_text(json.dumps(contract(stats, run, cfg.data.clean.missing, output_name, num_outputs),
+                               indent=1) + "\n")
     return output, info
 
 
-def _convert(forward, stats: FeatureStats, output: Path, input_name: str, output_name: str, model_name: str) -> None:
+def with_xla_convolutions(model: nnx.Module) -> nnx.Module:
+    """A built-in `model` with every `nnx.Conv` computing through `lax.conv_general_dilated`,
+    which jax2onnx writes as ONNX `Conv`. On CPU the CNN trains with another kernel of the
+    same values (shifted slices and one matmul, faster there) that would export as those."""
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, nnx.Conv):
+            module.conv_general_dilated = jax.lax.conv_general_dilated
+    return model
+
+
+def _convert(forward, stats: FeatureStats, output_name: str, model_name: str):
+    """The network as an ONNX model with input NETWORK_INPUT (features before normalization)."""
     # jax2onnx and onnx_ir log warnings about optional plugins and shape details; failures raise.
     for name in ("jax2onnx", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.ERROR)
     from jax2onnx import to_onnx
     try:
-        proto = to_onnx(forward, inputs=[("batch", *stats.feature_shape)], model_name="jaxtrain",
-                        input_names=[input_name], output_names=[output_name])
+        return to_onnx(forward, inputs=[("batch", *stats.feature_shape)], model_name="jaxtrain",
+                       input_names=[NETWORK_INPUT], output_names=[output_name])
     except Exception as e:  # an operation jax2onnx has no converter for
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UserError(f"model '{model_name}' cannot be exported to ONNX: {type(e).__name__}: {first[:300]}") from None
-    output.write_bytes(proto.SerializeToString())
+
+
+def _behind_preprocessing(net, stats: FeatureStats, output_name: str):
+    """The network joined behind the table's preprocessing graph: one input per raw column."""
+    import onnx.compose
+    import onnx.helper
+    net = onnx.compose.add_prefix(net, NET_PREFIX)      # its names apart from the column names
+    opset = next(o.version for o in net.opset_import if o.domain in ("", "ai.onnx"))
+    pre = onnx_table.table_graph(stats, "features", opset, net.ir_version)
+    joined = onnx.compose.merge_models(pre, net, io_map=[(pre.graph.output[0].name, NET_PREFIX + NETWORK_INPUT)])
+    for node in joined.graph.node:          # the output keeps its plain name
+        node.output[:] = [output_name if o == NET_PREFIX + output_name else o for o in node.output]
+    joined.graph.output[0].name = output_name
+    unique = {o.domain: o.version for o in joined.opset_import}   # merge_models may list a domain twice
+    del joined.opset_import[:]
+    joined.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in unique.items())
+    return joined

@@ -1,10 +1,11 @@
 """`jaxtrain predict`: a finished run applied to new raw inputs, predictions as CSV.
 
 The inputs go through the run's saved preprocessing (stats.json, via
-`jaxtrain.data.apply`) and the saved parameters (`trained.load_trained`). Output:
-classification: `row, predicted, prob_<class>...`; regression: `row, predicted[_k]`
-in the target's original units. Image inputs (a folder or an image file) add the column
-`file` after `row`.
+`jaxtrain.data.apply.read_input`, the one reader `eval --input` shares) and the saved
+parameters (`trained.load_trained`). Output: classification: `row, [kept columns,]
+predicted, prob_<class>...`; regression: `row, [kept columns,] predicted[_k]` in the
+target's original units. What preprocessing had to guess (missing values filled, values
+clipped, categories training never saw) is said on stderr, per column.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from jaxtrain.data import apply as apply_stats
-from jaxtrain.data import images
 from jaxtrain.data.featurestats import FeatureStats
-from jaxtrain.data.sources import read_idx, read_npz
-from jaxtrain.util.errors import DataError, UserError
+from jaxtrain.util.errors import UserError
+
+PROBABILITY_DIGITS = 6      # significant digits of a printed probability (--full-precision: all)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -28,75 +29,85 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _is_idx(path: Path) -> bool:
-    name = path.name.removesuffix(".gz")
-    return name.endswith("ubyte") or name.endswith(".idx")
+def guessed(data: apply_stats.UserInput, stats: FeatureStats, fill_rule: str, where: str) -> list[str]:
+    """One line per column where preprocessing filled, clipped or did not know values."""
+    c, n, lines = data.counts, data.rows, []
+    for name in stats.feature_columns():
+        if c.missing.get(name):
+            fill = stats.fills[name]
+            shown = f"'{fill}'" if isinstance(fill, str) else f"{fill:g}"
+            origin = apply_stats.FILL_ORIGIN.get(fill_rule, fill_rule) if not isinstance(fill, str) else \
+                ("data.clean.fill_text" if fill_rule == "constant" else "the most frequent training value")
+            lines.append(f"{where} column '{name}': {c.missing[name]} of {n} values missing, filled with "
+                         f"{shown} ({origin})")
+        if c.outliers.get(name) and stats.outliers.action == "clip":
+            low, high = stats.outliers.bounds[stats.numeric_columns.index(name)]
+            lines.append(f"{where} column '{name}': {c.outliers[name]} of {n} values outside the training "
+                         f"bounds [{low:g}, {high:g}]" + (" after log1p" if name in stats.log_columns else "")
+                         + ", clipped")
+        if c.unseen.get(name):
+            examples = ", ".join(f"'{v}'" for v in data.unseen.get(name, []))
+            more = ", ..." if c.unseen[name] > len(data.unseen.get(name, [])) else ""
+            lines.append(f"{where} column '{name}': {c.unseen[name]} of {n} values not seen in training, "
+                         f"one-hot encoded as all zeros: {examples}{more}")
+    return lines
 
 
-def read_inputs(path: str | Path, stats: FeatureStats, data_cfg) -> np.ndarray:
-    """Raw inputs from a CSV (columns as in training), an .npz ('x') or an IDX images file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: input file not found; pass --input with an existing CSV, .npz or IDX file")
-    if path.suffix == ".npz":
-        arrays = read_npz(str(path))
-        key = next((k for k in ("x", "x_test") if k in arrays), None)
-        if key is None:
-            raise DataError(f"{path}: needs an array 'x' of inputs; found: {', '.join(arrays) or 'none'}")
-        x = arrays[key]
-    elif _is_idx(path):
-        x = read_idx(str(path))
-    elif not stats.feature_columns():  # trained on arrays (images): a CSV has no columns to match
-        raise DataError(f"{path}: this run was trained on images, not table columns; image runs take "
-                        f"a folder of PNG/JPEG images, an image file, an IDX images file or an .npz with "
-                        f"an array 'x' of images, not a CSV")
-    else:
-        return apply_stats.read_csv_features(str(path), stats, data_cfg)
-    return apply_stats.array_features(x, stats, str(path))
+def read_user_input(trained, path: str | Path, keep: list[str] | tuple = (),
+                    labels: bool = False) -> apply_stats.UserInput:
+    """`path` through the run's saved preprocessing, what it guessed said on stderr."""
+    data = apply_stats.read_input(path, trained.stats, trained.cfg.data, keep=keep, labels=labels)
+    for line in guessed(data, trained.stats, trained.cfg.data.clean.missing, str(path)):
+        print(line, file=sys.stderr)
+    return data
 
 
-def predictions_table(outputs: np.ndarray, stats: FeatureStats) -> tuple[list[str], list[list]]:
-    """(header, rows) for the model's raw outputs, in user units."""
+def predictions_table(outputs: np.ndarray, stats: FeatureStats, kept: dict[str, list[str]] | None = None
+                      ) -> tuple[list[str], list[list]]:
+    """(header, rows) for the model's raw outputs, in user units; `kept` columns after `row`."""
     n = len(outputs)
+    kept = kept or {}
+    ids = [[kept[k][i] for k in kept] for i in range(n)]
     if stats.task == "classification":
         probs = _softmax(outputs)
         names = [str(c) for c in (stats.classes or range(probs.shape[1]))]
         pred = probs.argmax(1)
-        header = ["row", "predicted"] + [f"prob_{c}" for c in names]
-        return header, [[i, names[pred[i]], *probs[i].tolist()] for i in range(n)]
+        header = ["row", *kept, "predicted"] + [f"prob_{c}" for c in names]
+        return header, [[i, *ids[i], names[pred[i]], *probs[i].tolist()] for i in range(n)]
     values = outputs.astype(np.float64).reshape(n, -1) * stats.target_scale + stats.target_mean
-    header = ["row"] + (["predicted"] if values.shape[1] == 1 else [f"predicted_{k}" for k in range(values.shape[1])])
-    return header, [[i, *values[i].tolist()] for i in range(n)]
+    header = ["row", *kept] + (["predicted"] if values.shape[1] == 1 else
+                               [f"predicted_{k}" for k in range(values.shape[1])])
+    return header, [[i, *ids[i], *values[i].tolist()] for i in range(n)]
 
 
-def predict(run_dir: str | Path, input_path: str | Path, model=None) -> tuple[list[str], list[list]]:
-    """Predictions for every example in `input_path`, as (header, rows). A run trained with a
-    Python `model` (an `nnx.Module`) needs a new instance of it here."""
+def _check_kept(kept: list[str]) -> None:
+    clash = [k for k in kept if k in ("row", "predicted") or k.startswith(("prob_", "predicted_"))]
+    if clash:
+        raise UserError(f"--keep {clash[0]}: the output has a column of that name; rename the column "
+                        "in the input to keep it")
+
+
+def predict(run_dir: str | Path, input_path: str | Path, model=None, keep: list[str] | tuple = ()
+            ) -> tuple[list[str], list[list]]:
+    """Predictions for every example in `input_path`, as (header, rows), full precision;
+    `keep` columns of the input copied after `row`. A run trained with a Python `model`
+    (an `nnx.Module`) needs a new instance of it here."""
     from jaxtrain.runs.trained import load_trained
+    _check_kept(list(keep))
     trained = load_trained(run_dir, with_data=False, model=model)
-    if images.is_image_input(input_path):
-        x, names = read_image_files(input_path, trained.stats, trained.cfg.data)
-        header, rows = predictions_table(trained.outputs(x), trained.stats)
-        return header[:1] + ["file"] + header[1:], [[r[0], name, *r[1:]] for r, name in zip(rows, names)]
-    x = read_inputs(input_path, trained.stats, trained.cfg.data)
-    return predictions_table(trained.outputs(x), trained.stats)
+    data = read_user_input(trained, input_path, keep)
+    return predictions_table(trained.outputs(data.x), trained.stats, data.kept)
 
 
-def read_image_files(path: str | Path, stats: FeatureStats, data_cfg) -> tuple[np.ndarray, list[str]]:
-    """Normalized features of a folder of images (or one image file) and each image's name."""
-    if stats.is_table or not stats.image_shape:
-        raise DataError(f"{path}: this run was trained on table columns, not images; pass --input with "
-                        "a CSV, .npz or IDX file")
-    x, names = images.read_image_inputs(path, tuple(stats.image_shape), data_cfg.image_size is not None,
-                                        images.threads(data_cfg))
-    return apply_stats.array_features(x, stats, str(path)), names
-
-
-def predict_file(run_dir: str | Path, input_path: str | Path, output: str | Path | None = None) -> None:
-    """Write the predictions as CSV to `output`, or to stdout."""
+def predict_file(run_dir: str | Path, input_path: str | Path, output: str | Path | None = None,
+                 keep: list[str] | tuple = (), full_precision: bool = False) -> None:
+    """Write the predictions as CSV to `output`, or to stdout; probabilities to
+    PROBABILITY_DIGITS significant digits unless `full_precision`."""
     if output is not None:
         _check_output(Path(output))      # before the work, not after it
-    header, rows = predict(run_dir, input_path)
+    header, rows = predict(run_dir, input_path, keep=keep)
+    if not full_precision:
+        rows = _rounded_probabilities(header, rows)
     if output is None:
         _write_csv(sys.stdout, header, rows)
         return
@@ -106,6 +117,13 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output: str | Path
     except OSError as e:
         raise UserError(f"{output}: cannot write the predictions ({e.strerror or e})") from None
     print(f"wrote {len(rows)} predictions to {output}", file=sys.stderr)
+
+
+def _rounded_probabilities(header: list[str], rows: list[list]) -> list[list]:
+    first = header.index("predicted") + 1 if "predicted" in header else len(header)
+    if not all(h.startswith("prob_") for h in header[first:]):
+        return rows
+    return [row[:first] + [f"{p:.{PROBABILITY_DIGITS}g}" for p in row[first:]] for row in rows]
 
 
 def _check_output(output: Path) -> None:
