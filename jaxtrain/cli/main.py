@@ -48,8 +48,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     which.add_argument("--split", choices=["test", "val", "train"], help="a split of the run's data "
                        "(default test)")
     which.add_argument("--input", metavar="FILE", help="a labeled file to score instead (CSV with the "
-                       "training columns and the target, .npz with 'x' and 'y', IDX images, or a folder of images in "
-                       "class sub-folders)")
+                       "training columns and the target, .npz with 'x' and 'y', IDX images, or a folder "
+                       "of images in class sub-folders)")
 
 
 def _eval(args: argparse.Namespace) -> int:

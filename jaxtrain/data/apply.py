@@ -46,7 +46,8 @@ class UserInput:
 def read_input(path: str | Path, stats: FeatureStats, cfg: DataConfig, *, keep: list[str] | tuple = (),
                labels: bool = False) -> UserInput:
     """A CSV (the training columns, plus `keep` and the target), an .npz ('x', and 'y' for
-    `labels`) or an IDX images file (for `labels`, its labels file beside it)."""
+    `labels`), an IDX images file (for `labels`, its labels file beside it), or a folder of
+    images or one image file (`image_input`)."""
     path = Path(path)
     if images.is_image_input(path):
         return image_input(path, stats, cfg, keep, labels)
