@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from jaxtrain.cli.main import main
 from jaxtrain.config.schema import dump_yaml, load_config
@@ -25,6 +26,23 @@ def test_unknown_key_lists_the_valid_keys(capsys, tmp_path):
     (tmp_path / "numeric.yaml").write_text("model:\n  1: 2\n  x: 3\n")
     code, err = _run(capsys, "train", str(tmp_path / "numeric.yaml"), "--workdir", str(tmp_path / "r"))
     assert code == 2 and "unknown config key 'model.1'" in err and "hidden_sizes" in err
+
+
+@pytest.mark.parametrize("where,typo,meant", [
+    ("set", "data.batch_sise=32", "data.batch_size"), ("set", "trian.epochs=3", "train"),
+    ("yaml", "optimizer:\n  lerning_rate: 0.1\n", "optimizer.learning_rate"),
+    ("yaml", "data:\n  clean:\n    duplicate: true\n", "data.clean.duplicates")])
+def test_a_misspelled_key_or_section_gets_the_closest_valid_one(capsys, tmp_path, where, typo, meant):
+    args = ["--set", typo] if where == "set" else [str(tmp_path / "typo.yaml")]
+    (tmp_path / "typo.yaml").write_text(typo)
+    code, err = _run(capsys, "train", *args, "--workdir", str(tmp_path / "r"))
+    assert code == 2 and f"did you mean '{meant}'?" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_key_like_no_valid_one_gets_no_guess(capsys, tmp_path):
+    code, err = _run(capsys, "train", "--set", "data.zzz=1", "--workdir", str(tmp_path / "r"))
+    assert code == 2 and "unknown config key 'data.zzz'" in err and "did you mean" not in err
 
 
 def test_wrong_type_names_the_key(capsys, tmp_path):
@@ -66,6 +84,13 @@ def test_overrides_and_round_trip(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(dump_yaml(cfg))
     assert load_config(path) == cfg
+    # config.yaml keeps only the model keys the model reads; they load back as they were
+    for name, used in (("linear", set()), ("cnn", {"channels", "kernel_sizes", "batch_norm", "hidden_sizes"})):
+        other = load_config(cfg, [f"model.name={name}"])
+        saved = set(yaml.safe_load(dump_yaml(other))["model"]) - {"name", "import_root", "init_from"}
+        assert saved - {"activation", "dropout"} == used
+        path.write_text(dump_yaml(other))
+        assert load_config(path).model.name == name
 
 
 def test_dict_config_rejects_unknown_section():

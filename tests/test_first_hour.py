@@ -1,6 +1,8 @@
 """A new user's first hour (issue 16): the messages and commands a README walkthrough hit."""
 
+import re
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -66,6 +68,53 @@ def test_the_cli_says_in_one_line_that_the_run_needs_its_model(python_model_run,
     assert main(["eval", str(run)]) == 2
     line = _one_line(capsys.readouterr().err)
     assert "trained with a Python model" in line and "model=" in line
+
+
+def test_the_python_api_is_silent_at_verbose_0_and_names_python_arguments(tmp_path, capfd):
+    run = tmp_path / "run"
+    summary = jaxtrain.train("digits_mlp", workdir=run, verbose=0, overrides=FAST)
+    assert jaxtrain.evaluate(run, verbose=0)["accuracy"] == summary["test"]["accuracy"]
+    out, err = capfd.readouterr()
+    assert out == "" and "Traceback" not in err
+    with pytest.raises(UserError) as raised:  # a second run into the same directory
+        jaxtrain.train("digits_mlp", workdir=run, verbose=0, overrides=FAST)
+    message = str(raised.value)
+    assert "workdir=" in message and "jaxtrain.resume(" in message and "--" not in message
+    with pytest.raises(UserError) as raised:
+        jaxtrain.evaluate(run, split="nope", verbose=0)
+    assert "split='test'" in str(raised.value) and "--split" not in str(raised.value)
+    # the command line says the same in flags
+    assert main(["train", "digits_mlp", "--workdir", str(run)]) == 2
+    line = _one_line(capfd.readouterr().err)
+    assert "pass a new --workdir (or resume it with --resume)" in line
+
+
+def test_verbose_1_prints_epoch_lines_and_2_progress_too(tmp_path, capsys, monkeypatch):
+    import time
+    from jaxtrain.engine.engine import Engine
+    calls = Engine._call
+    monkeypatch.setattr(Engine, "_call", lambda self, *args: (time.sleep(0.3), calls(self, *args))[1])
+    # the console train() builds: plain lines, a progress line after 0.05 s of quiet
+    monkeypatch.setattr(Console.__init__, "__defaults__", ("plain", None, 0.05, time.monotonic, 2))
+    outs = {}
+    for verbose in (1, 2):
+        jaxtrain.train("digits_mlp", workdir=tmp_path / f"v{verbose}", verbose=verbose,
+                       overrides={**FAST, "train.steps_per_call": 4})
+        outs[verbose] = capsys.readouterr().out
+    for out in outs.values():
+        assert "epoch 1/2 loss=" in out and "epoch 2/2 loss=" in out and "\ntest " in out
+    progress = re.compile(r"^epoch \d: \d+/\d+ steps", re.M)
+    assert progress.search(outs[2]) and not progress.search(outs[1])
+    with pytest.raises(UserError, match="verbose=3: pass 0"):
+        jaxtrain.train("digits_mlp", workdir=tmp_path / "other", verbose=3)
+
+
+def test_cli_phrasing_maps_to_python_terms():
+    from jaxtrain.util.errors import python_phrasing
+    assert python_phrasing("pass --set train.epochs=N with N > 3, or --set data.path=x.csv") == \
+        "pass overrides={'train.epochs': N} with N > 3, or overrides={'data.path': 'x.csv'}"
+    assert python_phrasing("read it with --set data.source=idx --set data.path=DIR") == \
+        "read it with overrides={'data.source': 'idx', 'data.path': DIR}"
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +306,78 @@ def test_every_python_name_the_readme_uses_exists():
     missing += [f"{module}.{name}" for module, name in sorted(imports)
                 if not hasattr(importlib.import_module(module), name)]
     assert not missing, missing
+
+
+class _FakeTime:
+    """Fake seconds shared by a slow call (which advances them) and a Heartbeat thread (which
+    sleeps on them): `advance` returns only once the heartbeat has acted on the new time
+    and sleeps again, so what it printed at each fake second is deterministic."""
+
+    def __init__(self):
+        self.now, self.deadline, self.stopped = 0.0, None, False
+        self.cond = threading.Condition()
+
+    def clock(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> bool:  # the heartbeat's sleep
+        with self.cond:
+            self.deadline = self.now + seconds
+            self.cond.notify_all()
+            assert self.cond.wait_for(lambda: self.now >= self.deadline or self.stopped, timeout=60)
+            self.deadline = None
+            return self.stopped
+
+    def advance(self, seconds: float) -> None:  # the slow call's time passing
+        with self.cond:
+            self.now += seconds
+            self.cond.notify_all()
+            assert self.cond.wait_for(lambda: self.deadline is not None and self.deadline > self.now, timeout=60)
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+
+def test_a_long_compiled_call_gets_a_progress_line_at_least_every_15_s_of_fake_time():
+    import io
+    from jaxtrain.util.heartbeat import Heartbeat
+    fake, out = _FakeTime(), io.StringIO()
+    stamped = []  # (fake second, line) as the lines appear
+    out.write = lambda text, write=out.write: (stamped.append((fake.now, text)), write(text))[1]
+    console = Console("plain", stream=out, plain_every_s=10.0, clock=fake.clock)
+    beat = Heartbeat(console, clock=fake.clock, wait=fake.wait)
+    with beat:
+        console.line("epoch 1/3 loss=0.5")
+        console.progress("epoch 2", 0, 600, rate=1000.0, eta_s=120.0)  # then one call: the whole epoch
+        for _ in range(65):
+            fake.advance(1.0)
+        fake.stop()
+    assert not beat._thread.is_alive()  # stopped with the run
+    times = [t for t, text in stamped if text.strip()]
+    assert times[0] == 0.0 and all(b - a <= 15.0 for a, b in zip(times, times[1:] + [65.0])), stamped
+    beats = [text for t, text in stamped if "elapsed" in text]
+    assert len(beats) == 6  # at 10, 20, ..., 60 s of the 65 s call
+    assert beats[0] == "epoch 2: 0/600 steps, 10s elapsed ETA 1m50s"  # the run's ETA, counted down
+    assert beats[-1].startswith("epoch 2: 0/600 steps, 1m00s elapsed ETA 1m00s")
+
+
+def test_training_with_one_call_per_epoch_prints_heartbeats_while_it_waits(tmp_path, monkeypatch):
+    """The loop runs a Heartbeat: a slowed compiled call (real time, a short interval) gets lines."""
+    import io
+    import time as real_time
+    from jaxtrain.engine.engine import Engine
+    calls = Engine._call
+
+    def slow_call(self, *args):
+        real_time.sleep(0.5)
+        return calls(self, *args)
+
+    monkeypatch.setattr(Engine, "_call", slow_call)
+    out = io.StringIO()
+    jaxtrain.train("digits_mlp", workdir=tmp_path / "run", console=Console("plain", out, plain_every_s=0.1),
+                   overrides={**FAST, "train.steps_per_call": "epoch"})
+    beats = [line for line in out.getvalue().splitlines() if " elapsed" in line]
+    assert any(line.startswith("epoch 1: 0/") for line in beats), out.getvalue()
+    assert any(line.startswith("epoch 2: ") for line in beats), out.getvalue()

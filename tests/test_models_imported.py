@@ -72,6 +72,7 @@ def test_user_model_trains_evaluates_predicts_and_resumes(user_dir, tmp_path, mo
     assert _train(run, "--set", "model.name=user_nets_cli:make", "--set", "train.epochs=1") == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())["model"]
     assert saved["name"] == "user_nets_cli:make" and saved["import_root"] == str(user_dir)
+    assert set(saved) == {"name", "kwargs", "import_root", "init_from"}  # no hidden_sizes it never read
     assert _train(longer, "--set", "model.name=user_nets_cli:make", "--set", "train.epochs=2") == 0
 
     elsewhere = tmp_path / "elsewhere"

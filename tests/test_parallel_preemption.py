@@ -62,7 +62,7 @@ def test_sigterm_to_one_worker_stops_both_at_one_step_and_resume_is_bit_exact(tm
     if proc.returncode == 0:
         pytest.skip("the run finished before SIGTERM arrived (machine too fast for this timing)")
     assert proc.returncode == 143, out[-3000:] + err[-3000:]
-    lines = [line for line in out.splitlines() if "stopped by SIGTERM at step" in line]
+    lines = [line for line in err.splitlines() if "stopped by SIGTERM at step" in line]  # each process's stderr
     stops = {line[:4]: int(line.split("at step ")[1].split(";")[0]) for line in lines}
     assert set(stops) == {"[p0]", "[p1]"} and len(set(stops.values())) == 1, out[-3000:]
     step = stops["[p0]"]

@@ -1,10 +1,11 @@
 """`jaxtrain report`: the expected files, and a confusion matrix NumPy agrees with."""
 
 import json
+import struct
 
 import numpy as np
 
-from jaxtrain.runs.api import load_trained, train
+from jaxtrain.runs.api import evaluate, load_trained, train
 from jaxtrain.cli.main import main
 from jaxtrain.util.events import Console
 from jaxtrain.runs.report import read_history, sample_indices
@@ -54,7 +55,21 @@ def test_regression_report(tmp_path, capsys):
     assert (run / "regression.png").read_bytes()[:8] == PNG
     assert (run / "curves.png").read_bytes()[:8] == PNG
     assert not (run / "confusion_matrix.png").exists()
-    assert "regression.png" in (run / "report.md").read_text()
+    md = (run / "report.md").read_text()
+    assert "regression.png" in md
+    # train, val and test rows with mse, mae and r2 in the target's units; no empty column
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header == ["split", "loss", "mse", "mae", "r2"]
+    rows = {r[0]: r[1:] for r in ([c.strip() for c in line.strip("|").split("|")] for line in table[2:])}
+    assert list(rows) == ["train", "val", "test"] and all(all(cells) for cells in rows.values())
+    summary = json.loads((run / "summary.json").read_text())
+    for split in ("train", "test"):  # the train row: the final parameters, as `jaxtrain eval` gives them
+        want = evaluate(run, split=split, verbose=0)
+        assert [float(c) for c in rows[split]] == [float(f"{want[m]:.4g}") for m in header[1:]]
+    assert float(rows["test"][1]) == float(f"{summary['test']['mse']:.4g}")
+    width, height = struct.unpack(">II", (run / "curves.png").read_bytes()[16:24])
+    assert width < 2 * height  # a 2x2 grid, not a strip
     # A damaged summary.json is one line, exit 2, not a traceback.
     (run / "summary.json").write_text('{"test": ')
     assert main(["report", str(run)]) == 2
@@ -64,6 +79,30 @@ def test_regression_report(tmp_path, capsys):
 def test_report_on_a_non_run_exits_2(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err
+
+
+def test_curves_are_a_grid_of_panels_with_units_and_the_restored_epoch(tmp_path, monkeypatch):
+    from jaxtrain.runs.report import curve_titles, restored_epoch
+    from jaxtrain.util import plots
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    val = [(1, 3.0), (2, 2.0), (3, 2.5)]
+    history = {"loss": {"train": [(1, 1.0), (2, 0.5), (3, 0.4)], "val": val},
+               "mse": {"train": [], "val": val}, "mae": {"train": [], "val": val}, "r2": {"train": [], "val": val}}
+    summary = {"task": "regression", "early_stopping": {"best_epoch": 2, "restored_best": True}}
+    plots.curves(history, tmp_path / "c.png", curve_titles(summary), restored_epoch(summary))
+    plots.curves({"loss": {"train": [(1, 1.0)], "val": [(1, 2.0)]}}, tmp_path / "one.png")
+    grid, one = figures
+    assert grid.axes[0].get_subplotspec().get_gridspec().get_geometry() == (2, 2)
+    loss, mse, mae, r2 = grid.axes
+    assert loss.get_title() == "loss (standardized target)" and mae.get_title() == "mae (target units)"
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["train", "val", "restored (epoch 2)"]
+    for ax in grid.axes:  # the restored epoch marked in every panel
+        assert any(list(line.get_xdata()) == [2, 2] for line in ax.lines)
+    assert list(one.axes[0].get_xticks()) == [1]  # a one-epoch run: one whole-epoch tick, points
+    assert all(line.get_linestyle() == "None" and line.get_marker() == "o" for line in one.axes[0].lines)
+    assert restored_epoch({"early_stopping": {"best_epoch": 2, "restored_best": False}}) is None
+    assert curve_titles({"task": "classification"}) == {}
 
 
 def test_report_on_colour_image_folders_shows_the_images_with_class_names(tmp_path, monkeypatch):

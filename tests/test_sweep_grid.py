@@ -56,6 +56,12 @@ def test_results_csv_rows_match_each_points_summary(tmp_path):
         assert math.isclose(float(row["train.loss"]), summary["train"]["loss"], rel_tol=1e-12)
         seen.add((row["optimizer.learning_rate"], row["data.batch_size"]))
     assert len(seen) == 4
+    # the returned rows hold each value as the config read it: numbers, not text
+    for row in rows:
+        cfg = load_config(tmp_path / row["point"] / "config.yaml")
+        assert type(row["optimizer.learning_rate"]) is float and type(row["data.batch_size"]) is int
+        assert (row["optimizer.learning_rate"], row["data.batch_size"]) == (cfg.optimizer.learning_rate,
+                                                                            cfg.data.batch_size)
     md = (tmp_path / "results.md").read_text()
     assert all(r["point"] in md for r in on_disk)
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

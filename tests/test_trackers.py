@@ -127,6 +127,9 @@ class _BlockedWriter:
     def start(self, params):
         self.calls.append("start")
 
+    def where(self):
+        return "blocked: run 1"
+
     def metrics(self, values, step):
         self.release.wait()
         self.calls.append(("metrics", step))
@@ -156,3 +159,33 @@ def test_a_blocked_tracker_does_not_hold_up_training(ctx):
     writer.release.set()
     hook.close()
     assert writer.calls == ["start", ("metrics", 3), ("metrics", 6), ("metrics", 9), ("close", False)]
+
+
+def test_mlflow_default_store_is_one_mlflows_own_tools_open(tmp_path, monkeypatch, capsys):
+    """No MLflow variable set: the run goes to MLflow's default store in the working directory,
+    the console says where, and MLflow's API in a fresh process with a clean environment finds it."""
+    import os
+    import re
+    import subprocess
+    pytest.importorskip("mlflow")
+    for name in [n for n in os.environ if n.startswith("MLFLOW_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    quiet = COMMON.index("logging.progress=none")
+    args = [*COMMON[:quiet], "logging.progress=plain", *COMMON[quiet + 1:]]
+    assert main(["train", "--workdir", "run", "--set", "logging.mlflow=true", *args]) == 0
+    printed = re.search(r"^mlflow: run (\w+) in experiment 'digits_mlp' at (\S+)$", capsys.readouterr().out, re.M)
+    assert printed, "the console names the run and its tracking URI"
+    run_id, uri = printed.groups()
+    assert uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    probe = ("import json, sys, mlflow\n"
+             "run = mlflow.MlflowClient(sys.argv[1]).get_run(sys.argv[2])\n"
+             "print(json.dumps([mlflow.get_tracking_uri(), run.info.status, run.data.metrics]))\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    got = subprocess.run([sys.executable, "-c", probe, uri, run_id], cwd=tmp_path, env=clean,
+                         capture_output=True, text=True, timeout=600)
+    assert got.returncode == 0, got.stderr
+    default_uri, status, metrics = json.loads(got.stdout.splitlines()[-1])
+    assert default_uri == uri  # MLflow's own default in that directory: `mlflow ui` there shows it
+    assert status == "FINISHED" and metrics["summary/test/accuracy"] == summary["test"]["accuracy"]

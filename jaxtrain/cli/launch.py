@@ -5,7 +5,11 @@ the environment (distributed.py reads them), so the command after `--` runs
 unchanged; it may also be any other command (`-- python my_script.py`), which
 then calls `jaxtrain.parallel.distributed.initialize` itself (or `jaxtrain.train`).
 
-Output is streamed line by line with a `[pI]` prefix. The launcher exits with
+Each process's stdout and stderr are read apart, line by line, and each whole line is
+printed with one `[pI]` prefix (stdout to stdout, stderr to stderr), so lines of two
+processes never mix. Gloo's connection chatter (`[Gloo] Rank 3 is connected to 7 peer
+ranks...`, written by several threads at once and so often torn mid-line) is dropped
+unless `--verbose`. The launcher exits with
 the first non-zero status; the moment one process fails it ends the others
 (each runs in its own process group: SIGTERM, then SIGKILL after a grace
 period), so nothing is left running and nothing hangs in a collective.
@@ -47,11 +51,18 @@ def command_for(args: list[str], subcommands: frozenset[str]) -> list[str]:
     return args
 
 
-def _pump(index: int, stream, out, lock: threading.Lock) -> None:
+def is_noise(line: str) -> bool:
+    """Connection chatter of the collectives' transport, not the user's program."""
+    return "[Gloo]" in line
+
+
+def _pump(index: int, stream, out, lock: threading.Lock, verbose: bool) -> None:
     prefix = f"[p{index}] "
     for line in iter(stream.readline, ""):
+        if not verbose and is_noise(line):
+            continue
         with lock:
-            out.write(prefix + line if line.endswith("\n") else prefix + line + "\n")
+            out.write(prefix + line.rstrip("\n") + "\n")
             out.flush()
     stream.close()
 
@@ -106,8 +117,8 @@ def _wait_all(procs: list[subprocess.Popen], preempted_at: list[float], lock: th
 
 
 def launch(num_processes: int, args: list[str], *, cpu_devices: int | None = None,
-           gpus_per_process: int | None = None, port: int | None = None, out=None,
-           subcommands: frozenset[str] = frozenset()) -> int:
+           gpus_per_process: int | None = None, port: int | None = None, out=None, err=None,
+           verbose: bool = False, subcommands: frozenset[str] = frozenset()) -> int:
     """Run `args` as `num_processes` local processes of one run; return the exit status."""
     if num_processes < 1:
         raise UserError(f"launch -n {num_processes}: need at least one process")
@@ -115,7 +126,7 @@ def launch(num_processes: int, args: list[str], *, cpu_devices: int | None = Non
         args = args[1:]
     if not args:
         raise UserError("launch: nothing to run; write e.g. `jaxtrain launch -n 2 -- train CONFIG`")
-    out = out or sys.stdout
+    out, err = out or sys.stdout, err or sys.stderr
     cmd = command_for(args, subcommands)
     address = f"127.0.0.1:{port or free_port()}"
     procs: list[subprocess.Popen] = []
@@ -140,15 +151,16 @@ def launch(num_processes: int, args: list[str], *, cpu_devices: int | None = Non
                 env["JAX_LOCAL_DEVICE_IDS"] = ",".join(
                     str(d) for d in range(i * gpus_per_process, (i + 1) * gpus_per_process))
             try:
-                p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, text=True, bufsize=1,
                                      start_new_session=True)  # its own group: killable as a whole
             except OSError as e:
                 raise UserError(f"launch: cannot start {cmd[0]!r}: {e.strerror}") from None
             procs.append(p)
-            t = threading.Thread(target=_pump, args=(i, p.stdout, out, lock), daemon=True)
-            t.start()
-            pumps.append(t)
+            for stream, to in ((p.stdout, out), (p.stderr, err)):
+                t = threading.Thread(target=_pump, args=(i, stream, to, lock, verbose), daemon=True)
+                t.start()
+                pumps.append(t)
         status = _wait_all(procs, preempted_at, lock)
     except KeyboardInterrupt:
         status = 130

@@ -37,7 +37,7 @@ def _train_resume_args(p: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     from jaxtrain.runs.api import train
     from jaxtrain.util.time_account import since_process_start
-    train(args.config, workdir=args.workdir, overrides=args.overrides, resume=args.resume,
+    train(args.config, workdir=args.workdir, overrides=args.overrides, resume=args.resume, verbose=2,
           account=since_process_start())
     return 0
 
@@ -55,7 +55,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from jaxtrain.runs.api import evaluate
     name = "input" if args.input else (args.split or "test")
-    print(json.dumps({name: evaluate(args.run_dir, args.split, input=args.input)}, indent=2))
+    print(json.dumps({name: evaluate(args.run_dir, args.split, input=args.input, verbose=0)}, indent=2))
     return 0
 
 
@@ -71,7 +71,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
 def _sweep(args: argparse.Namespace) -> int:
     from jaxtrain.runs.sweep import run_sweep
     run_sweep(args.config, args.grid, workdir=args.workdir, overrides=args.overrides,
-              vectorized=args.vectorized)
+              vectorized=args.vectorized, verbose=2)
     return 0
 
 
@@ -122,6 +122,7 @@ def _launch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-devices", type=int, help="simulated CPU devices per process (JAX_NUM_CPU_DEVICES)")
     p.add_argument("--gpus-per-process", type=int, help="give process i its own GPUs (JAX_LOCAL_DEVICE_IDS)")
     p.add_argument("--port", type=int, help="coordinator port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--verbose", action="store_true", help="also show the processes' connection chatter (Gloo)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                    help="a jaxtrain command (train CONFIG ...) or any program, after --")
 
@@ -129,7 +130,7 @@ def _launch_args(p: argparse.ArgumentParser) -> None:
 def _launch(args: argparse.Namespace) -> int:
     from jaxtrain.cli.launch import launch
     return launch(args.num_processes, args.cmd, cpu_devices=args.cpu_devices,
-                  gpus_per_process=args.gpus_per_process, port=args.port,
+                  gpus_per_process=args.gpus_per_process, port=args.port, verbose=args.verbose,
                   subcommands=frozenset(name for name, *_ in COMMANDS))
 
 
@@ -149,7 +150,7 @@ def _profile(args: argparse.Namespace) -> int:
     workdir = args.workdir or default_workdir(load_config(args.config, args.overrides), "-profile")
     train(args.config, workdir=workdir, overrides=[
         *args.overrides, "train.profile=true", f"train.profile_steps={args.steps}",
-        "checkpoint.enabled=false"], account=since_process_start())
+        "checkpoint.enabled=false"], verbose=2, account=since_process_start())
     return 0
 
 
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"jaxtrain: error: {e}", file=sys.stderr)
+        print(f"jaxtrain: error: {e.cli or e}", file=sys.stderr)
         if "jaxtrain.parallel.distributed" in sys.modules:  # multi-process: leave now, don't wait for the others
             sys.modules["jaxtrain.parallel.distributed"].exit_if_joined(2)
         return 2
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxtrain: training failed: {e}", file=sys.stderr)
         return 3
     except Preempted as e:
-        print(f"jaxtrain: {e}", file=sys.stderr)
+        print(f"jaxtrain: {e.cli or e}", file=sys.stderr)
         return 128 + e.signum
     except MemoryError:  # what the memory estimate (memory.py) did not foresee: still one line
         if args.debug:

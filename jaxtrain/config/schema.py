@@ -10,6 +10,7 @@ them; `--set section.key=value` overrides one key, the value parsed as YAML.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -358,8 +359,10 @@ def from_dict(cls: type, raw: dict, prefix: str = "") -> Any:
     unknown = sorted(set(raw) - fields, key=str)  # keys may be numbers in a user's YAML
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
-        raise ConfigError(f"unknown config key '{where}'; valid keys{' in ' + prefix if prefix else ''}: "
-                          f"{', '.join(sorted(fields))}")
+        close = difflib.get_close_matches(str(unknown[0]), fields, n=1)
+        hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'? " if close else ""
+        raise ConfigError(f"unknown config key '{where}'; {hint}"
+                          f"valid keys{' in ' + prefix if prefix else ''}: {', '.join(sorted(fields))}")
     values = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
     obj = cls(**values)
     if hasattr(obj, "validate"):
@@ -452,5 +455,16 @@ def load_config(source: str | Path | dict | Config | None = None,
     return from_dict(Config, raw)
 
 
+# The model keys each built-in model reads (an imported one reads `kwargs`); beside the keys
+# every model has, a run's config.yaml keeps only these, so it shows what shaped the model.
+MODEL_KEYS = {"mlp": ("hidden_sizes", "activation", "dropout"), "linear": (),
+              "cnn": ("hidden_sizes", "activation", "dropout", "channels", "kernel_sizes", "batch_norm")}
+COMMON_MODEL_KEYS = ("name", "import_root", "init_from")
+
+
 def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The config as YAML, less the model keys its model does not read (they load back as defaults)."""
+    raw = to_dict(cfg)
+    used = COMMON_MODEL_KEYS + (("kwargs",) if cfg.model.imported else MODEL_KEYS[cfg.model.name])
+    raw["model"] = {k: v for k, v in raw["model"].items() if k in used}
+    return yaml.safe_dump(raw, sort_keys=False)

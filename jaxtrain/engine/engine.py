@@ -135,6 +135,11 @@ class Engine:
 
     # ------------------------------------------------------------ compiling and calling
 
+    # Several CPU processes wait for each call (above), so no call overlaps the next and a longer
+    # one only saves per-call costs: `auto` takes the longest candidate without timing them, which
+    # cost over a minute of cross-process collectives in a 2-process run (bench/launch_cost.py).
+    MEASURE_K_ACROSS_CPU_PROCESSES = False
+
     def _compile(self, num: int, state: TrainState, args: tuple) -> Any:
         t0 = self.clock()
         with self.account.part("compile"):
@@ -210,6 +215,9 @@ class Engine:
             row = self._row_bytes()
             max_k = max(1, min(64, STREAM_CHUNK_BYTES // max(1, row * self.batch_size)))
         ks = autotune.candidates(self.steps, max_k, self.step_multiple)
+        if self._wait_each_call and not self.MEASURE_K_ACROSS_CPU_PROCESSES:
+            self.k = max(ks)  # the same candidates, so the same K, on every process
+            return
         measure = self._measure_on_device if self.on_device else self._stream_measurer(max(ks))
         multi = jax.process_count() > 1
         k, self.k_timings = autotune.choose(lambda k: measure(state, k), ks, early_stop=not multi)

@@ -33,8 +33,8 @@ from jaxtrain.training.preflight import check_before_training
 from jaxtrain.training.setup import setup
 from jaxtrain.training.loop import fit
 from jaxtrain.training.hooks.protocol import Hook, RunContext
-from jaxtrain.util.errors import NonFiniteError, Preempted, UserError
-from jaxtrain.util.events import Console
+from jaxtrain.util.errors import NonFiniteError, Preempted, UserError, python_api
+from jaxtrain.util.events import Console, format_metrics
 from jaxtrain.util.time_account import TimeAccount
 from jaxtrain.util.workdir import explain_os_error
 
@@ -47,11 +47,15 @@ def _config(config: Any, overrides: list[str] | dict[str, Any] | None, kw_overri
     return load_config(cfg, over) if over else cfg
 
 
+@python_api
 def train(config: str | Path | dict | Config | None = None, *, workdir: str | Path | None = None,
           model: nnx.Module | None = None, dataset: data_stage.Dataset | None = None,
-          overrides: list[str] | dict[str, Any] | None = None, console: Console | None = None,
+          overrides: list[str] | dict[str, Any] | None = None, verbose: int = 1, console: Console | None = None,
           resume: str | Path | None = None, account: TimeAccount | None = None, **kw_overrides: Any) -> dict:
     """Train and return the run's summary (also written to WORKDIR/summary.json).
+
+    `verbose`: 0 prints nothing, 1 a line per epoch and the results, 2 progress too (the
+    CLI's); a given `console` decides instead.
 
     `config` is a YAML path, a config name from configs/, a dict or a Config.
     Keyword overrides use double underscores for dots: `optimizer__learning_rate=0.1`.
@@ -69,6 +73,7 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     distributed.initialize(cfg.parallel.distributed)  # a multi-process run joins before any JAX use
     enable_persistent_cache(cfg.train.compilation_cache)  # before the first compile (the model's init)
     lead = distributed.is_lead()  # process 0 writes logs and summaries; all take part in checkpoints
+    console = console or Console(cfg.logging.progress if lead else "none", verbose=check_verbose(verbose))
     if resume is None:
         workdir = distributed.same_on_all(str(workdir or default_workdir(cfg)))
     with RunDirectory(cfg, workdir, resuming=resume is not None, lead=lead, console=console,
@@ -175,10 +180,17 @@ def finish_trackers(hooks: list, summary: dict, workdir: Path, console: Console)
         tracker.finish(summary, files)
 
 
-def resume(run_dir: str | Path, overrides: list[str] | dict[str, Any] | None = None,
+def check_verbose(verbose: int) -> int:
+    if verbose not in (0, 1, 2):
+        raise UserError(f"verbose={verbose!r}: pass 0 (silent), 1 (a line per epoch) or 2 (progress too)")
+    return verbose
+
+
+@python_api
+def resume(run_dir: str | Path, overrides: list[str] | dict[str, Any] | None = None, *, verbose: int = 1,
            **kw_overrides: Any) -> dict:
     """Continue the run in `run_dir` from its latest checkpoint; return the new summary."""
-    return train(resume=run_dir, overrides=overrides, **kw_overrides)
+    return train(resume=run_dir, overrides=overrides, verbose=verbose, **kw_overrides)
 
 
 def next_steps(workdir: Path, kept_checkpoints: bool, python_model: str | None) -> str:
@@ -191,16 +203,25 @@ def next_steps(workdir: Path, kept_checkpoints: bool, python_model: str | None) 
     return f"run saved in {workdir}; next: " + ", ".join(steps)
 
 
+@python_api
 def evaluate(run_dir: str | Path, split: str | None = None, model: nnx.Module | None = None, *,
-             input: str | Path | None = None) -> dict[str, float]:
+             input: str | Path | None = None, verbose: int = 1) -> dict[str, float]:
     """Re-evaluate a finished run's saved parameters on a split of its data (default test),
     or on a labeled file `input` (CSV, .npz, IDX), with its saved preprocessing. A run
-    trained with a Python `model` needs a new instance of it here."""
+    trained with a Python `model` needs a new instance of it here. `verbose`: 1 prints the
+    metrics as one line, 0 nothing."""
+    check_verbose(verbose)
     if input is not None:
         if split is not None:
             raise UserError("evaluate takes a split or an input file, not both")
-        return _evaluate_file(run_dir, input, model)
-    split = split or "test"
+        name, metrics = "input", _evaluate_file(run_dir, input, model)
+    else:
+        name, metrics = split or "test", _evaluate_split(run_dir, split or "test", model)
+    Console("plain", verbose=verbose).line(f"{name} " + format_metrics(metrics))
+    return metrics
+
+
+def _evaluate_split(run_dir: str | Path, split: str, model: nnx.Module | None) -> dict[str, float]:
     trained = load_trained(run_dir, model=model)
     dataset = trained.dataset
     splits = {name: part for name, part in (("test", dataset.test), ("val", dataset.val),

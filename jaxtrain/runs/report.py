@@ -86,15 +86,36 @@ def display_images(x: np.ndarray, stats: FeatureStats, image_shape: tuple[int, .
     return images[..., 0] if images.ndim == 4 and images.shape[-1] == 1 else images
 
 
-def _metrics_table(summary: dict) -> list[str]:
-    lines = ["| split | " + " | ".join(CURVE_METRICS) + " |", "|" + " --- |" * (len(CURVE_METRICS) + 1)]
-    for split in ("train", "val", "test"):
-        values = summary.get(split) or {}
-        if any(m in values for m in CURVE_METRICS):
+def _metrics_table(summary: dict, final_train: dict | None) -> list[str]:
+    """Final metrics per split, only the columns some split has. The train row is the final
+    parameters on the training split when they could be loaded (`final_train`), else the
+    last epoch's running averages from the summary."""
+    rows = {"train": final_train or summary.get("train") or {}, "val": summary.get("val") or {},
+            "test": summary.get("test") or {}}
+    shown = [m for m in CURVE_METRICS if any(isinstance(v.get(m), (int, float)) for v in rows.values())]
+    lines = ["| split | " + " | ".join(shown) + " |", "|" + " --- |" * (len(shown) + 1)]
+    for split, values in rows.items():
+        if any(m in values for m in shown):
             lines.append(f"| {split} | " + " | ".join(
-                f"{values[m]:.4g}" if isinstance(values.get(m), (int, float)) else "" for m in CURVE_METRICS)
-                + " |")
-    return lines
+                f"{values[m]:.4g}" if isinstance(values.get(m), (int, float)) else "" for m in shown) + " |")
+    how = ("the final parameters evaluated on the training split, as val and test are" if final_train else
+           "the last epoch's running average while the parameters changed (no checkpoint to evaluate)")
+    return lines + ["", f"train: {how}."]
+
+
+def curve_titles(summary: dict) -> dict[str, str]:
+    """Panel titles that name the unit where the metric's name does not: a regression's loss
+    is on the standardized target, its mse and mae in the target's units."""
+    if summary.get("task") != "regression":
+        return {}
+    return {"loss": "loss (standardized target)", "mse": "mse (target units squared)",
+            "mae": "mae (target units)"}
+
+
+def restored_epoch(summary: dict) -> int | None:
+    """The epoch whose parameters early stopping put back, if it did."""
+    stopping = summary.get("early_stopping") or {}
+    return stopping.get("best_epoch") if stopping.get("restored_best") else None
 
 
 def write_report(run_dir: str | Path, model=None) -> list[Path]:
@@ -109,20 +130,30 @@ def write_report(run_dir: str | Path, model=None) -> list[Path]:
     run = Path(run_dir)
     history = read_history(run)
     summary = read_summary(run)
+    trained = load_trained(run, model=model) if has_checkpoint(run / "checkpoints") else None
     written: list[Path] = []
     md = [f"# Run report: {summary.get('config_name') or run.name}", "", f"Run directory: `{run}`.", ""]
-    md += ["## Final metrics", ""] + _metrics_table(summary) + [""]
+    md += ["## Final metrics", ""] + _metrics_table(summary, _final_train(trained)) + [""]
     if history:
-        plots.curves(history, run / "curves.png")
+        plots.curves(history, run / "curves.png", curve_titles(summary), restored_epoch(summary))
         written.append(run / "curves.png")
         md += ["## Training and validation curves", "", "![curves](curves.png)", ""]
-    if has_checkpoint(run / "checkpoints"):
-        md += _test_figures(run, load_trained(run, model=model), written)
+    if trained is not None:
+        md += _test_figures(run, trained, written)
     else:
         md += ["No checkpoint was kept (checkpoint.enabled: false), so there are no test-split figures.", ""]
     path = run / "report.md"
     path.write_text("\n".join(md))
     return written + [path]
+
+
+def _final_train(trained) -> dict | None:
+    """The saved parameters' metrics on the training split (None without them, or when the
+    training split is not in memory)."""
+    train = trained.dataset.train if trained is not None else None
+    if train is None or not len(train):
+        return None
+    return trained.evaluator.evaluate(trained.params, trained.rest, train)
 
 
 def _test_figures(run: Path, trained, written: list[Path]) -> list[str]:

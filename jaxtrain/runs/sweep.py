@@ -19,7 +19,7 @@ from typing import Any
 
 from jaxtrain.config.schema import Config, load_config, parse_override
 from jaxtrain.runs.rundir import default_workdir
-from jaxtrain.util.errors import ConfigError, UserError
+from jaxtrain.util.errors import ConfigError, UserError, python_api
 from jaxtrain.util import plots
 from jaxtrain.util.events import Console
 
@@ -90,11 +90,13 @@ def ranking_metric(task: str, rows: list[dict[str, Any]]) -> tuple[str, str]:
     return "train.loss", "min"
 
 
+@python_api
 def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: str | Path | None = None,
-              overrides: list[str] | None = None, vectorized: bool = False,
+              overrides: list[str] | None = None, vectorized: bool = False, verbose: int = 1,
               console: Console | None = None) -> list[dict[str, Any]]:
-    """Train every grid point; write results.csv/.md/.png into `workdir`; return the rows."""
-    from jaxtrain.runs.api import train
+    """Train every grid point; write results.csv/.md/.png into `workdir`; return the rows (a
+    point's values as the config reads them: numbers are numbers). `verbose` as `train`'s."""
+    from jaxtrain.runs.api import check_verbose, train
     plots.require_matplotlib()           # results.png: refuse before any training
     grid = parse_grid(grid) if isinstance(grid, list) else grid
     overrides = list(overrides or [])
@@ -107,7 +109,7 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
     if (root / "results.csv").exists():
         raise UserError(f"sweep directory '{root}' already holds results.csv; pass a new --workdir")
     root.mkdir(parents=True, exist_ok=True)
-    console = console or Console(cfgs[0].logging.progress)
+    console = console or Console(cfgs[0].logging.progress, verbose=check_verbose(verbose))
     names = [point_name(v) for v in points]
     summaries: dict[int, dict] = {}
 
@@ -130,7 +132,8 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
         console.line(f"sweep: point {i + 1}/{len(cfgs)} {names[i]}")
         summaries[i] = train(cfg, workdir=root / names[i], console=console)
 
-    rows = [{"point": names[i], **points[i], **_flatten(summaries[i])} for i in range(len(cfgs))]
+    rows = [{"point": names[i], **{k: parse_override(f"{k}={v}")[1] for k, v in points[i].items()},
+             **_flatten(summaries[i])} for i in range(len(cfgs))]
     table, best, metric = write_results(root, rows, list(grid), summaries[0].get("task", "classification"))
     for line in table:
         console.line(line)

@@ -19,6 +19,7 @@ from jaxtrain.training.run import Lane, Run
 from jaxtrain.training.summary import Steady, epoch_record, run_summary
 from jaxtrain.training.hooks.protocol import Hook
 from jaxtrain.util.events import Throughput, duration, format_metrics
+from jaxtrain.util.heartbeat import Heartbeat
 
 
 def fit(run: Run, hooks: list[Hook] | None = None) -> dict:
@@ -43,8 +44,9 @@ def fit_lanes(run: Run) -> list[dict]:
         _each_hook(run, "on_train_start")
         steady, t_start = Steady(first_epoch=run.epoch, epochs=cfg.train.epochs), clock()
         throughput = Throughput(cfg.train.epochs * engine.steps, cfg.data.batch_size, clock)
-        while run.epoch < cfg.train.epochs and run.stop_reason is None:
-            _epoch(run, throughput, steady, meter)
+        with Heartbeat(run.ctx.console):  # a line every 10 s, also within a long compiled call
+            while run.epoch < cfg.train.epochs and run.stop_reason is None:
+                _epoch(run, throughput, steady, meter)
         engine.timer.finish()
         run.ctx.watchdog.enter("the hooks at the end of training (the final checkpoint)")
         _each_hook(run, "on_train_end", profile=_profile(run, meter) if cfg.train.profile else None)
@@ -118,6 +120,7 @@ def _train_epoch(run: Run, throughput: Throughput) -> dict | None:
     (None when nothing was left to train in it)."""
     engine = run.engine
     sums, run.epoch_sums = run.epoch_sums, None
+    run.ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, engine.steps, **throughput.last)
     for run.state, call_sums, run.step_in_epoch in engine.run_epoch(run.state, run.epoch, run.step_in_epoch):
         run.global_step = run.epoch * engine.steps + run.step_in_epoch
         sums = call_sums if sums is None else accumulate_metrics(sums, call_sums)

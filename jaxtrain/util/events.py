@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -53,36 +54,65 @@ class JsonlWriter:
 
 class Console:
     """Human-readable progress. `mode`: auto (bar on a terminal, plain lines otherwise),
-    bar, plain (a progress line at most every `plain_every_s` within an epoch), none."""
+    bar, plain (a progress line at most every `plain_every_s` within an epoch), none.
+    `verbose` (the Python API's, as Keras' `fit` has it): 0 prints nothing, 1 the lines
+    (epochs, results) without progress, 2 both."""
 
     def __init__(self, mode: str = "auto", stream: TextIO | None = None, plain_every_s: float = 10.0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, verbose: int = 2):
         self.stream = stream or sys.stdout
         if mode == "auto":
             mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "plain"
-        self.mode = mode
+        self.mode = "none" if verbose < 1 else mode
+        self.show_progress = verbose >= 2 and self.mode in ("plain", "bar")
         self._bar_open = False
         self.plain_every_s, self.clock = plain_every_s, clock
-        self._last_plain = clock()
+        self.last_output = clock()  # when anything was last printed (a heartbeat fills the silences)
+        self._last: tuple | None = None  # the latest progress: (label, done, total, rate, eta_s, at)
+        self._lock = threading.Lock()  # a Heartbeat prints from its own thread
 
     def line(self, text: str) -> None:
         if self.mode == "none":
             return
-        self._end_bar()
-        print(text, file=self.stream, flush=True)
+        with self._lock:
+            self._end_bar()
+            print(text, file=self.stream, flush=True)
+            self.last_output = self.clock()
 
     def progress(self, label: str, done: int, total: int, rate: float | None = None,
                  eta_s: float | None = None) -> None:
-        extra = f" {human(rate)} ex/s" if rate else ""
-        extra += f" ETA {duration(eta_s)}" if eta_s is not None else ""
-        if self.mode == "plain" and done < total and self.clock() - self._last_plain >= self.plain_every_s:
-            self._last_plain = self.clock()
-            print(f"{label}: {done}/{total} steps{extra}", file=self.stream, flush=True)
-        if self.mode != "bar":
+        if not self.show_progress:
             return
+        with self._lock:
+            self._last = (label, done, total, rate, eta_s, self.clock())
+            if self.mode == "plain" and done < total and self.clock() - self.last_output >= self.plain_every_s:
+                self._print_plain(label, done, total, _extra(rate, eta_s))
+            if self.mode == "bar":
+                self._draw_bar(label, done, total, _extra(rate, eta_s))
+
+    def beat(self, elapsed_s: float) -> None:
+        """The latest progress again, with the time elapsed and the ETA counted down since: a
+        plain line, or the bar redrawn (a Heartbeat calls this when nothing was printed for a while)."""
+        with self._lock:
+            label, done, total, rate, eta_s, at = self._last or ("training", 0, 0, None, None, self.clock())
+            if eta_s is not None:
+                eta_s = max(eta_s - (self.clock() - at), 0.0)
+            extra = f", {duration(elapsed_s)} elapsed" + _extra(None, eta_s)
+            if self.mode == "plain":
+                self._print_plain(label, done, total, extra)
+            elif self.mode == "bar":
+                self._draw_bar(label, done, total, extra)
+            self.last_output = self.clock()
+
+    def _print_plain(self, label: str, done: int, total: int, extra: str) -> None:
+        steps = f"{done}/{total} steps" if total else "starting"
+        print(f"{label}: {steps}{extra}", file=self.stream, flush=True)
+        self.last_output = self.clock()
+
+    def _draw_bar(self, label: str, done: int, total: int, extra: str) -> None:
         width = 30
         filled = int(width * done / max(total, 1))
-        self.stream.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{extra}")
+        self.stream.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{extra}\x1b[K")
         self.stream.flush()
         self._bar_open = True
 
@@ -90,6 +120,10 @@ class Console:
         if self._bar_open:
             self.stream.write("\n")
             self._bar_open = False
+
+
+def _extra(rate: float | None, eta_s: float | None) -> str:
+    return (f" {human(rate)} ex/s" if rate else "") + (f" ETA {duration(eta_s)}" if eta_s is not None else "")
 
 
 class Throughput:

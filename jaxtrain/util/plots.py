@@ -53,22 +53,48 @@ def bar_per_point(names: Sequence[str], values: Sequence[float], metric: str, pa
     return _save(fig, path)
 
 
-def curves(history: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> Path:
-    """One panel per metric (loss, accuracy, ...), a line per split (train, val)."""
+SPLIT_COLORS = {"train": "tab:blue", "val": "tab:orange"}  # the same in every panel
+
+
+def curves(history: dict[str, dict[str, list[tuple[int, float]]]], path: Path,
+           titles: dict[str, str] | None = None, restored_epoch: int | None = None) -> Path:
+    """One panel per metric (loss, accuracy, ...), two panels a row, a line per split (train,
+    val) in each. `titles`: a panel's title when the metric's name alone hides its unit;
+    `restored_epoch`: the epoch whose parameters early stopping restored, marked in every panel.
+    A short run is drawn as points on whole-epoch ticks."""
     plt = _plt()
-    metrics = list(history)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    metrics = [m for m in history if any(history[m].values())]
+    cols = min(2, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False)
+    epochs = sorted({e for m in metrics for points in history[m].values() for e, _ in points})
+    for ax, metric in zip(axes.flat, metrics):
         for split, points in history[metric].items():
             if points:
                 x, y = zip(*points)
-                ax.plot(x, y, marker="o" if len(x) < 30 else None, markersize=3, label=split)
-        ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_title(metric)
+                few = len(x) < 30
+                ax.plot(x, y, marker="o" if few else None, markersize=4 if few else 0,
+                        linestyle="-" if len(x) > 1 else "none", label=split, color=SPLIT_COLORS.get(split))
+        if restored_epoch is not None:
+            ax.axvline(restored_epoch, color="tab:green", linestyle="--", lw=1,
+                       label=f"restored (epoch {restored_epoch})")
+        _epoch_axis(ax, epochs)
+        ax.set_title((titles or {}).get(metric, metric))
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
     return _save(fig, path)
+
+
+def _epoch_axis(ax, epochs: list[int]) -> None:
+    """Epochs on x: every epoch ticked for a short run, whole epochs only for a long one."""
+    ax.set_xlabel("epoch")
+    if epochs and epochs[-1] - epochs[0] <= 10:
+        ax.set_xticks(range(epochs[0], epochs[-1] + 1))
+        ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
 
 
 def image_grid(images: np.ndarray, predicted: np.ndarray, true: np.ndarray, class_names: list[str],

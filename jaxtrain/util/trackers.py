@@ -1,6 +1,7 @@
 """Experiment-tracker writers: MLflow and Weights & Biases, one interface.
 
-`start(params)` opens the tracker's run; `metrics(values, step)`, `summary(values)` and
+`start(params)` opens the tracker's run; `where()` says where it went (for the console);
+`metrics(values, step)`, `summary(values)` and
 `files(paths)` log to it; `close(ok)` ends it. Each tracker is an optional extra
 (`pip install 'jaxtrain[mlflow]'`, `'jaxtrain[wandb]'`). The tracker hook
 (training/hooks/trackers.py) calls these from a background thread.
@@ -8,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -15,8 +17,9 @@ from typing import Any
 
 
 class MlflowWriter:
-    """MLflow through `MlflowClient`, which honours MLFLOW_TRACKING_URI (and the rest of MLflow's
-    environment). The experiment is MLFLOW_EXPERIMENT_NAME, else the config's name."""
+    """MLflow through `MlflowClient` at MLFLOW_TRACKING_URI, else MLflow's own default,
+    `sqlite:///mlflow.db` in the working directory, which MLflow's CLI and UI open with no
+    settings (`mlflow ui` there). The experiment is MLFLOW_EXPERIMENT_NAME, else the config's name."""
 
     name = "mlflow"
 
@@ -27,8 +30,11 @@ class MlflowWriter:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         import mlflow
         from mlflow.entities import Metric, Param
+        for name in ("mlflow.store.db.utils", "alembic"):  # the store's set-up chatter on first use
+            logging.getLogger(name).setLevel(logging.WARNING)
         self._metric, self._param = Metric, Param
-        self.client = mlflow.MlflowClient()
+        self.uri = mlflow.get_tracking_uri()
+        self.client = mlflow.MlflowClient(self.uri)
         self.experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", experiment)
         self.run_name = run_name
         self.run_id: str | None = None
@@ -40,6 +46,10 @@ class MlflowWriter:
         items = [self._param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def where(self) -> str:
+        """Where the run went, for the console."""
+        return f"mlflow: run {self.run_id} in experiment '{self.experiment}' at {self.uri}"
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -77,6 +87,9 @@ class WandbWriter:
     def start(self, params: dict[str, Any]) -> None:
         self.run = self.wandb.init(project=os.environ.get("WANDB_PROJECT", self.project), name=self.run_name,
                                    dir=str(self.workdir), config=params)
+
+    def where(self) -> str:
+        return f"wandb: run {self.run.path} (files in {self.run.dir})"
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)

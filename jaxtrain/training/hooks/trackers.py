@@ -62,6 +62,7 @@ class TrackerHook(Hook):
             name = getattr(self.writer, "name", "tracker")
             raise UserError(f"config key 'logging.{name}': starting the tracker failed: "
                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        self.console.line(self.writer.where())
         self.thread = threading.Thread(target=self._work, name=f"jaxtrain-{self.writer.name}", daemon=True)
         self.thread.start()
 
@@ -106,7 +107,8 @@ def tracker_hooks(cfg: Config, workdir: Path) -> list[TrackerHook]:
     run_name = Path(workdir).resolve().name
     hooks = []
     if cfg.logging.mlflow:
-        require_installed("mlflow", "mlflow", "config key 'logging.mlflow' (or set it to false)")
+        for module in ("mlflow", "sqlalchemy", "alembic"):  # the last two: MLflow's default SQLite store
+            require_installed(module, "mlflow", "config key 'logging.mlflow' (or set it to false)")
         hooks.append(TrackerHook(lambda: MlflowWriter(cfg.name, run_name), params))
     if cfg.logging.wandb:
         require_installed("wandb", "wandb", "config key 'logging.wandb' (or set it to false)")
