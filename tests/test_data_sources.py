@@ -200,3 +200,135 @@ def test_a_split_that_rounds_to_no_test_rows_is_an_error(tmp_path):
     with pytest.raises(DataError, match=r"tiny\.npz.*test split is empty"):
         load_dataset(DataConfig(source="npz", path=str(tmp_path / "tiny.npz"), val_fraction=0.0,
                                 test_fraction=0.1))
+
+
+# ---------------------------------------------------------------- folders of images
+
+
+def _images_cfg(tmp_path, path, **kw):
+    return DataConfig(source="images", path=str(path), cache_dir=str(tmp_path / "cache"), **kw)
+
+
+def _gray_folder(tmp_path, n=40, shape=(5, 4), seed=0):
+    from image_folders import write_folder
+    rng = np.random.default_rng(seed)
+    x, y = rng.integers(0, 256, (n, *shape)).astype(np.uint8), rng.integers(0, 3, n)
+    paths = write_folder(tmp_path / "imgs", x, y, names=["ant", "bee", "cat"])
+    return x, y, paths
+
+
+def test_image_folder_gives_the_same_dataset_as_the_same_pixels_in_an_npz(tmp_path):
+    from image_folders import folder_order
+    x, y, _ = _gray_folder(tmp_path)
+    order = folder_order(y)
+    np.savez(tmp_path / "same.npz", x=x[order], y=y[order])
+    arrays = load_dataset(DataConfig(source="npz", path=str(tmp_path / "same.npz")))
+    first = load_dataset(_images_cfg(tmp_path, tmp_path / "imgs"))
+    again = load_dataset(_images_cfg(tmp_path, tmp_path / "imgs"))
+    for ds in (first, again):
+        for split in ("train", "val", "test"):
+            np.testing.assert_array_equal(getattr(ds, split).x, getattr(arrays, split).x)
+            np.testing.assert_array_equal(getattr(ds, split).y, getattr(arrays, split).y)
+        assert ds.stats.classes == ["ant", "bee", "cat"] and ds.image_shape == (5, 4)
+    assert first.report["images"]["folders"]["path"]["cache_reused"] is False
+    assert again.report["images"]["folders"]["path"]["cache_reused"] is True
+    assert first.report["images"]["folders"]["path"]["decoded"] == 40
+
+
+def test_a_changed_file_is_decoded_again(tmp_path):
+    from PIL import Image
+    x, y, paths = _gray_folder(tmp_path)
+    load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", val_fraction=0.0, test_fraction=0.0))
+    Image.fromarray(255 - x[0]).save(paths[0])          # same name, new pixels (and size/mtime)
+    ds = load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", val_fraction=0.0, test_fraction=0.0,
+                                  normalize="none", clean=CleanConfig(duplicates=False)))
+    assert ds.report["images"]["folders"]["path"]["cache_reused"] is False
+    rows = ds.train.x.reshape(-1, 5, 4)
+    assert any(np.array_equal(r, 255 - x[0]) for r in rows) and not any(np.array_equal(r, x[0]) for r in rows)
+
+
+def test_mixed_sizes_name_two_files_unless_image_size_resizes(tmp_path):
+    from PIL import Image
+    _, _, paths = _gray_folder(tmp_path)
+    big = np.arange(6 * 8, dtype=np.uint8).reshape(6, 8)
+    Image.fromarray(big).save(paths[7])
+    with pytest.raises(DataError) as e:
+        load_dataset(_images_cfg(tmp_path, tmp_path / "imgs"))
+    msg = str(e.value)
+    assert "\n" not in msg and str(paths[7]) in msg and "6x8" in msg and "data.image_size" in msg
+    first = sorted(paths, key=lambda p: (p.parent.name, p.name))[0]
+    assert str(first) in msg and "5x4" in msg
+    ds = load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", image_size=(3, 2), normalize="none",
+                                  val_fraction=0.0, test_fraction=0.0, clean=CleanConfig(duplicates=False)))
+    assert ds.image_shape == (3, 2) and ds.feature_shape == (6,) and len(ds.train) == 40
+
+
+def test_colour_images_rgb_and_gray_by_the_luma_formula(tmp_path):
+    from image_folders import folder_order, write_folder
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 256, (12, 4, 6, 3)).astype(np.uint8), np.arange(12) % 2
+    write_folder(tmp_path / "rgb", x, y)
+    kw = dict(normalize="none", val_fraction=0.0, test_fraction=0.0, clean=CleanConfig(duplicates=False))
+    ds = load_dataset(_images_cfg(tmp_path, tmp_path / "rgb", flatten=False, **kw))
+    from jaxtrain.data.preprocess import split_indices
+    want = x[folder_order(y)][split_indices(12, 0.0, 0.0, 0)[0]]     # the split's seeded shuffle
+    assert ds.image_shape == (4, 6, 3)                  # default channels: 3, the images are colour
+    np.testing.assert_array_equal(ds.train.x, want)
+    gray = load_dataset(_images_cfg(tmp_path, tmp_path / "rgb", channels=1, flatten=False, **kw))
+    luma = want.astype(np.float64) @ np.array([299, 587, 114]) / 1000      # ITU-R 601-2 luma
+    assert gray.image_shape == (4, 6)
+    np.testing.assert_allclose(gray.train.x, luma, atol=1.0)
+    from PIL import Image
+    mixed = tmp_path / "mixed"                          # the first image gray, the others colour
+    write_folder(mixed, x, y)
+    Image.fromarray(x[0, ..., 1]).save(mixed / "0" / "00000.png")
+    both = load_dataset(_images_cfg(tmp_path, mixed, flatten=False, **kw))
+    first = x.copy()
+    first[0] = x[0, ..., 1:2]                           # gray as RGB: the same value thrice
+    assert both.image_shape == (4, 6, 3)
+    np.testing.assert_array_equal(both.train.x, first[folder_order(y)][split_indices(12, 0.0, 0.0, 0)[0]])
+    write_folder(tmp_path / "jpeg", x, y, suffix=".jpg", quality=100, subsampling=0)
+    jpeg = load_dataset(_images_cfg(tmp_path, tmp_path / "jpeg", flatten=False, **kw))
+    assert jpeg.image_shape == (4, 6, 3) and np.abs(jpeg.train.x - want).mean() < 3
+
+
+def test_truncated_png_is_an_error_naming_it_or_a_counted_drop(tmp_path, capsys):
+    from jaxtrain.cli.main import main
+    _, _, paths = _gray_folder(tmp_path, n=60, shape=(16, 16))
+    data = paths[5].read_bytes()
+    paths[5].write_bytes(data[:len(data) // 2])
+    (tmp_path / "imgs" / "bee" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError) as e:
+        load_dataset(_images_cfg(tmp_path, tmp_path / "imgs"))
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"{paths[5]}: cannot read as an image")
+    assert "data.clean.invalid_images=drop" in str(e.value)
+    ds = load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", clean=CleanConfig(invalid_images="drop")))
+    assert ds.report["invalid_images"]["files_skipped"] == 1
+    assert ds.report["invalid_images"]["files"][0].startswith(str(paths[5]))
+    assert sum(ds.report["rows_in"].values()) == 59
+    assert ds.report["images"]["folders"]["path"]["other_files_ignored"] == 1
+    code = main(["train", "--set", "data.source=images", "--set", f"data.path={tmp_path / 'imgs'}",
+                 "--set", f"data.cache_dir={tmp_path / 'cache'}", "--workdir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"{paths[5]}: cannot read as an image" in err
+
+
+def test_separate_test_folder_is_the_test_split(tmp_path):
+    from image_folders import folder_order, write_folder
+    x, y, _ = _gray_folder(tmp_path)
+    rng = np.random.default_rng(9)
+    xt, yt = rng.integers(0, 256, (9, 5, 4)).astype(np.uint8), np.array([0, 2, 2, 0, 2, 0, 0, 2, 2])
+    write_folder(tmp_path / "test", xt, yt, names=["ant", "bee", "cat"])     # no 'bee' folder: fine
+    ds = load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", test_path=str(tmp_path / "test"),
+                                  normalize="none", val_fraction=0.25, test_fraction=0.5))
+    order = folder_order(yt)
+    np.testing.assert_array_equal(ds.test.x, xt[order].reshape(9, -1))
+    np.testing.assert_array_equal(ds.test.y, yt[order])
+    assert len(ds.train) + len(ds.val) == 40 and len(ds.val) == 10      # test_fraction no longer applies
+    write_folder(tmp_path / "other", xt[:2], np.array([0, 1]), names=["ant", "dog"])
+    with pytest.raises(DataError, match=r"other: class folder\(s\) dog not among the training folder's"):
+        load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", test_path=str(tmp_path / "other")))
+    write_folder(tmp_path / "wide", rng.integers(0, 256, (2, 5, 5)).astype(np.uint8), np.array([0, 1]),
+                 names=["ant", "bee"])
+    with pytest.raises(DataError, match=r"wide/ant/00000\.png: 5x5 pixels .* but \S+ is 5x4"):
+        load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", test_path=str(tmp_path / "wide")))

@@ -157,3 +157,25 @@ def test_cnn_refuses_a_table(tmp_path, capsys):
                  "--workdir", str(tmp_path / "run"), "--set", "logging.progress=none"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "model.name" in err and "image" in err
+
+
+def test_cnn_on_image_folders_matches_the_same_images_as_arrays(tmp_path):
+    """Digits written as PNG files, one sub-folder per class and a separate test folder, train the
+    CNN (with augmentation) to the test metrics of the same pixels given as NPZ arrays."""
+    from image_folders import digits_uint8, folder_order, write_folder
+    x, y = digits_uint8()
+    write_folder(tmp_path / "train", x[:1200], y[:1200])
+    write_folder(tmp_path / "test", x[1200:], y[1200:])
+    tr, te = folder_order(y[:1200]), 1200 + folder_order(y[1200:])
+    np.savez(tmp_path / "digits.npz", x_train=x[tr], y_train=y[tr], x_test=x[te], y_test=y[te])
+    common = {**CNN_DIGITS, "train.epochs": 2, "optimizer.learning_rate": 0.01, "train.augment.shift": 1,
+              "logging.progress": "none"}
+    folders = {"data.source": "images", "data.path": str(tmp_path / "train"),
+               "data.test_path": str(tmp_path / "test"), "data.cache_dir": str(tmp_path / "cache")}
+    train("digits_mlp", workdir=tmp_path / "png", console=Console("none"), overrides={**common, **folders})
+    train("digits_mlp", workdir=tmp_path / "npz", console=Console("none"),
+          overrides={**common, "data.source": "npz", "data.path": str(tmp_path / "digits.npz")})
+    png, npz = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("png", "npz"))
+    assert png["test"]["accuracy"] == npz["test"]["accuracy"] > 0.5      # chance: 0.1
+    np.testing.assert_allclose(png["test"]["loss"], npz["test"]["loss"], rtol=1e-6)
+    assert png["data"] == npz["data"] and png["data"]["test"] == len(te)

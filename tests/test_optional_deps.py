@@ -64,7 +64,19 @@ def test_cli_tensorboard_without_tensorboardx_exits_2_in_one_line(monkeypatch, c
     _one_line(capsys.readouterr().err, "tensorboardX", "pip install 'jaxtrain[tensorboard]'")
 
 
-BLOCK = "tensorflow tensorflow_datasets sklearn scipy matplotlib tensorboardX".split()
+def test_image_folders_without_pillow_name_the_extra(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    with pytest.raises(UserError) as e:
+        load_dataset(DataConfig(source="images", path=str(tmp_path / "imgs")))
+    _one_line(str(e.value), "data.source=images", "pip install 'jaxtrain[images]'")
+    code = main(["train", "--set", "data.source=images", "--set", f"data.path={tmp_path / 'imgs'}", *FAST,
+                 "--workdir", str(tmp_path / "run")])
+    assert code == 2
+    _one_line(capsys.readouterr().err, "data.source=images", "pip install 'jaxtrain[images]'")
+
+
+BLOCK = "tensorflow tensorflow_datasets sklearn scipy matplotlib tensorboardX PIL".split()
 RUN_BLOCKED = ("import sys\nfor m in {block!r}: sys.modules[m] = None\n"
                "from jaxtrain.cli.main import entry\nsys.argv = ['jaxtrain'] + {argv!r}\nentry()\n")
 

@@ -249,3 +249,79 @@ def test_eval_input_with_labels_the_run_never_saw_exits_2_naming_them(tmp_path, 
            "'midd' (closest: 'mid'), a missing label" in err, err
     with pytest.raises(UserError, match="'hgih' \\(closest: 'high'\\)"):
         evaluate(run, input=tmp_path / "typos.csv")
+
+
+# ---------------------------------------------------------------- image inputs
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    """An MLP trained on a folder of digit PNGs with a separate test folder."""
+    from image_folders import digits_uint8, write_folder
+    tmp = tmp_path_factory.mktemp("predict_images")
+    x, y = digits_uint8()
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    order = sorted(range(10), key=lambda k: names[k])       # folder names sort: label k is sorted[k]
+    relabel = np.argsort(order)
+    write_folder(tmp / "train", x[:400], relabel[y[:400]], sorted(names))
+    write_folder(tmp / "test", x[400:500], relabel[y[400:500]], sorted(names))
+    cfg = {"name": "digit_pngs", "data": {"source": "images", "path": str(tmp / "train"),
+                                          "test_path": str(tmp / "test"), "cache_dir": str(tmp / "cache")},
+           "model": {"hidden_sizes": [16]}, "train": {"epochs": 2}, "parallel": {"data_axis_size": 1}}
+    train(cfg, workdir=tmp / "run", console=Console("none"))
+    return tmp, tmp / "run"
+
+
+def test_predict_on_a_folder_of_images_names_each_file(image_run, monkeypatch):
+    tmp, run = image_run
+    trained = load_trained(run)
+    logits = trained.outputs(trained.dataset.test.x).astype(np.float64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    classes = trained.stats.classes
+    assert classes == sorted(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    import jaxtrain.data as data_stage
+    monkeypatch.setattr(data_stage, "load_dataset", None)     # predict decodes the files itself
+    assert main(["predict", str(run), "--input", str(tmp / "test"), "--output", str(tmp / "pred.csv")]) == 0
+    got = _read(tmp / "pred.csv")
+    files = sorted(str(p.relative_to(tmp / "test")) for p in (tmp / "test").rglob("*.png"))
+    assert [r["file"] for r in got] == files           # the test split's order: class, then name
+    np.testing.assert_allclose([[float(r[f"prob_{c}"]) for c in classes] for r in got], probs, atol=1e-6)
+    assert [r["predicted"] for r in got] == [classes[k] for k in probs.argmax(1)]
+    one = tmp / "test" / files[3]
+    assert main(["predict", str(run), "--input", str(one), "--output", str(tmp / "one.csv")]) == 0
+    (row,) = _read(tmp / "one.csv")
+    assert row["file"] == one.name and row["predicted"] == got[3]["predicted"]
+    np.testing.assert_allclose(float(row[f"prob_{classes[0]}"]), float(got[3][f"prob_{classes[0]}"]), atol=1e-6)
+
+
+def test_a_truncated_image_input_exits_2_naming_it(image_run, tmp_path, capsys):
+    _, run = image_run
+    from image_folders import digits_uint8, write_folder
+    x, _ = digits_uint8()
+    paths = write_folder(tmp_path / "new", x[:3], np.array([0, 0, 0]))
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[:len(data) // 2])
+    capsys.readouterr()
+    assert main(["predict", str(run), "--input", str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{paths[1]}: cannot read as an image (image file is truncated)" in err
+    write_folder(tmp_path / "big", np.zeros((1, 9, 8), np.uint8), np.array([0]))
+    assert main(["predict", str(run), "--input", str(tmp_path / "big")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "9x8 pixels" in err and "trained on 8x8 images" in err
+
+
+def test_eval_input_on_a_class_folder_equals_the_test_split(image_run, tmp_path):
+    """The test folder scored as an input file gives the run's own test metrics; its class
+    sub-folders are the labels."""
+    tmp, run = image_run
+    scored, split = evaluate(run, input=tmp / "test"), evaluate(run, "test")
+    assert set(scored) == set(split)
+    for metric in split:
+        np.testing.assert_allclose(scored[metric], split[metric], rtol=1e-5, atol=1e-6)
+    from image_folders import digits_uint8, write_folder
+    x, _ = digits_uint8()
+    write_folder(tmp_path / "odd", x[:2], np.array([0, 1]), names=["zero", "twelve"])
+    with pytest.raises(UserError, match="twelve"):
+        evaluate(run, input=tmp_path / "odd")

@@ -103,3 +103,39 @@ def test_curves_are_a_grid_of_panels_with_units_and_the_restored_epoch(tmp_path,
     assert all(line.get_linestyle() == "None" and line.get_marker() == "o" for line in one.axes[0].lines)
     assert restored_epoch({"early_stopping": {"best_epoch": 2, "restored_best": False}}) is None
     assert curve_titles({"task": "classification"}) == {}
+
+
+def test_report_on_colour_image_folders_shows_the_images_with_class_names(tmp_path, monkeypatch):
+    """Colour PNGs in class folders: the sample grid gets the folder names as class names and the
+    test images themselves (an affine rescaling of their pixels to [0, 1] for imshow)."""
+    from image_folders import write_folder
+    from jaxtrain.util import plots
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 160)
+    x = rng.integers(0, 80, (160, 6, 6, 3))
+    x[np.arange(160), :, :, y] += 170                  # class k: channel k bright
+    x = x.astype(np.uint8)
+    write_folder(tmp_path / "train", x[:120], y[:120], ["blue", "green", "red"])
+    write_folder(tmp_path / "test", x[120:], y[120:], ["blue", "green", "red"])
+    run = tmp_path / "run"
+    cfg = {"name": "colours", "data": {"source": "images", "path": str(tmp_path / "train"),
+                                       "test_path": str(tmp_path / "test"), "cache_dir": str(tmp_path / "c")},
+           "model": {"hidden_sizes": [8]}, "train": {"epochs": 2}, "parallel": {"data_axis_size": 1}}
+    train(cfg, workdir=run, console=Console("none"))
+    shown = {}
+    real_grid = plots.image_grid
+
+    def grid(images, predicted, true, class_names, path):
+        shown.update(images=images, class_names=class_names)
+        return real_grid(images, predicted, true, class_names, path)
+
+    monkeypatch.setattr(plots, "image_grid", grid)
+    assert main(["report", str(run)]) == 0
+    assert (run / "samples.png").read_bytes()[:8] == PNG
+    assert shown["class_names"] == ["blue", "green", "red"]
+    images = shown["images"]
+    assert images.shape == (25, 6, 6, 3) and images.min() >= 0 and images.max() <= 1
+    originals = x[120:].reshape(40, -1).astype(np.float64)
+    for img in images.reshape(25, -1):
+        best = max(np.corrcoef(img, o)[0, 1] for o in originals)
+        assert best > 0.9999

@@ -48,7 +48,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     which.add_argument("--split", choices=["test", "val", "train"], help="a split of the run's data "
                        "(default test)")
     which.add_argument("--input", metavar="FILE", help="a labeled file to score instead (CSV with the "
-                       "training columns and the target, .npz with 'x' and 'y', or IDX images)")
+                       "training columns and the target, .npz with 'x' and 'y', IDX images, or a folder "
+                       "of images in class sub-folders)")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -114,7 +115,7 @@ def _report(args: argparse.Namespace) -> int:
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="work directory of a finished training run")
     p.add_argument("--input", required=True, help="CSV with the training feature columns "
-                   "(or .npz with 'x', or an IDX images file)")
+                   "(or .npz with 'x', an IDX images file, a folder of PNG/JPEG images or one image)")
     p.add_argument("--output", help="CSV to write (default: print to stdout)")
     p.add_argument("--keep", action="append", default=[], metavar="COLUMN",
                    help="copy this column of the input CSV (an ID, say) into the output; repeatable")

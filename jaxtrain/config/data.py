@@ -24,6 +24,8 @@ class CleanConfig:
     iqr_k: float = 1.5
     # Labels out of range / not an integer (classification), or a missing target.
     invalid_labels: Literal["error", "drop"] = "error"
+    # data.source=images: an unreadable or truncated training image, an error or a counted skip.
+    invalid_images: Literal["error", "drop"] = "error"
 
     def validate(self, key: str) -> None:
         check_key(self.zscore_threshold > 0, f"{key}.zscore_threshold", "must be positive")
@@ -32,11 +34,15 @@ class CleanConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: Literal["builtin", "synthetic", "tfds", "csv", "idx", "npz"] = "builtin"
+    source: Literal["builtin", "synthetic", "tfds", "csv", "idx", "npz", "images"] = "builtin"
     # builtin: digits | iris | wine | breast_cancer | diabetes;
     # synthetic: house_prices | blobs; tfds: any tensorflow-datasets name.
     name: str = "digits"
-    path: str | None = None          # csv/npz file, idx directory
+    path: str | None = None          # csv/npz file, idx directory, images: one sub-folder per class
+    # images: a separate test folder (same class sub-folders); the fractions no longer apply to it.
+    test_path: str | None = None
+    image_size: tuple[int, ...] | None = None   # images: [height, width] to resize to (default: as read)
+    channels: Literal[1, 3] | None = None       # images: 1 gray, 3 RGB (default: 3 if any is colour)
     data_dir: str | None = None      # tfds data directory
     download: bool = False           # tfds: allowed to download and prepare
     target: str | None = None        # csv: the target column
@@ -61,8 +67,11 @@ class DataConfig:
     workers: int = 0                 # grain: worker processes gathering batches (0: in this process)
     # csv: read the file in blocks, never whole, and train from an on-disk cache (any backend).
     streaming: bool = False
-    cache_dir: str | None = None     # where streaming writes its preprocessed cache (default: temp)
-    num_parallel_calls: int = -1     # tf.data/grain map threads; -1: AUTOTUNE (grain: one per core)
+    # where streaming writes its preprocessed cache (default: temp), and where decoded image
+    # folders are kept for the next run (default: ~/.cache/jaxtrain/images)
+    cache_dir: str | None = None
+    # tf.data/grain map threads, image decoding threads; -1: AUTOTUNE (grain, images: one per core)
+    num_parallel_calls: int = -1
     prefetch: int = 2                # batches prefetched by the backend
     synthetic_rows: int = 1000
     batch_size: int = 64
@@ -88,9 +97,18 @@ class DataConfig:
                   f"must be auto or one character, got {self.delimiter!r}")
         check_key(self.workers >= 0 and (self.workers == 0 or self.backend == "grain"), f"{key}.workers",
                   f"worker processes (got {self.workers}) need data.backend=grain and a count >= 0")
-        check_key(self.source not in ("csv", "npz", "idx") or self.path is not None,
+        check_key(self.source not in ("csv", "npz", "idx", "images") or self.path is not None,
                f"{key}.path", f"data.source={self.source} needs data.path (a "
-               + {"csv": "CSV file", "npz": ".npz file", "idx": "directory with the four MNIST files"
-                  }.get(self.source, "file") + ")")
+               + {"csv": "CSV file", "npz": ".npz file", "idx": "directory with the four MNIST files",
+                  "images": "folder with one sub-folder of images per class"}.get(self.source, "file") + ")")
+        self._validate_images(key)
         check_key(self.source != "csv" or self.target is not None, f"{key}.target",
                "data.source=csv needs data.target, the name of the target column")
+
+    def _validate_images(self, key: str) -> None:
+        check_key(self.test_path is None or self.source == "images", f"{key}.test_path",
+                  "a separate test folder is read for data.source=images")
+        check_key(self.image_size is None or (len(self.image_size) == 2 and min(self.image_size) >= 1),
+                  f"{key}.image_size", f"must be [height, width], both >= 1, got {self.image_size}")
+        check_key(self.source != "images" or self.task != "regression", f"{key}.task",
+                  "data.source=images is classification (one sub-folder per class)")

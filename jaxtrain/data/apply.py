@@ -1,8 +1,9 @@
 """A user's file of new raw examples through a run's saved statistics and the one encoder.
 
 `read_input` is the one reader of such a file, for `predict` and `eval --input`: a CSV
-(columns as in training), an .npz (`x`, and `y` for labels) or an IDX images file (its
-labels file beside it). The rows go through `encoder.encode_table` / `encode_arrays` and
+(columns as in training), an .npz (`x`, and `y` for labels), an IDX images file (its
+labels file beside it) or PNG/JPEG images (a folder, labels from its class sub-folders,
+or one file). The rows go through `encoder.encode_table` / `encode_arrays` and
 `encoder.normalize`, exactly as an evaluation split does: imputed, log1p'd, clipped (when
 the rule clips), one-hot / hashed, normalized. Rows are never dropped; what was guessed
 (missing values filled, unseen categories) is counted for the user.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jaxtrain.config.data import DataConfig
-from jaxtrain.data import csvfile, encoder, transforms
+from jaxtrain.data import csvfile, encoder, images, transforms
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.data.raw import Part
 from jaxtrain.data.sources import read_idx, read_npz
@@ -44,8 +46,11 @@ class UserInput:
 def read_input(path: str | Path, stats: FeatureStats, cfg: DataConfig, *, keep: list[str] | tuple = (),
                labels: bool = False) -> UserInput:
     """A CSV (the training columns, plus `keep` and the target), an .npz ('x', and 'y' for
-    `labels`) or an IDX images file (for `labels`, its labels file beside it)."""
+    `labels`), an IDX images file (for `labels`, its labels file beside it), or a folder of
+    images or one image file (`image_input`)."""
     path = Path(path)
+    if images.is_image_input(path):
+        return image_input(path, stats, cfg, keep, labels)
     if not path.is_file():
         raise DataError(f"{path}: input file not found; pass --input with an existing CSV, .npz or IDX file")
     if path.suffix == ".npz" or _is_idx(path):
@@ -57,8 +62,32 @@ def read_input(path: str | Path, stats: FeatureStats, cfg: DataConfig, *, keep: 
         return data
     if not stats.feature_columns():  # trained on arrays (images): a CSV has no columns to match
         raise DataError(f"{path}: this run was trained on images, not table columns; image runs take "
-                        f"an IDX images file or an .npz with an array 'x' of images, not a CSV")
+                        f"an IDX images file, an .npz with an array 'x' of images or PNG/JPEG images, "
+                        "not a CSV")
     return read_csv_input(str(path), stats, cfg, list(keep), labels)
+
+
+def image_input(path: Path, stats: FeatureStats, cfg: DataConfig, keep: list[str] | tuple,
+                labels: bool) -> UserInput:
+    """A folder of images (its sub-folders too) or one image file, decoded as the training
+    images were; each image's path below the folder kept as the column `file`; for `labels`,
+    the class sub-folder each image is in."""
+    if keep:
+        raise DataError(f"{path}: --keep copies columns of a CSV; for images the file names are written")
+    if stats.is_table or not stats.image_shape:
+        raise DataError(f"{path}: this run was trained on table columns, not images; pass --input with "
+                        "a CSV, .npz or IDX file")
+    x, names = images.read_image_inputs(path, tuple(stats.image_shape), cfg.image_size is not None,
+                                        images.threads(cfg))
+    data = array_input(x, stats, str(path))
+    data.kept = {"file": names}
+    if labels:
+        loose = [n for n in names if os.sep not in n]
+        if loose or not path.is_dir():
+            raise DataError(f"{path}: scoring images needs a folder with one sub-folder per class, named as "
+                            f"the run's classes" + (f"; {loose[0]} is in no sub-folder" if path.is_dir() else ""))
+        data.labels = np.array([n.split(os.sep, 1)[0] for n in names], object)
+    return data
 
 
 def _is_idx(path: Path) -> bool:

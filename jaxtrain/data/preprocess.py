@@ -100,6 +100,7 @@ def prepare(raw: RawData, cfg: DataConfig, stats: FeatureStats | None = None,
                            "rows_in": {s: len(p) for s, p in parts.items() if p is not None}}
     if "delimiter" in raw.extra:
         rep["delimiter"] = raw.extra["delimiter"]
+    rep.update(raw.extra.get("report", {}))      # what the source itself counted (image folders)
     if fit:
         stats = FeatureStats(*resolve_task(raw, parts["train"], cfg))
     _check_labels(raw, parts, stats, cfg, rep)

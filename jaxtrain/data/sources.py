@@ -232,6 +232,9 @@ def load_raw(cfg: DataConfig) -> RawData:
     elif cfg.source == "tfds":
         from jaxtrain.data.tfds_source import load_tfds
         raw = load_tfds(cfg)
+    elif cfg.source == "images":
+        from jaxtrain.data.images import load_images
+        raw = load_images(cfg)
     else:
         loaders = {"builtin": _builtin, "synthetic": _synthetic, "idx": _idx, "npz": _npz}
         raw = loaders[cfg.source](cfg)

@@ -80,6 +80,9 @@ def display_images(x: np.ndarray, stats: FeatureStats, image_shape: tuple[int, .
     """Normalized model inputs back to pixel values (the saved normalization inverted)."""
     from jaxtrain.data.apply import invert_normalizer
     images = invert_normalizer(x, stats).reshape(len(x), *image_shape)
+    if images.ndim == 4 and images.shape[-1] == 3:   # colour: imshow wants [0, 1]
+        low, high = images.min(), images.max()
+        return (images - low) / (high - low if high > low else 1.0)
     return images[..., 0] if images.ndim == 4 and images.shape[-1] == 1 else images
 
 
