@@ -100,7 +100,8 @@ def _epoch(run: Run, perf: Perf) -> None:
              "examples": int(count)}
     clock.record_epoch(epoch=run.epoch + 1, **timed)
     rates = throughput([timed])
-    rates["mfu"] = perf.rates(rates["step_time_ms"])["mfu"]
+    with clock.phase(HOOK_PART):  # reporting: the first MFU may measure the CPU's peak
+        rates["mfu"] = perf.rates(rates["step_time_ms"])["mfu"]
     epoch_done = run.step_in_epoch >= run.plan.steps_per_epoch
     for lane in run.lanes:
         _record_epoch(run, lane, sums, epoch_done, rates)
@@ -244,5 +245,6 @@ def _test(run: Run, lane: Lane) -> dict:
 
 def _profile(run: Run, perf: Perf) -> dict:
     """What the profiling hook needs of the run besides its clock: `perf` for TFLOP/s and MFU;
-    `precision` and `platform` to decide whether to advise bf16."""
-    return {"perf": perf, "precision": run.cfg.train.precision, "platform": run.mesh.devices.flat[0].platform}
+    `precision` and `platform` to decide whether to advise bf16; how K was chosen (auto)."""
+    return {"perf": perf, "precision": run.cfg.train.precision, "platform": run.mesh.devices.flat[0].platform,
+            "steps_per_call_measured_ms": {str(k): t * 1e3 for k, t in run.engine.k_timings.items()}}

@@ -9,8 +9,10 @@ That removes the overlap of host and device work, so the profiled steps run a li
 slower than unprofiled ones; what it buys is a table whose rows add up to the wall
 time. Compilation is a phase of its own and left out.
 
-The profile runs the K the run itself uses: the same plan and the same measurement
-for `steps_per_call: auto`, before the profiled window opens.
+The profile runs the K the run itself uses: the same run plan, and for
+`steps_per_call: auto` the same measurement over the same candidates (the whole epoch
+among them, however short the profile), made before the profiled window opens; the
+candidates' timings are in profile.json (`steps_per_call_measured_ms`).
 
 The first `train.profile_trace_calls` calls are also recorded as a `jax.profiler`
 trace (TensorBoard / Perfetto) under WORKDIR/trace; the engine annotates each call
@@ -210,6 +212,7 @@ class ProfileHook(Hook):
                                  "profile more steps (--steps, train.profile_steps) for a sound verdict")
         report["trace_dir"] = str(self.trace_dir) if self.trace_dir else None
         report["compile_s"] = window["phases"].get("compile", 0.0)
+        report["steps_per_call_measured_ms"] = profile.get("steps_per_call_measured_ms", {})
         report.update(profile["perf"].rates(report["wall_s"] * 1e3 / report["steps"]))
         for line in format_report(report):
             info.ctx.console.line(line)
