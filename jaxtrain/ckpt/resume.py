@@ -62,7 +62,7 @@ def check_devices(meta: dict, where: str, plan: RunPlan, mesh_key: str = "parall
         fix = ("a mesh whose axis sizes multiply to a divisor of it" if mesh_key == "parallel.mesh"
                else "a number of devices that divides it")
         raise ConfigError(f"checkpoint '{where}'{f' (saved on {saved} devices)' if saved else ''} cannot "
-                          f"resume on the mesh {{{plan.mesh_text()}}} ({devices} devices): its "
+                          f"resume on {devices} devices (mesh {{{plan.mesh_text()}}}): its "
                           f"data.batch_size={batch_size} does not split over them; resume with {fix} "
                           f"({mesh_key})")
 
