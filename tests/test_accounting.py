@@ -16,7 +16,6 @@ from jaxtrain.training.setup import setup
 from jaxtrain.training.hooks.protocol import Hook, RunContext
 from jaxtrain.runs.api import make_model
 from jaxtrain.util.events import Console, JsonlWriter
-from jaxtrain.engine.engine import calls_only
 from jaxtrain.engine.plan import make_plan
 from jaxtrain.util.clock import RunClock, process_age_s
 

@@ -1,7 +1,6 @@
 """Step-time profiling: the verdict names the real bottleneck; the trace holds step annotations."""
 
 import dataclasses
-import itertools
 import json
 import threading
 

@@ -77,10 +77,6 @@ class RunClock:
         self._charge_open_phase()
         self._stack[-1] = name
 
-    @property
-    def current(self) -> str:
-        return self._stack[-1]
-
     def add_before_start(self, name: str, seconds: float) -> None:
         """Time spent before the clock existed (say, process start-up): it moves the start back."""
         self._totals[name] = self._totals.get(name, 0.0) + seconds
