@@ -435,7 +435,7 @@ class Jaxtrain(_PeerBase):
                 # Whole train() calls: data loading, upload, compile and evaluation included.
                 "end_to_end_examples_per_sec":
                     self.items_per_run / float(np.median(timed)) if timed else None,
-                "compile_s": lookup(s, "time.compile_s"),
+                "compile_s": lookup(s, "time.breakdown.compile"),
                 "steps_per_call": lookup(s, "execution.steps_per_call"),
                 "on_device_data": lookup(s, "execution.on_device_data"),
                 "examples": lookup(s, "data"),

@@ -176,16 +176,16 @@ class Cell(EngineEpochs):
 
 
     def report(self, result) -> dict:
-        from jaxtrain.training.accounting import PerfMeter
+        from jaxtrain.training.accounting import Perf
         row = {"case": self.name, "batch": self.batch, "precision": self.precision, "data": self.data,
                "k_setting": str(self.k), "status": result.status, "reason": result.reason}
         if result.status != "ok":
             return row
         engine = self.run.engine
         step_ms = 1e3 * statistics.median(result.seconds) / engine.steps
-        meter = PerfMeter(engine, list(self.run.mesh.devices.flat), self.precision, self.batch)
+        meter = Perf(engine.flops_per_step, list(self.run.mesh.devices.flat), self.precision)
         row.update(k=engine.k, step_time_ms=step_ms, examples_per_sec=result.median,
-                   compile_s=engine.compile_s, flops_per_step=meter.flops_per_step(), **meter.rates(step_ms))
+                   compiles=engine.compiles, flops_per_step=meter.flops, **meter.rates(step_ms))
         return row
 
 
@@ -391,7 +391,7 @@ def markdown(env: dict, sections: dict[str, list[dict]]) -> str:
                   "TFLOP/s | MFU | other |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for r in rows:
             other = {k: r[k] for k in ("wall_s", "train_share", "test_accuracy", "best_test_accuracy",
-                                       "speedup_of_vectorized", "compile_s", "reason") if r.get(k) not in (None, "")}
+                                       "speedup_of_vectorized", "compiles", "reason") if r.get(k) not in (None, "")}
             lines.append(f"| {r['case']} | {r['status']} | {r.get('k', '-')} | {fmt(r.get('step_time_ms'), '.4g')} | "
                          f"{fmt(r.get('kernel_floor_ms'), '.4g')} | {fmt(r.get('kernels_per_step'), '.3g')} | "
                          f"{fmt(r.get('tflops_per_sec'))} | "

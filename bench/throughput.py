@@ -13,7 +13,7 @@ Model: the MNIST MLP 784-(256, 128, 64)*width-10, ReLU, SGD; synthetic MNIST-sha
 
 Per cell: examples/s (median of `--repeats` >= 5 timed epochs after a warm-up epoch, each
 ended by `block_until_ready` on the state; cells are interleaved round-robin by
-`bench/_harness.py`), ms per step, compile seconds (every chunk length the cell used),
+`bench/_harness.py`), ms per step, compiles (every chunk length the cell used),
 FLOPs per step from the compiled single step's `cost_analysis()`, and MFU: achieved
 FLOP/s over the peak FLOP/s of a large matmul in the same precision on the same
 device (bf16: bf16 inputs with fp32 accumulation, as the bf16 step computes).
@@ -115,14 +115,14 @@ def markdown(env: dict, rows: list[dict]) -> str:
              f"peak matmul: fp32 {env['peak_flops']['float32'] / 1e9:.0f} GFLOP/s, "
              f"bf16 {env['peak_flops']['bfloat16'] / 1e9:.0f} GFLOP/s; "
              f"median of {env['repeats']} epochs of {env['train_size']} examples", "",
-             "| width | batch | precision | mode | K | examples/s | ms/step | compile s | MFLOP/step | MFU |",
+             "| width | batch | precision | mode | K | examples/s | ms/step | compiles | MFLOP/step | MFU |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         def f(v, spec):
             return "-" if v is None else format(v, spec)
         lines.append(f"| {r['width']} | {r['batch']} | {r['precision']} | {r['mode']} | {f(r['k'], 'd')} | "
                      f"{f(r['examples_per_sec'], ',.0f')} | {f(r['ms_per_step'], '.3f')} | "
-                     f"{f(r['compile_s'], '.2f')} | {f(r['flops_per_step'] and r['flops_per_step'] / 1e6, '.1f')} | "
+                     f"{f(r['compiles'], 'd')} | {f(r['flops_per_step'] and r['flops_per_step'] / 1e6, '.1f')} | "
                      f"{f(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} |")
     return "\n".join(lines) + "\n"
 
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         rows.append({"cell": cell.name, "width": cell.width, "batch": cell.batch, "precision": cell.precision,
                      "mode": cell.mode, "k": engine.k if engine else None,
                      "examples_per_sec": eps, "ms_per_step": 1e3 / steps_per_sec if steps_per_sec else None,
-                     "compile_s": engine.compile_s if engine else None, "flops_per_step": flops,
+                     "compiles": engine.compiles if engine else None, "flops_per_step": flops,
                      "mfu": flops * steps_per_sec / peak[cell.precision] if flops and steps_per_sec else None,
                      "status": res.status, "reason": res.reason, "samples": res.samples})
     env = {"date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -94,7 +94,13 @@ def test_another_device_count_restores_when_the_batch_splits_and_is_refused_when
     assert main(["train", "--resume", str(tmp_path / "small"), "--set", "parallel.data_axis_size=8",
                  "--set", "train.epochs=2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "(saved on 4 devices) cannot resume on 8 devices" in err
+    assert "\n" not in err and "(saved on 4 devices) cannot resume on 8 devices (mesh {data: 8})" in err
+    assert "(parallel.data_axis_size)" in err
+    # a mesh of two axes: the batch is split over all 8 of its devices, and the advice names the mesh
+    assert main(["train", "--resume", str(tmp_path / "small"), "--set", "parallel.data_axis_size=null",
+                 "--set", "parallel.mesh={data: 2, fsdp: 4}", "--set", "train.epochs=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot resume on 8 devices (mesh {data: 2, fsdp: 4})" in err and "(parallel.mesh)" in err
     assert sorted(p.name for p in (tmp_path / "small" / "checkpoints").iterdir()) == before
 
 

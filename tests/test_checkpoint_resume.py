@@ -84,10 +84,18 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path, capsys):
     """2 epochs, then `--resume --set train.epochs=4`, equals 4 epochs straight (constant lr)."""
     long_run, short = tmp_path / "long", tmp_path / "short"
     train(_cfg(train={"epochs": 4}, parallel={"data_axis_size": 1}), workdir=long_run)
-    train(_cfg(train={"epochs": 2}, parallel={"data_axis_size": 1}), workdir=short)
+    first = train(_cfg(train={"epochs": 2}, parallel={"data_axis_size": 1}), workdir=short)
     code = main(["train", "--resume", str(short), "--set", "train.epochs=4",
                  "--set", "logging.progress=plain"])
     assert code == 0
+    # The summary describes the whole run: both segments' time, every epoch's throughput.
+    t = json.loads((short / "summary.json").read_text())["time"]
+    assert len(t["segments"]) == 2 and t["total_s"] == pytest.approx(sum(s["total_s"] for s in t["segments"]))
+    # the first segment as its last checkpoint saw it: all but the test evaluation and the summary
+    assert 0 < t["segments"][0]["total_s"] <= first["time"]["total_s"] < t["total_s"]
+    assert t["breakdown"]["train"] == pytest.approx(sum(s["breakdown"]["train"] for s in t["segments"]))
+    timeline = _final_state(short)[1]["timeline"]
+    assert [(e["epoch"], e["segment"]) for e in timeline["epochs"]] == [(1, 0), (2, 0), (3, 1), (4, 1)]
     assert "resume: continuing from checkpoint step 30 (epoch 3, step 0 of 15)" in capsys.readouterr().out
     _assert_bitwise_equal(_final_state(long_run)[0], _final_state(short)[0])
     assert _summary_metrics(long_run) == _summary_metrics(short)
@@ -96,6 +104,10 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path, capsys):
     assert load_config(short / "config.yaml").train.epochs == 4
     events = [json.loads(line) for line in (short / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in events if e["event"] == "train"] == [1, 2, 3, 4]
+    # Resuming a finished run trains nothing, and leaves its summary.json as it was.
+    before = (short / "summary.json").read_bytes()
+    assert resume(short)["time"] == json.loads(before)["time"]
+    assert (short / "summary.json").read_bytes() == before
 
 
 def test_checkpoint_contents_and_retention(tmp_path):

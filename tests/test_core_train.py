@@ -129,7 +129,12 @@ def test_default_run_reaches_95_percent_and_writes_the_run_directory(tmp_path):
     assert summary["test"]["accuracy"] >= 0.95
     for key in ("examples_per_sec",):
         assert summary["train"][key] > 0
-    assert summary["time"]["compile_s"] > 0 and summary["time"]["total_s"] > 0
+    time_ = summary["time"]
+    assert time_["breakdown"]["compile"] > 0 and "compile_s" not in time_  # one compile figure
+    assert sum(time_["breakdown"].values()) == pytest.approx(time_["total_s"])
+    # one measurement behind both rates: examples/s x s/step is the examples of a step
+    per_step = summary["train"]["examples_per_sec"] * summary["perf"]["step_time_ms"] / 1e3
+    assert per_step == pytest.approx(summary["batch"]["global"], rel=0.1)
     assert summary["devices"]["count"] >= 1 and summary["devices"]["kind"]
     assert summary["config_name"] == "digits_mlp"
     events = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -142,7 +142,7 @@ def test_predict_with_a_csv_on_an_image_run_says_image_runs_take_idx_or_npz(tmp_
     (tmp_path / "new.csv").write_text("a,b\n1,2\n")
     assert main(["predict", str(run), "--input", str(tmp_path / "new.csv")]) == 2
     line = _one_line(capsys.readouterr().err)
-    assert "image runs take an IDX images file or an .npz" in line
+    assert "image runs take an IDX images file, an .npz" in line and "not a CSV" in line
 
 
 def test_report_without_checkpoints_draws_the_curves_and_prints_what_it_wrote(tmp_path, capsys):
@@ -222,14 +222,14 @@ def test_resume_with_no_epochs_left_says_so(tmp_path, capsys):
 
 
 PHASES = {"input_wait": 0.0, "h2d_transfer": 0.0, "dispatch": 0.1, "device_compute": 0.5,
-          "metric_transfer": 0.0, "hooks": 0.0, "evaluation": 0.0}
+          "metric_transfer": 0.0, "checkpointing": 0.0, "evaluation": 0.0}
 
 
 def test_checkpoint_and_evaluation_bound_runs_get_their_own_verdicts():
-    from jaxtrain.training.hooks.profiling import breakdown
-    saving = breakdown({**PHASES, "hooks": 1.5}, wall=2.1, steps=100, k=10)
+    from jaxtrain.training.hooks.profiling import profile_table
+    saving = profile_table({**PHASES, "checkpointing": 1.5}, wall=2.1, steps=100, k=10)
     assert saving["verdict"] == "checkpoint-bound" and "checkpoint.async_save" in saving["advice"]
-    evaluating = breakdown({**PHASES, "evaluation": 1.5}, wall=2.1, steps=100, k=10)
+    evaluating = profile_table({**PHASES, "evaluation": 1.5}, wall=2.1, steps=100, k=10)
     assert evaluating["verdict"] == "eval-bound" and "train.eval_every_epochs" in evaluating["advice"]
     assert evaluating["ms_per_step"]["evaluation"] == pytest.approx(15.0)
 
@@ -241,12 +241,12 @@ def test_checkpoint_and_evaluation_bound_runs_get_their_own_verdicts():
     ("float32", "gpu", None, True),    # known to pay: not measured
 ])
 def test_bf16_is_advised_only_where_it_pays(precision, platform, speedup, advised):
-    from jaxtrain.training.hooks.profiling import Bf16Advice, breakdown
+    from jaxtrain.training.hooks.profiling import Bf16Advice, profile_table
 
     def measure():
         assert speedup is not None, "GPU and TPU are not measured"
         return speedup
-    report = breakdown(PHASES, wall=0.6, steps=100, k=10, bf16=Bf16Advice(precision, platform, measure))
+    report = profile_table(PHASES, wall=0.6, steps=100, k=10, bf16=Bf16Advice(precision, platform, measure))
     assert report["verdict"] == "compute-bound"
     assert ("bfloat16" in report["advice"]) == advised, report["advice"]
 

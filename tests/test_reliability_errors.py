@@ -81,13 +81,13 @@ def test_memory_estimate_against_available(tmp_path):
     from jaxtrain.engine.memory import check_fits
     cfg = load_config(None, ["data.batch_size=100", "model.hidden_sizes=[10]"])
     params = {"w": np.zeros((64, 10)), "b": np.zeros(10), "head": np.zeros((10, 10))}
-    parts = check_fits(cfg, params, (64,), 10, num_devices=1, steps_per_call=1, streaming=False,
+    parts = check_fits(cfg, params, (64,), 10, num_devices=1, per_device_batch=100, steps_per_call=1, streaming=False,
                        available=(10**9, "test memory"))
     n = 64 * 10 + 10 + 100
     assert parts["parameters"] == 4 * n * 4 and parts["optimizer_state"] == 2 * n * 4  # adam: mu, nu
     assert parts["activations"] == 100 * 3 * (64 + 10 + 10) * 4
     with pytest.raises(UserError, match=r"needs about .* but only 1000 B of test memory is available"):
-        check_fits(cfg, params, (64,), 10, num_devices=1, steps_per_call=1, streaming=False,
+        check_fits(cfg, params, (64,), 10, num_devices=1, per_device_batch=100, steps_per_call=1, streaming=False,
                    available=(1000, "test memory"))
 
 

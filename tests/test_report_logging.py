@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from jaxtrain.runs.api import train
-from jaxtrain.util.events import Console, Throughput
+from jaxtrain.util.events import Console
 
 
 def read_events(path):
@@ -47,12 +47,18 @@ def test_no_tensorboard_directory_by_default(tmp_path):
     assert not (tmp_path / "run" / "tensorboard").exists()
 
 
-def test_throughput_rate_and_eta_from_a_fake_clock():
+def test_progress_rate_and_eta_from_a_fake_clock():
+    from types import SimpleNamespace
+
+    from jaxtrain.training.loop import _progress
+    from jaxtrain.util.clock import RunClock
     now = [100.0]
-    t = Throughput(total_steps=100, batch_size=32, clock=lambda: now[0])
-    assert t.update(10) == {}          # first call (compilation) starts the clock
+    run = SimpleNamespace(ctx=SimpleNamespace(clock=RunClock(lambda: now[0])), global_step=10,
+                          progress_from=None, plan=SimpleNamespace(epochs=10, steps_per_epoch=10, batch_size=32))
+    assert _progress(run) == {}        # first call (compilation) starts the clock
     now[0] += 2.0
-    got = t.update(30)                 # 20 steps in 2 s = 10 steps/s
+    run.global_step = 30
+    got = _progress(run)               # 20 steps in 2 s = 10 steps/s; 70 of 100 steps left
     assert got["rate"] == pytest.approx(320.0)
     assert got["eta_s"] == pytest.approx(7.0)
     out = io.StringIO()

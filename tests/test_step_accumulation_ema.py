@@ -101,7 +101,7 @@ def test_memory_estimate_counts_microbatches_and_ema():
     for accum, ema in ((1, None), (4, 0.99)):
         cfg = load_config(None, ["data.batch_size=100", "model.hidden_sizes=[10]",
                                  f"train.grad_accum_steps={accum}", f"train.ema_decay={ema or 'null'}"])
-        parts[accum] = check_fits(cfg, params, (64,), 10, num_devices=1, steps_per_call=1,
+        parts[accum] = check_fits(cfg, params, (64,), 10, num_devices=1, per_device_batch=100, steps_per_call=1,
                                   streaming=False, available=(10**9, "test memory"))
     assert parts[1]["activations"] == 100 * 3 * (64 + 10 + 10) * 4 and parts[1]["ema"] == 0
     assert parts[4]["activations"] == 25 * 3 * (64 + 10 + 10) * 4   # one microbatch of 25 rows alive

@@ -15,6 +15,7 @@ from typing import Any
 
 from jaxtrain.ckpt.checkpoint import FORMAT, Checkpointer, state_tree
 from jaxtrain.ckpt.params import checkpoint_mismatch
+from jaxtrain.engine.plan import RunPlan
 from jaxtrain.util.errors import ConfigError, UserError
 
 
@@ -49,18 +50,21 @@ def latest_meta(directory: str | Path) -> tuple[dict, str] | None:
         ckpt.close()
 
 
-def check_devices(meta: dict, where: str, devices: int) -> None:
-    """Refuse, in one line, a device count the checkpoint's batch does not split over. Any
-    other count restores: the arrays are saved whole (as global arrays), not per device."""
+def check_devices(meta: dict, where: str, plan: RunPlan, mesh_key: str = "parallel.data_axis_size") -> None:
+    """Refuse, in one line, a mesh (the run `plan`'s) the checkpoint's batch does not split over.
+    Any other mesh restores: the arrays are saved whole (as global arrays), not per device.
+    `mesh_key`: the config key that sets the mesh, named in the advice."""
     if meta.get("format") != FORMAT:
         return  # parameters only: check_resumable says so
-    batch_size = meta["config"]["data"]["batch_size"]
+    batch_size, devices = meta["config"]["data"]["batch_size"], plan.batch_shards
     if batch_size % devices:
         saved = meta.get("devices")
+        fix = ("a mesh whose axis sizes multiply to a divisor of it" if mesh_key == "parallel.mesh"
+               else "a number of devices that divides it")
         raise ConfigError(f"checkpoint '{where}'{f' (saved on {saved} devices)' if saved else ''} cannot "
-                          f"resume on {devices} devices: its data.batch_size={batch_size} does not split "
-                          f"over them; resume on a number of devices that divides {batch_size} "
-                          f"(parallel.data_axis_size)")
+                          f"resume on {devices} devices (mesh {{{plan.mesh_text()}}}): its "
+                          f"data.batch_size={batch_size} does not split over them; resume with {fix} "
+                          f"({mesh_key})")
 
 
 def check_resumable(meta: dict, where: str, *, batch_size: int, steps_per_epoch: int) -> None:

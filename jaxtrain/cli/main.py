@@ -36,9 +36,9 @@ def _train_resume_args(p: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from jaxtrain.runs.api import train
-    from jaxtrain.util.time_account import since_process_start
+    from jaxtrain.util.clock import since_process_start
     train(args.config, workdir=args.workdir, overrides=args.overrides, resume=args.resume, verbose=2,
-          account=since_process_start())
+          clock=since_process_start())
     return 0
 
 
@@ -172,11 +172,11 @@ def _profile(args: argparse.Namespace) -> int:
     from jaxtrain.util.errors import UserError
     if args.steps < 2:
         raise UserError(f"--steps {args.steps}: profile needs at least 2 steps (one warm-up call)")
-    from jaxtrain.util.time_account import since_process_start
+    from jaxtrain.util.clock import since_process_start
     workdir = args.workdir or default_workdir(load_config(args.config, args.overrides), "-profile")
     train(args.config, workdir=workdir, overrides=[
         *args.overrides, "train.profile=true", f"train.profile_steps={args.steps}",
-        "checkpoint.enabled=false"], verbose=2, account=since_process_start())
+        "checkpoint.enabled=false"], verbose=2, clock=since_process_start())
     return 0
 
 

@@ -13,10 +13,16 @@ K (`train.steps_per_call`) is an integer, `epoch`, or `auto`: then `prepare()`
 times a few candidates on throwaway calls over a copy of the state (autotune.py)
 before training starts, so the measurement never changes the results.
 
-Every chunk length is compiled once, ahead of time, and the compile time is
-accumulated in `compile_s` so that it never pollutes throughput figures. A call
-whose arguments no longer match the compiled signature is recompiled with a
-warning that names the cause (compilation.py).
+The engine keeps no time. While it runs an epoch it tells the loop what it does
+next by yielding a phase name between its results: `compile` before it compiles
+a chunk length (once, ahead of time, or again with a warning when the arguments
+no longer match the compiled signature: compilation.py), `input_wait` before it
+waits for the next streamed chunk, `h2d_transfer` before it uploads an epoch's
+order, and `dispatch` before it calls the compiled step. The loop charges the
+time to those phases on the run's clock (training/accounting.py), so compilation
+never pollutes throughput figures. Each call runs inside a
+`jax.profiler.StepTraceAnnotation` named `train` with its first step, which costs
+nothing unless a trace is being recorded (train.profile).
 
 The hot loop makes no implicit transfers: the per-call start offsets are uploaded
 once, and only `jax.device_put` moves data (see tests/test_perf_hygiene.py).
@@ -26,11 +32,9 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import time
 import warnings
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -41,9 +45,8 @@ from jaxtrain.engine import autotune
 from jaxtrain.parallel import distributed, placement
 from jaxtrain.parallel.watchdog import ProgressWatchdog
 from jaxtrain.engine.compilation import signature_mismatch
+from jaxtrain.engine.plan import RunPlan
 from jaxtrain.data import Dataset, epoch_permutation
-from jaxtrain.util.phase_timer import PhaseTimer
-from jaxtrain.util.time_account import TimeAccount
 from jaxtrain.engine.prefetch import prefetch_to_device, stack
 from jaxtrain.engine.step import (TrainState, accumulate_metrics, make_device_epoch_runner, make_stream_runner,
                                   vmapped)
@@ -56,10 +59,6 @@ class RecompileWarning(UserWarning):
     """A compiled step had to be compiled again after its first call."""
 
 
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    return max(1, math.ceil(n_train / batch_size))
-
-
 def padded_order(n: int, seed: int, epoch: int, total: int) -> np.ndarray:
     """The epoch's permutation padded with -1 (masked slots) to `total` entries."""
     order = np.full(total, -1, np.int32)
@@ -67,53 +66,40 @@ def padded_order(n: int, seed: int, epoch: int, total: int) -> np.ndarray:
     return order
 
 
-def fits_on_device(dataset: Dataset, fraction: float) -> bool:
-    """Whether the training set fits in `fraction` of the first device's memory, on every
-    process: each measures its own memory, and all must compile the same program."""
-    if dataset.train is None or fraction <= 0:
-        return False
-    need = dataset.train.x.nbytes + dataset.train.y.nbytes
-    stats = jax.local_devices()[0].memory_stats() or {}
-    limit = stats.get("bytes_limit")
-    if limit is None:  # CPU: the device memory is host memory
-        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return bool(distributed.agreed_min(int(need <= fraction * limit)))
+# What the engine does next, yielded between its results (see the module's docstring).
+COMPILE, INPUT_WAIT, H2D_TRANSFER, DISPATCH = "compile", "input_wait", "h2d_transfer", "dispatch"
 
 
-def resolve_steps_per_call(setting: int | str, steps: int, step_multiple: int | None = None) -> int | None:
-    """K for a fixed setting; None for 'auto' (decided by measurement in `Engine.prepare`).
-    With `step_multiple` (checkpoint.every_steps), K is the largest divisor of it not above
-    the setting, so that step-based saves fall on call boundaries."""
-    if setting == "auto":
-        return None
-    k = steps if setting == "epoch" else min(int(setting), steps)
-    return autotune.divisor_at_most(step_multiple, k) if step_multiple else k
+def run_through(gen: Generator) -> Any:
+    """Run a generator that yields phase names to the end; its return value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def calls_only(epoch: Iterator) -> Iterator[tuple[TrainState, dict, int]]:
+    """The results of `Engine.run_epoch` without its phase names (for code that keeps no clock)."""
+    return (item for item in epoch if not isinstance(item, str))
 
 
 class Engine:
-    def __init__(self, train_step: Callable, dataset: Dataset, mesh, *, batch_size: int, seed: int,
-                 on_device: bool, steps_per_call: int | str, clock: Callable[[], float] = time.perf_counter,
-                 strategy: placement.Strategy | None = None, step_multiple: int | None = None,
-                 account: TimeAccount | None = None, watchdog: ProgressWatchdog | None = None,
-                 points: int | None = None, trace_dir: Path | None = None, trace_calls: int = 0):
-        """`points`: the state is P points stacked (a vectorized sweep), each trained on the
-        same batches by a vmapped step. `trace_dir`, `trace_calls`: see PhaseTimer."""
+    def __init__(self, train_step: Callable, dataset: Dataset, mesh, plan: RunPlan, *, seed: int,
+                 strategy: placement.Strategy | None = None, watchdog: ProgressWatchdog | None = None):
+        """`plan.points`: the state is P points stacked (a vectorized sweep), each trained on the
+        same batches by a vmapped step."""
         # The strategy (parallel/placement.py) lays out state and batches and compiles the runners.
         self.strategy = strategy = strategy or placement.Strategy("sharded", mesh)
-        self.dataset, self.mesh, self.batch_size, self.seed = dataset, mesh, batch_size, seed
-        self.on_device, self.clock = on_device, clock
-        self.n_train = dataset.num_train
-        self.steps = steps_per_epoch(self.n_train, batch_size)
+        self.dataset, self.mesh, self.plan, self.seed = dataset, mesh, plan, seed
+        self.batch_size, self.on_device, self.points = plan.batch_size, plan.on_device, plan.points
+        self.n_train, self.steps = plan.n_train, plan.steps_per_epoch
         # Every K (fixed or measured) divides step_multiple: checkpoints save between calls.
-        self.step_multiple = step_multiple
-        self.k = resolve_steps_per_call(steps_per_call, self.steps, step_multiple)
+        self.step_multiple = plan.step_multiple
+        self.k = plan.steps_per_call
         self.k_timings: dict[int, float] = {}   # auto: seconds per step for each K tried
-        self.compile_s = 0.0
+        self.compiles = 0     # chunk lengths compiled (recompiles included)
         self.recompiles = 0
-        self.points = points
-        # Inactive unless the loop starts it (train.profile).
-        self.timer = PhaseTimer(clock, trace_dir=trace_dir, trace_calls=trace_calls)
-        self.account = account or TimeAccount(clock)  # compiling and measuring K go to 'compile'
         self.watchdog = watchdog or ProgressWatchdog(None, 0, 1)  # multi-process: ends a stuck run
         # XLA's CPU runtime deadlocks when a call holding cross-process collectives overlaps other
         # work on a process with several devices (jax 0.10.2: a bare jitted data-parallel step
@@ -124,10 +110,10 @@ class Engine:
         self._starts: dict[int, jax.Array] = {}
         self._copier: Callable | None = None
         # Streamed chunks: this process's rows of each batch, assembled into global arrays.
-        self._put_chunk = strategy.stream_placer(batch_size)
-        if on_device:
-            make = make_device_epoch_runner if points is None else vmapped(make_device_epoch_runner)
-            self._runner = strategy.device_runner(make, train_step, dataset.task, batch_size)
+        self._put_chunk = strategy.stream_placer(self.batch_size)
+        if self.on_device:
+            make = make_device_epoch_runner if self.points is None else vmapped(make_device_epoch_runner)
+            self._runner = strategy.device_runner(make, train_step, dataset.task, self.batch_size)
             self._x = strategy.put_dataset(dataset.train.x)
             self._y = strategy.put_dataset(dataset.train.y)
         else:
@@ -141,17 +127,10 @@ class Engine:
     MEASURE_K_ACROSS_CPU_PROCESSES = False
 
     def _compile(self, num: int, state: TrainState, args: tuple) -> Any:
-        t0 = self.clock()
-        with self.account.part("compile"):
-            if self.on_device:
-                lowered = self._runner.lower(state, *args, num_steps=num)
-            else:
-                lowered = self._runner.lower(state, *args)
-            compiled = lowered.compile()
-        seconds = self.clock() - t0
-        self.compile_s += seconds
-        self.timer.add("compile", seconds)
-        return compiled
+        self.compiles += 1
+        if self.on_device:
+            return self._runner.lower(state, *args, num_steps=num).compile()
+        return self._runner.lower(state, *args).compile()
 
     def flops_per_step(self) -> float | None:
         """FLOPs of one training step on all devices, from XLA's cost analysis of the compiled
@@ -167,15 +146,18 @@ class Engine:
         flops = (cost or {}).get("flops")
         return float(flops) * self.mesh.size if flops and flops > 0 else None
 
-    def _call(self, state: TrainState, num: int, *args) -> tuple[TrainState, dict]:
-        """Run `num` fused steps, compiling that chunk length once, ahead of time."""
+    def _call(self, state: TrainState, num: int, *args) -> Generator[str, None, tuple[TrainState, dict]]:
+        """Run `num` fused steps, compiling that chunk length once, ahead of time. A generator
+        that yields the phase it enters (COMPILE, DISPATCH) and returns the call's results."""
         if num not in self._compiled:
+            yield COMPILE
             self._compiled[num] = self._compile(num, state, args)
+            yield DISPATCH
         compiled = self._compiled[num]
         if self._wait_each_call:
             jax.block_until_ready((state, args))
         try:
-            out = self.timer.call(compiled, num, state, *args)
+            out = compiled(state, *args)
         except (TypeError, ValueError) as exc:
             if "differ" not in str(exc) and "sharding" not in str(exc).lower():
                 raise
@@ -184,8 +166,10 @@ class Engine:
             warnings.warn(f"recompiling the {num}-step train call after its first use: {cause}. "
                           f"Keep shapes, dtypes and shardings of the state and batches fixed.",
                           RecompileWarning, stacklevel=2)
+            yield COMPILE
             self._compiled[num] = self._compile(num, state, args)
-            out = self.timer.call(self._compiled[num], num, state, *args)
+            yield DISPATCH
+            out = self._compiled[num](state, *args)
         if self._wait_each_call:
             jax.block_until_ready(out)
         return out
@@ -206,8 +190,7 @@ class Engine:
         """Decide K for `steps_per_call: auto` by timing candidates on a copy of `state`."""
         if self.k is not None:
             return
-        with self.account.part("compile"):
-            self._choose_k(state)
+        self._choose_k(state)
 
     def _choose_k(self, state: TrainState) -> None:
         max_k = None
@@ -247,14 +230,14 @@ class Engine:
         scratch = self._copy(state)
         calls = max(1, min(8, 64 // k))
         best = math.inf
-        scratch, _ = self._call(scratch, k, *make_args(0))  # warm-up: allocations, caches
+        scratch, _ = run_through(self._call(scratch, k, *make_args(0)))  # warm-up: allocations, caches
         jax.block_until_ready(scratch)
         for _ in range(2 if calls * k <= 128 else 1):
             t0 = time.perf_counter()
             sums = None
             for i in range(calls):
                 self.watchdog.enter(phase)
-                scratch, chunk = self._call(scratch, k, *make_args(i))
+                scratch, chunk = run_through(self._call(scratch, k, *make_args(i)))
                 sums = chunk if sums is None else accumulate_metrics(sums, chunk)
             jax.block_until_ready((scratch, sums))
             best = min(best, (time.perf_counter() - t0) / (calls * k))
@@ -283,27 +266,39 @@ class Engine:
         return self.strategy.local_batches(self.dataset, self.batch_size, self.seed, epoch, start)
 
     def run_epoch(self, state: TrainState, epoch: int, start_step: int = 0
-                  ) -> Iterator[tuple[TrainState, dict, int]]:
-        """Train one epoch from step `start_step` of it; yield after each compiled call."""
+                  ) -> Iterator[str | tuple[TrainState, dict, int]]:
+        """Train one epoch from step `start_step` of it. Yields `(state, metric_sums, steps_done)`
+        after every compiled call, and before each piece of work the phase it enters (a str)."""
         if self.k is None:
+            yield COMPILE
             self.prepare(state)
         first_step = epoch * self.steps
         if self.on_device:
-            with self.timer.phase("h2d_transfer"):
-                order = self.strategy.put_order(padded_order(self.n_train, self.seed, epoch,
-                                                             self.steps * self.batch_size), self.batch_size)
+            yield H2D_TRANSFER
+            order = self.strategy.put_order(padded_order(self.n_train, self.seed, epoch,
+                                                         self.steps * self.batch_size), self.batch_size)
             for start in range(start_step, self.steps, self.k):
                 num = min(self.k, self.steps - start)
                 self.watchdog.enter(f"the train call at step {first_step + start}")
-                with self.timer.annotate(first_step + start):
-                    state, sums = self._call(state, num, self._x, self._y, order, self._start(start))
+                yield DISPATCH
+                with jax.profiler.StepTraceAnnotation("train", step_num=first_step + start):
+                    state, sums = yield from self._call(state, num, self._x, self._y, order, self._start(start))
                 yield state, sums, start + num
             return
         batches = self._local_batches(epoch, start_step)  # a resumed epoch seeks: nothing is re-read
         done = start_step
-        for num, chunk in prefetch_to_device(batches, self.k, self._put_chunk, timer=self.timer):
-            self.watchdog.enter(f"the train call at step {first_step + done}")
-            with self.timer.annotate(first_step + done):
-                state, sums = self._call(state, num, *chunk)
-            done += num
-            yield state, sums, done
+        chunks = prefetch_to_device(batches, self.k, self._put_chunk)
+        try:
+            while True:
+                yield INPUT_WAIT
+                num, chunk = next(chunks, (0, None))
+                if not num:
+                    return
+                self.watchdog.enter(f"the train call at step {first_step + done}")
+                yield DISPATCH
+                with jax.profiler.StepTraceAnnotation("train", step_num=first_step + done):
+                    state, sums = yield from self._call(state, num, *chunk)
+                done += num
+                yield state, sums, done
+        finally:
+            chunks.close()  # stops the prefetch thread however the epoch ended

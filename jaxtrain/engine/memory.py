@@ -18,7 +18,7 @@ in, or take the machine down with them:
 Available memory is the first device's free memory where JAX reports it
 (GPU/TPU `memory_stats`), else the host's available memory (`MemAvailable`): on
 CPU, device memory is host memory. A training set that does not fit the device
-is streamed instead (engine.fits_on_device); what cannot fit even then is a
+is streamed instead (plan.fits_on_device); what cannot fit even then is a
 UserError stating the estimated need against what is available.
 """
 
@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxtrain.engine.plan import RunPlan
 from jaxtrain.util.errors import UserError
 from jaxtrain.util.workdir import format_bytes
 
@@ -88,11 +89,10 @@ def count_params(params: Any) -> int:
 
 
 def check_fits(cfg: Any, model_params: Any, feature_shape: tuple[int, ...], num_outputs: int, *,
-               num_devices: int, steps_per_call: int, streaming: bool,
+               num_devices: int, per_device_batch: int, steps_per_call: int, streaming: bool,
                on_device_data_bytes: int = 0, available: tuple[int, str] | None = None) -> dict[str, int]:
     """Raise a UserError when the estimate exceeds the available memory; return the estimate
-    for one device."""
-    per_device_batch = math.ceil(cfg.data.batch_size / max(1, num_devices))
+    for one device (`per_device_batch`: the run plan's, the batch over every mesh axis)."""
     parts = estimate_train_bytes(cfg, count_params(model_params), int(np.prod(feature_shape)), num_outputs,
                                  per_device_batch=per_device_batch, steps_per_call=steps_per_call,
                                  streaming=streaming, on_device_data_bytes=on_device_data_bytes)
@@ -113,20 +113,18 @@ def check_fits(cfg: Any, model_params: Any, feature_shape: tuple[int, ...], num_
     return parts
 
 
-def check_run(cfg: Any, model: Any, dataset: Any) -> dict[str, int]:
-    """The estimate for a configured run, before its state is placed on the devices."""
+def check_run(cfg: Any, model: Any, dataset: Any, plan: RunPlan,
+              available: tuple[int, str] | None = None) -> dict[str, int]:
+    """The estimate for a configured run (its `plan`), before its state is placed on the devices."""
     from flax import nnx
 
-    from jaxtrain.engine.engine import fits_on_device, resolve_steps_per_call, steps_per_epoch
     params = nnx.state(model, nnx.Param)
-    num_devices = cfg.parallel.data_axis_size or len(jax.devices())
-    on_device = dataset.train is not None and fits_on_device(dataset, cfg.train.on_device_fraction)
-    steps = steps_per_epoch(max(1, dataset.num_train), cfg.data.batch_size)
     # 'auto' is measured later (autotune.py); estimate with a generous K.
-    k = resolve_steps_per_call(cfg.train.steps_per_call, steps) or min(steps, 32)
-    data_bytes = dataset.train.x.nbytes + dataset.train.y.nbytes if on_device else 0
-    return check_fits(cfg, params, dataset.feature_shape, dataset.num_outputs, num_devices=num_devices,
-                      steps_per_call=k, streaming=not on_device, on_device_data_bytes=data_bytes)
+    k = plan.steps_per_call or min(plan.steps_per_epoch, 32)
+    data_bytes = dataset.train.x.nbytes + dataset.train.y.nbytes if plan.on_device else 0
+    return check_fits(cfg, params, dataset.feature_shape, dataset.num_outputs, num_devices=plan.batch_shards,
+                      per_device_batch=plan.per_device_batch, steps_per_call=k, streaming=not plan.on_device,
+                      on_device_data_bytes=data_bytes, available=available)
 
 
 # ---------------------------------------------------------------- measured, once the run exists

@@ -37,32 +37,19 @@ def stack(chunk: list) -> tuple[np.ndarray, ...]:
     return tuple(np.stack(parts) for parts in zip(*chunk))
 
 
-def prefetch_to_device(batches: Iterator, k: int, sharding, *, depth: int = 2,
-                       timer=None) -> Iterator[tuple[int, Any]]:
-    """Yield `(num_steps, device_chunk)` for chunks of k host batches, prepared ahead in a thread.
-
-    `timer` (a PhaseTimer) receives the thread's prepare/transfer seconds when active,
-    and the consumer's waiting time as `input_wait`.
-    """
+def prefetch_to_device(batches: Iterator, k: int, sharding, *, depth: int = 2) -> Iterator[tuple[int, Any]]:
+    """Yield `(num_steps, device_chunk)` for chunks of k host batches, prepared ahead in a thread."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
-    profiling = timer is not None and timer.active
-    tick = timer.clock if timer is not None else None
 
     def produce() -> None:
         try:
             for chunk in stacked_chunks(batches, k):
                 if stop.is_set():
                     return
-                t0 = tick() if profiling else 0.0
                 host = stack(chunk)
-                t1 = tick() if profiling else 0.0
                 # `sharding` may be a function that places the chunk (multi-process input).
                 dev = sharding(host) if callable(sharding) else jax.device_put(host, sharding)
-                if profiling:
-                    jax.block_until_ready(dev)
-                    timer.background["prepare"] += t1 - t0
-                    timer.background["transfer"] += tick() - t1
                 _put(q, (len(chunk), dev), stop)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             _put(q, _Failure(exc), stop)
@@ -73,10 +60,7 @@ def prefetch_to_device(batches: Iterator, k: int, sharding, *, depth: int = 2,
     thread.start()
     try:
         while True:
-            t0 = tick() if profiling else 0.0
             item = q.get()
-            if profiling:
-                timer.add("input_wait", tick() - t0)
             if item is _DONE:
                 return
             if isinstance(item, _Failure):

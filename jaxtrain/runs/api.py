@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,13 +21,14 @@ from jaxtrain.engine.compilation import enable_persistent_cache
 from jaxtrain.data import apply as apply_stats
 from jaxtrain.model.metrics import compute_metrics
 from jaxtrain.runs.predict import read_user_input
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.runs.report import write_report
-from jaxtrain.runs.resume import (check_device_count, resume_run, resume_source, saved_hyperparams_in_state,
-                                  saved_stats)
+from jaxtrain.runs.resume import (check_device_count, nothing_left, resume_run, resume_source,
+                                  saved_hyperparams_in_state, saved_stats)
 from jaxtrain.runs.rundir import RunDirectory, default_workdir, write_json
 from jaxtrain.runs.trained import (PYTHON_MODEL_FILE, load_trained, make_model, python_model_class,
                                    with_import_root)
-from jaxtrain.training.accounting import breakdown, call_hooks, closing_lines
+from jaxtrain.training.accounting import call_hooks, closing_lines, time_section
 from jaxtrain.training.hooks import build_hooks
 from jaxtrain.training.hooks.trackers import TrackerHook
 from jaxtrain.training.preflight import check_before_training
@@ -35,7 +37,7 @@ from jaxtrain.training.loop import fit
 from jaxtrain.training.hooks.protocol import Hook, RunContext
 from jaxtrain.util.errors import NonFiniteError, Preempted, UserError, python_api
 from jaxtrain.util.events import Console, format_metrics
-from jaxtrain.util.time_account import TimeAccount
+from jaxtrain.util.clock import RunClock
 from jaxtrain.util.workdir import explain_os_error
 
 def _config(config: Any, overrides: list[str] | dict[str, Any] | None, kw_overrides: dict) -> Config:
@@ -51,7 +53,7 @@ def _config(config: Any, overrides: list[str] | dict[str, Any] | None, kw_overri
 def train(config: str | Path | dict | Config | None = None, *, workdir: str | Path | None = None,
           model: nnx.Module | None = None, dataset: data_stage.Dataset | None = None,
           overrides: list[str] | dict[str, Any] | None = None, verbose: int = 1, console: Console | None = None,
-          resume: str | Path | None = None, account: TimeAccount | None = None,
+          resume: str | Path | None = None, clock: RunClock | None = None,
           hooks: Sequence[Hook] = (), **kw_overrides: Any) -> dict:
     """Train and return the run's summary (also written to WORKDIR/summary.json).
 
@@ -62,10 +64,10 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     Keyword overrides use double underscores for dots: `optimizer__learning_rate=0.1`.
     A Python user may pass any `nnx.Module` as `model` and a prepared `dataset`.
     `resume=DIR` continues the run in DIR from its latest checkpoint (see `resume`).
-    `account` splits the wall time into parts (`time.breakdown`); the CLI passes one that
-    counts the process's start-up. `hooks` run after the config's own (a search's pruning).
+    `clock` is the run's clock (`time.breakdown`); the CLI passes one that counts the
+    process's start-up. `hooks` run after the config's own (a search's pruning).
     """
-    account = account or TimeAccount()
+    clock = clock or RunClock()
     if resume is not None:
         config, workdir = resume_source(resume, config, workdir)
     cfg = _config(config, overrides, kw_overrides)
@@ -78,7 +80,7 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     if resume is None:
         workdir = distributed.same_on_all(str(workdir or default_workdir(cfg)))
     with RunDirectory(cfg, workdir, resuming=resume is not None, lead=lead, console=console,
-                      account=account) as rundir:
+                      clock=clock) as rundir:
         try:
             summary, hooks = _train_in(rundir, model, dataset, hooks)
         except (NonFiniteError, Preempted) as e:
@@ -88,30 +90,40 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
         except OSError as e:  # disk full or permissions while saving: one line, exit 2
             rundir.keep = True
             raise (explain_os_error(e, rundir.workdir, "writing the run") or e) from None
+        if summary.get("status") == "unchanged":
+            rundir.ctx.console.line(f"{rundir.workdir}/summary.json unchanged: nothing was trained")
+            return saved_summary(rundir.workdir) or summary
         finish_summary(rundir, summary, hooks)
     return summary
+
+
+def saved_summary(workdir: Path) -> dict | None:
+    """The summary.json a run wrote, or None."""
+    try:
+        return json.loads((Path(workdir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def finish_summary(rundir: RunDirectory, summary: dict, hooks: list[Hook] = ()) -> None:
     """The time breakdown into the summary; summary.json written; the experiment trackers
     among `hooks` finished; the closing lines."""
-    total_s, parts = breakdown(rundir.ctx.account)
-    summary["time"].update(data_s=parts["data"], total_s=total_s, breakdown=parts)
+    summary["time"] = time_section(rundir.ctx.clock)
     rundir.write_summary(summary)
     console = rundir.ctx.console
     console.line(f"wrote {rundir.workdir}/summary.json")
     finish_trackers(hooks, summary, rundir.workdir, console)
     console.line(next_steps(rundir.workdir, rundir.cfg.checkpoint.enabled,
                             python_model=python_model_class(rundir.workdir)))
-    for line in closing_lines(summary["perf"], total_s, parts):
+    for line in closing_lines(summary["perf"], summary["time"]["total_s"], summary["time"]["breakdown"]):
         console.line(line)
 
 
 def load_data(cfg: Config, ctx: RunContext, dataset: data_stage.Dataset | None = None, *,
               stats: FeatureStats | None = None, lead: bool = True) -> data_stage.Dataset:
-    """The run's data set (loaded unless given; its time is the account's 'data' part), its
+    """The run's data set (loaded unless given; its time is the clock's 'data' phase), its
     preprocessing artifacts written to the work directory."""
-    with ctx.account.part("data"):
+    with ctx.clock.phase("data"):
         if dataset is None:
             dataset = data_stage.load_dataset(cfg.data, stats=stats)
         if lead:
@@ -135,30 +147,34 @@ def _train_in(rundir: RunDirectory, model: nnx.Module | None, dataset: data_stag
                    {"class": f"{type(model).__module__}.{type(model).__qualname__}"})
     if cfg.model.init_from:  # fine-tuning: matching parameters from a trained run
         init_from(model, cfg.model.init_from, ctx.console, ctx.events)
-    estimate = check_before_training(cfg, model, dataset, rundir.workdir)  # options vs data, memory, disk
+    plan = make_plan(cfg, dataset)  # steps, batches, K, on-device: every part reads them from here
+    estimate = check_before_training(cfg, model, dataset, rundir.workdir, plan)  # options vs data, memory, disk
     in_state: tuple[str, ...] = ()
     if rundir.resuming:
-        check_device_count(checkpoints, cfg)
+        check_device_count(checkpoints, cfg, plan)
         # A vectorized sweep's point keeps some optimizer hyperparameters in its state: resume it alike.
         in_state = saved_hyperparams_in_state(checkpoints)
     ctx.watchdog = ProgressWatchdog(cfg.parallel.distributed.collective_timeout_s, jax.process_index(),
                                     jax.process_count(), phase="setting up the run (compiling, restoring)")
     hooks, trained = [], False
     try:
-        run = setup(cfg, model, dataset, ctx, hyperparams_in_state=in_state)
+        run = setup(cfg, model, dataset, ctx, hyperparams_in_state=in_state, plan=plan)
         hooks = build_hooks(cfg, rundir.workdir, stats=dataset.stats, lead=lead, hyperparams_in_state=in_state)
         hooks += extra_hooks
         if rundir.resuming:
             resume_run(run, checkpoints, hooks)
             rundir.write_config(cfg)  # the overrides (say, more epochs) are now part of the run
+        unchanged = rundir.resuming and nothing_left(run)
         summary = fit(run, hooks=hooks)
+        if unchanged:  # the summary.json of the finished run stays as it was
+            return {**summary, "status": "unchanged"}, hooks
         summary["memory"] = memory.report(run.state, run.engine.executable(), estimate)
         trained = True
     finally:
         # However training ended: a checkpoint save in flight finishes (it holds a good state)
         # and the signal handlers are put back. After a normal end the trackers stay open
         # until summary.json and the report are written (finish_summary).
-        call_hooks(ctx.account, [h for h in hooks if not (trained and isinstance(h, TrackerHook))], "close")
+        call_hooks(ctx.clock, [h for h in hooks if not (trained and isinstance(h, TrackerHook))], "close")
         ctx.watchdog.close()
     summary.update(status="completed", workdir=str(rundir.workdir))
     return summary, hooks

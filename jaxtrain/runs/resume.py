@@ -9,16 +9,13 @@ the data position, and training continues in the same directory, appending to
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
-
-import jax
 
 from jaxtrain.ckpt.resume import check_devices, latest_meta, restore_latest
 from jaxtrain.data.artifacts import STATS_FILE, load_stats
 from jaxtrain.data.featurestats import FeatureStats
-from jaxtrain.parallel import placement
+from jaxtrain.engine.plan import RunPlan
 from jaxtrain.training.run import Run
 from jaxtrain.training.hooks.protocol import Hook
 from jaxtrain.util.errors import UserError
@@ -43,12 +40,11 @@ def saved_stats(run_dir: Path) -> FeatureStats | None:
     return load_stats(run_dir) if (Path(run_dir) / STATS_FILE).is_file() else None
 
 
-def check_device_count(checkpoint_dir: Path, cfg: Any) -> None:
-    """Before anything is built: refuse in one line a device count the checkpoint cannot resume on."""
+def check_device_count(checkpoint_dir: Path, cfg: Any, plan: RunPlan) -> None:
+    """Before anything is built: refuse in one line a mesh the checkpoint's batch cannot split over."""
     found = latest_meta(checkpoint_dir)
     if found is not None:
-        devices = math.prod(placement.mesh_shape(cfg.parallel, jax.device_count()).values())
-        check_devices(*found, devices)
+        check_devices(*found, plan, mesh_key="parallel.mesh" if cfg.parallel.mesh else "parallel.data_axis_size")
 
 
 def saved_hyperparams_in_state(checkpoint_dir: Path) -> tuple[str, ...]:
@@ -60,8 +56,8 @@ def saved_hyperparams_in_state(checkpoint_dir: Path) -> tuple[str, ...]:
 
 def resume_run(run: Run, checkpoint_dir: Path, hooks: list[Hook]) -> None:
     """Continue `run` from the latest checkpoint (its hooks' state too) and say where from."""
-    found = restore_latest(checkpoint_dir, run.state, batch_size=run.cfg.data.batch_size,
-                           steps_per_epoch=run.engine.steps)
+    found = restore_latest(checkpoint_dir, run.state, batch_size=run.plan.batch_size,
+                           steps_per_epoch=run.plan.steps_per_epoch)
     console, events = run.ctx.console, run.ctx.events
     if found is None:
         console.line(f"resume: no complete checkpoint in {checkpoint_dir}; starting from step 0")
@@ -69,14 +65,20 @@ def resume_run(run: Run, checkpoint_dir: Path, hooks: list[Hook]) -> None:
         return
     state, position = found
     run.continue_from(state, position)
+    run.ctx.clock.load_state_dict(position.meta.get("timeline") or {})  # the earlier segments
     for hook in hooks:
         if hook.name in position.hooks and hasattr(hook, "load_state_dict"):
             hook.load_state_dict(position.hooks[hook.name])
     console.line(f"resume: continuing from checkpoint step {position.step} (epoch {position.epoch + 1}, "
-                 f"step {position.step_in_epoch} of {run.engine.steps}) in {checkpoint_dir}")
+                 f"step {position.step_in_epoch} of {run.plan.steps_per_epoch}) in {checkpoint_dir}")
     events.write("resume", step=position.step, epoch=position.epoch, step_in_epoch=position.step_in_epoch,
                  found=True)
-    epochs = run.cfg.train.epochs
-    if run.epoch >= epochs:
+    epochs = run.plan.epochs
+    if nothing_left(run):
         console.line(f"resume: all {epochs} epochs (train.epochs) are already trained: nothing left to train, "
                      f"only evaluating; pass --set train.epochs=N with N > {epochs} to train more")
+
+
+def nothing_left(run: Run) -> bool:
+    """Whether the run is already trained to its configured end."""
+    return run.epoch >= run.plan.epochs

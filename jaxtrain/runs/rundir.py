@@ -19,7 +19,7 @@ from jaxtrain.config.schema import Config, dump_yaml
 from jaxtrain.training.hooks.protocol import RunContext
 from jaxtrain.util.errors import UserError
 from jaxtrain.util.events import Console, JsonlWriter
-from jaxtrain.util.time_account import TimeAccount
+from jaxtrain.util.clock import RunClock
 from jaxtrain.util.workdir import WorkdirLock, check_writable
 
 
@@ -51,12 +51,12 @@ class RunDirectory:
     """`with RunDirectory(cfg, workdir, ...) as rd:` the directory of one run while it trains.
 
     Only the lead process (process 0) writes; every process gets a `ctx` (console,
-    events, workdir, time account) to train with. `resuming`: the directory already holds
+    events, workdir, the run's clock) to train with. `resuming`: the directory already holds
     this run."""
 
     def __init__(self, cfg: Config, workdir: str | Path, *, resuming: bool = False, lead: bool = True,
-                 console: Console | None = None, account: TimeAccount | None = None):
-        self.cfg, self.resuming, self.lead, self.account = cfg, resuming, lead, account
+                 console: Console | None = None, clock: RunClock | None = None):
+        self.cfg, self.resuming, self.lead, self.clock = cfg, resuming, lead, clock
         # What the directory held before: a run rejected before training undoes its writes.
         self._existing = set(p.name for p in Path(workdir).iterdir()) if Path(workdir).is_dir() else None
         self.workdir = Path(workdir) if resuming or not lead else prepare_workdir(workdir)
@@ -71,7 +71,8 @@ class RunDirectory:
         if not self.resuming:  # a resume rewrites it only once its checkpoint fits
             self.write_config(self.cfg)
         events = JsonlWriter(self.workdir / "metrics.jsonl" if self.lead else None)
-        self.ctx = RunContext(console=self._console, events=events, workdir=self.workdir, account=self.account)
+        self.ctx = RunContext(console=self._console, events=events, workdir=self.workdir,
+                              clock=self.clock or RunClock())
         return self
 
     def write_config(self, cfg: Config) -> None:

@@ -36,7 +36,8 @@ from jaxtrain.training.loop import fit_lanes
 from jaxtrain.training.preflight import check_before_training
 from jaxtrain.training.setup import setup_vectorized
 from jaxtrain.util.events import Console
-from jaxtrain.util.time_account import TimeAccount
+from jaxtrain.engine.plan import make_plan
+from jaxtrain.util.clock import RunClock
 
 
 def why_not_vectorized(cfg: Config) -> str | None:
@@ -78,17 +79,18 @@ def train_vectorized(cfgs: list[Config], workdirs: list[Path], console: Console 
     took it out of the population (a search's pruning). When a lane leaves, the lanes left
     continue as a new, smaller population (the stopped ones cost nothing more)."""
     console = console or Console("none")
-    account = TimeAccount()  # the points train together: one account of the time for all
+    clock = RunClock()  # the points train together: one clock for all
     with contextlib.ExitStack() as stack:
-        dirs = [stack.enter_context(RunDirectory(cfg, w, console=console, account=account))
+        dirs = [stack.enter_context(RunDirectory(cfg, w, console=console, clock=clock))
                 for cfg, w in zip(cfgs, workdirs)]
         base, ctx = cfgs[0], dirs[0].ctx
         dataset = load_data(base, ctx)
         for d in dirs[1:]:  # each point's stats.json and preprocess_report.json
             data_stage.write_artifacts(dataset, d.workdir)
         model = make_model(base, dataset)
-        check_before_training(base, model, dataset, dirs[0].workdir)
-        run = setup_vectorized(cfgs, model, dataset, [d.ctx for d in dirs], [w.name for w in workdirs])
+        plan = make_plan(base, dataset, points=len(cfgs))
+        check_before_training(base, model, dataset, dirs[0].workdir, plan)
+        run = setup_vectorized(cfgs, model, dataset, [d.ctx for d in dirs], [w.name for w in workdirs], plan)
         for i, lane in enumerate(run.lanes):
             lane.hooks = build_hooks(lane.cfg, lane.ctx.workdir, stats=dataset.stats,
                                      hyperparams_in_state=lane.hyperparams_in_state,

@@ -1,110 +1,135 @@
-"""A run's accounts: step time, FLOPs and MFU (`perf`), and where its wall time went.
+"""A run's accounts, all read from its clock: where the wall time went, step time, FLOPs, MFU.
 
-The loop charges its time to parts of a `TimeAccount` (util/time_account.py):
-`train` around each epoch's compiled calls up to the epoch's one device sync,
-`compile` inside it (the engine compiles and measures K there), `evaluation`,
-`checkpointing` (the checkpoint hook), `hooks_and_logging` (every other hook, the
-console, metrics.jsonl); `api.train` adds `data`, and the CLI `startup` (process
-start to the run's start: the interpreter and imports). What no part claims is
-`other` (building the model and the mesh, preflight checks, writing the summary).
-Each moment is charged to one part, so the parts add up to `time.total_s`.
+The loop charges every moment of a run to one phase of the run's `RunClock`
+(util/clock.py): the CLI's `startup` (process start to the run's start), `data`
+(api.py), `compile` (the engine says when it compiles; measuring K for
+`steps_per_call: auto` counts too), the training phases (TRAIN_PHASES: waiting for
+input, host-to-device copies, dispatching the compiled calls with the loop's own
+bookkeeping between them, the device's share when profiling syncs after each call,
+and reading the epoch's metrics back), `evaluation`, `checkpointing` (the
+checkpoint hook) and `hooks_and_logging` (every other hook, the console,
+metrics.jsonl). What no phase claims is `other` (building the model and the mesh,
+preflight checks, writing the summary). The summary's `time.breakdown` lists the
+PARTS, the training phases added up as `train`; they add up to `time.total_s`.
 
-Step time is an epoch's `train` seconds over its steps, median over epochs: calls
-are dispatched asynchronously, so a single call's time is only known at the
-epoch's sync, and waiting after every call would slow training down. A hook that
-reads the state (a checkpoint save) may wait for the device inside its own part.
+Throughput comes from one measurement: an epoch's `train` seconds (compilation,
+hooks and evaluation excluded), its steps and its examples. `step_time_ms` is
+seconds over steps and `examples_per_sec` examples over seconds, so their product
+is the examples per step. Calls are dispatched asynchronously, so a single call's
+time is only known at the epoch's one device sync; the summary adds up the epochs
+after each segment's first (caches warm), or all of them when that leaves none.
 
 FLOPs come from XLA's cost analysis of the compiled call (engine.flops_per_step);
-MFU is the achieved FLOP/s over the peak of the run's devices (engine/peak.py).
+MFU is the achieved FLOP/s over the peak of the run's devices (engine/peak.py),
+never above 1.
 """
 
 from __future__ import annotations
 
-import statistics
-from typing import Iterable
+from typing import Callable, Iterable
 
-from jaxtrain.engine.peak import peak_tflops
-from jaxtrain.util.time_account import TimeAccount
+from jaxtrain.engine.peak import Peak, peak_tflops
+from jaxtrain.util.clock import RunClock
 
+TRAIN_PHASES = ("input_wait", "h2d_transfer", "dispatch", "device_compute", "metric_transfer")
 PARTS = ("startup", "data", "compile", "train", "evaluation", "checkpointing", "hooks_and_logging", "other")
 HOOK_PART = "hooks_and_logging"
 
 
 def hook_part(hook) -> str:
-    """The part a hook's time is charged to: its `time_part` ('checkpointing'), else hooks."""
+    """The phase a hook's time is charged to: its `time_part` ('checkpointing'), else hooks."""
     return getattr(hook, "time_part", HOOK_PART)
 
 
-def call_hooks(account: TimeAccount, hooks: Iterable, method: str, *args) -> None:
-    """`hook.<method>(*args)` for every hook, each timed in its own part."""
+def call_hooks(clock: RunClock, hooks: Iterable, method: str, *args) -> None:
+    """`hook.<method>(*args)` for every hook, each timed in its own phase."""
     for hook in hooks:
-        with account.part(hook_part(hook)):
+        with clock.phase(hook_part(hook)):
             getattr(hook, method)(*args)
 
 
-class PerfMeter:
-    """Per-epoch step time and MFU of a run; the `perf` section of its summary."""
+def train_seconds(phases: dict[str, float]) -> float:
+    return sum(phases.get(p, 0.0) for p in TRAIN_PHASES)
 
-    def __init__(self, engine, devices: list, precision: str, batch_size: int, microbatches: int = 1):
-        self.engine, self.devices, self.precision, self.batch_size = engine, devices, precision, batch_size
-        self.microbatches = microbatches  # train.grad_accum_steps: a scan XLA counts once
-        self.step_ms: list[float] = []
+
+def parts(phases: dict[str, float]) -> dict[str, float]:
+    """Seconds per part of PARTS (all listed; the training phases as `train`), then any other phase."""
+    folded = {name: 0.0 for name in PARTS}
+    for name, seconds in phases.items():
+        key = "train" if name in TRAIN_PHASES else name
+        folded[key] = folded.get(key, 0.0) + seconds
+    return folded
+
+
+def time_section(clock: RunClock) -> dict:
+    """summary.json's `time`: the whole run's seconds in all and by part (every segment added
+    up), and each segment's own figures."""
+    segments = [{"total_s": s["total_s"], "breakdown": parts(s["phases"])}
+                for s in clock.state_dict()["segments"]]
+    breakdown = {name: sum(s["breakdown"].get(name, 0.0) for s in segments)
+                 for name in dict.fromkeys(k for s in segments for k in s["breakdown"])}
+    return {"total_s": sum(s["total_s"] for s in segments), "breakdown": breakdown, "segments": segments}
+
+
+def steady_epochs(epochs: list[dict]) -> list[dict]:
+    """The epochs after each segment's first (caches warm), or all of them when that is none."""
+    firsts = {e["segment"]: i for i, e in reversed(list(enumerate(epochs)))}
+    steady = [e for i, e in enumerate(epochs) if firsts[e["segment"]] != i]
+    return steady or epochs
+
+
+def throughput(epochs: list[dict]) -> dict:
+    """`step_time_ms` and `examples_per_sec` of `epochs` together (None when none was timed)."""
+    seconds = sum(e["train_s"] for e in epochs)
+    steps, examples = sum(e["steps"] for e in epochs), sum(e["examples"] for e in epochs)
+    if seconds <= 0 or steps <= 0:
+        return {"step_time_ms": None, "examples_per_sec": None}
+    return {"step_time_ms": 1e3 * seconds / steps, "examples_per_sec": examples / seconds}
+
+
+class Perf:
+    """FLOPs, peak and MFU of a run; its CPU peak is measured again at most once, when the run
+    beats the cached figure."""
+
+    def __init__(self, flops_per_step: Callable[[], float | None], devices: list, precision: str):
+        """`flops_per_step`: asked once, when first needed (the engine knows it once it compiled)."""
+        self._flops_per_step, self.devices, self.precision = flops_per_step, devices, precision
         self._flops: float | None = None
-        self._peak: tuple[float | None, str] | None = None
+        self._peak: Peak | None = None
         self._rechecked = False
 
-    def flops_per_step(self) -> float | None:
+    @property
+    def flops(self) -> float | None:
         if self._flops is None:
-            flops = self.engine.flops_per_step()
-            # the microbatch scan's body counted once; its update counted as many times (small)
-            self._flops = flops * self.microbatches if flops else None
+            self._flops = self._flops_per_step()
         return self._flops
 
-    def peak(self, achieved: float = 0.0) -> tuple[float | None, str]:
-        """The devices' peak; a CPU's cached peak below `achieved` TFLOP/s is measured again."""
-        stale = self._peak is not None and (self._peak[0] or 0.0) < achieved and not self._rechecked
+    def peak(self, achieved: float = 0.0) -> Peak:
+        stale = self._peak is not None and (self._peak.tflops or 0.0) < achieved and not self._rechecked
         if self._peak is None or stale:
-            self._rechecked = self._rechecked or achieved > 0  # measured again at most once a run
+            self._rechecked = self._rechecked or achieved > 0
             self._peak = peak_tflops(self.devices, self.precision, at_least=achieved)
         return self._peak
 
-    def rates(self, step_ms: float) -> dict:
+    def rates(self, step_ms: float | None) -> dict:
         """TFLOP/s and MFU at `step_ms` milliseconds per step (None where unknown)."""
-        flops = self.flops_per_step()
-        if not flops or not step_ms or step_ms <= 0:
+        if not self.flops or not step_ms or step_ms <= 0:
             return {"tflops_per_sec": None, "mfu": None}
-        tflops = flops / (step_ms / 1e3) / 1e12
-        peak, _ = self.peak(tflops)
-        return {"tflops_per_sec": tflops, "mfu": tflops / peak if peak else None}
+        tflops = self.flops / (step_ms / 1e3) / 1e12
+        peak = self.peak(tflops).tflops
+        return {"tflops_per_sec": tflops, "mfu": min(1.0, tflops / peak) if peak else None}
 
-    def epoch(self, train_s: float, steps: int) -> dict:
-        """Record an epoch's training seconds over `steps` steps; its step_time_ms and mfu."""
-        if steps <= 0:
-            return {}
-        step_ms = 1e3 * train_s / steps
-        self.step_ms.append(step_ms)
-        return {"step_time_ms": step_ms, "mfu": self.rates(step_ms)["mfu"]}
-
-    def section(self) -> dict:
-        step_ms = statistics.median(self.step_ms) if self.step_ms else None
-        flops = self.flops_per_step()
+    def section(self, epochs: list[dict], batch_size: int, steps_per_call: int | None) -> dict:
+        """summary.json's `perf` over `epochs` (the steady ones of every segment)."""
+        step_ms = throughput(epochs)["step_time_ms"]
         rates = self.rates(step_ms)
-        peak, source = self.peak()
-        return {"step_time_ms": step_ms, "steps_per_call": self.engine.k,
-                "flops_per_step": flops,
-                "flops_per_example": flops / self.batch_size if flops else None,
-                **rates, "peak_tflops": peak, "peak_source": source, "precision": self.precision,
+        return {"step_time_ms": step_ms, "steps_per_call": steps_per_call, "flops_per_step": self.flops,
+                "flops_per_example": self.flops / batch_size if self.flops else None, **rates,
+                **self.peak().as_dict(), "precision": self.precision,
                 "device_kind": self.devices[0].device_kind, "devices": len(self.devices)}
 
 
-def breakdown(account: TimeAccount) -> tuple[float, dict[str, float]]:
-    """(total seconds, seconds per part, every part of PARTS listed) from the account."""
-    total, parts = account.snapshot()
-    return total, {name: parts.get(name, 0.0) for name in PARTS} | {
-        name: s for name, s in parts.items() if name not in PARTS}
-
-
-def closing_lines(perf: dict, total_s: float, parts: dict[str, float]) -> list[str]:
+def closing_lines(perf: dict, total_s: float, parts_s: dict[str, float]) -> list[str]:
     """Step time and MFU, and the three largest parts of the wall time."""
     step = perf.get("step_time_ms")
     mfu = perf.get("mfu")
@@ -112,6 +137,6 @@ def closing_lines(perf: dict, total_s: float, parts: dict[str, float]) -> list[s
     if perf.get("tflops_per_sec"):
         line += f", {perf['tflops_per_sec']:.3g} TFLOP/s"
     line += f", MFU {100 * mfu:.1f}% of {perf['peak_tflops']:.3g} TFLOP/s" if mfu else ", MFU unknown"
-    largest = sorted(parts.items(), key=lambda kv: -kv[1])[:3]
+    largest = sorted(parts_s.items(), key=lambda kv: -kv[1])[:3]
     share = ", ".join(f"{name} {s:.2f} s ({100 * s / total_s:.0f}%)" for name, s in largest) if total_s > 0 else ""
     return [line, f"time: {total_s:.2f} s in all; largest: {share}"]

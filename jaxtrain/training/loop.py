@@ -3,9 +3,11 @@
 The hot loop dispatches one compiled call per K steps (engine.py) and never reads
 a value back from the device inside an epoch: metric sums stay on the device and are
 read once per epoch. Between calls and at epoch ends each lane's hooks get a
-read-only `StepInfo` and the loop applies what they ask for (view.py); the hook list
-and its order come from `hooks.build_hooks`. The loop's time is charged to the parts
-of the run's `TimeAccount` (accounting.py).
+read-only `StepInfo` and the loop applies what they ask for (hooks/protocol.py); the
+hook list and its order come from `hooks.build_hooks`. The loop owns the run's clock
+and charges every moment to one phase of it (accounting.py), switching phase where the
+engine says what it does next; with `train.profile` it also waits for the device after
+each call, so the device's share shows apart from the host's.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import jax
 
 from jaxtrain.parallel import placement
 from jaxtrain.engine.step import accumulate_metrics, eval_params
-from jaxtrain.training.accounting import HOOK_PART, PerfMeter, hook_part
+from jaxtrain.training.accounting import HOOK_PART, Perf, hook_part, throughput, train_seconds
 from jaxtrain.training.run import Lane, Run
-from jaxtrain.training.summary import Steady, epoch_record, run_summary
+from jaxtrain.training.summary import epoch_record, run_summary
 from jaxtrain.training.hooks.protocol import Hook
-from jaxtrain.util.events import Throughput, duration, format_metrics
+from jaxtrain.util.events import duration, format_metrics
 from jaxtrain.util.heartbeat import Heartbeat
 
 
@@ -33,41 +35,37 @@ def fit_lanes(run: Run) -> list[dict]:
     """Train from `run.epoch`/`run.step_in_epoch` to the configured end; each lane's summary."""
     cfg, engine, clock = run.cfg, run.engine, run.ctx.clock
     devices = placement.device_summary(run.mesh)
-    engine.prepare(run.state)  # steps_per_call=auto: time a few K on a copy of the state
-    with run.ctx.account.part(HOOK_PART):
+    with clock.phase("compile"):
+        engine.prepare(run.state)  # steps_per_call=auto: time a few K on a copy of the state
+    with clock.phase(HOOK_PART):
         _announce(run, devices)
-    meter = PerfMeter(engine, list(run.mesh.devices.flat), cfg.train.precision, cfg.data.batch_size,
-                      cfg.train.grad_accum_steps)
-    if cfg.train.profile:
-        engine.timer.start()
-    try:
-        _each_hook(run, "on_train_start")
-        steady, t_start = Steady(first_epoch=run.epoch, epochs=cfg.train.epochs), clock()
-        throughput = Throughput(cfg.train.epochs * engine.steps, cfg.data.batch_size, clock)
-        with Heartbeat(run.ctx.console):  # a line every 10 s, also within a long compiled call
-            while run.epoch < cfg.train.epochs and run.stop_reason is None:
-                _epoch(run, throughput, steady, meter)
-        engine.timer.finish()
-        run.ctx.watchdog.enter("the hooks at the end of training (the final checkpoint)")
-        _each_hook(run, "on_train_end", profile=_profile(run, meter) if cfg.train.profile else None)
-    finally:
-        engine.timer.finish()
+    # the train step scans the microbatches: XLA counts its body once
+    perf = Perf(lambda: _flops_per_step(run), list(run.mesh.devices.flat), cfg.train.precision)
+    _each_hook(run, "on_train_start")
+    with Heartbeat(run.ctx.console):  # a line every 10 s, also within a long compiled call
+        while run.epoch < cfg.train.epochs and run.stop_reason is None:
+            _epoch(run, perf)
+    run.ctx.watchdog.enter("the hooks at the end of training (the final checkpoint)")
+    _each_hook(run, "on_train_end", profile=_profile(run, perf) if cfg.train.profile else None)
     tests = [_test(run, lane) for lane in run.lanes]
-    fit_s = clock() - t_start
-    return [run_summary(run, lane, devices, test, steady, fit_s, meter.section())
-            for lane, test in zip(run.lanes, tests)]
+    return [run_summary(run, lane, devices, test, perf) for lane, test in zip(run.lanes, tests)]
+
+
+def _flops_per_step(run: Run) -> float | None:
+    flops = run.engine.flops_per_step()
+    return flops * run.plan.microbatches if flops else None
 
 
 def _announce(run: Run, devices: dict) -> None:
     """The devices and the data plan, before the first step."""
-    cfg, dataset, engine = run.cfg, run.dataset, run.engine
+    plan, dataset, engine = run.plan, run.dataset, run.engine
     console = run.ctx.console
     console.line(f"devices: {devices['count']} x {devices['kind']} ({devices['platform']}), "
                  f"processes: {devices['processes']}")
     console.line(f"data: {dataset.name} train={engine.n_train} "
                  f"val={len(dataset.val) if dataset.val else 0} test={len(dataset.test)} "
                  f"features={dataset.feature_shape} ({'on device' if engine.on_device else 'streamed'}); "
-                 f"batch {cfg.data.batch_size}, {engine.steps} steps/epoch, {engine.k} steps per call"
+                 f"batch {plan.batch_size}, {plan.steps_per_epoch} steps/epoch, {engine.k} steps per call"
                  + (f" (a divisor of checkpoint.every_steps={engine.step_multiple})" if engine.step_multiple else "")
                  + (" (auto: " + ", ".join(f"K={k} {t * 1e3:.3g} ms/step" for k, t in engine.k_timings.items())
                     + ")" if engine.k_timings else "")
@@ -84,72 +82,99 @@ def _each_hook(run: Run, method: str, **fields) -> None:
                 continue
             hook = lane.hooks[rank]
             extra = {"record": lane.history[-1]} if method == "on_epoch_end" else {}
-            with run.ctx.account.part(hook_part(hook)):
+            with run.ctx.clock.phase(hook_part(hook)):
                 request = getattr(hook, method)(run.view(lane, **fields, **extra))
             if request is not None:
                 run.apply(lane, request)
 
 
-def _epoch(run: Run, throughput: Throughput, steady: Steady, meter: PerfMeter) -> None:
+def _epoch(run: Run, perf: Perf) -> None:
     """Train (the rest of) one epoch, then record it and give the hooks their epoch-end turn."""
-    engine, clock, account = run.engine, run.ctx.clock, run.ctx.account
-    t0, compile_before, train_before = clock(), engine.compile_s, account.get("train")
-    steps_before = run.step_in_epoch
-    with account.part("train"):
-        sums = _train_epoch(run, throughput)
+    clock = run.ctx.clock
+    mark, steps_before = clock.mark(), run.step_in_epoch
+    sums = _train_epoch(run)
     if sums is None:  # resumed exactly at an epoch's end
         run.epoch, run.step_in_epoch = run.epoch + 1, 0
         return
-    elapsed = clock() - t0 - (engine.compile_s - compile_before)
     count = sums["count"] if run.lanes[0].index is None else sums["count"][0]
-    steady.add(run.epoch, elapsed, int(count))
-    perf = meter.epoch(account.get("train") - train_before, run.step_in_epoch - steps_before)
-    epoch_done = run.step_in_epoch >= engine.steps
+    # the epoch's training seconds: compilation, hooks and evaluation are phases of their own
+    timed = {"train_s": train_seconds(clock.since(mark)[1]), "steps": run.step_in_epoch - steps_before,
+             "examples": int(count)}
+    clock.record_epoch(epoch=run.epoch + 1, **timed)
+    rates = throughput([timed])
+    with clock.phase(HOOK_PART):  # reporting: the first MFU may measure the CPU's peak
+        rates["mfu"] = perf.rates(rates["step_time_ms"])["mfu"]
+    epoch_done = run.step_in_epoch >= run.plan.steps_per_epoch
     for lane in run.lanes:
-        _record_epoch(run, lane, sums, elapsed, epoch_done, perf, throughput.last)
+        _record_epoch(run, lane, sums, epoch_done, rates)
     finished = run.epoch + 1
     if epoch_done:
         run.epoch, run.step_in_epoch, run.epoch_sums = run.epoch + 1, 0, None
     run.ctx.watchdog.enter(f"the hooks at the end of epoch {finished}")
-    with engine.timer.phase("hooks"):
-        _each_hook(run, "on_epoch_end")
+    _each_hook(run, "on_epoch_end")
 
 
-def _train_epoch(run: Run, throughput: Throughput) -> dict | None:
+def _train_epoch(run: Run) -> dict | None:
     """The epoch's compiled calls with the hooks between them; its metric sums, read back once
-    (None when nothing was left to train in it)."""
-    engine = run.engine
+    (None when nothing was left to train in it). The time goes to the phase the engine says
+    it is in; the loop's own work between calls is `dispatch` (host work)."""
+    engine, clock, steps = run.engine, run.ctx.clock, run.plan.steps_per_epoch
     sums, run.epoch_sums = run.epoch_sums, None
-    run.ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, engine.steps, **throughput.last)
-    for run.state, call_sums, run.step_in_epoch in engine.run_epoch(run.state, run.epoch, run.step_in_epoch):
-        run.global_step = run.epoch * engine.steps + run.step_in_epoch
-        sums = call_sums if sums is None else accumulate_metrics(sums, call_sums)
-        run.epoch_sums = sums
-        if run.step_in_epoch >= engine.steps:  # the epoch's sync, before hooks that would wait for it
-            jax.block_until_ready(call_sums)
-        with run.ctx.account.part(HOOK_PART):
-            run.ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, engine.steps,
-                                     **throughput.update(run.global_step))
-        run.ctx.watchdog.enter(f"the hooks after step {run.global_step}")
-        with engine.timer.phase("hooks"):
+    with clock.phase(HOOK_PART):  # the rate so far, for the heartbeat within a long first call
+        latest = _progress(run) if run.progress_from is not None else {}
+        run.ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, steps, **latest)
+    with clock.phase("dispatch"):
+        for item in engine.run_epoch(run.state, run.epoch, run.step_in_epoch):
+            if isinstance(item, str):  # what the engine does next
+                clock.switch(item)
+                continue
+            run.state, call_sums, run.step_in_epoch = item
+            if run.cfg.train.profile or run.step_in_epoch >= steps:
+                # profiling: the device's share of every call; else the epoch's one sync,
+                # before hooks that would wait for it
+                clock.switch("device_compute")
+                jax.block_until_ready(call_sums)
+            clock.switch("dispatch")
+            run.global_step = run.epoch * steps + run.step_in_epoch
+            sums = call_sums if sums is None else accumulate_metrics(sums, call_sums)
+            run.epoch_sums = sums
+            with clock.phase(HOOK_PART):
+                run.ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, steps, **_progress(run))
+            run.ctx.watchdog.enter(f"the hooks after step {run.global_step}")
             _each_hook(run, "after_call", run_call_sums=call_sums)
-        if run.stop_reason is not None:
-            break
-    if sums is None:
-        return None
-    run.ctx.watchdog.enter(f"reading epoch {run.epoch + 1}'s metrics")
-    with engine.timer.phase("metric_transfer"):
+            if run.stop_reason is not None:
+                break
+        if sums is None:
+            return None
+        run.ctx.watchdog.enter(f"reading epoch {run.epoch + 1}'s metrics")
+        clock.switch("metric_transfer")
         return jax.device_get(sums)  # the epoch's one sync
 
 
-def _record_epoch(run: Run, lane: Lane, sums: dict, elapsed: float, epoch_done: bool, perf: dict,
-                  progress: dict) -> None:
+def _progress(run: Run) -> dict[str, float]:
+    """Examples/s and ETA for the progress bar, on the run's clock from the first call that
+    returned in this segment (so compilation does not drag the rate down); {} until measurable.
+    Dispatch is asynchronous, so a rate over a few calls runs ahead of the device; over an
+    epoch it settles to the true one."""
+    now, done = run.ctx.clock(), run.global_step
+    if run.progress_from is None:
+        run.progress_from = (now, done)
+        return {}
+    t0, s0 = run.progress_from
+    if done <= s0 or now <= t0:
+        return {}
+    steps_per_s = (done - s0) / (now - t0)
+    total = run.plan.epochs * run.plan.steps_per_epoch
+    return {"rate": steps_per_s * run.plan.batch_size, "eta_s": max(total - done, 0) / steps_per_s}
+
+
+def _record_epoch(run: Run, lane: Lane, sums: dict, epoch_done: bool, rates: dict) -> None:
     """A lane's epoch record (evaluated on the validation split when due), logged and kept;
-    its console line with the run's ETA (`progress`: the Throughput's last reading)."""
-    cfg, account = run.cfg, run.ctx.account
+    its console line with the run's ETA."""
+    cfg, clock = run.cfg, run.ctx.clock
     lane_sums = {k: float(v if lane.index is None else v[lane.index]) for k, v in sums.items()}
-    record = {**epoch_record(run.epoch, run.global_step, lane_sums, elapsed), **perf}
-    with account.part(HOOK_PART):
+    record = epoch_record(run.epoch, run.global_step, lane_sums, rates)
+    with clock.phase(HOOK_PART):
         lane.ctx.events.write("train", **record)
     line = _epoch_label(run, epoch_done) + " " + format_metrics(
         {k: v for k, v in record.items() if k not in ("epoch", "step")})
@@ -158,11 +183,12 @@ def _record_epoch(run: Run, lane: Lane, sums: dict, elapsed: float, epoch_done: 
         record["val"] = _validate(run, lane)
         line += " | val " + format_metrics(record["val"])
     lane.history.append(record)
-    if progress.get("eta_s") and run.epoch + 1 < cfg.train.epochs and run.stop_reason is None:
-        line += f" | ETA {duration(progress['eta_s'])}"
+    eta = _progress(run).get("eta_s")
+    if eta and run.epoch + 1 < cfg.train.epochs and run.stop_reason is None:
+        line += f" | ETA {duration(eta)}"
     warning = overfitting_warning(lane.history) if cfg.train.early_stopping is None else None
     prefix = f"{lane.name}: " if lane.name else ""
-    with account.part(HOOK_PART):
+    with clock.phase(HOOK_PART):
         lane.ctx.console.line(prefix + line)
         if warning:
             lane.ctx.console.line(prefix + warning)
@@ -172,9 +198,9 @@ def _validate(run: Run, lane: Lane) -> dict:
     """The lane's metrics on the validation split, logged."""
     run.ctx.watchdog.enter(f"evaluating the validation split after epoch {run.epoch + 1}")
     state = run.lane_state(lane)
-    with run.ctx.account.part("evaluation"), run.engine.timer.phase("evaluation"):
+    with run.ctx.clock.phase("evaluation"):
         val = run.evaluator.evaluate(eval_params(state), state.rest, run.dataset.val)
-    with run.ctx.account.part(HOOK_PART):
+    with run.ctx.clock.phase(HOOK_PART):
         lane.ctx.events.write("eval", split="val", epoch=run.epoch + 1, step=run.global_step, **val)
     return val
 
@@ -184,7 +210,7 @@ def _epoch_label(run: Run, epoch_done: bool) -> str:
     label = f"epoch {run.epoch + 1}/{run.cfg.train.epochs}"
     if epoch_done:
         return label
-    return f"{run.stop_reason or 'stopped'} ({run.step_in_epoch} of {run.engine.steps} steps of {label})"
+    return f"{run.stop_reason or 'stopped'} ({run.step_in_epoch} of {run.plan.steps_per_epoch} steps of {label})"
 
 
 RISING_EVALUATIONS = 3  # validation losses in a row, each above the one before, that say "overfitting"
@@ -214,18 +240,16 @@ def _test(run: Run, lane: Lane) -> dict:
         return {}
     run.ctx.watchdog.enter("evaluating the test split")
     state = run.lane_state(lane)
-    with run.ctx.account.part("evaluation"):
+    with run.ctx.clock.phase("evaluation"):
         test = run.evaluator.evaluate(eval_params(state), state.rest, dataset.test)
-    with run.ctx.account.part(HOOK_PART):
+    with run.ctx.clock.phase(HOOK_PART):
         lane.ctx.events.write("eval", split="test", epoch=run.epoch, step=run.global_step, **test)
         lane.ctx.console.line((f"{lane.name}: " if lane.name else "") + "test " + format_metrics(test))
     return test
 
 
-def _profile(run: Run, meter: PerfMeter) -> dict:
-    """What the phase timer measured, for the profiling hook (`perf`: for TFLOP/s and MFU;
-    `precision` and `platform`: whether to advise bf16)."""
-    timer = run.engine.timer
-    return {"window": timer.window(), "traced": timer.traced, "compile_s": run.engine.compile_s,
-            "trace_dir": str(timer.trace_dir) if timer.trace_dir else None, "perf": meter,
-            "precision": run.cfg.train.precision, "platform": run.mesh.devices.flat[0].platform}
+def _profile(run: Run, perf: Perf) -> dict:
+    """What the profiling hook needs of the run besides its clock: `perf` for TFLOP/s and MFU;
+    `precision` and `platform` to decide whether to advise bf16; how K was chosen (auto)."""
+    return {"perf": perf, "precision": run.cfg.train.precision, "platform": run.mesh.devices.flat[0].platform,
+            "steps_per_call_measured_ms": {str(k): t * 1e3 for k, t in run.engine.k_timings.items()}}

@@ -30,16 +30,16 @@ def check_with_data(cfg: Any, dataset: Any) -> None:
                           "data.test_fraction/val_fraction and data.clean")
 
 
-def check_before_training(cfg: Any, model: Any, dataset: Any, workdir: Any) -> dict:
+def check_before_training(cfg: Any, model: Any, dataset: Any, workdir: Any, plan: Any) -> dict:
     """Everything that can be known to fail before the first step: options against the data,
-    memory against the estimate (memory.py), and disk space for the checkpoints."""
+    memory against the estimate for the run's `plan` (memory.py), and disk space for the checkpoints."""
     from flax import nnx
 
     from jaxtrain.engine import memory
 
     from jaxtrain.util import workdir as workdir_checks
     check_with_data(cfg, dataset)
-    parts = memory.check_run(cfg, model, dataset)
+    parts = memory.check_run(cfg, model, dataset, plan)
     if cfg.checkpoint.enabled and workdir is not None:
         params = memory.count_params(nnx.state(model, nnx.Param)) * memory.FLOAT_BYTES
         ema = cfg.train.ema_decay is not None

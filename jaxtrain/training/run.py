@@ -19,6 +19,7 @@ from jaxtrain.config.schema import Config
 from jaxtrain.data import Dataset
 from jaxtrain.parallel import placement
 from jaxtrain.engine.engine import Engine
+from jaxtrain.engine.plan import RunPlan
 from jaxtrain.engine.step import TrainState
 from jaxtrain.training.evaluator import Evaluator
 from jaxtrain.training.hooks.protocol import Hook, Request, RunContext, StepInfo
@@ -42,6 +43,7 @@ class Lane:
 @dataclasses.dataclass
 class Run:
     cfg: Config
+    plan: RunPlan                   # what the run derives from the config and the devices, once
     dataset: Dataset
     mesh: Any
     engine: Engine
@@ -53,6 +55,7 @@ class Run:
     global_step: int = 0            # known on the host without a device sync
     stop_reason: str | None = None
     epoch_sums: dict | None = None  # the epoch's metric sums so far (device); a resumed run's start
+    progress_from: tuple[float, int] | None = None  # (clock time, step) the progress rate counts from
 
     # The single lane's, for a plain run.
     @property
@@ -72,7 +75,7 @@ class Run:
 
     def view(self, lane: Lane, **fields: Any) -> StepInfo:
         return StepInfo(epoch=self.epoch, step_in_epoch=self.step_in_epoch, step=self.global_step,
-                        steps_per_epoch=self.engine.steps, steps_per_call=self.engine.k,
+                        steps_per_epoch=self.plan.steps_per_epoch, steps_per_call=self.engine.k,
                         devices=self.mesh.size, ctx=lane.ctx,
                         last_record=lane.history[-1] if lane.history else None, lane=lane.index,
                         run_state=self.state, run_epoch_sums=self.epoch_sums, **fields)

@@ -19,7 +19,8 @@ from jaxtrain.config.schema import Config
 from jaxtrain.data import Dataset
 from jaxtrain.parallel import placement
 from jaxtrain.engine.compilation import enable_persistent_cache
-from jaxtrain.engine.engine import Engine, fits_on_device, steps_per_epoch
+from jaxtrain.engine.engine import Engine
+from jaxtrain.engine.plan import RunPlan, make_plan
 from jaxtrain.engine.step import init_state, make_train_step, split_model
 from jaxtrain.model.augment import make_augment
 from jaxtrain.model.optim import VECTOR_FIELDS, build_optimizer
@@ -39,49 +40,33 @@ def _train_step(cfg: Config, dataset: Dataset, graphdef, tx, strategy: placement
                                                 dataset.image_shape))
 
 
-def _engine(cfg: Config, dataset: Dataset, mesh, strategy, train_step, ctx: RunContext, *,
-            on_device: bool, points: int | None = None) -> Engine:
-    steps_per_call = cfg.train.steps_per_call
-    if points and steps_per_call == "auto":
-        # P points per step: the host's per-call cost is already spread thin, and measuring
-        # K would compile the vmapped program once per candidate. One call per epoch.
-        steps_per_call = "epoch"
-    return Engine(train_step, dataset, mesh, batch_size=cfg.data.batch_size, seed=cfg.train.seed,
-                  on_device=on_device, steps_per_call=steps_per_call, clock=ctx.clock,
-                  strategy=strategy, points=points, account=ctx.account, watchdog=ctx.watchdog,
-                  step_multiple=cfg.checkpoint.every_steps if cfg.checkpoint.enabled else None,
-                  trace_dir=_trace_dir(cfg, ctx), trace_calls=cfg.train.profile_trace_calls)
+def _engine(cfg: Config, dataset: Dataset, mesh, strategy, train_step, ctx: RunContext, plan: RunPlan) -> Engine:
+    return Engine(train_step, dataset, mesh, plan, seed=cfg.train.seed, strategy=strategy, watchdog=ctx.watchdog)
 
 
-def _trace_dir(cfg: Config, ctx: RunContext):
-    """train.profile: where the jax.profiler trace of the first calls goes (none without a workdir)."""
-    if cfg.train.profile and cfg.train.profile_trace_calls > 0 and ctx.workdir is not None:
-        return ctx.workdir / "trace"
-    return None
-
-
-def _mesh(cfg: Config) -> tuple[Any, placement.Strategy]:
+def _mesh(cfg: Config, plan: RunPlan) -> tuple[Any, placement.Strategy]:
     enable_persistent_cache(cfg.train.compilation_cache)
     mesh = placement.make_mesh(cfg.parallel)
-    placement.check_batch_size(cfg.data.batch_size, mesh)
-    placement.check_microbatches(cfg.train.grad_accum_steps, cfg.data.batch_size, mesh)
+    placement.check_batch_size(plan.batch_size, mesh)
+    placement.check_microbatches(plan.microbatches, plan.batch_size, mesh)
     return mesh, placement.Strategy(cfg.parallel.strategy, mesh)
 
 
 def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext,
-          hyperparams_in_state: Sequence[str] = ()) -> Run:
-    """A plain run. `hyperparams_in_state`: a vectorized point's optimizer, to resume it."""
-    mesh, strategy = _mesh(cfg)
+          hyperparams_in_state: Sequence[str] = (), plan: RunPlan | None = None) -> Run:
+    """A plain run of `plan` (made here when not given). `hyperparams_in_state`: a vectorized
+    point's optimizer, to resume it."""
+    plan = plan or make_plan(cfg, dataset)
+    mesh, strategy = _mesh(cfg, plan)
     train_def, eval_def, params, rest = split_model(model)
-    steps = steps_per_epoch(dataset.num_train, cfg.data.batch_size)
-    tx = build_optimizer(cfg.optimizer, steps, cfg.train.epochs, params, in_state=tuple(hyperparams_in_state))
+    tx = build_optimizer(cfg.optimizer, plan.steps_per_epoch, plan.epochs, params,
+                         in_state=tuple(hyperparams_in_state))
     # One compiled call (cached across runs) instead of an eager compile per optimizer-state leaf.
     ema = cfg.train.ema_decay is not None
     state = strategy.place_state(jax.jit(lambda p, r: init_state(p, r, tx, ema=ema))(params, rest))
-    engine = _engine(cfg, dataset, mesh, strategy, _train_step(cfg, dataset, train_def, tx, strategy), ctx,
-                     on_device=fits_on_device(dataset, cfg.train.on_device_fraction))
-    evaluator = Evaluator(eval_def, mesh, cfg.data.eval_batch_size, dataset)
-    return Run(cfg=cfg, dataset=dataset, mesh=mesh, engine=engine, evaluator=evaluator, state=state,
+    engine = _engine(cfg, dataset, mesh, strategy, _train_step(cfg, dataset, train_def, tx, strategy), ctx, plan)
+    evaluator = Evaluator(eval_def, mesh, plan.eval_batch_size, dataset)
+    return Run(cfg=cfg, plan=plan, dataset=dataset, mesh=mesh, engine=engine, evaluator=evaluator, state=state,
                lanes=[Lane(cfg, ctx, hyperparams_in_state=tuple(hyperparams_in_state))])
 
 
@@ -91,24 +76,25 @@ def varying_fields(cfgs: Sequence[Config]) -> tuple[str, ...]:
 
 
 def setup_vectorized(cfgs: Sequence[Config], model: nnx.Module, dataset: Dataset,
-                     ctxs: Sequence[RunContext], names: Sequence[str],
+                     ctxs: Sequence[RunContext], names: Sequence[str], plan: RunPlan | None = None,
                      varying: tuple[str, ...] | None = None) -> Run:
     """One run for points that differ only in VECTOR_FIELDS: stacked states, a vmapped step.
     `varying`: the fields kept in the optimizer state (default: those the points differ in); a
     population rebuilt from some of its points keeps the original ones, so its state fits."""
     base = cfgs[0]
-    mesh, strategy = _mesh(base)
+    plan = plan or make_plan(base, dataset, points=len(cfgs))
+    mesh, strategy = _mesh(base, plan)
     train_def, eval_def, params, rest = split_model(model)
-    steps = steps_per_epoch(dataset.num_train, base.data.batch_size)
     varying = varying_fields(cfgs) if varying is None else varying
-    txs = [build_optimizer(c.optimizer, steps, c.train.epochs, params, in_state=varying) for c in cfgs]
+    txs = [build_optimizer(c.optimizer, plan.steps_per_epoch, plan.epochs, params, in_state=varying)
+           for c in cfgs]
     states = [init_state(params, rest, tx) for tx in txs]
     state = strategy.place_state(jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
     # Any point's transformation serves all: the hyperparameters are read from the state.
     train_step = _train_step(base, dataset, train_def, txs[0], strategy)
-    engine = _engine(base, dataset, mesh, strategy, train_step, ctxs[0], on_device=True, points=len(cfgs))
-    evaluator = Evaluator(eval_def, mesh, base.data.eval_batch_size, dataset)
+    engine = _engine(base, dataset, mesh, strategy, train_step, ctxs[0], plan)
+    evaluator = Evaluator(eval_def, mesh, plan.eval_batch_size, dataset)
     lanes = [Lane(cfg, ctx, index=i, name=name, hyperparams_in_state=varying)
              for i, (cfg, ctx, name) in enumerate(zip(cfgs, ctxs, names))]
-    return Run(cfg=base, dataset=dataset, mesh=mesh, engine=engine, evaluator=evaluator, state=state,
+    return Run(cfg=base, plan=plan, dataset=dataset, mesh=mesh, engine=engine, evaluator=evaluator, state=state,
                lanes=lanes)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-from jaxtrain.parallel import placement
+from jaxtrain.training.accounting import Perf, steady_epochs, throughput
 from jaxtrain.training.run import Lane, Run
 
 
-def epoch_record(epoch: int, step: int, sums: dict, elapsed: float) -> dict:
+def epoch_record(epoch: int, step: int, sums: dict, rates: dict) -> dict:
+    """An epoch's metrics.jsonl record; `rates`: its step_time_ms, examples_per_sec and mfu, all
+    from the epoch's training seconds on the run's clock (accounting.throughput)."""
     record = {"epoch": epoch + 1, "step": step, "loss": sums["loss_sum"] / max(sums["count"], 1.0),
-              "examples_per_sec": sums["count"] / max(elapsed, 1e-9)}
+              **{k: rates[k] for k in ("examples_per_sec", "step_time_ms", "mfu") if rates.get(k) is not None}}
     if "correct" in sums:
         record["accuracy"] = sums["correct"] / max(sums["count"], 1.0)
     if sums["nonfinite"]:
@@ -18,54 +18,37 @@ def epoch_record(epoch: int, step: int, sums: dict, elapsed: float) -> dict:
     return record
 
 
-@dataclasses.dataclass
-class Steady:
-    """Training time and examples of the epochs after the first one timed (caches warm),
-    or of the only epoch."""
-    first_epoch: int
-    epochs: int
-    seconds: float = 0.0
-    examples: int = 0
-
-    def add(self, epoch: int, seconds: float, examples: int) -> None:
-        if epoch > self.first_epoch or self.epochs - self.first_epoch == 1:
-            self.seconds += seconds
-            self.examples += examples
-
-    @property
-    def examples_per_sec(self) -> float | None:
-        return self.examples / self.seconds if self.seconds else None
-
-
-def run_summary(run: Run, lane: Lane, devices: dict, test: dict, steady: Steady, fit_s: float,
-                perf: dict) -> dict:
-    cfg, dataset, engine = lane.cfg, run.dataset, run.engine
+def run_summary(run: Run, lane: Lane, devices: dict, test: dict, perf: Perf) -> dict:
+    """A lane's summary. Its `time` section is added when it is written (api.finish_summary),
+    so that it covers the test evaluation too."""
+    cfg, plan, dataset, engine = lane.cfg, run.plan, run.dataset, run.engine
     last = lane.history[-1] if lane.history else {}
-    execution = {"on_device_data": engine.on_device, "steps_per_call": engine.k,
+    execution = {"on_device_data": plan.on_device, "steps_per_epoch": plan.steps_per_epoch,
+                 "steps_per_call": engine.k,
                  "steps_per_call_measured_ms": {str(k): t * 1e3 for k, t in engine.k_timings.items()},
                  "precision": cfg.train.precision, "recompiles": engine.recompiles}
-    if engine.points:
-        execution["vectorized_points"] = engine.points
+    if plan.points:
+        execution["vectorized_points"] = plan.points
+    # every epoch trained, in every segment of the run, after each segment's first
+    steady = steady_epochs(run.ctx.clock.epochs)
     return {
         "config_name": cfg.name,
         "task": dataset.task,
         "test": test,
         "val": last.get("val", {}),
-        "train": {"examples_per_sec": steady.examples_per_sec,
+        "train": {"examples_per_sec": throughput(steady)["examples_per_sec"],
                   "loss": last.get("loss"), "epochs": run.epoch, "steps": run.global_step,
                   **({"accuracy": last["accuracy"]} if "accuracy" in last else {})},
-        "time": {"compile_s": engine.compile_s, "fit_s": fit_s},
-        "perf": perf,
+        "perf": perf.section(steady, plan.batch_size, engine.k),
         "devices": devices,
-        "batch": {"global": cfg.data.batch_size,
-                  "per_device": cfg.data.batch_size // placement.batch_shards(run.mesh),
-                  "grad_accum_steps": cfg.train.grad_accum_steps},
+        "batch": {"global": plan.batch_size, "per_device": plan.per_device_batch,
+                  "grad_accum_steps": plan.microbatches},
         "parallel": {"strategy": cfg.parallel.strategy, "mesh": dict(run.mesh.shape)},
         # Which parameters the val/test metrics (and the best checkpoint) describe.
         "evaluation": {"params": "ema" if cfg.train.ema_decay is not None else "trained",
                        "ema_decay": cfg.train.ema_decay},
         "execution": execution,
-        "data": {"train": engine.n_train, "val": len(dataset.val) if dataset.val else 0,
+        "data": {"train": plan.n_train, "val": len(dataset.val) if dataset.val else 0,
                  "test": len(dataset.test)},
         "stopped_early": run.stop_reason,
         **lane.extra,

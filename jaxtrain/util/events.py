@@ -126,32 +126,6 @@ def _extra(rate: float | None, eta_s: float | None) -> str:
     return (f" {human(rate)} ex/s" if rate else "") + (f" ETA {duration(eta_s)}" if eta_s is not None else "")
 
 
-class Throughput:
-    """Examples/s and ETA for the progress bar, from host-side step counts only (no device
-    sync). The clock starts at the first update, after the first compiled call returned,
-    so compilation does not drag the rate down. Dispatch is asynchronous, so a rate over a
-    few calls can run ahead of the device; over an epoch it settles to the true one."""
-
-    def __init__(self, total_steps: int, batch_size: int, clock=time.perf_counter):
-        self.total_steps, self.batch_size, self.clock = total_steps, batch_size, clock
-        self._start: tuple[float, int] | None = None
-        self.last: dict[str, float] = {}  # the latest update's rate and ETA
-
-    def update(self, steps_done: int) -> dict[str, float]:
-        """{'rate': examples/s, 'eta_s': seconds left} once measurable, else {}."""
-        now = self.clock()
-        if self._start is None:
-            self._start = (now, steps_done)
-            return {}
-        t0, s0 = self._start
-        if steps_done <= s0 or now <= t0:
-            return {}
-        steps_per_s = (steps_done - s0) / (now - t0)
-        self.last = {"rate": steps_per_s * self.batch_size,
-                     "eta_s": max(self.total_steps - steps_done, 0) / steps_per_s}
-        return self.last
-
-
 class TensorBoardWriter:
     """Scalars as TensorBoard event files, via tensorboardX (no TensorFlow needed)."""
 

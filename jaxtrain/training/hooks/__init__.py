@@ -52,7 +52,8 @@ def build_hooks(cfg: Config, workdir: str | Path | None, *, stats: FeatureStats 
                                     best_mode=es.mode if follow else "min",
                                     best_min_delta=es.min_delta if follow else 0.0))
     if cfg.train.profile:
-        hooks.append(ProfileHook(workdir, max_steps=cfg.train.profile_steps))
+        hooks.append(ProfileHook(workdir, max_steps=cfg.train.profile_steps,
+                                 trace_calls=cfg.train.profile_trace_calls))
     if cfg.logging.tensorboard and workdir is not None and lead:
         hooks.append(TensorBoardHook(workdir / "tensorboard"))
     if workdir is not None and lead:

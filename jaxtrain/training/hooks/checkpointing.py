@@ -150,7 +150,9 @@ class CheckpointHook(Hook):
             "step_in_epoch": info.step_in_epoch, "steps_per_epoch": info.steps_per_epoch,
             "steps_per_call": info.steps_per_call, "epoch_sums": sums, "devices": info.devices,
             "last_record": info.last_record,
-            "hooks": {h.name: h.state_dict() for h in [self, *self.stateful]}, **self.run_meta,
+            "hooks": {h.name: h.state_dict() for h in [self, *self.stateful]},
+            # the run's clock so far: a resumed run's summary describes every segment
+            "timeline": info.ctx.clock.state_dict(), **self.run_meta,
         })
 
     def save(self, info: StepInfo, kind: str, best_value: float | None = None) -> None:

@@ -1,28 +1,35 @@
 """Step-time profiling: where the time goes, a verdict, and a jax.profiler trace.
 
-Switched on by `train.profile: true` (or `jaxtrain profile CONFIG --steps N`):
-the loop starts the engine's phase timer once K is chosen (phase_timer.py). Each
-compiled call is timed as dispatch (until the call returns) and device compute
-(until its results are ready), next to the input wait, host-to-device transfers,
-metric read-back and blocking hooks (checkpoints). Waiting for the device after
-each call removes the overlap of host and device work, so the profiled steps run
-a little slower than unprofiled ones; what it buys is a breakdown whose parts add
-up to the wall time. Compilation is timed apart and left out, so no warm-up call
-has to be thrown away.
+Switched on by `train.profile: true` (or `jaxtrain profile CONFIG --steps N`). The
+profile reads the run's clock (util/clock.py), the one every other time figure comes
+from, with the same phase names; profiling only adds a device sync after each
+compiled call (training/loop.py), so the device's share of a call (`device_compute`)
+shows apart from the host's (`dispatch`, with the loop's own work between calls).
+That removes the overlap of host and device work, so the profiled steps run a little
+slower than unprofiled ones; what it buys is a table whose rows add up to the wall
+time. Compilation is a phase of its own and left out.
 
-The first `train.profile_trace_calls` calls are also recorded as a
-`jax.profiler` trace (TensorBoard / Perfetto) under WORKDIR/trace, each call
-annotated with `StepTraceAnnotation("train", step_num=<first step of the call>)`.
-`ProfileHook` stops training after `train.profile_steps` and reports at the end.
+The profile runs the K the run itself uses: the same run plan, and for
+`steps_per_call: auto` the same measurement over the same candidates (the whole epoch
+among them, however short the profile), made before the profiled window opens; the
+candidates' timings are in profile.json (`steps_per_call_measured_ms`).
+
+The first `train.profile_trace_calls` calls are also recorded as a `jax.profiler`
+trace (TensorBoard / Perfetto) under WORKDIR/trace; the engine annotates each call
+with `StepTraceAnnotation("train", step_num=<first step of the call>)`. They run
+slower, so the table describes the calls after them (or the traced calls, saying so,
+when none ran after them). `ProfileHook` stops training after `train.profile_steps`.
 
 The verdict names the largest share of the time and the change that helps:
     input-bound       the step waits for data
-    dispatch-bound    the device idles while Python and dispatch run
-    checkpoint-bound  saving checkpoints (and other hooks) blocks the loop
+    dispatch-bound    the device idles while the host works (dispatch, the loop, hooks, logging)
+    checkpoint-bound  saving checkpoints blocks the loop
     eval-bound        evaluating the validation split takes the time
     compute-bound     the device is busy: make each step cheaper; bf16 is advised only
                       where it is known to pay (GPU, TPU) or its matmuls were measured
                       faster than fp32 on this CPU
+A run is never called compute-bound with IDLE_LIMIT or more of the time device-idle,
+or DISPATCH_LIMIT or more in dispatch: then the largest other share decides.
 """
 
 from __future__ import annotations
@@ -31,39 +38,41 @@ import json
 from pathlib import Path
 from typing import Callable
 
+import jax
+
 from jaxtrain.engine import peak
 from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
+from jaxtrain.util.clock import Mark
 
+# The clock's phases (training/accounting.py), in the table's order, with their labels.
 ROWS = [("input_wait", "input wait"), ("h2d_transfer", "host-to-device transfer"),
-        ("dispatch_python", "dispatch + Python overhead"), ("device_compute", "device compute"),
-        ("metric_transfer", "metric transfer"), ("checkpoint_blocking", "checkpoint/hook blocking"),
-        ("evaluation", "validation evaluation")]
+        ("dispatch", "dispatch + Python overhead"), ("device_compute", "device compute"),
+        ("metric_transfer", "metric transfer"), ("checkpointing", "checkpointing"),
+        ("hooks_and_logging", "other hooks and logging"), ("evaluation", "validation evaluation"),
+        ("other", "other host work")]
+IDLE_LIMIT = 0.30
+DISPATCH_LIMIT = 0.25
+SHARES = {"input-bound": ("input_wait", "h2d_transfer"),
+          "dispatch-bound": ("dispatch", "metric_transfer", "hooks_and_logging", "other"),
+          "compute-bound": ("device_compute",), "checkpoint-bound": ("checkpointing",),
+          "eval-bound": ("evaluation",)}
 
 
-def breakdown(totals: dict[str, float], wall: float, steps: int, k: int, steps_per_epoch: int = 0,
-              bf16: "Bf16Advice | None" = None) -> dict:
-    """Per-step seconds of each phase, the device's idle fraction and the verdict."""
-    accounted = sum(totals.get(p, 0.0) for p in ("input_wait", "h2d_transfer", "dispatch", "device_compute",
-                                                 "metric_transfer", "hooks", "evaluation"))
-    phases = {
-        "input_wait": totals["input_wait"],
-        "h2d_transfer": totals["h2d_transfer"],
-        # Whatever the timed phases leave of the wall time is host work of the loop itself.
-        "dispatch_python": totals["dispatch"] + max(0.0, wall - accounted),
-        "device_compute": totals["device_compute"],
-        "metric_transfer": totals["metric_transfer"],
-        "checkpoint_blocking": totals["hooks"],
-        "evaluation": totals.get("evaluation", 0.0),
-    }
+def profile_table(phases: dict[str, float], wall: float, steps: int, k: int, steps_per_epoch: int = 0,
+                  bf16: "Bf16Advice | None" = None) -> dict:
+    """Per-step seconds and share of each phase (clock seconds over `wall`, compilation left
+    out), the device's idle fraction and the verdict."""
+    wall = wall - phases.get("compile", 0.0)
+    rows = {name: phases.get(name, 0.0) for name, _ in ROWS}
+    rows["other"] += sum(s for name, s in phases.items() if name not in rows and name != "compile")
     steps = max(steps, 1)
-    idle = 1.0 - totals["device_compute"] / wall if wall > 0 else 0.0
-    verdict, advice = judge(phases, k, steps_per_epoch, bf16)
+    fraction = {name: (s / wall if wall > 0 else 0.0) for name, s in rows.items()}
+    idle = max(0.0, min(1.0, 1.0 - fraction["device_compute"])) if wall > 0 else 0.0
+    verdict, advice = judge(fraction, idle, k, steps_per_epoch, bf16)
     return {
         "steps": steps, "wall_s": wall, "steps_per_call": k,
-        "ms_per_step": {name: 1e3 * s / steps for name, s in phases.items()},
-        "fraction": {name: (s / wall if wall > 0 else 0.0) for name, s in phases.items()},
-        "device_idle_fraction": max(0.0, min(1.0, idle)),
-        "verdict": verdict, "advice": advice,
+        "ms_per_step": {name: 1e3 * s / steps for name, s in rows.items()},
+        "fraction": fraction, "device_idle_fraction": idle, "verdict": verdict, "advice": advice,
     }
 
 
@@ -96,13 +105,14 @@ def bf16_matmul_speedup(n: int = 512, repeats: int = 5) -> float:
     return peak.measure_matmul_tflops("bfloat16", n, repeats) / peak.measure_matmul_tflops("float32", n, repeats)
 
 
-def judge(phases: dict[str, float], k: int, steps_per_epoch: int = 0,
+def judge(fraction: dict[str, float], idle: float, k: int, steps_per_epoch: int = 0,
           bf16: Bf16Advice | None = None) -> tuple[str, str]:
-    """The largest share of the time, and the change that would help."""
-    shares = {"input-bound": phases["input_wait"] + phases["h2d_transfer"],
-              "dispatch-bound": phases["dispatch_python"], "compute-bound": phases["device_compute"],
-              "checkpoint-bound": phases["checkpoint_blocking"], "eval-bound": phases.get("evaluation", 0.0)}
-    verdict = max(shares, key=shares.get)  # ties: the order above
+    """The largest share of the time, and the change that would help. Not compute-bound while
+    the device idles IDLE_LIMIT of the time or dispatch takes DISPATCH_LIMIT of it."""
+    shares = {verdict: sum(fraction.get(p, 0.0) for p in phases) for verdict, phases in SHARES.items()}
+    verdict = max(shares, key=shares.get)  # ties: the order of SHARES
+    if verdict == "compute-bound" and (idle >= IDLE_LIMIT or fraction.get("dispatch", 0.0) >= DISPATCH_LIMIT):
+        verdict = max((v for v in shares if v != "compute-bound"), key=shares.get)
     if verdict == "input-bound":
         return verdict, ("the step waits for data: keep the training set on the device "
                          "(raise train.on_device_fraction), or make batch preparation cheaper "
@@ -132,10 +142,6 @@ def format_report(report: dict) -> list[str]:
     for key, label in ROWS:
         lines.append(f"  {label:<28} {report['ms_per_step'][key]:9.4f} ms/step  "
                      f"{100 * report['fraction'][key]:5.1f}%")
-    bg = report.get("prefetch_background_ms_per_step")
-    if bg:
-        lines.append(f"  (prefetch thread, overlapped: prepare {bg['prepare']:.4f} ms/step, "
-                     f"transfer {bg['transfer']:.4f} ms/step)")
     lines.append(f"  device idle: {100 * report['device_idle_fraction']:.1f}%")
     if report.get("mfu") is not None:
         lines.append(f"  MFU: {100 * report['mfu']:.1f}% ({report['tflops_per_sec']:.3g} TFLOP/s)")
@@ -145,45 +151,68 @@ def format_report(report: dict) -> list[str]:
     return lines
 
 
-def window_report(window: dict, k: int, steps_per_epoch: int, bf16: Bf16Advice | None = None) -> dict:
-    """The breakdown of one timer window (PhaseTimer.window)."""
-    report = breakdown(window["totals"], window["wall"], window["steps"], k, steps_per_epoch, bf16)
-    if any(window["background"].values()):
-        report["prefetch_background_ms_per_step"] = {
-            k: 1e3 * v / max(window["steps"], 1) for k, v in window["background"].items()}
-    return report
-
-
 class ProfileHook(Hook):
-    """Stops training after `max_steps`; at the end, reports the timer's windows: the calls
-    after the trace, or the traced calls when nothing ran after them."""
+    """Records the first `trace_calls` calls as a trace (under `trace_dir`), stops training after
+    `max_steps`, and at the end reports the run's clock over the calls after the trace, or over
+    the traced calls when nothing ran after them."""
 
-    def __init__(self, workdir: Path | None, *, max_steps: int = 0):
+    def __init__(self, workdir: Path | None, *, max_steps: int = 0, trace_calls: int = 0):
         self.workdir = Path(workdir) if workdir is not None else None
         self.max_steps = max_steps
+        self.trace_dir = self.workdir / "trace" if self.workdir is not None and trace_calls > 0 else None
+        self.trace_calls = trace_calls if self.trace_dir is not None else 0
         self.bf16: Bf16Advice | None = None  # tests may set one with a fake measurement
+        self.tracing = False
+        self.calls = 0
+        self._mark: tuple[Mark, int] | None = None   # the window's start: clock, step
+        self.traced: dict | None = None              # the traced calls' window, once closed
+
+    def on_train_start(self, info: StepInfo) -> None:
+        if self.trace_calls:
+            jax.profiler.start_trace(str(self.trace_dir))
+            self.tracing = True
+        self._mark = (info.ctx.clock.mark(), info.step)
+
+    def _window(self, info: StepInfo) -> dict:
+        mark, step = self._mark
+        wall, phases = info.ctx.clock.since(mark)
+        return {"wall": wall, "phases": phases, "steps": info.step - step}
 
     def after_call(self, info: StepInfo) -> Request | None:
+        self.calls += 1
+        if self.tracing and self.calls >= self.trace_calls:  # the traced calls run slower: apart
+            self.close()
+            self.traced = self._window(info)
+            self._mark = (info.ctx.clock.mark(), info.step)
         if self.max_steps and info.step >= self.max_steps:
             return Request(stop=f"profile window of {info.step} steps")
         return None
 
+    def close(self) -> None:
+        """Stop the trace however the run ended (never leave the process-wide profiler running)."""
+        if self.tracing:
+            self.tracing = False
+            jax.profiler.stop_trace()
+
     def on_train_end(self, info: StepInfo) -> None:
-        profile = info.profile
-        window, traced = profile["window"], profile["traced"]
-        bf16 = self.bf16 or Bf16Advice(profile["precision"], profile["platform"])
-        if window["steps"] > 0 or traced is None:
-            report = window_report(window, info.steps_per_call, info.steps_per_epoch, bf16)
-            report["window"] = ("traced calls (profiler overhead included)"
-                                if traced is None and profile["trace_dir"] else "calls after the trace")
+        self.close()
+        window, traced = self._window(info), self.traced
+        if window["steps"] <= 0 and traced is not None:
+            window, label = traced, "traced calls (profiler overhead included)"
         else:
-            report = window_report(traced, info.steps_per_call, info.steps_per_epoch, bf16)
-            report["window"] = "traced calls (profiler overhead included)"
-        if report["window"].startswith("traced"):  # the tracer's own cost lands in dispatch
+            label = "traced calls (profiler overhead included)" if self.trace_dir and traced is None \
+                else "calls after the trace"
+        profile = info.profile
+        bf16 = self.bf16 or Bf16Advice(profile["precision"], profile["platform"])
+        report = profile_table(window["phases"], window["wall"], window["steps"], info.steps_per_call,
+                               info.steps_per_epoch, bf16)
+        report["window"] = label
+        if label.startswith("traced"):  # the tracer's own cost lands in dispatch
             report["advice"] += ("; but only traced calls were measured, and tracing inflates dispatch: "
                                  "profile more steps (--steps, train.profile_steps) for a sound verdict")
-        report["trace_dir"] = profile["trace_dir"]
-        report["compile_s"] = profile["compile_s"]
+        report["trace_dir"] = str(self.trace_dir) if self.trace_dir else None
+        report["compile_s"] = window["phases"].get("compile", 0.0)
+        report["steps_per_call_measured_ms"] = profile.get("steps_per_call_measured_ms", {})
         report.update(profile["perf"].rates(report["wall_s"] * 1e3 / report["steps"]))
         for line in format_report(report):
             info.ctx.console.line(line)

@@ -24,23 +24,23 @@ import jax
 
 from jaxtrain.parallel.watchdog import ProgressWatchdog
 from jaxtrain.util.events import Console, JsonlWriter
-from jaxtrain.util.time_account import TimeAccount
+from jaxtrain.util.clock import RunClock
 
 
 @dataclasses.dataclass
 class RunContext:
-    """What a run needs besides the config: where to write, and an optional clock for tests."""
+    """What a run needs besides the config: where to write, and the run's clock (a RunClock, or a
+    time source for one: tests pass a fake)."""
     console: Console
     events: JsonlWriter
     workdir: Path | None = None
-    clock: Callable[[], float] = time.perf_counter
-    account: TimeAccount | None = None  # where the run's time goes (accounting.py); one on the clock if None
+    clock: RunClock | Callable[[], float] = time.perf_counter  # where the run's time goes (accounting.py)
     # Multi-process: marks each phase's start and ends a run stuck in a collective (dist/watchdog.py).
     watchdog: ProgressWatchdog = dataclasses.field(default_factory=lambda: ProgressWatchdog(None, 0, 1))
 
     def __post_init__(self):
-        if self.account is None:
-            self.account = TimeAccount(self.clock)
+        if not isinstance(self.clock, RunClock):
+            self.clock = RunClock(self.clock)
 
 
 def _lane_slice(tree: Any, lane: int | None) -> Any:
@@ -60,7 +60,7 @@ class StepInfo:
     ctx: RunContext
     record: dict | None = None        # on_epoch_end: the epoch's record (loss, accuracy, val, ...)
     last_record: dict | None = None   # the latest epoch record (a resumed run's, before its first)
-    profile: dict | None = None       # on_train_end of a profiled run: the phase timer's windows
+    profile: dict | None = None       # on_train_end of a profiled run: what the profile needs of the run
     lane: int | None = None           # the point of a vectorized run; None for a plain run
     # The run's state and device sums (stacked for a vectorized run); read through the properties.
     run_state: Any = dataclasses.field(default=None, repr=False)

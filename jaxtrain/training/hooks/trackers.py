@@ -5,7 +5,7 @@ every call goes through a queue to one background thread, so a slow tracker serv
 holds up the training loop: the loop only enqueues each epoch's record. What is logged:
 the config as flat params (`optimizer.learning_rate`), per epoch `train/<metric>` and
 `val/<metric>` at the global step (the values metrics.jsonl holds), and at the end the
-summary's numbers (`test/accuracy`, `time/fit_s`, ...) with the report's files (`finish`,
+summary's numbers (`test/accuracy`, `time/total_s`, ...) with the report's files (`finish`,
 after summary.json is written). Only process 0 gets these hooks (`build_hooks`).
 """
 
