@@ -12,12 +12,14 @@ from jaxtrain import load_config
 from jaxtrain.engine.compilation import dot_dtypes
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
-from jaxtrain.model.models import MLP, mixed_dot
+from jaxtrain.model.kernels import Kernels, mixed_dot
+from jaxtrain.model.models import MLP
 from jaxtrain.engine.step import init_state, make_train_step, split_model
 
 
 def _compiled_step_dots(dtype):
-    model = MLP(32, (16, 8), 4, rngs=nnx.Rngs(0), compute_dtype=dtype)
+    # The CPU kernels: there, the kernel gradient's transposed copy keeps its dot in bf16.
+    model = MLP(32, (16, 8), 4, rngs=nnx.Rngs(0), compute_dtype=dtype, kernels=Kernels.for_platform("cpu"))
     train_def, _, params, rest = split_model(model)
     tx = optax.sgd(0.1)
     step = make_train_step(train_def, tx, "classification")
@@ -38,7 +40,12 @@ def test_mixed_dot_gradients_match_numpy_on_bf16_rounded_inputs():
     x = rng.normal(size=(16, 12)).astype(np.float32)
     k = rng.normal(size=(12, 5)).astype(np.float32)
     g = rng.normal(size=(16, 5)).astype(np.float32)
-    y, vjp = jax.vjp(lambda a, b: mixed_dot(a, b, jnp.bfloat16), x, k)
+    for copy_transpose in (False, True):
+        _check_mixed_dot(x, k, g, copy_transpose)
+
+
+def _check_mixed_dot(x, k, g, copy_transpose):
+    y, vjp = jax.vjp(lambda a, b: mixed_dot(a, b, jnp.bfloat16, copy_transpose), x, k)
     dx, dk = vjp(jnp.asarray(g))
     r = lambda a: np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32), np.float64)  # noqa: E731
     assert y.dtype == dx.dtype == dk.dtype == jnp.float32

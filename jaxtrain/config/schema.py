@@ -59,6 +59,10 @@ class ModelConfig:
     channels: tuple[int, ...] = (32, 64)
     kernel_sizes: tuple[int, ...] = (3, 3)
     batch_norm: bool = False
+    # cnn: how convolutions are computed. auto: XLA's convolution, except on CPU, where
+    # im2col (shifted copies and one matmul) runs the fused epoch much faster; xla or
+    # im2col force one. summary.json records the choice (model.conv_impl).
+    conv_impl: Literal["auto", "xla", "im2col"] = "auto"
     # Fine-tuning: a run directory or checkpoint whose matching parameters seed this model.
     init_from: str | None = None
 

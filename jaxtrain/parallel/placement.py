@@ -60,6 +60,12 @@ def mesh_shape(cfg: ParallelConfig, num_devices: int) -> dict[str, int]:
     return shape
 
 
+def platform() -> str:
+    """The platform of the devices a mesh is built over ('cpu', 'gpu', 'tpu'): what the
+    model's kernels are chosen for (model/kernels.py) before the mesh exists."""
+    return jax.devices()[0].platform
+
+
 def make_mesh(cfg: ParallelConfig) -> jax.sharding.Mesh:
     """A mesh over all devices of all processes (or the first N when the mesh asks for fewer)."""
     devices = jax.devices()

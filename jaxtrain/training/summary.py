@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxtrain.model.kernels import resolve_conv_impl
 from jaxtrain.parallel import placement
 from jaxtrain.training.run import Lane, Run
 
@@ -37,6 +38,14 @@ class Steady:
         return self.examples / self.seconds if self.seconds else None
 
 
+def model_section(cfg, platform: str) -> dict:
+    """The model's name and, for the CNN, the convolution it computes with (model/kernels.py)."""
+    section = {"name": cfg.model.name}
+    if cfg.model.name == "cnn":
+        section["conv_impl"] = resolve_conv_impl(cfg.model.conv_impl, platform)
+    return section
+
+
 def run_summary(run: Run, lane: Lane, devices: dict, test: dict, steady: Steady, fit_s: float,
                 perf: dict) -> dict:
     cfg, dataset, engine = lane.cfg, run.dataset, run.engine
@@ -49,6 +58,7 @@ def run_summary(run: Run, lane: Lane, devices: dict, test: dict, steady: Steady,
     return {
         "config_name": cfg.name,
         "task": dataset.task,
+        "model": model_section(cfg, devices["platform"]),
         "test": test,
         "val": last.get("val", {}),
         "train": {"examples_per_sec": steady.examples_per_sec,
