@@ -27,29 +27,25 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from jaxtrain.parallel.placement import is_key
 from jaxtrain.util.errors import UserError
 from jaxtrain.util.lazy import lazy_module
 
 ocp = lazy_module("orbax.checkpoint")  # imported on first use: a run without checkpoints never pays for it
 
-FORMAT = 2  # meta["format"]: 2 = full training state + data position
-
-
-def _is_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+FORMAT = 2  # meta["format"] of a training checkpoint: the full training state and the data position
 
 
 def to_saveable(tree: Any) -> Any:
     """Typed PRNG keys become their raw uint32 data (Orbax stores plain arrays)."""
-    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+    return jax.tree.map(lambda x: jax.random.key_data(x) if is_key(x) else x, tree)
 
 
 def from_saveable(tree: Any, like: Any) -> Any:
     return jax.tree.map(lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
-                        if _is_key(ref) else x, tree, like)
+                        if is_key(ref) else x, tree, like)
 
 
 def state_tree(state: Any) -> dict[str, Any]:
@@ -157,10 +153,6 @@ class Checkpointer:
     def read_meta(self, step: int) -> dict[str, Any]:
         """The meta of checkpoint `step` alone (format, position, config), without its arrays."""
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
-
-    def wait(self) -> None:
-        """Until the save in flight (if any) is on disk."""
-        self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -53,7 +53,7 @@ def check_devices(meta: dict, where: str, devices: int) -> None:
     """Refuse, in one line, a device count the checkpoint's batch does not split over. Any
     other count restores: the arrays are saved whole (as global arrays), not per device."""
     if meta.get("format") != FORMAT:
-        return  # parameters only: check_resumable says so
+        return  # not a training checkpoint: check_resumable says so
     batch_size = meta["config"]["data"]["batch_size"]
     if batch_size % devices:
         saved = meta.get("devices")
@@ -65,11 +65,11 @@ def check_devices(meta: dict, where: str, devices: int) -> None:
 
 def check_resumable(meta: dict, where: str, *, batch_size: int, steps_per_epoch: int) -> None:
     """Refuse, before reading any array, a checkpoint this run cannot continue exactly: one
-    holding parameters only, or one whose epochs were cut into other batches (a resumed
-    epoch must go on with the same order and batches to see every example once)."""
+    jaxtrain's checkpoint hook did not write, or one whose epochs were cut into other batches
+    (a resumed epoch must go on with the same order and batches to see every example once)."""
     if meta.get("format") != FORMAT:
-        raise UserError(f"checkpoint '{where}' holds parameters only; it cannot be resumed, "
-                        f"but model.init_from can start a new run from it")
+        raise UserError(f"checkpoint '{where}' is not a jaxtrain training checkpoint (format "
+                        f"{meta.get('format')!r}, expected {FORMAT}); it cannot be resumed")
     saved_batch = meta["config"]["data"]["batch_size"]
     if saved_batch != batch_size or meta["steps_per_epoch"] != steps_per_epoch:
         raise UserError(f"checkpoint '{where}' was saved with data.batch_size={saved_batch} and "

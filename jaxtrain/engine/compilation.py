@@ -9,18 +9,18 @@ compiles again, so a recompilation is never silent and never fatal.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import jax
 
+from jaxtrain.util.files import user_cache_dir
+
 _cache_dir: str | None = None
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxtrain" / "xla"
+    return user_cache_dir() / "xla"
 
 
 def enable_persistent_cache(setting: str | None) -> str | None:
@@ -47,13 +47,6 @@ def enable_persistent_cache(setting: str | None) -> str | None:
     return path
 
 
-def _describe(x) -> str:
-    aval = jax.typeof(x) if hasattr(jax, "typeof") else jax.core.get_aval(x)
-    sharding = getattr(x, "sharding", None)
-    spec = getattr(sharding, "spec", None)
-    return f"{aval.str_short()}" + (f" sharded {spec}" if spec is not None else "")
-
-
 def signature_mismatch(compiled, args: tuple) -> str:
     """Name the arguments whose shape/dtype/sharding differ from `compiled`'s signature."""
     expected_avals = jax.tree.leaves(compiled.in_avals[0])
@@ -64,7 +57,7 @@ def signature_mismatch(compiled, args: tuple) -> str:
                 f"compiled with {len(expected_avals)}")
     diffs = []
     for (path, leaf), aval, sharding in zip(paths_and_leaves, expected_avals, expected_shardings):
-        got = jax.typeof(leaf) if hasattr(jax, "typeof") else jax.core.get_aval(leaf)
+        got = jax.typeof(leaf)
         first = getattr(path[0], "idx", None)
         where = ("state" if first == 0 else f"argument {first}") + jax.tree_util.keystr(path[1:])
         if (got.shape, got.dtype) != (aval.shape, aval.dtype):

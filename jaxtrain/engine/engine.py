@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import time
 import warnings
 from pathlib import Path
@@ -41,6 +40,7 @@ from jaxtrain.engine import autotune
 from jaxtrain.parallel import distributed, placement
 from jaxtrain.parallel.watchdog import ProgressWatchdog
 from jaxtrain.engine.compilation import signature_mismatch
+from jaxtrain.engine.memory import device_memory
 from jaxtrain.data import Dataset, epoch_permutation
 from jaxtrain.util.phase_timer import PhaseTimer
 from jaxtrain.util.time_account import TimeAccount
@@ -73,10 +73,7 @@ def fits_on_device(dataset: Dataset, fraction: float) -> bool:
     if dataset.train is None or fraction <= 0:
         return False
     need = dataset.train.x.nbytes + dataset.train.y.nbytes
-    stats = jax.local_devices()[0].memory_stats() or {}
-    limit = stats.get("bytes_limit")
-    if limit is None:  # CPU: the device memory is host memory
-        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit, _, _ = device_memory()
     return bool(distributed.agreed_min(int(need <= fraction * limit)))
 
 
@@ -115,10 +112,11 @@ class Engine:
         self.timer = PhaseTimer(clock, trace_dir=trace_dir, trace_calls=trace_calls)
         self.account = account or TimeAccount(clock)  # compiling and measuring K go to 'compile'
         self.watchdog = watchdog or ProgressWatchdog(None, 0, 1)  # multi-process: ends a stuck run
-        # XLA's CPU runtime deadlocks when a call holding cross-process collectives overlaps other
-        # work on a process with several devices (jax 0.10.2: a bare jitted data-parallel step
-        # hangs at its second call; it runs with one device per process, or waiting for each
-        # call). So there each call waits for its inputs and its results.
+        # XLA's CPU runtime can deadlock when a call holding cross-process collectives overlaps
+        # other work on a process with several devices: a jitted data-parallel step hung at its
+        # second call, and ran with one device per process or when each call was waited for
+        # (tests/test_parallel_multiprocess.py runs two processes of two CPU devices). So there
+        # each call waits for its inputs and its results.
         self._wait_each_call = jax.process_count() > 1 and mesh.devices.flat[0].platform == "cpu"
         self._compiled: dict[int, Any] = {}
         self._starts: dict[int, jax.Array] = {}
@@ -156,10 +154,7 @@ class Engine:
         compiled = self._compiled.get(self.k) or next(iter(self._compiled.values()), None)
         if compiled is None:
             return None
-        cost = compiled.cost_analysis()
-        if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
-            cost = cost[0] if cost else {}
-        flops = (cost or {}).get("flops")
+        flops = (compiled.cost_analysis() or {}).get("flops")
         return float(flops) * self.mesh.size if flops and flops > 0 else None
 
     def _call(self, state: TrainState, num: int, *args) -> tuple[TrainState, dict]:

@@ -31,19 +31,28 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxtrain.parallel.placement import is_key
 from jaxtrain.util.errors import UserError
 from jaxtrain.util.workdir import format_bytes
 
 FLOAT_BYTES = 4
 
 
-def available_bytes(device: Any | None = None) -> tuple[int, str]:
-    """(free bytes, where) for the first device: device memory, or host memory on CPU."""
+def device_memory(device: Any | None = None) -> tuple[int, int, str]:
+    """(total bytes, free bytes, where) of the first local device's memory, or of the host's
+    on CPU, where device memory is host memory."""
     device = device or jax.local_devices()[0]  # devices() includes other processes' devices
     stats = device.memory_stats() or {}
     if "bytes_limit" in stats:
-        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), f"{device.device_kind} memory"
-    return host_available_bytes(), "host memory"
+        limit = int(stats["bytes_limit"])
+        return limit, limit - int(stats.get("bytes_in_use", 0)), f"{device.device_kind} memory"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), host_available_bytes(), "host memory"
+
+
+def available_bytes(device: Any | None = None) -> tuple[int, str]:
+    """(free bytes, where) for the first device: device memory, or host memory on CPU."""
+    _, free, where = device_memory(device)
+    return free, where
 
 
 def host_available_bytes() -> int:
@@ -137,7 +146,7 @@ def state_bytes_per_device(state: Any) -> int:
     one device holds: its shard of every leaf (all of a replicated leaf)."""
     total = 0
     for leaf in jax.tree.leaves(state):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        if is_key(leaf):
             leaf = jax.random.key_data(leaf)
         shape = leaf.sharding.shard_shape(leaf.shape) if hasattr(leaf, "sharding") else np.shape(leaf)
         total += math.prod(shape) * leaf.dtype.itemsize

@@ -20,10 +20,11 @@ from jaxtrain.engine.compilation import enable_persistent_cache
 from jaxtrain.runs.report import write_report
 from jaxtrain.runs.resume import (check_device_count, resume_run, resume_source, saved_hyperparams_in_state,
                                   saved_stats)
-from jaxtrain.runs.rundir import RunDirectory, default_workdir, write_json
+from jaxtrain.runs.rundir import RunDirectory, default_workdir
 from jaxtrain.runs.trained import (PYTHON_MODEL_FILE, load_trained, make_model, python_model_class,
                                    with_import_root)
-from jaxtrain.training.accounting import breakdown, call_hooks, closing_lines
+from jaxtrain.training.accounting import breakdown, closing_lines
+from jaxtrain.training.hooks.dispatch import close_all
 from jaxtrain.training.hooks import build_hooks
 from jaxtrain.training.hooks.trackers import TrackerHook
 from jaxtrain.training.preflight import check_before_training
@@ -32,6 +33,7 @@ from jaxtrain.training.loop import fit
 from jaxtrain.training.hooks.protocol import Hook, RunContext
 from jaxtrain.util.errors import NonFiniteError, Preempted, UserError
 from jaxtrain.util.events import Console
+from jaxtrain.util.files import write_json
 from jaxtrain.util.time_account import TimeAccount
 from jaxtrain.util.workdir import explain_os_error
 
@@ -148,7 +150,7 @@ def _train_in(rundir: RunDirectory, model: nnx.Module | None,
         # However training ended: a checkpoint save in flight finishes (it holds a good state)
         # and the signal handlers are put back. After a normal end the trackers stay open
         # until summary.json and the report are written (finish_summary).
-        call_hooks(ctx.account, [h for h in hooks if not (trained and isinstance(h, TrackerHook))], "close")
+        close_all(ctx.account, [h for h in hooks if not (trained and isinstance(h, TrackerHook))])
         ctx.watchdog.close()
     summary.update(status="completed", workdir=str(rundir.workdir))
     return summary, hooks

@@ -26,6 +26,7 @@ from jaxtrain.model.optim import VECTOR_FIELDS
 from jaxtrain.runs.api import finish_summary, load_data, make_model
 from jaxtrain.runs.rundir import RunDirectory
 from jaxtrain.training.hooks import build_hooks
+from jaxtrain.training.hooks.dispatch import close_all
 from jaxtrain.training.loop import fit_lanes
 from jaxtrain.training.preflight import check_before_training
 from jaxtrain.training.setup import setup_vectorized
@@ -81,7 +82,7 @@ def train_vectorized(cfgs: list[Config], workdirs: list[Path], console: Console 
             lane.hooks = build_hooks(lane.cfg, lane.ctx.workdir, stats=dataset.stats,
                                      hyperparams_in_state=lane.hyperparams_in_state,
                                      preemption=lane is run.lanes[0])
-            stack.callback(lambda hooks=lane.hooks: [hook.close() for hook in hooks])
+            stack.callback(close_all, lane.ctx.account, lane.hooks)
         summaries = fit_lanes(run)
         for d, lane, summary in zip(dirs, run.lanes, summaries):
             summary.update(status="completed", workdir=str(d.workdir))

@@ -21,8 +21,6 @@ MFU is the achieved FLOP/s over the peak of the run's devices (engine/peak.py).
 from __future__ import annotations
 
 import statistics
-from typing import Iterable
-
 from jaxtrain.engine.peak import peak_tflops
 from jaxtrain.util.time_account import TimeAccount
 
@@ -33,13 +31,6 @@ HOOK_PART = "hooks_and_logging"
 def hook_part(hook) -> str:
     """The part a hook's time is charged to: its `time_part` ('checkpointing'), else hooks."""
     return getattr(hook, "time_part", HOOK_PART)
-
-
-def call_hooks(account: TimeAccount, hooks: Iterable, method: str, *args) -> None:
-    """`hook.<method>(*args)` for every hook, each timed in its own part."""
-    for hook in hooks:
-        with account.part(hook_part(hook)):
-            getattr(hook, method)(*args)
 
 
 class PerfMeter:

@@ -3,7 +3,7 @@
 The hot loop dispatches one compiled call per K steps (engine.py) and never reads
 a value back from the device inside an epoch: metric sums stay on the device and are
 read once per epoch. Between calls and at epoch ends each lane's hooks get a
-read-only `StepInfo` and the loop applies what they ask for (view.py); the hook list
+read-only `StepInfo` and the loop applies what they ask for (hooks/protocol.py); the hook list
 and its order come from `hooks.build_hooks`. The loop's time is charged to the parts
 of the run's `TimeAccount` (accounting.py).
 """
@@ -14,9 +14,10 @@ import jax
 
 from jaxtrain.parallel import placement
 from jaxtrain.engine.step import accumulate_metrics, eval_params
-from jaxtrain.training.accounting import HOOK_PART, PerfMeter, hook_part
+from jaxtrain.training.accounting import HOOK_PART, PerfMeter
 from jaxtrain.training.run import Lane, Run
 from jaxtrain.training.summary import Steady, epoch_record, run_summary
+from jaxtrain.training.hooks.dispatch import dispatch
 from jaxtrain.training.hooks.protocol import Hook
 from jaxtrain.util.events import Throughput, duration, format_metrics
 
@@ -73,19 +74,16 @@ def _announce(run: Run, devices: dict) -> None:
 
 
 def _each_hook(run: Run, method: str, **fields) -> None:
-    """The hooks in their order, each seeing what the ones before it asked for. With several
-    lanes, each hook position runs for every lane before the next position (so preemption,
-    last, acts after every point's final checkpoint). Each hook's time goes to its part."""
-    for rank in range(max(len(lane.hooks) for lane in run.lanes)):
-        for lane in run.lanes:
-            if rank >= len(lane.hooks):
-                continue
-            hook = lane.hooks[rank]
-            extra = {"record": lane.history[-1]} if method == "on_epoch_end" else {}
-            with run.ctx.account.part(hook_part(hook)):
-                request = getattr(hook, method)(run.view(lane, **fields, **extra))
-            if request is not None:
-                run.apply(lane, request)
+    """`hook.<method>` of every lane's hooks (dispatch.py), each seeing what the ones before
+    it asked for: the loop applies a hook's request before the next hook looks."""
+    def call(index: int, hook: Hook) -> None:
+        lane = run.lanes[index]
+        extra = {"record": lane.history[-1]} if method == "on_epoch_end" else {}
+        request = getattr(hook, method)(run.view(lane, **fields, **extra))
+        if request is not None:
+            run.apply(lane, request)
+
+    dispatch(run.ctx.account, [lane.hooks for lane in run.lanes], call)
 
 
 def _epoch(run: Run, throughput: Throughput, steady: Steady, meter: PerfMeter) -> None:
