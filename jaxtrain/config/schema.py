@@ -142,7 +142,7 @@ class AugmentConfig:
     shift: int = 0                # largest random shift, in pixels, on each axis
     rotate: float = 0.0           # largest random rotation, in degrees
     noise: float = 0.0            # std of Gaussian noise added to the normalized inputs
-    # (height, width[, channels]) when the features are flat and not a square grayscale image.
+    # (height, width[, channels]) of the images, for flat features whose data records none.
     image_shape: tuple[int, ...] | None = None
 
     def validate(self, key: str) -> None:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtrain.config.schema import AugmentConfig
+from jaxtrain.model import images
 from jaxtrain.util.errors import ConfigError
 
 _STREAM = 0x61756721  # folded into the seed so augmentation draws differ from parameter init
@@ -30,24 +31,19 @@ _STREAM = 0x61756721  # folded into the seed so augmentation draws differ from p
 def image_shape(feature_shape: tuple[int, ...], configured: tuple[int, ...] | None,
                 known: tuple[int, ...] | None = None) -> tuple[int, int, int]:
     """(H, W, C) of the images behind `feature_shape`: from train.augment.image_shape, else the
-    shape the data stage recorded (`known`: `Dataset.image_shape`), else the feature shape itself
-    when it has 2 or 3 dims, else a square grayscale image for flat features (784 -> 28x28)."""
+    images the model input holds (images.image_shape: the shape the data stage recorded, or the
+    feature shape itself when it has 2 or 3 dims)."""
     size = math.prod(feature_shape)
     if configured:
         shape, source = tuple(configured), "config key 'train.augment.image_shape': "
-    elif known:      # flattened images: a guess from the size alone would take 32x8 for 16x16
-        shape, source = tuple(known), "the data's image shape "
-    elif len(feature_shape) in (2, 3):
-        shape, source = tuple(feature_shape), ""
     else:
-        side = math.isqrt(size)
-        if side * side != size:
-            raise ConfigError(f"config key 'train.augment': features of shape {tuple(feature_shape)} are "
-                              f"not a square image; set train.augment.image_shape to [height, width] "
-                              f"or [height, width, channels]")
-        shape, source = (side, side), ""
-    if len(shape) == 2:
-        shape = (*shape, 1)
+        shape = images.image_shape(feature_shape, known)
+        if shape is None:
+            raise ConfigError(f"config key 'train.augment': the {size} features of each example have no "
+                              f"image shape (a table, or images the data did not record); set "
+                              f"train.augment.image_shape to [height, width] or [height, width, channels]")
+        source = "the data's image shape " if known else ""
+    shape = images.with_channels(shape)
     if len(shape) != 3 or math.prod(shape) != size:
         raise ConfigError(f"{source}{list(shape)} does not hold the {size} features of each example; "
                           "set train.augment.image_shape to [height, width] or [height, width, channels]")

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtrain.config.schema import ModelConfig
+from jaxtrain.model import images
 from jaxtrain.model.imported import build_imported
 from jaxtrain.model.kernels import Kernels, max_pool_2x2
 from jaxtrain.util.errors import ConfigError
@@ -130,12 +131,12 @@ class CNN(nnx.Module):
 def cnn_image_shape(cfg: ModelConfig, feature_shape: tuple[int, ...],
                     image_shape: tuple[int, ...] | None) -> tuple[int, int, int]:
     """(H, W, C) of the images a CNN reads; refuses data without an image shape (tables)."""
-    shape = tuple(image_shape or (feature_shape if len(feature_shape) in (2, 3) else ()))
+    shape = images.image_shape(feature_shape, image_shape) or ()
     if len(shape) not in (2, 3) or math.prod(shape) != math.prod(feature_shape):
         raise ConfigError(f"config key 'model.name': cnn needs image data (IDX, tfds images, NPZ image "
                           f"arrays), but the examples are {math.prod(feature_shape)} features without an "
                           f"image shape; use model.name=mlp for tables")
-    shape = shape if len(shape) == 3 else (*shape, 1)
+    shape = images.with_channels(shape)
     smallest = min(shape[:2])
     if smallest >> len(cfg.channels) < 1:
         raise ConfigError(f"config key 'model.channels': {len(cfg.channels)} convolution blocks halve the "

@@ -24,6 +24,7 @@ from jaxtrain import data as data_stage
 from jaxtrain.config.schema import Config, to_dict
 from jaxtrain.model.optim import VECTOR_FIELDS
 from jaxtrain.runs.api import finish_summary, load_data, make_model
+from jaxtrain.engine.compilation import enable_persistent_cache
 from jaxtrain.runs.rundir import RunDirectory
 from jaxtrain.training.hooks import build_hooks
 from jaxtrain.training.hooks.dispatch import close_all
@@ -68,6 +69,7 @@ def train_vectorized(cfgs: list[Config], workdirs: list[Path], console: Console 
     """Train points that differ only in VECTOR_FIELDS in one program; return their summaries."""
     console = console or Console("none")
     account = TimeAccount()  # the points train together: one account of the time for all
+    enable_persistent_cache(cfgs[0].train.compilation_cache)  # before the first compile
     with contextlib.ExitStack() as stack:
         dirs = [stack.enter_context(RunDirectory(cfg, w, console=console, account=account))
                 for cfg, w in zip(cfgs, workdirs)]

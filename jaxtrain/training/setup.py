@@ -18,7 +18,6 @@ from flax import nnx
 from jaxtrain.config.schema import Config
 from jaxtrain.data import Dataset
 from jaxtrain.parallel import placement
-from jaxtrain.engine.compilation import enable_persistent_cache
 from jaxtrain.engine.engine import Engine, fits_on_device, steps_per_epoch
 from jaxtrain.engine.step import init_state, make_train_step, split_model
 from jaxtrain.model.augment import make_augment
@@ -61,7 +60,6 @@ def _trace_dir(cfg: Config, ctx: RunContext):
 
 
 def _mesh(cfg: Config) -> tuple[Any, placement.Strategy]:
-    enable_persistent_cache(cfg.train.compilation_cache)
     mesh = placement.make_mesh(cfg.parallel)
     placement.check_batch_size(cfg.data.batch_size, mesh)
     placement.check_microbatches(cfg.train.grad_accum_steps, cfg.data.batch_size, mesh)
