@@ -9,6 +9,9 @@ generator yielding `(state, metric_sums, steps_done)` after every compiled call:
   and transferred by a background thread one chunk ahead (prefetch.py), so host
   work and transfer overlap with compute.
 
+How a call runs on the mesh (`jax.jit` with shardings, or `jax.shard_map`) and how its
+inputs are placed is the executor's (executors.py); the Engine decides what to call when.
+
 K (`train.steps_per_call`) is an integer, `epoch`, or `auto`: then `prepare()`
 times a few candidates on throwaway calls over a copy of the state (autotune.py)
 before training starts, so the measurement never changes the results.
@@ -37,16 +40,16 @@ import numpy as np
 
 from jaxtrain.engine import autotune
 
-from jaxtrain.parallel import distributed, placement
+from jaxtrain.parallel import distributed
+from jaxtrain.parallel.placement import device_memory
 from jaxtrain.parallel.watchdog import ProgressWatchdog
 from jaxtrain.engine.compilation import signature_mismatch
-from jaxtrain.engine.memory import device_memory
 from jaxtrain.data import Dataset, epoch_permutation
 from jaxtrain.util.phase_timer import PhaseTimer
 from jaxtrain.util.time_account import TimeAccount
 from jaxtrain.engine.prefetch import prefetch_to_device, stack
-from jaxtrain.engine.step import (TrainState, accumulate_metrics, make_device_epoch_runner, make_stream_runner,
-                                  vmapped)
+from jaxtrain.engine.executors import Executor
+from jaxtrain.engine.step import TrainState, accumulate_metrics
 
 # Streaming chunks stay below this many host bytes (K x batch), bounding memory.
 STREAM_CHUNK_BYTES = 64 << 20
@@ -88,26 +91,26 @@ def resolve_steps_per_call(setting: int | str, steps: int, step_multiple: int | 
 
 
 class Engine:
-    def __init__(self, train_step: Callable, dataset: Dataset, mesh, *, batch_size: int, seed: int,
+    def __init__(self, train_step: Callable, dataset: Dataset, executor: Executor, *, seed: int,
                  on_device: bool, steps_per_call: int | str, clock: Callable[[], float] = time.perf_counter,
-                 strategy: placement.Strategy | None = None, step_multiple: int | None = None,
+                 step_multiple: int | None = None,
                  account: TimeAccount | None = None, watchdog: ProgressWatchdog | None = None,
-                 points: int | None = None, trace_dir: Path | None = None, trace_calls: int = 0):
-        """`points`: the state is P points stacked (a vectorized sweep), each trained on the
-        same batches by a vmapped step. `trace_dir`, `trace_calls`: see PhaseTimer."""
-        # The strategy (parallel/placement.py) lays out state and batches and compiles the runners.
-        self.strategy = strategy = strategy or placement.Strategy("sharded", mesh)
-        self.dataset, self.mesh, self.batch_size, self.seed = dataset, mesh, batch_size, seed
+                 trace_dir: Path | None = None, trace_calls: int = 0):
+        """`executor` (executors.py) compiles the runners of `train_step` for the mesh and
+        places their inputs; it holds the batch size and, for a vectorized sweep, the number
+        of stacked points. `trace_dir`, `trace_calls`: see PhaseTimer."""
+        self.executor = executor
+        self.dataset, self.mesh, self.batch_size, self.seed = dataset, executor.mesh, executor.batch_size, seed
+        self.points = executor.points
         self.on_device, self.clock = on_device, clock
         self.n_train = dataset.num_train
-        self.steps = steps_per_epoch(self.n_train, batch_size)
+        self.steps = steps_per_epoch(self.n_train, self.batch_size)
         # Every K (fixed or measured) divides step_multiple: checkpoints save between calls.
         self.step_multiple = step_multiple
         self.k = resolve_steps_per_call(steps_per_call, self.steps, step_multiple)
         self.k_timings: dict[int, float] = {}   # auto: seconds per step for each K tried
         self.compile_s = 0.0
         self.recompiles = 0
-        self.points = points
         # Inactive unless the loop starts it (train.profile).
         self.timer = PhaseTimer(clock, trace_dir=trace_dir, trace_calls=trace_calls)
         self.account = account or TimeAccount(clock)  # compiling and measuring K go to 'compile'
@@ -117,19 +120,18 @@ class Engine:
         # second call, and ran with one device per process or when each call was waited for
         # (tests/test_parallel_multiprocess.py runs two processes of two CPU devices). So there
         # each call waits for its inputs and its results.
-        self._wait_each_call = jax.process_count() > 1 and mesh.devices.flat[0].platform == "cpu"
+        self._wait_each_call = jax.process_count() > 1 and self.mesh.devices.flat[0].platform == "cpu"
         self._compiled: dict[int, Any] = {}
         self._starts: dict[int, jax.Array] = {}
         self._copier: Callable | None = None
         # Streamed chunks: this process's rows of each batch, assembled into global arrays.
-        self._put_chunk = strategy.stream_placer(batch_size)
+        self._put_chunk = executor.stream_placer()
         if on_device:
-            make = make_device_epoch_runner if points is None else vmapped(make_device_epoch_runner)
-            self._runner = strategy.device_runner(make, train_step, dataset.task, batch_size)
-            self._x = strategy.put_dataset(dataset.train.x)
-            self._y = strategy.put_dataset(dataset.train.y)
+            self._runner = executor.device_runner(train_step)
+            self._x = executor.put_dataset(dataset.train.x)
+            self._y = executor.put_dataset(dataset.train.y)
         else:
-            self._runner = strategy.stream_runner(make_stream_runner, train_step, dataset.task)
+            self._runner = executor.stream_runner(train_step)
 
     # ------------------------------------------------------------ compiling and calling
 
@@ -187,7 +189,7 @@ class Engine:
     def _start(self, start: int) -> jax.Array:
         """The device scalar for a chunk's first step, uploaded once and reused every epoch."""
         if start not in self._starts:
-            self._starts[start] = self.strategy.put_scalar(np.int32(start))
+            self._starts[start] = self.executor.put_scalar(np.int32(start))
         return self._starts[start]
 
     # ------------------------------------------------------------ choosing K
@@ -249,8 +251,7 @@ class Engine:
         return best
 
     def _measure_on_device(self, state: TrainState, k: int) -> float:
-        order = self.strategy.put_order(padded_order(self.n_train, self.seed, 0,
-                                                     self.steps * self.batch_size), self.batch_size)
+        order = self.executor.put_order(padded_order(self.n_train, self.seed, 0, self.steps * self.batch_size))
         starts = [s for s in range(0, self.steps - k + 1, k)] or [0]
         return self._time_calls(state, k, lambda i: (self._x, self._y, order,
                                                      self._start(starts[i % len(starts)])))
@@ -267,7 +268,7 @@ class Engine:
 
     def _local_batches(self, epoch: int, start: int = 0) -> Iterator:
         """This process's rows of the epoch's batches from batch `start` on (all rows in one process)."""
-        return self.strategy.local_batches(self.dataset, self.batch_size, self.seed, epoch, start)
+        return self.executor.local_batches(self.dataset, self.seed, epoch, start)
 
     def run_epoch(self, state: TrainState, epoch: int, start_step: int = 0
                   ) -> Iterator[tuple[TrainState, dict, int]]:
@@ -277,8 +278,8 @@ class Engine:
         first_step = epoch * self.steps
         if self.on_device:
             with self.timer.phase("h2d_transfer"):
-                order = self.strategy.put_order(padded_order(self.n_train, self.seed, epoch,
-                                                             self.steps * self.batch_size), self.batch_size)
+                order = self.executor.put_order(padded_order(self.n_train, self.seed, epoch,
+                                                             self.steps * self.batch_size))
             for start in range(start_step, self.steps, self.k):
                 num = min(self.k, self.steps - start)
                 self.watchdog.enter(f"the train call at step {first_step + start}")

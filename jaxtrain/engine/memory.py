@@ -25,45 +25,22 @@ UserError stating the estimated need against what is available.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import jax
 import numpy as np
 
-from jaxtrain.parallel.placement import is_key
+from jaxtrain.parallel.placement import device_memory, is_key
 from jaxtrain.util.errors import UserError
 from jaxtrain.util.workdir import format_bytes
 
 FLOAT_BYTES = 4
 
 
-def device_memory(device: Any | None = None) -> tuple[int, int, str]:
-    """(total bytes, free bytes, where) of the first local device's memory, or of the host's
-    on CPU, where device memory is host memory."""
-    device = device or jax.local_devices()[0]  # devices() includes other processes' devices
-    stats = device.memory_stats() or {}
-    if "bytes_limit" in stats:
-        limit = int(stats["bytes_limit"])
-        return limit, limit - int(stats.get("bytes_in_use", 0)), f"{device.device_kind} memory"
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), host_available_bytes(), "host memory"
-
-
 def available_bytes(device: Any | None = None) -> tuple[int, str]:
     """(free bytes, where) for the first device: device memory, or host memory on CPU."""
     _, free, where = device_memory(device)
     return free, where
-
-
-def host_available_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 def optimizer_state_factor(opt_cfg: Any) -> int:

@@ -88,7 +88,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, task: str, *,
 
     `axis_name` makes it a pmap-style step for one device's shard under `shard_map`:
     gradients and the loss are averaged with `lax.pmean` over that axis, metric sums
-    are summed, so every device ends the step with the same state (parallel/placement.py). Each
+    are summed, so every device ends the step with the same state (executors.py). Each
     device draws its own dropout masks: its index is folded into the RNG keys.
     `grad_accum_steps` splits the batch into that many microbatches (one update);
     `ema_decay` keeps `state.ema`, a moving average of the parameters.

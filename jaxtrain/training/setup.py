@@ -1,4 +1,5 @@
-"""Everything before the first step: mesh, optimizer, the pure step, the engine, the state.
+"""Everything before the first step: mesh, optimizer, the pure step, the executor and the
+engine, the state.
 
 `setup` builds a plain run; `setup_vectorized` builds one run for several points that
 differ only in optimizer hyperparameters (`optim.VECTOR_FIELDS`): those live in the
@@ -19,6 +20,7 @@ from jaxtrain.config.schema import Config
 from jaxtrain.data import Dataset
 from jaxtrain.parallel import placement
 from jaxtrain.engine.engine import Engine, fits_on_device, steps_per_epoch
+from jaxtrain.engine.executors import Executor, make_executor
 from jaxtrain.engine.step import init_state, make_train_step, split_model
 from jaxtrain.model.augment import make_augment
 from jaxtrain.model.optim import VECTOR_FIELDS, build_optimizer
@@ -29,25 +31,25 @@ from jaxtrain.training.hooks.protocol import RunContext
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _train_step(cfg: Config, dataset: Dataset, graphdef, tx, strategy: placement.Strategy):
+def _train_step(cfg: Config, dataset: Dataset, graphdef, tx, executor: Executor):
     return make_train_step(graphdef, tx, dataset.task, l1=cfg.optimizer.l1, l2=cfg.optimizer.l2,
                            skip_nonfinite=cfg.train.on_nonfinite == "skip_step",
-                           axis_name=strategy.step_axis, grad_accum_steps=cfg.train.grad_accum_steps,
+                           axis_name=executor.step_axis, grad_accum_steps=cfg.train.grad_accum_steps,
                            ema_decay=cfg.train.ema_decay,
                            augment=make_augment(cfg.train.augment, dataset.feature_shape, cfg.train.seed,
                                                 dataset.image_shape))
 
 
-def _engine(cfg: Config, dataset: Dataset, mesh, strategy, train_step, ctx: RunContext, *,
-            on_device: bool, points: int | None = None) -> Engine:
+def _engine(cfg: Config, dataset: Dataset, executor: Executor, train_step, ctx: RunContext, *,
+            on_device: bool) -> Engine:
     steps_per_call = cfg.train.steps_per_call
-    if points and steps_per_call == "auto":
+    if executor.points and steps_per_call == "auto":
         # P points per step: the host's per-call cost is already spread thin, and measuring
         # K would compile the vmapped program once per candidate. One call per epoch.
         steps_per_call = "epoch"
-    return Engine(train_step, dataset, mesh, batch_size=cfg.data.batch_size, seed=cfg.train.seed,
+    return Engine(train_step, dataset, executor, seed=cfg.train.seed,
                   on_device=on_device, steps_per_call=steps_per_call, clock=ctx.clock,
-                  strategy=strategy, points=points, account=ctx.account, watchdog=ctx.watchdog,
+                  account=ctx.account, watchdog=ctx.watchdog,
                   step_multiple=cfg.checkpoint.every_steps if cfg.checkpoint.enabled else None,
                   trace_dir=_trace_dir(cfg, ctx), trace_calls=cfg.train.profile_trace_calls)
 
@@ -59,24 +61,25 @@ def _trace_dir(cfg: Config, ctx: RunContext):
     return None
 
 
-def _mesh(cfg: Config) -> tuple[Any, placement.Strategy]:
+def _mesh(cfg: Config) -> tuple[Any, placement.Layout]:
     mesh = placement.make_mesh(cfg.parallel)
     placement.check_batch_size(cfg.data.batch_size, mesh)
     placement.check_microbatches(cfg.train.grad_accum_steps, cfg.data.batch_size, mesh)
-    return mesh, placement.Strategy(cfg.parallel.strategy, mesh)
+    return mesh, placement.Layout(cfg.parallel.strategy, mesh)
 
 
 def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext,
           hyperparams_in_state: Sequence[str] = ()) -> Run:
     """A plain run. `hyperparams_in_state`: a vectorized point's optimizer, to resume it."""
-    mesh, strategy = _mesh(cfg)
+    mesh, layout = _mesh(cfg)
     train_def, eval_def, params, rest = split_model(model)
     steps = steps_per_epoch(dataset.num_train, cfg.data.batch_size)
     tx = build_optimizer(cfg.optimizer, steps, cfg.train.epochs, params, in_state=tuple(hyperparams_in_state))
     # One compiled call (cached across runs) instead of an eager compile per optimizer-state leaf.
     ema = cfg.train.ema_decay is not None
-    state = strategy.place_state(jax.jit(lambda p, r: init_state(p, r, tx, ema=ema))(params, rest))
-    engine = _engine(cfg, dataset, mesh, strategy, _train_step(cfg, dataset, train_def, tx, strategy), ctx,
+    state = layout.place_state(jax.jit(lambda p, r: init_state(p, r, tx, ema=ema))(params, rest))
+    executor = make_executor(layout, dataset.task, cfg.data.batch_size)
+    engine = _engine(cfg, dataset, executor, _train_step(cfg, dataset, train_def, tx, executor), ctx,
                      on_device=fits_on_device(dataset, cfg.train.on_device_fraction))
     evaluator = Evaluator(eval_def, mesh, cfg.data.eval_batch_size, dataset)
     return Run(cfg=cfg, dataset=dataset, mesh=mesh, engine=engine, evaluator=evaluator, state=state,
@@ -92,16 +95,17 @@ def setup_vectorized(cfgs: Sequence[Config], model: nnx.Module, dataset: Dataset
                      ctxs: Sequence[RunContext], names: Sequence[str]) -> Run:
     """One run for points that differ only in VECTOR_FIELDS: stacked states, a vmapped step."""
     base = cfgs[0]
-    mesh, strategy = _mesh(base)
+    mesh, layout = _mesh(base)
     train_def, eval_def, params, rest = split_model(model)
     steps = steps_per_epoch(dataset.num_train, base.data.batch_size)
     varying = varying_fields(cfgs)
     txs = [build_optimizer(c.optimizer, steps, c.train.epochs, params, in_state=varying) for c in cfgs]
     states = [init_state(params, rest, tx) for tx in txs]
-    state = strategy.place_state(jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
+    state = layout.place_state(jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
+    executor = make_executor(layout, dataset.task, base.data.batch_size, points=len(cfgs))
     # Any point's transformation serves all: the hyperparameters are read from the state.
-    train_step = _train_step(base, dataset, train_def, txs[0], strategy)
-    engine = _engine(base, dataset, mesh, strategy, train_step, ctxs[0], on_device=True, points=len(cfgs))
+    train_step = _train_step(base, dataset, train_def, txs[0], executor)
+    engine = _engine(base, dataset, executor, train_step, ctxs[0], on_device=True)
     evaluator = Evaluator(eval_def, mesh, base.data.eval_batch_size, dataset)
     lanes = [Lane(cfg, ctx, index=i, name=name, hyperparams_in_state=varying)
              for i, (cfg, ctx, name) in enumerate(zip(cfgs, ctxs, names))]
