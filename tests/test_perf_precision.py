@@ -1,5 +1,7 @@
 """Mixed precision: bf16 matmuls forward and backward, fp32 everything else."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,12 +11,34 @@ from conftest import make_dataset
 from flax import nnx
 
 from jaxtrain import load_config
-from jaxtrain.engine.compilation import dot_dtypes
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
 from jaxtrain.model.kernels import Kernels, mixed_dot
 from jaxtrain.model.models import MLP
 from jaxtrain.engine.step import init_state, make_train_step, split_model
+
+
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[[^\]]*\][^ ]*\s+(\w[\w\-]*)\((.*)$")
+
+
+def dot_dtypes(hlo_text: str) -> list[tuple[str, str, str]]:
+    """(lhs, rhs, result) element types of every dot in compiled HLO text.
+
+    Used to check mixed precision: the fast path is bf16 x bf16 -> f32; a dot with
+    a bf16 result (or f32 inputs) where bf16 was asked for is a slow or wasted one.
+    """
+    types: dict[str, str] = {}
+    dots = []
+    for line in hlo_text.splitlines():
+        m = _INSTR.match(line)
+        if not m:
+            continue
+        name, dtype, op, rest = m.groups()
+        types[name] = dtype
+        if op == "dot":
+            operands = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
+            dots.append((operands, dtype))
+    return [(types.get(ops[0], "?"), types.get(ops[1], "?"), out) for ops, out in dots if len(ops) >= 2]
 
 
 def _compiled_step_dots(dtype):

@@ -100,7 +100,6 @@ class Checkpointer:
     def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = False,
                  best: Best | None = None):
         self.directory = Path(directory).resolve()
-        self.tracks_best = best is not None
         logging.getLogger("absl").addFilter(_UNMETERED_SAVE_FILTER)  # Orbax logs through absl; added once
         self.manager = ocp.CheckpointManager(
             self.directory, options=_options(keep, async_save, best),
@@ -122,10 +121,6 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
-
-    def best_step(self) -> int | None:
-        """The best step kept, or None when none was saved as a best."""
-        return self.manager.best_step() if self.tracks_best else None
 
     def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Restore into the structure, dtypes and shardings of `like` (device arrays laid out

@@ -13,12 +13,12 @@ from jaxtrain.util.errors import ConfigError
 
 # The metrics a split reports, per task (metrics.py), for early stopping and best-checkpoint keys.
 TASK_METRICS = {"classification": ("loss", "accuracy"), "regression": ("loss", "mse", "mae", "r2")}
-SPLITS = ("train", "val")
+METRIC_SPLITS = ("train", "val")  # the splits an early-stopping or best-checkpoint metric may name
 
 
 def split_metric(value: str, key: str) -> tuple[str, str]:
     split, _, metric = value.partition(".")
-    if split not in SPLITS or not metric:
+    if split not in METRIC_SPLITS or not metric:
         raise ConfigError(f"config key '{key}': '{value}' must look like val.<metric> or train.<metric> "
                           f"(e.g. val.loss)")
     return split, metric

@@ -17,7 +17,7 @@ from jaxtrain.data.raw import Part
 from jaxtrain.util.errors import DataError
 
 
-def check_columns(header: list[str], stats: FeatureStats, cfg: DataConfig, where: str) -> None:
+def check_input_columns(header: list[str], stats: FeatureStats, cfg: DataConfig, where: str) -> None:
     """The input must hold every training feature column; it may also hold the target and
     the configured drop_columns (ignored). Anything else is an error naming the columns."""
     wanted = stats.feature_columns()
@@ -42,7 +42,7 @@ def table_features(part: Part, stats: FeatureStats, where: str, line_of=None) ->
 def read_csv_features(path: str, stats: FeatureStats, cfg: DataConfig) -> np.ndarray:
     """Normalized float32 features for a CSV of raw rows with the training columns."""
     layout = csvfile.read_layout(path, cfg.delimiter)
-    check_columns(layout.header, stats, cfg, path)
+    check_input_columns(layout.header, stats, cfg, path)
     kinds = {n: "numeric" for n in stats.numeric_columns} | {n: "category" for n in stats.categories} | \
         {n: "text" for n in stats.text_columns}
     schema = csvfile.CsvSchema(layout, kinds, numeric_target=False)

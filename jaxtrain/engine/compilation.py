@@ -9,7 +9,6 @@ compiles again, so a recompilation is never silent and never fatal.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import jax
@@ -66,26 +65,3 @@ def signature_mismatch(compiled, args: tuple) -> str:
             diffs.append(f"{where}: compiled with sharding {sharding}, called with {leaf.sharding}")
     return "; ".join(diffs[:3]) + (f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else "") \
         if diffs else "an argument differs from the compiled signature"
-
-
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[[^\]]*\][^ ]*\s+(\w[\w\-]*)\((.*)$")
-
-
-def dot_dtypes(hlo_text: str) -> list[tuple[str, str, str]]:
-    """(lhs, rhs, result) element types of every dot in compiled HLO text.
-
-    Used to check mixed precision: the fast path is bf16 x bf16 -> f32; a dot with
-    a bf16 result (or f32 inputs) where bf16 was asked for is a slow or wasted one.
-    """
-    types: dict[str, str] = {}
-    dots = []
-    for line in hlo_text.splitlines():
-        m = _INSTR.match(line)
-        if not m:
-            continue
-        name, dtype, op, rest = m.groups()
-        types[name] = dtype
-        if op == "dot":
-            operands = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
-            dots.append((operands, dtype))
-    return [(types.get(ops[0], "?"), types.get(ops[1], "?"), out) for ops, out in dots if len(ops) >= 2]

@@ -184,18 +184,6 @@ def put_batch(local: np.ndarray, sharding: NamedSharding, global_shape: tuple[in
         return jax.make_array_from_process_local_data(sharding, local, global_shape)
 
 
-def to_host(tree: Any) -> Any:
-    """NumPy copies of every leaf. A leaf split over several processes (fsdp) is gathered
-    from all of them: a collective, so every process must call this together."""
-    def one(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
-            from jax.experimental import multihost_utils
-            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        return jax.device_get(x)
-
-    return jax.tree.map(one, tree)
-
-
 # ---------------------------------------------------------------- the state's layout
 
 STRATEGIES = ("sharded", "pmap", "fsdp")

@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 
-from jaxtrain.ckpt.resume import check_devices, latest_meta, restore_latest
+from jaxtrain.ckpt.restore import check_devices, latest_meta, restore_latest
 from jaxtrain.data.artifacts import STATS_FILE, load_stats
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.parallel import placement

@@ -6,7 +6,7 @@ position (epoch, step in epoch: the epoch's order is a function of seed and epoc
 the metric sums of a part-done epoch, the last epoch record (for the summary),
 the chosen steps per call (chunk boundaries), the hooks' own state (best value,
 early-stopping patience), the resolved config and the fitted preprocessing stats.
-`jaxtrain.ckpt.resume.restore_latest` reads it back as (state, position).
+`jaxtrain.ckpt.restore.restore_latest` reads it back as (state, position).
 
 Saves happen at compiled-call boundaries when any cadence is due: `every_seconds`
 since the last save (the default, 60: a kill loses at most that much training, plus

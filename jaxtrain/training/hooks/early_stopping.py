@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from jaxtrain.ckpt.resume import restore_best
+from jaxtrain.ckpt.restore import restore_best
 from jaxtrain.config.schema import EarlyStoppingConfig
 from jaxtrain.training.hooks.best import BestMetric
 from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo

@@ -1,4 +1,5 @@
-"""Resuming: the latest complete checkpoint as (state, position), checked before any array is read.
+"""Restoring a checkpoint to resume from: the latest complete one as (state, position), checked
+before any array is read (the resume API itself is runs/resume.py).
 
 The state comes back in the layout of the target the caller passes (the state a
 fresh run placed through its strategy: replicated, or split over the mesh for
