@@ -19,15 +19,13 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxtrain.model.kernels import Kernels
 from jaxtrain.model.models import CNN
 
 
 def cnn(xla_conv: bool) -> CNN:
-    model = CNN((28, 28, 1), (32, 64), (3, 3), (128,), 10, rngs=nnx.Rngs(0))
-    if xla_conv:
-        for conv in model.convs:
-            conv.conv_general_dilated = jax.lax.conv_general_dilated
-    return model
+    kernels = Kernels(conv_impl="xla" if xla_conv else "im2col")
+    return CNN((28, 28, 1), (32, 64), (3, 3), (128,), 10, rngs=nnx.Rngs(0), kernels=kernels)
 
 
 def programs(model: CNN, steps: int):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrain.model.models import max_pool_2x2
+from jaxtrain.model.kernels import max_pool_2x2
 
 
 def reduce_window_pool(h):

@@ -176,6 +176,21 @@ def wide_run(strategy: str, hidden: list[int], features: int = 784, batch: int =
     return setup(cfg, MLP(features, tuple(hidden), 10, rngs=nnx.Rngs(0)), dataset, ctx)
 
 
+def to_host(tree):
+    """NumPy copies of every leaf. A leaf split over several processes (fsdp) is gathered
+    from all of them: a collective, so every process must call this together."""
+    import jax
+    import numpy as np
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            from jax.experimental import multihost_utils
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return jax.device_get(x)
+
+    return jax.tree.map(one, tree)
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
@@ -189,7 +204,6 @@ def save_peak(how: str, hidden: list[int]) -> dict:
     import jax
 
     from jaxtrain.ckpt.checkpoint import Checkpointer, state_tree
-    from jaxtrain.parallel import placement
     from jaxtrain.engine.memory import state_bytes_per_device
     run = wide_run("fsdp", hidden)
     tree = state_tree(run.state)
@@ -207,7 +221,7 @@ def save_peak(how: str, hidden: list[int]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         sampler.start()
         ckpt = Checkpointer(tmp)
-        ckpt.save(1, placement.to_host(tree) if how == "gather" else tree, {})
+        ckpt.save(1, to_host(tree) if how == "gather" else tree, {})
         ckpt.close()
         done.set()
         sampler.join()

@@ -80,6 +80,7 @@ class Cell(EngineEpochs):
         from jaxtrain.util.events import Console, JsonlWriter
         from jaxtrain.training.setup import COMPUTE_DTYPES, setup
         from jaxtrain.training.hooks.protocol import RunContext
+        from jaxtrain.model.kernels import Kernels
         from jaxtrain.model.models import MLP
         fraction, k = MODES[self.mode]
         hidden = [h * self.width for h in BASE_HIDDEN]
@@ -88,7 +89,8 @@ class Cell(EngineEpochs):
                            "train": {"epochs": 1000, "precision": self.precision, "steps_per_call": k,
                                      "on_device_fraction": fraction},
                            "parallel": {"data_axis_size": 1}, "logging": {"progress": "none"}})
-        model = MLP(784, tuple(hidden), 10, rngs=nnx.Rngs(0), compute_dtype=COMPUTE_DTYPES[self.precision])
+        model = MLP(784, tuple(hidden), 10, rngs=nnx.Rngs(0), compute_dtype=COMPUTE_DTYPES[self.precision],
+                    kernels=Kernels.for_platform(jax.devices()[0].platform))
         self._events = JsonlWriter(Path(os.devnull))
         self.run = setup(cfg, model, self.dataset, RunContext(console=Console("none"), events=self._events))
         self.run.engine.prepare(self.run.state)

@@ -11,7 +11,7 @@ import pytest
 
 from jaxtrain import load_config, resume, train
 from jaxtrain.ckpt.params import load_named_params
-from jaxtrain.ckpt.resume import restore_latest
+from jaxtrain.ckpt.restore import restore_latest
 from jaxtrain.cli.main import main
 from jaxtrain.data import load_dataset
 from jaxtrain.runs.api import make_model

@@ -236,5 +236,5 @@ def test_saves_that_are_not_a_new_best_do_not_warn(tmp_path, caplog):
         store.save(1, state, {"kind": "best"}, best_value=0.5)
         store.save(2, state, {"kind": "final"})
     store.close()
-    assert store.best_step() == 1 and store.latest_step() == 2
+    assert store.manager.best_step() == 1 and store.latest_step() == 2
     assert not [r for r in caplog.records if "metric" in r.getMessage()], caplog.text

@@ -9,12 +9,15 @@ from conftest import make_dataset
 
 from jaxtrain import load_config
 from jaxtrain.runs.api import make_model
+from jaxtrain.training.hooks.best import BestMetric
+from jaxtrain.training.hooks.dispatch import dispatch
 from jaxtrain.training.hooks.guard import NonFiniteGuard
 from jaxtrain.training.hooks import CheckpointHook, EarlyStopping, build_hooks
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
 from jaxtrain.training.hooks.signals import PreemptionHook
 from jaxtrain.training.hooks.protocol import Hook, Request
+from jaxtrain.util.clock import RunClock
 
 
 def _run(ctx, epochs=2):
@@ -61,3 +64,41 @@ def test_build_hooks_owns_the_order(tmp_path):
     # The guard first (nothing non-finite is acted on), early stopping before the checkpoint
     # (which holds what it restores), preemption last (after the final save).
     assert kinds == [NonFiniteGuard, EarlyStopping, CheckpointHook, PreemptionHook]
+
+
+def test_early_stopping_and_the_best_checkpoint_share_one_tracker(tmp_path):
+    """Without checkpoint.best_metric, 'best' is early stopping's: one tracker; with it, two."""
+    es = {"metric": "val.accuracy", "mode": "max", "min_delta": 0.1, "patience": 2}
+    hooks = build_hooks(load_config({"train": {"early_stopping": es}}), tmp_path)
+    stopper, saver = hooks[1], hooks[2]
+    assert saver.best is stopper.tracker and saver.best_metric == "val.accuracy"
+    own = build_hooks(load_config({"train": {"early_stopping": es},
+                                   "checkpoint": {"best_metric": "val.loss"}}), tmp_path)
+    assert own[2].best is not own[1].tracker and own[2].best.metric == "val.loss"
+
+    # Both hooks ask about the same epoch: the same answer, whatever their order.
+    tracker = BestMetric("val.accuracy", "max", min_delta=0.1)
+    answers = [(tracker.observe(r, s), tracker.observe(r, s)) for s, r in enumerate(
+        [{"epoch": 1, "val": {"accuracy": float("nan")}}, {"epoch": 2, "val": {"accuracy": 0.5}},
+         {"epoch": 3, "val": {"accuracy": 0.55}}, {"epoch": 4, "val": {"accuracy": 0.7}}, {"epoch": 5}])]
+    # NaN is never a best; 0.55 is not 0.1 above 0.5; no val metric: not a best.
+    assert answers == [(False, False), (True, True), (False, False), (True, True), (False, False)]
+    assert (tracker.value, tracker.epoch, tracker.step) == (0.7, 4, 3)
+
+
+def test_one_dispatcher_runs_each_position_for_every_lane_and_times_each_hook():
+    calls = []
+
+    class Named(Hook):
+        def __init__(self, name, part=None):
+            self.label = name
+            if part:
+                self.time_part = part
+
+    clock = RunClock(now=iter(range(100)).__next__)  # every reading one second later
+    lanes = [[Named("a0"), Named("a1", "checkpointing")], [Named("b0")]]
+    dispatch(clock, lanes, lambda lane, hook: calls.append((lane, hook.label)))
+    assert calls == [(0, "a0"), (1, "b0"), (0, "a1")]
+    # each hook's call spans one tick of the clock, charged to its own phase
+    totals = clock.totals()
+    assert (totals["hooks_and_logging"], totals["checkpointing"]) == (2, 1)

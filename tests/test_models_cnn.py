@@ -11,7 +11,8 @@ from flax import nnx
 
 from jaxtrain import load_config
 from jaxtrain.cli.main import main
-from jaxtrain.model.models import CNN, build_model, shifted_matmul_conv
+from jaxtrain.model.kernels import Kernels, shifted_matmul_conv
+from jaxtrain.model.models import CNN, build_model
 from jaxtrain.runs.api import train
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
@@ -36,8 +37,9 @@ def _numpy_cnn(model: CNN, x: np.ndarray) -> np.ndarray:
     return pooled.reshape(n, -1) @ np.asarray(head.kernel[...], np.float64) + np.asarray(head.bias[...])
 
 
-def test_forward_matches_numpy():
-    model = CNN((7, 6, 2), (3,), (3,), (), 4, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("conv_impl", ["xla", "im2col"])
+def test_forward_matches_numpy(conv_impl):
+    model = CNN((7, 6, 2), (3,), (3,), (), 4, rngs=nnx.Rngs(0), kernels=Kernels(conv_impl=conv_impl))
     x = np.random.default_rng(0).normal(size=(5, 7 * 6 * 2)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(model(x)), _numpy_cnn(model, x), rtol=1e-4, atol=1e-5)
 
@@ -56,6 +58,41 @@ def test_shifted_matmul_conv_equals_xla_conv_values_and_gradients(k):
     loss = lambda f: jax.grad(lambda x, w: (f(x, w) ** 2).sum(), argnums=(0, 1))(x, w)
     for a, b in zip(loss(ours), loss(reference)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_im2col_refuses_what_it_does_not_compute():
+    """Argument checks are errors (they hold under python -O), naming the way out."""
+    x, w = jax.numpy.zeros((1, 4, 4, 1)), jax.numpy.zeros((3, 3, 1, 2))
+    for args, kwargs in [(((2, 2), "SAME"), {}), (((1, 1), "VALID"), {}),
+                         (((1, 1), "SAME"), {"rhs_dilation": (2, 2)}),
+                         (((1, 1), "SAME"), {"dimension_numbers": ("NCHW", "OIHW", "NCHW")})]:
+        with pytest.raises(ValueError, match="model.conv_impl: xla"):
+            shifted_matmul_conv(x, w, *args, **kwargs)
+
+
+@pytest.mark.parametrize("setting,platform,used", [("auto", "cpu", "im2col"), ("auto", "gpu", "xla"),
+                                                   ("xla", "cpu", "xla"), ("im2col", "tpu", "im2col")])
+def test_conv_impl_is_honoured(setting, platform, used):
+    """model.conv_impl picks the convolution the built CNN's layers call (auto: by platform),
+    and both give the same outputs."""
+    cfg = load_config({"model": {"name": "cnn", "channels": [3], "kernel_sizes": [3], "hidden_sizes": [],
+                                 "conv_impl": setting}})
+    model = build_model(cfg.model, (6, 6), 4, seed=0, platform=platform)
+    want = shifted_matmul_conv if used == "im2col" else jax.lax.conv_general_dilated
+    assert model.convs[0].conv_general_dilated is want
+    other = CNN((6, 6, 1), (3,), (3,), (), 4, rngs=nnx.Rngs(params=0, dropout=1),
+                kernels=Kernels(conv_impl="im2col" if used == "xla" else "xla"))
+    assert other.convs[0].conv_general_dilated is not want
+    nnx.update(other, nnx.state(model))
+    x = np.random.default_rng(2).normal(size=(3, 36)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(other(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_impl_is_recorded_in_the_summary(tmp_path):
+    train("digits_mlp", workdir=tmp_path / "run", console=Console("none"),
+          overrides={**CNN_DIGITS, "train.epochs": 1, "model.conv_impl": "xla", "checkpoint.enabled": False})
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["model"] == {"name": "cnn", "conv_impl": "xla"}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +114,7 @@ def _fit(ds, ctx, strategy="sharded", devices=None, precision="float32", batch_n
                        "optimizer": {"learning_rate": 0.01},
                        "train": {"epochs": epochs, "steps_per_call": 4, "precision": precision},
                        "parallel": {"strategy": strategy, "data_axis_size": devices}})
-    model = build_model(cfg.model, ds.feature_shape, 4, seed=0, compute_dtype=jax.numpy.dtype(
+    model = build_model(cfg.model, ds.feature_shape, 4, seed=0, platform="cpu", compute_dtype=jax.numpy.dtype(
         "bfloat16" if precision == "bfloat16" else "float32"))
     run = setup(cfg, model, ds, ctx)
     return run, fit(run)

@@ -9,6 +9,7 @@ from flax import nnx
 
 from jaxtrain import load_config
 
+from jaxtrain.engine.executors import make_executor
 from jaxtrain.parallel import placement
 from jaxtrain.cli.main import main
 from jaxtrain.config.schema import DistributedConfig
@@ -94,9 +95,10 @@ def test_mesh_settings_are_checked():
 
 def test_each_process_gathers_only_its_rows_of_every_batch(blobs, monkeypatch):
     """The multi-process input path, in one process: rows 8..15 of each global batch."""
-    strategy = placement.Strategy("sharded", placement.make_mesh(load_config({}).parallel))
-    monkeypatch.setattr(strategy, "local_batch_rows", lambda batch_size: slice(8, 16))
-    local = list(strategy.local_batches(blobs, 32, seed=5, epoch=1))
+    layout = placement.Layout("sharded", placement.make_mesh(load_config({}).parallel))
+    executor = make_executor(layout, blobs.task, 32)
+    monkeypatch.setattr(executor, "local_batch_rows", lambda: slice(8, 16))
+    local = list(executor.local_batches(blobs, seed=5, epoch=1))
     full = list(blobs.train_batches(32, 5, 1))
     assert len(local) == len(full) == 10
     for mine, whole in zip(local, full):

@@ -1,5 +1,7 @@
 """Mixed precision: bf16 matmuls forward and backward, fp32 everything else."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,15 +11,39 @@ from conftest import make_dataset
 from flax import nnx
 
 from jaxtrain import load_config
-from jaxtrain.engine.compilation import dot_dtypes
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
-from jaxtrain.model.models import MLP, mixed_dot
+from jaxtrain.model.kernels import Kernels, mixed_dot
+from jaxtrain.model.models import MLP
 from jaxtrain.engine.step import init_state, make_train_step, split_model
 
 
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[[^\]]*\][^ ]*\s+(\w[\w\-]*)\((.*)$")
+
+
+def dot_dtypes(hlo_text: str) -> list[tuple[str, str, str]]:
+    """(lhs, rhs, result) element types of every dot in compiled HLO text.
+
+    Used to check mixed precision: the fast path is bf16 x bf16 -> f32; a dot with
+    a bf16 result (or f32 inputs) where bf16 was asked for is a slow or wasted one.
+    """
+    types: dict[str, str] = {}
+    dots = []
+    for line in hlo_text.splitlines():
+        m = _INSTR.match(line)
+        if not m:
+            continue
+        name, dtype, op, rest = m.groups()
+        types[name] = dtype
+        if op == "dot":
+            operands = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
+            dots.append((operands, dtype))
+    return [(types.get(ops[0], "?"), types.get(ops[1], "?"), out) for ops, out in dots if len(ops) >= 2]
+
+
 def _compiled_step_dots(dtype):
-    model = MLP(32, (16, 8), 4, rngs=nnx.Rngs(0), compute_dtype=dtype)
+    # The CPU kernels: there, the kernel gradient's transposed copy keeps its dot in bf16.
+    model = MLP(32, (16, 8), 4, rngs=nnx.Rngs(0), compute_dtype=dtype, kernels=Kernels.for_platform("cpu"))
     train_def, _, params, rest = split_model(model)
     tx = optax.sgd(0.1)
     step = make_train_step(train_def, tx, "classification")
@@ -38,7 +64,12 @@ def test_mixed_dot_gradients_match_numpy_on_bf16_rounded_inputs():
     x = rng.normal(size=(16, 12)).astype(np.float32)
     k = rng.normal(size=(12, 5)).astype(np.float32)
     g = rng.normal(size=(16, 5)).astype(np.float32)
-    y, vjp = jax.vjp(lambda a, b: mixed_dot(a, b, jnp.bfloat16), x, k)
+    for copy_transpose in (False, True):
+        _check_mixed_dot(x, k, g, copy_transpose)
+
+
+def _check_mixed_dot(x, k, g, copy_transpose):
+    y, vjp = jax.vjp(lambda a, b: mixed_dot(a, b, jnp.bfloat16, copy_transpose), x, k)
     dx, dk = vjp(jnp.asarray(g))
     r = lambda a: np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32), np.float64)  # noqa: E731
     assert y.dtype == dx.dtype == dk.dtype == jnp.float32

@@ -9,6 +9,7 @@ from flax import nnx
 
 from jaxtrain import load_config
 from jaxtrain.model.augment import image_shape, make_augment, rotate_images, shift_images
+from jaxtrain.model.models import cnn_image_shape
 from jaxtrain.config.schema import AugmentConfig
 from jaxtrain.util.errors import ConfigError
 from jaxtrain.training.loop import fit
@@ -49,11 +50,14 @@ def test_rotation_by_right_angles_and_zero():
 
 
 def test_image_shape_inference():
-    assert image_shape((784,), None) == (28, 28, 1)
     assert image_shape((8, 8), None) == (8, 8, 1)
     assert image_shape((12,), (2, 3, 2)) == (2, 3, 2)
-    with pytest.raises(ConfigError, match="image_shape"):
-        image_shape((10,), None)
+    for flat in ((10,), (784,)):  # no guess from the size, as the CNN makes none
+        with pytest.raises(ConfigError, match="no image shape.*train.augment.image_shape"):
+            image_shape(flat, None)
+        with pytest.raises(ConfigError, match="cnn needs image data"):
+            cnn_image_shape(load_config({"model": {"name": "cnn", "channels": [2], "kernel_sizes": [3]}}).model,
+                            flat, None)
 
 
 def test_draws_are_keyed_by_seed_and_step():
@@ -84,7 +88,7 @@ def test_training_sees_augmented_inputs_and_evaluation_does_not(ctx):
                            "parallel": {"data_axis_size": 1}, "checkpoint": {"enabled": False}})
         return setup(cfg, MLP(16, (8,), 2, rngs=nnx.Rngs(0)), ds, ctx)
 
-    plain, augmented = run_with({}), run_with({"shift": 1, "noise": 0.3})
+    plain, augmented = run_with({}), run_with({"shift": 1, "noise": 0.3, "image_shape": [4, 4]})
     # Evaluation: the same parameters give the same outputs, augmentation or not.
     np.testing.assert_array_equal(plain.evaluator.outputs(plain.state.params, plain.state.rest, ds.test.x),
                                   augmented.evaluator.outputs(augmented.state.params, augmented.state.rest,

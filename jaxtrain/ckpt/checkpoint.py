@@ -27,29 +27,25 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from jaxtrain.parallel.placement import is_key
 from jaxtrain.util.errors import UserError
 from jaxtrain.util.lazy import lazy_module
 
 ocp = lazy_module("orbax.checkpoint")  # imported on first use: a run without checkpoints never pays for it
 
-FORMAT = 2  # meta["format"]: 2 = full training state + data position
-
-
-def _is_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+FORMAT = 2  # meta["format"] of a training checkpoint: the full training state and the data position
 
 
 def to_saveable(tree: Any) -> Any:
     """Typed PRNG keys become their raw uint32 data (Orbax stores plain arrays)."""
-    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+    return jax.tree.map(lambda x: jax.random.key_data(x) if is_key(x) else x, tree)
 
 
 def from_saveable(tree: Any, like: Any) -> Any:
     return jax.tree.map(lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
-                        if _is_key(ref) else x, tree, like)
+                        if is_key(ref) else x, tree, like)
 
 
 def state_tree(state: Any) -> dict[str, Any]:
@@ -104,7 +100,6 @@ class Checkpointer:
     def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = False,
                  best: Best | None = None):
         self.directory = Path(directory).resolve()
-        self.tracks_best = best is not None
         logging.getLogger("absl").addFilter(_UNMETERED_SAVE_FILTER)  # Orbax logs through absl; added once
         self.manager = ocp.CheckpointManager(
             self.directory, options=_options(keep, async_save, best),
@@ -126,10 +121,6 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
-
-    def best_step(self) -> int | None:
-        """The best step kept, or None when none was saved as a best."""
-        return self.manager.best_step() if self.tracks_best else None
 
     def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Restore into the structure, dtypes and shardings of `like` (device arrays laid out
@@ -157,10 +148,6 @@ class Checkpointer:
     def read_meta(self, step: int) -> dict[str, Any]:
         """The meta of checkpoint `step` alone (format, position, config), without its arrays."""
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
-
-    def wait(self) -> None:
-        """Until the save in flight (if any) is on disk."""
-        self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -13,12 +13,12 @@ from jaxtrain.util.errors import ConfigError
 
 # The metrics a split reports, per task (metrics.py), for early stopping and best-checkpoint keys.
 TASK_METRICS = {"classification": ("loss", "accuracy"), "regression": ("loss", "mse", "mae", "r2")}
-SPLITS = ("train", "val")
+METRIC_SPLITS = ("train", "val")  # the splits an early-stopping or best-checkpoint metric may name
 
 
 def split_metric(value: str, key: str) -> tuple[str, str]:
     split, _, metric = value.partition(".")
-    if split not in SPLITS or not metric:
+    if split not in METRIC_SPLITS or not metric:
         raise ConfigError(f"config key '{key}': '{value}' must look like val.<metric> or train.<metric> "
                           f"(e.g. val.loss)")
     return split, metric
@@ -58,13 +58,13 @@ def check_config(cfg: Any) -> None:
         raise ConfigError(f"config key 'data.seed': must be >= 0, got {data.seed}")
     if cfg.logging.log_every_steps < 0:
         raise ConfigError("config key 'logging.log_every_steps': must be >= 0 (0: once per epoch)")
-    # Ranges the sections' own validate() does not check (yet).
+    # Ranges the sections' own validate() does not check.
     for key, value in (("data.prefetch", data.prefetch),
-                       ("train.profile_steps", getattr(train, "profile_steps", 0)),
-                       ("train.profile_trace_calls", getattr(train, "profile_trace_calls", 0))):
+                       ("train.profile_steps", train.profile_steps),
+                       ("train.profile_trace_calls", train.profile_trace_calls)):
         if value < 0:
             raise ConfigError(f"config key '{key}': must be >= 0, got {value}")
-    shape = getattr(getattr(train, "augment", None), "image_shape", None)
+    shape = train.augment.image_shape
     if shape is not None and not all(d >= 1 for d in shape):
         raise ConfigError(f"config key 'train.augment.image_shape': every dimension must be >= 1, "
                           f"got {list(shape)}")

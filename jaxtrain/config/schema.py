@@ -60,6 +60,10 @@ class ModelConfig:
     channels: tuple[int, ...] = (32, 64)
     kernel_sizes: tuple[int, ...] = (3, 3)
     batch_norm: bool = False
+    # cnn: how convolutions are computed. auto: XLA's convolution, except on CPU, where
+    # im2col (shifted copies and one matmul) runs the fused epoch much faster; xla or
+    # im2col force one. summary.json records the choice (model.conv_impl).
+    conv_impl: Literal["auto", "xla", "im2col"] = "auto"
     # Fine-tuning: a run directory or checkpoint whose matching parameters seed this model.
     init_from: str | None = None
 
@@ -139,7 +143,7 @@ class AugmentConfig:
     shift: int = 0                # largest random shift, in pixels, on each axis
     rotate: float = 0.0           # largest random rotation, in degrees
     noise: float = 0.0            # std of Gaussian noise added to the normalized inputs
-    # (height, width[, channels]) when the features are flat and not a square grayscale image.
+    # (height, width[, channels]) of the images, for flat features whose data records none.
     image_shape: tuple[int, ...] | None = None
 
     def validate(self, key: str) -> None:

@@ -120,8 +120,8 @@ def _read_idx(path: Path, labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
     return x, read_idx(str(beside))
 
 
-def check_columns(header: list[str], stats: FeatureStats, cfg: DataConfig, where: str,
-                  keep: list[str] = (), labels: bool = False) -> None:
+def check_input_columns(header: list[str], stats: FeatureStats, cfg: DataConfig, where: str,
+                        keep: list[str] = (), labels: bool = False) -> None:
     """The input must hold every training feature column (and the target, to be scored); it
     may also hold the target, the configured drop_columns (ignored) and the `keep` columns.
     Anything else is an error naming the columns."""
@@ -166,7 +166,7 @@ def read_csv_input(path: str, stats: FeatureStats, cfg: DataConfig, keep: list[s
     """A CSV of raw rows with the training columns, encoded; `keep` columns as written; the
     target column as text when `labels`."""
     layout = csvfile.read_layout(path, cfg.delimiter)
-    check_columns(layout.header, stats, cfg, path, keep, labels)
+    check_input_columns(layout.header, stats, cfg, path, keep, labels)
     kinds = {n: "numeric" for n in stats.numeric_columns} | {n: "category" for n in stats.categories} | \
         {n: "text" for n in stats.text_columns}
     schema = csvfile.CsvSchema(layout, kinds, numeric_target=False)

@@ -9,6 +9,7 @@ from typing import Any
 from jaxtrain.data.dataset import Dataset
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.util.errors import DataError
+from jaxtrain.util.files import write_json
 
 STATS_FILE = "stats.json"
 REPORT_FILE = "preprocess_report.json"
@@ -21,10 +22,7 @@ def write_artifacts(dataset: Dataset, workdir: str | os.PathLike) -> None:
     os.makedirs(workdir, exist_ok=True)
     files = [(REPORT_FILE, dataset.report)] + ([(STATS_FILE, dataset.stats.to_dict())] if dataset.stats else [])
     for name, obj in files:
-        tmp = os.path.join(workdir, name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, os.path.join(workdir, name))
+        write_json(os.path.join(workdir, name), obj, indent=1)
 
 
 def load_stats(workdir: str | os.PathLike) -> FeatureStats:

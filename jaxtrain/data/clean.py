@@ -105,7 +105,7 @@ def all_missing(where: str, name: str) -> DataError:
                      "missing; drop it with data.drop_columns or fill it in")
 
 
-def missing_counts_of(num: np.ndarray | None, txt: dict[str, np.ndarray], num_names: list[str]
+def missing_counts(num: np.ndarray | None, txt: dict[str, np.ndarray], num_names: list[str]
                       ) -> tuple[dict[str, int], np.ndarray]:
     """Missing values per column, and a per-row mask of rows with any missing value."""
     n = len(num) if num is not None else len(next(iter(txt.values())))
@@ -119,10 +119,6 @@ def missing_counts_of(num: np.ndarray | None, txt: dict[str, np.ndarray], num_na
         any_missing |= m
         counts[name] = int(m.sum())
     return {k: int(v) for k, v in counts.items() if v}, any_missing
-
-
-def missing_counts(part: Part, num_names: list[str]) -> tuple[dict[str, int], np.ndarray]:
-    return missing_counts_of(part.num, part.txt, num_names)
 
 
 def impute(num: np.ndarray, txt: dict[str, np.ndarray], num_names: list[str], fills: dict[str, Any]

@@ -199,7 +199,8 @@ def infer_kinds(header: list[str], sample: pa.Table, cfg: DataConfig) -> dict[st
     return kinds
 
 
-def check_columns(header: list[str], cfg: DataConfig, path: str) -> None:
+def check_config_columns(header: list[str], cfg: DataConfig, path: str) -> None:
+    """Every column the data config names (target, drop, columns, log) is in the header."""
     cols = ", ".join(header)
     if cfg.target not in header:
         raise DataError(f"{path}: target column '{cfg.target}' not in the header; "
@@ -270,7 +271,7 @@ class CsvSchema:
 def read_schema(cfg: DataConfig) -> CsvSchema:
     """The layout and the column kinds, from the header and the first records."""
     layout = read_layout(str(cfg.path), cfg.delimiter)
-    check_columns(layout.header, cfg, layout.path)
+    check_config_columns(layout.header, cfg, layout.path)
     sample = read_sample(layout)
     kinds = infer_kinds(layout.header, sample, cfg)
     y = sample.column(cfg.target).combine_chunks()

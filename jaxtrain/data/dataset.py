@@ -65,10 +65,6 @@ class Dataset:
     batcher: Callable[[int, int, int, int, slice], Iterator] | None = dataclasses.field(default=None, repr=False)
     # tf.data backend: (encoded rows before normalization, targets, normalized width).
     raw_train: Any = dataclasses.field(default=None, repr=False)
-    # Streaming: random access to the training rows by training position, (x, y) = gather(idx),
-    # for host-fed input pipelines.
-    gather_train: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = \
-        dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.num_train < 0:

@@ -65,7 +65,7 @@ def encode_table(stats: FeatureStats, num: np.ndarray, txt: dict[str, np.ndarray
     object arrays (None: missing)."""
     names = stats.numeric_columns
     counts = Counts(non_finite=non_finite_to_missing(num, names))
-    counts.missing, _ = clean.missing_counts_of(num, txt, names)
+    counts.missing, _ = clean.missing_counts(num, txt, names)
     num, txt = clean.impute(num, txt, names, stats.fills)
     transforms.apply_log(num, names, stats.log_columns, where, line_of)
     rule = stats.outliers

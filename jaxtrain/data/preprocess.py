@@ -88,9 +88,6 @@ def resolve_task(raw: RawData, train: Part, cfg: DataConfig) -> tuple[str, int |
     return task, nc, raw.classes if task == "classification" else None
 
 
-SPLITS = ("train", "val", "test")
-
-
 def prepare(raw: RawData, cfg: DataConfig, stats: FeatureStats | None = None,
             keep_raw_train: bool = False) -> Dataset:
     """Clean the training split, fit `stats` on it (unless given), encode every split with them."""

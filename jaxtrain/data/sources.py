@@ -244,7 +244,7 @@ def load_raw(cfg: DataConfig) -> RawData:
 
 def check_not_empty(raw: RawData) -> None:
     """Degenerate data (no rows, no feature columns, zero-size images) is a DataError, not a crash
-    somewhere in preprocessing (found by tests/test_fuzz_inputs.py)."""
+    somewhere in preprocessing (tests/test_fuzz_inputs.py feeds such inputs)."""
     for split, part in raw.parts.items():
         if len(part) == 0:
             raise DataError(f"{raw.where}: the {split} data has no examples")

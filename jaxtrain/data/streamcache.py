@@ -3,8 +3,8 @@
 `ColumnCache`: every record's converted columns (numeric float64 with NaN, one raw file
 per column; text with nulls, an Arrow IPC file), appended block by block, read back one
 column at a time (for fitting) or one block at a time (for encoding): never the whole
-file in memory. (Reading one field of an IPC file still read whole record batches: the
-peak resident memory grew by the cache's size.)
+file in memory. Numeric columns get raw files of their own because reading one field of
+an IPC file reads whole record batches, which would hold the whole cache in memory.
 `RowFile` / `MappedRows`: the encoded float32 rows of a split, written sequentially and
 gathered by index through a memory map whose touched pages are dropped every ~64 MB, so
 an epoch over a file larger than memory keeps a bounded resident set.

@@ -206,7 +206,6 @@ def _dataset(s: Scan, stats: FeatureStats, cfg: DataConfig, rep: dict[str, Any],
 
     gather = CacheGather(train_rows, row_of, ytrain)
     directory.hand_over(ds)                     # the cache files live as long as the dataset
-    ds.gather_train = gather
     if cfg.backend == "tfdata":
         return pipeline_tf.attach_rows(ds, cfg, gather, (np.float32, ytrain.dtype))
     if cfg.backend == "grain":

@@ -9,18 +9,17 @@ compiles again, so a recompilation is never silent and never fatal.
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
 import jax
+
+from jaxtrain.util.files import user_cache_dir
 
 _cache_dir: str | None = None
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxtrain" / "xla"
+    return user_cache_dir() / "xla"
 
 
 def enable_persistent_cache(setting: str | None) -> str | None:
@@ -47,13 +46,6 @@ def enable_persistent_cache(setting: str | None) -> str | None:
     return path
 
 
-def _describe(x) -> str:
-    aval = jax.typeof(x) if hasattr(jax, "typeof") else jax.core.get_aval(x)
-    sharding = getattr(x, "sharding", None)
-    spec = getattr(sharding, "spec", None)
-    return f"{aval.str_short()}" + (f" sharded {spec}" if spec is not None else "")
-
-
 def signature_mismatch(compiled, args: tuple) -> str:
     """Name the arguments whose shape/dtype/sharding differ from `compiled`'s signature."""
     expected_avals = jax.tree.leaves(compiled.in_avals[0])
@@ -64,7 +56,7 @@ def signature_mismatch(compiled, args: tuple) -> str:
                 f"compiled with {len(expected_avals)}")
     diffs = []
     for (path, leaf), aval, sharding in zip(paths_and_leaves, expected_avals, expected_shardings):
-        got = jax.typeof(leaf) if hasattr(jax, "typeof") else jax.core.get_aval(leaf)
+        got = jax.typeof(leaf)
         first = getattr(path[0], "idx", None)
         where = ("state" if first == 0 else f"argument {first}") + jax.tree_util.keystr(path[1:])
         if (got.shape, got.dtype) != (aval.shape, aval.dtype):
@@ -73,26 +65,3 @@ def signature_mismatch(compiled, args: tuple) -> str:
             diffs.append(f"{where}: compiled with sharding {sharding}, called with {leaf.sharding}")
     return "; ".join(diffs[:3]) + (f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else "") \
         if diffs else "an argument differs from the compiled signature"
-
-
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[[^\]]*\][^ ]*\s+(\w[\w\-]*)\((.*)$")
-
-
-def dot_dtypes(hlo_text: str) -> list[tuple[str, str, str]]:
-    """(lhs, rhs, result) element types of every dot in compiled HLO text.
-
-    Used to check mixed precision: the fast path is bf16 x bf16 -> f32; a dot with
-    a bf16 result (or f32 inputs) where bf16 was asked for is a slow or wasted one.
-    """
-    types: dict[str, str] = {}
-    dots = []
-    for line in hlo_text.splitlines():
-        m = _INSTR.match(line)
-        if not m:
-            continue
-        name, dtype, op, rest = m.groups()
-        types[name] = dtype
-        if op == "dot":
-            operands = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
-            dots.append((operands, dtype))
-    return [(types.get(ops[0], "?"), types.get(ops[1], "?"), out) for ops, out in dots if len(ops) >= 2]

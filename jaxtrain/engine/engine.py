@@ -9,6 +9,9 @@ generator yielding `(state, metric_sums, steps_done)` after every compiled call:
   and transferred by a background thread one chunk ahead (prefetch.py), so host
   work and transfer overlap with compute.
 
+How a call runs on the mesh (`jax.jit` with shardings, or `jax.shard_map`) and how its
+inputs are placed is the executor's (executors.py); the Engine decides what to call when.
+
 K (`train.steps_per_call`) is an integer, `epoch`, or `auto`: then `prepare()`
 times a few candidates on throwaway calls over a copy of the state (autotune.py)
 before training starts, so the measurement never changes the results.
@@ -42,14 +45,14 @@ import numpy as np
 
 from jaxtrain.engine import autotune
 
-from jaxtrain.parallel import distributed, placement
+from jaxtrain.parallel import distributed
 from jaxtrain.parallel.watchdog import ProgressWatchdog
 from jaxtrain.engine.compilation import signature_mismatch
 from jaxtrain.engine.plan import RunPlan
 from jaxtrain.data import Dataset, epoch_permutation
 from jaxtrain.engine.prefetch import prefetch_to_device, stack
-from jaxtrain.engine.step import (TrainState, accumulate_metrics, make_device_epoch_runner, make_stream_runner,
-                                  vmapped)
+from jaxtrain.engine.executors import Executor
+from jaxtrain.engine.step import TrainState, accumulate_metrics
 
 # Streaming chunks stay below this many host bytes (K x batch), bounding memory.
 STREAM_CHUNK_BYTES = 64 << 20
@@ -85,13 +88,14 @@ def calls_only(epoch: Iterator) -> Iterator[tuple[TrainState, dict, int]]:
 
 
 class Engine:
-    def __init__(self, train_step: Callable, dataset: Dataset, mesh, plan: RunPlan, *, seed: int,
-                 strategy: placement.Strategy | None = None, watchdog: ProgressWatchdog | None = None):
-        """`plan.points`: the state is P points stacked (a vectorized sweep), each trained on the
-        same batches by a vmapped step."""
-        # The strategy (parallel/placement.py) lays out state and batches and compiles the runners.
-        self.strategy = strategy = strategy or placement.Strategy("sharded", mesh)
-        self.dataset, self.mesh, self.plan, self.seed = dataset, mesh, plan, seed
+    def __init__(self, train_step: Callable, dataset: Dataset, executor: Executor, plan: RunPlan, *,
+                 seed: int, watchdog: ProgressWatchdog | None = None):
+        """`executor` (executors.py) compiles the runners of `train_step` for the mesh and places
+        their inputs; `plan` (plan.py) gives the batch, K and whether the training set sits on the
+        device. `plan.points`: the state is P points stacked (a vectorized sweep), each trained on
+        the same batches by a vmapped step."""
+        self.executor, self.plan = executor, plan
+        self.dataset, self.mesh, self.seed = dataset, executor.mesh, seed
         self.batch_size, self.on_device, self.points = plan.batch_size, plan.on_device, plan.points
         self.n_train, self.steps = plan.n_train, plan.steps_per_epoch
         # Every K (fixed or measured) divides step_multiple: checkpoints save between calls.
@@ -101,23 +105,23 @@ class Engine:
         self.compiles = 0     # chunk lengths compiled (recompiles included)
         self.recompiles = 0
         self.watchdog = watchdog or ProgressWatchdog(None, 0, 1)  # multi-process: ends a stuck run
-        # XLA's CPU runtime deadlocks when a call holding cross-process collectives overlaps other
-        # work on a process with several devices (jax 0.10.2: a bare jitted data-parallel step
-        # hangs at its second call; it runs with one device per process, or waiting for each
-        # call). So there each call waits for its inputs and its results.
-        self._wait_each_call = jax.process_count() > 1 and mesh.devices.flat[0].platform == "cpu"
+        # XLA's CPU runtime can deadlock when a call holding cross-process collectives overlaps
+        # other work on a process with several devices: a jitted data-parallel step hung at its
+        # second call, and ran with one device per process or when each call was waited for
+        # (tests/test_parallel_multiprocess.py runs two processes of two CPU devices). So there
+        # each call waits for its inputs and its results.
+        self._wait_each_call = jax.process_count() > 1 and self.mesh.devices.flat[0].platform == "cpu"
         self._compiled: dict[int, Any] = {}
         self._starts: dict[int, jax.Array] = {}
         self._copier: Callable | None = None
         # Streamed chunks: this process's rows of each batch, assembled into global arrays.
-        self._put_chunk = strategy.stream_placer(self.batch_size)
+        self._put_chunk = executor.stream_placer()
         if self.on_device:
-            make = make_device_epoch_runner if self.points is None else vmapped(make_device_epoch_runner)
-            self._runner = strategy.device_runner(make, train_step, dataset.task, self.batch_size)
-            self._x = strategy.put_dataset(dataset.train.x)
-            self._y = strategy.put_dataset(dataset.train.y)
+            self._runner = executor.device_runner(train_step)
+            self._x = executor.put_dataset(dataset.train.x)
+            self._y = executor.put_dataset(dataset.train.y)
         else:
-            self._runner = strategy.stream_runner(make_stream_runner, train_step, dataset.task)
+            self._runner = executor.stream_runner(train_step)
 
     # ------------------------------------------------------------ compiling and calling
 
@@ -140,10 +144,7 @@ class Engine:
         compiled = self._compiled.get(self.k) or next(iter(self._compiled.values()), None)
         if compiled is None:
             return None
-        cost = compiled.cost_analysis()
-        if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
-            cost = cost[0] if cost else {}
-        flops = (cost or {}).get("flops")
+        flops = (compiled.cost_analysis() or {}).get("flops")
         return float(flops) * self.mesh.size if flops and flops > 0 else None
 
     def _call(self, state: TrainState, num: int, *args) -> Generator[str, None, tuple[TrainState, dict]]:
@@ -181,7 +182,7 @@ class Engine:
     def _start(self, start: int) -> jax.Array:
         """The device scalar for a chunk's first step, uploaded once and reused every epoch."""
         if start not in self._starts:
-            self._starts[start] = self.strategy.put_scalar(np.int32(start))
+            self._starts[start] = self.executor.put_scalar(np.int32(start))
         return self._starts[start]
 
     # ------------------------------------------------------------ choosing K
@@ -245,8 +246,7 @@ class Engine:
         return best
 
     def _measure_on_device(self, state: TrainState, k: int) -> float:
-        order = self.strategy.put_order(padded_order(self.n_train, self.seed, 0,
-                                                     self.steps * self.batch_size), self.batch_size)
+        order = self.executor.put_order(padded_order(self.n_train, self.seed, 0, self.steps * self.batch_size))
         starts = [s for s in range(0, self.steps - k + 1, k)] or [0]
         return self._time_calls(state, k, lambda i: (self._x, self._y, order,
                                                      self._start(starts[i % len(starts)])))
@@ -263,7 +263,7 @@ class Engine:
 
     def _local_batches(self, epoch: int, start: int = 0) -> Iterator:
         """This process's rows of the epoch's batches from batch `start` on (all rows in one process)."""
-        return self.strategy.local_batches(self.dataset, self.batch_size, self.seed, epoch, start)
+        return self.executor.local_batches(self.dataset, self.seed, epoch, start)
 
     def run_epoch(self, state: TrainState, epoch: int, start_step: int = 0
                   ) -> Iterator[str | tuple[TrainState, dict, int]]:
@@ -275,8 +275,8 @@ class Engine:
         first_step = epoch * self.steps
         if self.on_device:
             yield H2D_TRANSFER
-            order = self.strategy.put_order(padded_order(self.n_train, self.seed, epoch,
-                                                         self.steps * self.batch_size), self.batch_size)
+            order = self.executor.put_order(padded_order(self.n_train, self.seed, epoch,
+                                                         self.steps * self.batch_size))
             for start in range(start_step, self.steps, self.k):
                 num = min(self.k, self.steps - start)
                 self.watchdog.enter(f"the train call at step {first_step + start}")

@@ -25,13 +25,13 @@ UserError stating the estimated need against what is available.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import jax
 import numpy as np
 
 from jaxtrain.engine.plan import RunPlan
+from jaxtrain.parallel.placement import device_memory, is_key
 from jaxtrain.util.errors import UserError
 from jaxtrain.util.workdir import format_bytes
 
@@ -40,22 +40,8 @@ FLOAT_BYTES = 4
 
 def available_bytes(device: Any | None = None) -> tuple[int, str]:
     """(free bytes, where) for the first device: device memory, or host memory on CPU."""
-    device = device or jax.local_devices()[0]  # devices() includes other processes' devices
-    stats = device.memory_stats() or {}
-    if "bytes_limit" in stats:
-        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), f"{device.device_kind} memory"
-    return host_available_bytes(), "host memory"
-
-
-def host_available_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    _, free, where = device_memory(device)
+    return free, where
 
 
 def optimizer_state_factor(opt_cfg: Any) -> int:
@@ -135,7 +121,7 @@ def state_bytes_per_device(state: Any) -> int:
     one device holds: its shard of every leaf (all of a replicated leaf)."""
     total = 0
     for leaf in jax.tree.leaves(state):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        if is_key(leaf):
             leaf = jax.random.key_data(leaf)
         shape = leaf.sharding.shard_shape(leaf.shape) if hasattr(leaf, "sharding") else np.shape(leaf)
         total += math.prod(shape) * leaf.dtype.itemsize

@@ -34,6 +34,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from jaxtrain.util.files import user_cache_dir, write_json
+
 # (device_kind pattern, bf16 TFLOP/s, fp32 TFLOP/s, source), per chip, dense.
 # Patterns are matched case-insensitively against `jax.Device.device_kind`, first match wins.
 PEAK_TABLE: list[tuple[str, float, float, str]] = [
@@ -69,8 +71,7 @@ def table_peak(device_kind: str, precision: str) -> tuple[float, str] | None:
 
 
 def cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxtrain" / "peak_flops.json"
+    return user_cache_dir() / "peak_flops.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,9 +206,7 @@ def _read_cache(path: Path) -> dict:
 def _write_cache(path: Path, cached: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cached, indent=2) + "\n")
-        tmp.replace(path)
+        write_json(path, cached)
     except OSError:
         pass  # an unwritable cache only means measuring again next time
 

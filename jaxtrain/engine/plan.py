@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any
 
 import jax
@@ -72,10 +71,7 @@ def fits_on_device(dataset: Any, fraction: float) -> bool:
     if dataset.train is None or fraction <= 0:
         return False
     need = dataset.train.x.nbytes + dataset.train.y.nbytes
-    stats = jax.local_devices()[0].memory_stats() or {}
-    limit = stats.get("bytes_limit")
-    if limit is None:  # CPU: the device memory is host memory
-        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit, _, _ = placement.device_memory()
     return bool(distributed.agreed_min(int(need <= fraction * limit)))
 
 

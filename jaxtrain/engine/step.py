@@ -21,6 +21,7 @@ import optax
 from flax import nnx, struct
 
 from jaxtrain.parallel.placement import is_key
+from jaxtrain.model.augment import Augment
 from jaxtrain.model.optim import regularization_penalty
 
 Batch = tuple[jax.Array, jax.Array, jax.Array]
@@ -81,14 +82,14 @@ def batch_metrics(task: str, outputs: jax.Array, y: jax.Array, losses: jax.Array
 def make_train_step(graphdef, tx: optax.GradientTransformation, task: str, *,
                     l1: float = 0.0, l2: float = 0.0, skip_nonfinite: bool = False,
                     axis_name: str | tuple[str, ...] | None = None,
-                    augment: Callable | None = None, grad_accum_steps: int = 1,
+                    augment: Augment | None = None, grad_accum_steps: int = 1,
                     ema_decay: float | None = None,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Build the pure train step for a model split into (graphdef, params, rest).
 
     `axis_name` makes it a pmap-style step for one device's shard under `shard_map`:
     gradients and the loss are averaged with `lax.pmean` over that axis, metric sums
-    are summed, so every device ends the step with the same state (parallel/placement.py). Each
+    are summed, so every device ends the step with the same state (executors.py). Each
     device draws its own dropout masks: its index is folded into the RNG keys.
     `grad_accum_steps` splits the batch into that many microbatches (one update);
     `ema_decay` keeps `state.ema`, a moving average of the parameters.
@@ -98,11 +99,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, task: str, *,
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         x, y, mask = batch
         rest = state.rest
-        if axis_name is not None:
+        # augment.py: keyed by the step, so reproducible and resume-exact
+        augment_key = None if augment is None else augment.key_at(state.step)
+        if axis_name is not None:  # each device's shard draws its own dropout masks and augmentation
             device = jax.lax.axis_index(axis_name)
             rest = fold_in_keys(rest, device)
-        if augment is not None:  # augment.py: keyed by the step, so reproducible and resume-exact
-            x = augment(x, state.step, None if axis_name is None else device)
+            augment_key = None if augment is None else jax.random.fold_in(augment_key, device)
+        if augment is not None:
+            x = augment.with_key(x, augment_key)
         loss, grads, new_rest, metrics = gradients(state.params, rest, x, y, mask)
         if axis_name is not None:
             grads, loss = jax.lax.pmean((grads, loss), axis_name)

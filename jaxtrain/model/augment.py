@@ -1,7 +1,7 @@
 """Image augmentation on the device, inside the train step: random shifts, small rotations, noise.
 
-`make_augment(cfg, feature_shape, seed, known_image_shape)` returns `augment(x, step) -> x`
-(or None when every kind is off). The randomness comes from a key derived from `train.seed` with the
+`make_augment(cfg, feature_shape, seed, known_image_shape)` returns an `Augment`,
+`augment(x, step) -> x` (or None when every kind is off). The randomness comes from a key derived from `train.seed` with the
 step number folded in, so it needs no state of its own: it is reproducible, and a
 resumed run draws exactly what the uninterrupted one would have. Evaluation never
 calls it (the Evaluator has its own compiled function).
@@ -16,12 +16,11 @@ noise adds N(0, noise^2) to the (normalized) inputs.
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
 from jaxtrain.config.schema import AugmentConfig
+from jaxtrain.model import images
 from jaxtrain.util.errors import ConfigError
 
 _STREAM = 0x61756721  # folded into the seed so augmentation draws differ from parameter init
@@ -30,24 +29,19 @@ _STREAM = 0x61756721  # folded into the seed so augmentation draws differ from p
 def image_shape(feature_shape: tuple[int, ...], configured: tuple[int, ...] | None,
                 known: tuple[int, ...] | None = None) -> tuple[int, int, int]:
     """(H, W, C) of the images behind `feature_shape`: from train.augment.image_shape, else the
-    shape the data stage recorded (`known`: `Dataset.image_shape`), else the feature shape itself
-    when it has 2 or 3 dims, else a square grayscale image for flat features (784 -> 28x28)."""
+    images the model input holds (images.image_shape: the shape the data stage recorded, or the
+    feature shape itself when it has 2 or 3 dims)."""
     size = math.prod(feature_shape)
     if configured:
         shape, source = tuple(configured), "config key 'train.augment.image_shape': "
-    elif known:      # flattened images: a guess from the size alone would take 32x8 for 16x16
-        shape, source = tuple(known), "the data's image shape "
-    elif len(feature_shape) in (2, 3):
-        shape, source = tuple(feature_shape), ""
     else:
-        side = math.isqrt(size)
-        if side * side != size:
-            raise ConfigError(f"config key 'train.augment': features of shape {tuple(feature_shape)} are "
-                              f"not a square image; set train.augment.image_shape to [height, width] "
-                              f"or [height, width, channels]")
-        shape, source = (side, side), ""
-    if len(shape) == 2:
-        shape = (*shape, 1)
+        shape = images.image_shape(feature_shape, known)
+        if shape is None:
+            raise ConfigError(f"config key 'train.augment': the {size} features of each example have no "
+                              f"image shape (a table, or images the data did not record); set "
+                              f"train.augment.image_shape to [height, width] or [height, width, channels]")
+        source = "the data's image shape " if known else ""
+    shape = images.with_channels(shape)
     if len(shape) != 3 or math.prod(shape) != size:
         raise ConfigError(f"{source}{list(shape)} does not hold the {size} features of each example; "
                           "set train.augment.image_shape to [height, width] or [height, width, channels]")
@@ -84,23 +78,26 @@ def rotate_images(images: jax.Array, degrees: jax.Array) -> jax.Array:
     return jax.vmap(one)(images, degrees)
 
 
-def make_augment(cfg: AugmentConfig, feature_shape: tuple[int, ...], seed: int,
-                 known_image_shape: tuple[int, ...] | None = None
-                 ) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
-    """`known_image_shape`: the images' shape as the data stage recorded it (`Dataset.image_shape`);
-    train.augment.image_shape, when set, takes precedence."""
-    if not cfg:
-        return None
-    shape = image_shape(feature_shape, cfg.image_shape, known_image_shape)
-    base = jax.random.fold_in(jax.random.key(seed), _STREAM)
+class Augment:
+    """The configured augmentation of `shape` images: `augment(x, step)` draws with the key of
+    `step` (`key_at`); `with_key(x, key)` with any key (a pmap-style step folds its device in,
+    engine/step.py)."""
 
-    def augment(x: jax.Array, step: jax.Array, shard: jax.Array | None = None) -> jax.Array:
-        key = jax.random.fold_in(base, step)
-        if shard is not None:  # pmap-style steps: each device's shard draws its own values
-            key = jax.random.fold_in(key, shard)
+    def __init__(self, cfg: AugmentConfig, shape: tuple[int, int, int], seed: int):
+        self.cfg, self.shape = cfg, shape
+        self.base = jax.random.fold_in(jax.random.key(seed), _STREAM)
+
+    def key_at(self, step: jax.Array) -> jax.Array:
+        return jax.random.fold_in(self.base, step)
+
+    def __call__(self, x: jax.Array, step: jax.Array) -> jax.Array:
+        return self.with_key(x, self.key_at(step))
+
+    def with_key(self, x: jax.Array, key: jax.Array) -> jax.Array:
+        cfg = self.cfg
         k_shift_y, k_shift_x, k_rot, k_noise = jax.random.split(key, 4)
         b = x.shape[0]
-        images = x.reshape(b, *shape)
+        images = x.reshape(b, *self.shape)
         if cfg.rotate:
             angles = jax.random.uniform(k_rot, (b,), minval=-cfg.rotate, maxval=cfg.rotate)
             images = rotate_images(images, angles).astype(x.dtype)
@@ -113,4 +110,11 @@ def make_augment(cfg: AugmentConfig, feature_shape: tuple[int, ...], seed: int,
             out = out + cfg.noise * jax.random.normal(k_noise, x.shape, x.dtype)
         return out
 
-    return augment
+
+def make_augment(cfg: AugmentConfig, feature_shape: tuple[int, ...], seed: int,
+                 known_image_shape: tuple[int, ...] | None = None) -> Augment | None:
+    """`known_image_shape`: the images' shape as the data stage recorded it (`Dataset.image_shape`);
+    train.augment.image_shape, when set, takes precedence. None when every kind is off."""
+    if not cfg:
+        return None
+    return Augment(cfg, image_shape(feature_shape, cfg.image_shape, known_image_shape), seed)

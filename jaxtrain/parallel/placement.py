@@ -1,17 +1,11 @@
-"""Device mesh, shardings and the data-parallel strategies (`parallel.strategy`).
+"""Device mesh, shardings and the layout of the state under each `parallel.strategy`.
 
-- `sharded` (default): `jax.jit` with `NamedSharding`. The batch is split over the
-  mesh, parameters and optimizer state are replicated, and XLA inserts the
-  gradient all-reduce.
-- `pmap`: a pmap-style SPMD step written with `jax.shard_map` (which is how
-  `jax.pmap` itself is built today). Each device runs the step on its shard; the
-  step averages gradients explicitly with `lax.pmean` (see step.py: each shard's
-  loss is its masked sum over the *global* count, so padding weighs exactly as in
-  `sharded`).
-- `fsdp`: like `sharded`, but every parameter and optimizer-state array is split
-  over the `fsdp` axis (or `data` when the mesh has none) on its largest dimension
-  that the axis size divides; arrays with no such dimension stay replicated. XLA
-  gathers them where the step needs them.
+The batch is split over the mesh under every strategy. Parameters and optimizer
+state are replicated under `sharded` (default) and `pmap`; under `fsdp` every
+parameter and optimizer-state array is split over the `fsdp` axis (or `data` when
+the mesh has none) on its largest dimension that the axis size divides, and arrays
+with no such dimension stay replicated (`Layout`). How the compiled calls run under
+each strategy (`jax.jit` with shardings, or `jax.shard_map`) is engine/executors.py.
 
 The mesh has a `data` axis and optionally an `fsdp` axis (`parallel.mesh`); the
 batch is split over all of them. Everything here works on the global mesh of a
@@ -23,7 +17,8 @@ multi-process run: arrays are built from host data that every process holds
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator
+import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +53,12 @@ def mesh_shape(cfg: ParallelConfig, num_devices: int) -> dict[str, int]:
                           f"does not fit the {num_devices} available device(s); use sizes whose "
                           f"product divides {num_devices}")
     return shape
+
+
+def platform() -> str:
+    """The platform of the devices a mesh is built over ('cpu', 'gpu', 'tpu'): what the
+    model's kernels are chosen for (model/kernels.py) before the mesh exists."""
+    return jax.devices()[0].platform
 
 
 def make_mesh(cfg: ParallelConfig) -> jax.sharding.Mesh:
@@ -120,6 +121,28 @@ def device_summary(mesh) -> dict:
             "processes": jax.process_count(), "mesh": dict(mesh.shape)}
 
 
+def device_memory(device: Any | None = None) -> tuple[int, int, str]:
+    """(total bytes, free bytes, where) of the first local device's memory, or of the host's
+    on CPU, where device memory is host memory."""
+    device = device or jax.local_devices()[0]  # devices() includes other processes' devices
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+        limit = int(stats["bytes_limit"])
+        return limit, limit - int(stats.get("bytes_in_use", 0)), f"{device.device_kind} memory"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), host_available_bytes(), "host memory"
+
+
+def host_available_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
 # ---------------------------------------------------------------- placing host data
 
 
@@ -161,19 +184,9 @@ def put_batch(local: np.ndarray, sharding: NamedSharding, global_shape: tuple[in
         return jax.make_array_from_process_local_data(sharding, local, global_shape)
 
 
-def to_host(tree: Any) -> Any:
-    """NumPy copies of every leaf. A leaf split over several processes (fsdp) is gathered
-    from all of them: a collective, so every process must call this together."""
-    def one(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
-            from jax.experimental import multihost_utils
-            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        return jax.device_get(x)
+# ---------------------------------------------------------------- the state's layout
 
-    return jax.tree.map(one, tree)
-
-
-# ---------------------------------------------------------------- strategies
+STRATEGIES = ("sharded", "pmap", "fsdp")
 
 
 def _largest_dividing_dim(shape: tuple[int, ...], n: int) -> int | None:
@@ -181,25 +194,19 @@ def _largest_dividing_dim(shape: tuple[int, ...], n: int) -> int | None:
     return next((d for d in dims if shape[d] >= n and shape[d] % n == 0), None)
 
 
-class Strategy:
-    """How state is laid out over the mesh and how the fused runners are compiled.
-
-    The engine asks it for the state's shardings, the compiled runner for each
-    execution mode, and how to place the epoch's order and the streamed batches.
-    """
+class Layout:
+    """How the training state lies over the mesh under `parallel.strategy`: replicated
+    (sharded, pmap), or each leaf split on its largest dimension the fsdp axis divides (fsdp).
+    How the compiled calls run is the engine's executors' concern (engine/executors.py)."""
 
     def __init__(self, name: str, mesh):
-        if name not in ("sharded", "pmap", "fsdp"):
+        if name not in STRATEGIES:
             raise ConfigError(f"config key 'parallel.strategy': unknown strategy '{name}'; "
-                              f"use sharded, pmap or fsdp")
+                              f"use {', '.join(STRATEGIES[:-1])} or {STRATEGIES[-1]}")
         self.name, self.mesh = name, mesh
-        self.axes = batch_axes(mesh)
+        self.batch_axes = batch_axes(mesh)
         self.shards = batch_shards(mesh)
-
-    # The axis name the train step averages gradients over (pmap only): see step.py.
-    @property
-    def step_axis(self) -> tuple[str, ...] | None:
-        return self.axes if self.name == "pmap" else None
+        self.state_shardings: Any = None  # of the state place_state laid out
 
     def state_sharding(self, state: Any) -> Any:
         """A NamedSharding per leaf: replicated, or split on the largest dividing dim (fsdp)."""
@@ -220,86 +227,6 @@ class Strategy:
         return jax.tree.map(leaf, state)
 
     def place_state(self, state: Any) -> Any:
-        """Lay the state out over the mesh; the compiled runners keep it in that layout."""
-        self._state_sharding = self.state_sharding(state)
-        return jax.tree.map(put_global, state, self._state_sharding)
-
-    def _jit(self, run: Callable, **kwargs) -> Callable:
-        state_sharding = getattr(self, "_state_sharding", None)
-        if state_sharding is not None:  # keep the layout across calls (fsdp), so nothing recompiles
-            kwargs["out_shardings"] = (state_sharding, replicated(self.mesh))
-        return jax.jit(run, donate_argnums=0, **kwargs)
-
-    # ------------------------------------------------ on-device data
-
-    def put_dataset(self, array: np.ndarray) -> jax.Array:
-        """The training set, replicated on every device (every process holds all of it)."""
-        return put_global(array, replicated(self.mesh))
-
-    def put_scalar(self, value) -> jax.Array:
-        return put_global(value, replicated(self.mesh))
-
-    def put_order(self, order: np.ndarray, batch_size: int) -> jax.Array:
-        """The epoch's padded order. pmap: as (steps, batch), each device holding its columns."""
-        if self.name == "pmap":
-            return put_global(order.reshape(-1, batch_size), NamedSharding(self.mesh, P(None, self.axes)))
-        return put_global(order, replicated(self.mesh))
-
-    def device_runner(self, make_runner: Callable, train_step, task: str, batch_size: int) -> Callable:
-        """Compile `make_device_epoch_runner(...)`: run(state, x, y, order, start, num_steps)."""
-        if self.name == "pmap":
-            inner = make_runner(train_step, task, batch_size // self.shards)
-
-            def run(state, x_all, y_all, order, start, num_steps: int):
-                def per_device(state, x_all, y_all, order, start):
-                    # This device's columns of each step's batch, laid end to end.
-                    return inner(state, x_all, y_all, order.reshape(-1), start, num_steps)
-
-                return jax.shard_map(per_device, mesh=self.mesh,
-                                     in_specs=(P(), P(), P(), P(None, self.axes), P()),
-                                     out_specs=(P(), P()), check_vma=False)(state, x_all, y_all, order, start)
-        else:
-            run = make_runner(train_step, task, batch_size, self._constrain())
-        return self._jit(run, static_argnames="num_steps")
-
-    # ------------------------------------------------ streamed data
-
-    def stream_sharding(self) -> NamedSharding:
-        return batch_sharding(self.mesh, 1)
-
-    def local_batch_rows(self, batch_size: int) -> slice:
-        """The rows of every global batch this process supplies."""
-        return local_rows(self.stream_sharding(), (1, batch_size), 1)
-
-    def local_batches(self, dataset, batch_size: int, seed: int, epoch: int, start: int = 0) -> Iterator:
-        """This process's rows of each (x, y, mask) batch of the epoch from batch `start` on, in
-        `train_batches` order: every backend gathers only those rows."""
-        return dataset.train_batches(batch_size, seed, epoch, start, self.local_batch_rows(batch_size))
-
-    def stream_placer(self, batch_size: int) -> Callable[[tuple], tuple]:
-        """(K, local rows, ...) host arrays from this process -> global (K, batch_size, ...) arrays."""
-        sharding = self.stream_sharding()
-
-        def place(local: tuple[np.ndarray, ...]) -> tuple[jax.Array, ...]:
-            return tuple(put_batch(a, sharding, (a.shape[0], batch_size, *a.shape[2:])) for a in local)
-
-        return place
-
-    def stream_runner(self, make_runner: Callable, train_step, task: str) -> Callable:
-        """Compile `make_stream_runner(...)`: run(state, xs, ys, masks) over (K, B, ...) arrays."""
-        if self.name == "pmap":
-            batch = P(None, self.axes)
-            run = jax.shard_map(make_runner(train_step, task), mesh=self.mesh,
-                                in_specs=(P(), batch, batch, batch), out_specs=(P(), P()), check_vma=False)
-        else:
-            run = make_runner(train_step, task, self._constrain())
-        return self._jit(run)
-
-    def _constrain(self) -> Callable[[Any], Any]:
-        """Tell XLA to split each gathered batch over the mesh (sharded, fsdp)."""
-        shard = batch_sharding(self.mesh, 0)
-
-        def constrain(batch):
-            return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, shard), batch)
-
-        return constrain
+        """Lay the state out over the mesh; the compiled calls keep it in that layout."""
+        self.state_shardings = self.state_sharding(state)
+        return jax.tree.map(put_global, state, self.state_shardings)

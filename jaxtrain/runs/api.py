@@ -25,10 +25,11 @@ from jaxtrain.engine.plan import make_plan
 from jaxtrain.runs.report import write_report
 from jaxtrain.runs.resume import (check_device_count, nothing_left, resume_run, resume_source,
                                   saved_hyperparams_in_state, saved_stats)
-from jaxtrain.runs.rundir import RunDirectory, default_workdir, write_json
+from jaxtrain.runs.rundir import RunDirectory, default_workdir
 from jaxtrain.runs.trained import (PYTHON_MODEL_FILE, load_trained, make_model, python_model_class,
                                    with_import_root)
-from jaxtrain.training.accounting import call_hooks, closing_lines, time_section
+from jaxtrain.training.accounting import closing_lines, time_section
+from jaxtrain.training.hooks.dispatch import close_all
 from jaxtrain.training.hooks import build_hooks
 from jaxtrain.training.hooks.trackers import TrackerHook
 from jaxtrain.training.preflight import check_before_training
@@ -37,6 +38,7 @@ from jaxtrain.training.loop import fit
 from jaxtrain.training.hooks.protocol import Hook, RunContext
 from jaxtrain.util.errors import NonFiniteError, Preempted, UserError, python_api
 from jaxtrain.util.events import Console, format_metrics
+from jaxtrain.util.files import write_json
 from jaxtrain.util.clock import RunClock
 from jaxtrain.util.workdir import explain_os_error
 
@@ -174,7 +176,7 @@ def _train_in(rundir: RunDirectory, model: nnx.Module | None, dataset: data_stag
         # However training ended: a checkpoint save in flight finishes (it holds a good state)
         # and the signal handlers are put back. After a normal end the trackers stay open
         # until summary.json and the report are written (finish_summary).
-        call_hooks(ctx.clock, [h for h in hooks if not (trained and isinstance(h, TrackerHook))], "close")
+        close_all(ctx.clock, [h for h in hooks if not (trained and isinstance(h, TrackerHook))])
         ctx.watchdog.close()
     summary.update(status="completed", workdir=str(rundir.workdir))
     return summary, hooks

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jaxtrain.ckpt.resume import check_devices, latest_meta, restore_latest
+from jaxtrain.ckpt.restore import check_devices, latest_meta, restore_latest
 from jaxtrain.data.artifacts import STATS_FILE, load_stats
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.engine.plan import RunPlan

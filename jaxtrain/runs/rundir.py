@@ -8,11 +8,9 @@ that fixing the mistake and running the same command again works.
 
 from __future__ import annotations
 
-import json
 import shutil
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from jaxtrain.ckpt.checkpoint import has_checkpoint
 from jaxtrain.config.schema import Config, dump_yaml
@@ -20,6 +18,7 @@ from jaxtrain.training.hooks.protocol import RunContext
 from jaxtrain.util.errors import UserError
 from jaxtrain.util.events import Console, JsonlWriter
 from jaxtrain.util.clock import RunClock
+from jaxtrain.util.files import write_json, write_text_atomic
 from jaxtrain.util.workdir import WorkdirLock, check_writable
 
 
@@ -35,16 +34,6 @@ def prepare_workdir(path: str | Path) -> Path:
         raise UserError(f"work directory '{workdir}' already holds a run; pass a new --workdir "
                         f"(or resume it with --resume)")
     return check_writable(workdir)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, default=float) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)  # atomic: a reader never sees half a file
 
 
 class RunDirectory:

@@ -20,6 +20,7 @@ from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.engine.step import split_model
 from jaxtrain.model.imported import import_root
 from jaxtrain.model.models import build_model
+from jaxtrain.parallel import placement
 from jaxtrain.runs.resume import saved_stats
 from jaxtrain.training.evaluator import Evaluator
 from jaxtrain.training.setup import COMPUTE_DTYPES
@@ -35,7 +36,7 @@ def make_model(cfg: Config, dataset: data_stage.Dataset) -> nnx.Module:
 def _build(cfg: Config, feature_shape, image_shape, num_outputs: int) -> nnx.Module:
     return build_model(cfg.model, tuple(feature_shape), num_outputs, seed=cfg.train.seed,
                        image_shape=tuple(image_shape) if image_shape else None,
-                       compute_dtype=COMPUTE_DTYPES[cfg.train.precision])
+                       compute_dtype=COMPUTE_DTYPES[cfg.train.precision], platform=placement.platform())
 
 
 def with_import_root(cfg: Config) -> Config:

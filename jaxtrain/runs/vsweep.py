@@ -28,8 +28,10 @@ from jaxtrain import data as data_stage
 from jaxtrain.config.schema import Config, to_dict
 from jaxtrain.model.optim import VECTOR_FIELDS
 from jaxtrain.runs.api import finish_summary, load_data, make_model
+from jaxtrain.engine.compilation import enable_persistent_cache
 from jaxtrain.runs.rundir import RunDirectory
 from jaxtrain.training.hooks import build_hooks
+from jaxtrain.training.hooks.dispatch import close_all
 from jaxtrain.training.hooks.protocol import Hook
 from jaxtrain.training.run import Lane, Run
 from jaxtrain.training.loop import fit_lanes
@@ -80,6 +82,7 @@ def train_vectorized(cfgs: list[Config], workdirs: list[Path], console: Console 
     continue as a new, smaller population (the stopped ones cost nothing more)."""
     console = console or Console("none")
     clock = RunClock()  # the points train together: one clock for all
+    enable_persistent_cache(cfgs[0].train.compilation_cache)  # before the first compile
     with contextlib.ExitStack() as stack:
         dirs = [stack.enter_context(RunDirectory(cfg, w, console=console, clock=clock))
                 for cfg, w in zip(cfgs, workdirs)]
@@ -96,7 +99,7 @@ def train_vectorized(cfgs: list[Config], workdirs: list[Path], console: Console 
                                      hyperparams_in_state=lane.hyperparams_in_state,
                                      preemption=lane is run.lanes[0])
             lane.hooks += list(extra_hooks[i]) if extra_hooks else []
-            stack.callback(lambda hooks=lane.hooks: [hook.close() for hook in hooks])
+            stack.callback(close_all, lane.ctx.clock, lane.hooks)
         summaries: dict[int, dict] = {}
         position = {id(lane): i for i, lane in enumerate(run.lanes)}
         while True:
@@ -120,7 +123,7 @@ def compact(run: Run, keep: list[Lane], model) -> Run:
     new = setup_vectorized([lane.cfg for lane in keep], model, run.dataset, [lane.ctx for lane in keep],
                            [lane.name for lane in keep], varying=run.lanes[0].hyperparams_in_state)
     rows = jnp.asarray([lane.index for lane in keep])
-    new.state = new.engine.strategy.place_state(jax.tree.map(lambda a: a[rows], run.state))
+    new.state = new.engine.executor.layout.place_state(jax.tree.map(lambda a: a[rows], run.state))
     for i, lane in enumerate(keep):
         lane.index = i
     new.lanes = keep

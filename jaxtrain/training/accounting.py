@@ -41,13 +41,6 @@ def hook_part(hook) -> str:
     return getattr(hook, "time_part", HOOK_PART)
 
 
-def call_hooks(clock: RunClock, hooks: Iterable, method: str, *args) -> None:
-    """`hook.<method>(*args)` for every hook, each timed in its own phase."""
-    for hook in hooks:
-        with clock.phase(hook_part(hook)):
-            getattr(hook, method)(*args)
-
-
 def train_seconds(phases: dict[str, float]) -> float:
     return sum(phases.get(p, 0.0) for p in TRAIN_PHASES)
 

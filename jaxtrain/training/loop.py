@@ -16,9 +16,10 @@ import jax
 
 from jaxtrain.parallel import placement
 from jaxtrain.engine.step import accumulate_metrics, eval_params
-from jaxtrain.training.accounting import HOOK_PART, Perf, hook_part, throughput, train_seconds
+from jaxtrain.training.accounting import HOOK_PART, Perf, throughput, train_seconds
 from jaxtrain.training.run import Lane, Run
 from jaxtrain.training.summary import epoch_record, run_summary
+from jaxtrain.training.hooks.dispatch import dispatch
 from jaxtrain.training.hooks.protocol import Hook
 from jaxtrain.util.events import duration, format_metrics
 from jaxtrain.util.heartbeat import Heartbeat
@@ -73,19 +74,16 @@ def _announce(run: Run, devices: dict) -> None:
 
 
 def _each_hook(run: Run, method: str, **fields) -> None:
-    """The hooks in their order, each seeing what the ones before it asked for. With several
-    lanes, each hook position runs for every lane before the next position (so preemption,
-    last, acts after every point's final checkpoint). Each hook's time goes to its part."""
-    for rank in range(max(len(lane.hooks) for lane in run.lanes)):
-        for lane in run.lanes:
-            if rank >= len(lane.hooks):
-                continue
-            hook = lane.hooks[rank]
-            extra = {"record": lane.history[-1]} if method == "on_epoch_end" else {}
-            with run.ctx.clock.phase(hook_part(hook)):
-                request = getattr(hook, method)(run.view(lane, **fields, **extra))
-            if request is not None:
-                run.apply(lane, request)
+    """`hook.<method>` of every lane's hooks (dispatch.py), each seeing what the ones before
+    it asked for: the loop applies a hook's request before the next hook looks."""
+    def call(index: int, hook: Hook) -> None:
+        lane = run.lanes[index]
+        extra = {"record": lane.history[-1]} if method == "on_epoch_end" else {}
+        request = getattr(hook, method)(run.view(lane, **fields, **extra))
+        if request is not None:
+            run.apply(lane, request)
+
+    dispatch(run.ctx.clock, [lane.hooks for lane in run.lanes], call)
 
 
 def _epoch(run: Run, perf: Perf) -> None:

@@ -1,4 +1,5 @@
-"""Everything before the first step: mesh, optimizer, the pure step, the engine, the state.
+"""Everything before the first step: mesh, optimizer, the pure step, the executor and the
+engine, the state.
 
 `setup` builds a plain run; `setup_vectorized` builds one run for several points that
 differ only in optimizer hyperparameters (`optim.VECTOR_FIELDS`): those live in the
@@ -18,8 +19,8 @@ from flax import nnx
 from jaxtrain.config.schema import Config
 from jaxtrain.data import Dataset
 from jaxtrain.parallel import placement
-from jaxtrain.engine.compilation import enable_persistent_cache
 from jaxtrain.engine.engine import Engine
+from jaxtrain.engine.executors import Executor, make_executor
 from jaxtrain.engine.plan import RunPlan, make_plan
 from jaxtrain.engine.step import init_state, make_train_step, split_model
 from jaxtrain.model.augment import make_augment
@@ -31,25 +32,25 @@ from jaxtrain.training.hooks.protocol import RunContext
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _train_step(cfg: Config, dataset: Dataset, graphdef, tx, strategy: placement.Strategy):
+def _train_step(cfg: Config, dataset: Dataset, graphdef, tx, executor: Executor):
     return make_train_step(graphdef, tx, dataset.task, l1=cfg.optimizer.l1, l2=cfg.optimizer.l2,
                            skip_nonfinite=cfg.train.on_nonfinite == "skip_step",
-                           axis_name=strategy.step_axis, grad_accum_steps=cfg.train.grad_accum_steps,
+                           axis_name=executor.step_axis, grad_accum_steps=cfg.train.grad_accum_steps,
                            ema_decay=cfg.train.ema_decay,
                            augment=make_augment(cfg.train.augment, dataset.feature_shape, cfg.train.seed,
                                                 dataset.image_shape))
 
 
-def _engine(cfg: Config, dataset: Dataset, mesh, strategy, train_step, ctx: RunContext, plan: RunPlan) -> Engine:
-    return Engine(train_step, dataset, mesh, plan, seed=cfg.train.seed, strategy=strategy, watchdog=ctx.watchdog)
+def _engine(cfg: Config, dataset: Dataset, executor: Executor, train_step, ctx: RunContext,
+            plan: RunPlan) -> Engine:
+    return Engine(train_step, dataset, executor, plan, seed=cfg.train.seed, watchdog=ctx.watchdog)
 
 
-def _mesh(cfg: Config, plan: RunPlan) -> tuple[Any, placement.Strategy]:
-    enable_persistent_cache(cfg.train.compilation_cache)
+def _mesh(cfg: Config, plan: RunPlan) -> tuple[Any, placement.Layout]:
     mesh = placement.make_mesh(cfg.parallel)
     placement.check_batch_size(plan.batch_size, mesh)
     placement.check_microbatches(plan.microbatches, plan.batch_size, mesh)
-    return mesh, placement.Strategy(cfg.parallel.strategy, mesh)
+    return mesh, placement.Layout(cfg.parallel.strategy, mesh)
 
 
 def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext,
@@ -57,14 +58,15 @@ def setup(cfg: Config, model: nnx.Module, dataset: Dataset, ctx: RunContext,
     """A plain run of `plan` (made here when not given). `hyperparams_in_state`: a vectorized
     point's optimizer, to resume it."""
     plan = plan or make_plan(cfg, dataset)
-    mesh, strategy = _mesh(cfg, plan)
+    mesh, layout = _mesh(cfg, plan)
     train_def, eval_def, params, rest = split_model(model)
     tx = build_optimizer(cfg.optimizer, plan.steps_per_epoch, plan.epochs, params,
                          in_state=tuple(hyperparams_in_state))
     # One compiled call (cached across runs) instead of an eager compile per optimizer-state leaf.
     ema = cfg.train.ema_decay is not None
-    state = strategy.place_state(jax.jit(lambda p, r: init_state(p, r, tx, ema=ema))(params, rest))
-    engine = _engine(cfg, dataset, mesh, strategy, _train_step(cfg, dataset, train_def, tx, strategy), ctx, plan)
+    state = layout.place_state(jax.jit(lambda p, r: init_state(p, r, tx, ema=ema))(params, rest))
+    executor = make_executor(layout, dataset.task, plan.batch_size)
+    engine = _engine(cfg, dataset, executor, _train_step(cfg, dataset, train_def, tx, executor), ctx, plan)
     evaluator = Evaluator(eval_def, mesh, plan.eval_batch_size, dataset)
     return Run(cfg=cfg, plan=plan, dataset=dataset, mesh=mesh, engine=engine, evaluator=evaluator, state=state,
                lanes=[Lane(cfg, ctx, hyperparams_in_state=tuple(hyperparams_in_state))])
@@ -83,16 +85,17 @@ def setup_vectorized(cfgs: Sequence[Config], model: nnx.Module, dataset: Dataset
     population rebuilt from some of its points keeps the original ones, so its state fits."""
     base = cfgs[0]
     plan = plan or make_plan(base, dataset, points=len(cfgs))
-    mesh, strategy = _mesh(base, plan)
+    mesh, layout = _mesh(base, plan)
     train_def, eval_def, params, rest = split_model(model)
     varying = varying_fields(cfgs) if varying is None else varying
     txs = [build_optimizer(c.optimizer, plan.steps_per_epoch, plan.epochs, params, in_state=varying)
            for c in cfgs]
     states = [init_state(params, rest, tx) for tx in txs]
-    state = strategy.place_state(jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
+    state = layout.place_state(jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
+    executor = make_executor(layout, dataset.task, plan.batch_size, points=len(cfgs))
     # Any point's transformation serves all: the hyperparameters are read from the state.
-    train_step = _train_step(base, dataset, train_def, txs[0], strategy)
-    engine = _engine(base, dataset, mesh, strategy, train_step, ctxs[0], plan)
+    train_step = _train_step(base, dataset, train_def, txs[0], executor)
+    engine = _engine(base, dataset, executor, train_step, ctxs[0], plan)
     evaluator = Evaluator(eval_def, mesh, plan.eval_batch_size, dataset)
     lanes = [Lane(cfg, ctx, index=i, name=name, hyperparams_in_state=varying)
              for i, (cfg, ctx, name) in enumerate(zip(cfgs, ctxs, names))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from jaxtrain.model.kernels import resolve_conv_impl
 from jaxtrain.training.accounting import Perf, steady_epochs, throughput
 from jaxtrain.training.run import Lane, Run
 
@@ -16,6 +17,14 @@ def epoch_record(epoch: int, step: int, sums: dict, rates: dict) -> dict:
     if sums["nonfinite"]:
         record["nonfinite_steps"] = int(sums["nonfinite"])
     return record
+
+
+def model_section(cfg, platform: str) -> dict:
+    """The model's name and, for the CNN, the convolution it computes with (model/kernels.py)."""
+    section = {"name": cfg.model.name}
+    if cfg.model.name == "cnn":
+        section["conv_impl"] = resolve_conv_impl(cfg.model.conv_impl, platform)
+    return section
 
 
 def run_summary(run: Run, lane: Lane, devices: dict, test: dict, perf: Perf) -> dict:
@@ -34,6 +43,7 @@ def run_summary(run: Run, lane: Lane, devices: dict, test: dict, perf: Perf) -> 
     return {
         "config_name": cfg.name,
         "task": dataset.task,
+        "model": model_section(cfg, devices["platform"]),
         "test": test,
         "val": last.get("val", {}),
         "train": {"examples_per_sec": throughput(steady)["examples_per_sec"],

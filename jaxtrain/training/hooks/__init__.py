@@ -17,6 +17,7 @@ from typing import Sequence
 
 from jaxtrain.config.schema import Config
 from jaxtrain.data.featurestats import FeatureStats
+from jaxtrain.training.hooks.best import BestMetric
 from jaxtrain.training.hooks.guard import NonFiniteGuard
 from jaxtrain.training.hooks.checkpointing import CheckpointHook
 from jaxtrain.training.hooks.early_stopping import EarlyStopping
@@ -39,18 +40,18 @@ def build_hooks(cfg: Config, workdir: str | Path | None, *, stats: FeatureStats 
     hooks: list[Hook] = [guard]
     ckpt_dir = workdir / "checkpoints" if workdir is not None else None
     es = cfg.train.early_stopping
+    best = BestMetric(es.metric, es.mode, es.min_delta) if es is not None else None
     if es is not None:
-        hooks.append(EarlyStopping(es, ckpt_dir if cfg.checkpoint.enabled else None))
+        hooks.append(EarlyStopping(es, ckpt_dir if cfg.checkpoint.enabled else None, tracker=best))
     if cfg.checkpoint.enabled and ckpt_dir is not None:
-        # With early stopping and no best_metric of its own, the best checkpoint follows early
-        # stopping's idea of best (same metric, mode and min_delta): it holds what is restored.
-        follow = es is not None and cfg.checkpoint.best_metric is None
+        # With early stopping and no best_metric of its own, the best checkpoint is early
+        # stopping's best (one shared tracker): it holds what is restored.
+        if cfg.checkpoint.best_metric is not None:
+            best = BestMetric(cfg.checkpoint.best_metric, cfg.checkpoint.best_mode)
         hooks.append(CheckpointHook(cfg, ckpt_dir, stateful=list(hooks),
                                     meta={"stats": stats.to_dict() if stats else None,
                                           "hyperparams_in_state": list(hyperparams_in_state)},
-                                    best_metric=es.metric if follow else None,
-                                    best_mode=es.mode if follow else "min",
-                                    best_min_delta=es.min_delta if follow else 0.0))
+                                    best=best))
     if cfg.train.profile:
         hooks.append(ProfileHook(workdir, max_steps=cfg.train.profile_steps,
                                  trace_calls=cfg.train.profile_trace_calls))

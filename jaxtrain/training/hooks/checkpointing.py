@@ -6,7 +6,7 @@ position (epoch, step in epoch: the epoch's order is a function of seed and epoc
 the metric sums of a part-done epoch, the last epoch record (for the summary),
 the chosen steps per call (chunk boundaries), the hooks' own state (best value,
 early-stopping patience), the resolved config and the fitted preprocessing stats.
-`jaxtrain.ckpt.resume.restore_latest` reads it back as (state, position).
+`jaxtrain.ckpt.restore.restore_latest` reads it back as (state, position).
 
 Saves happen at compiled-call boundaries when any cadence is due: `every_seconds`
 since the last save (the default, 60: a kill loses at most that much training, plus
@@ -23,30 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from jaxtrain.ckpt.checkpoint import FORMAT, Best, Checkpointer, state_tree
 from jaxtrain.config.schema import Config, to_dict
 from jaxtrain.parallel.distributed import lead_decides
+from jaxtrain.training.hooks.best import BestMetric
 from jaxtrain.training.hooks.protocol import Hook, StepInfo
 
 
 def _json_ready(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=float))
-
-
-def metric_value(record: dict, name: str) -> float | None:
-    """'val.loss' or 'train.accuracy' from an epoch record; None when not measured this epoch."""
-    split, _, key = name.partition(".")
-    source = record.get("val", {}) if split == "val" else record
-    value = source.get(key)
-    return None if value is None else float(value)
-
-
-def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
-    if best is None:
-        return True
-    return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
 class CheckpointHook(Hook):
@@ -55,39 +41,46 @@ class CheckpointHook(Hook):
     `stateful` hooks (anything with `name`, `state_dict()`, `load_state_dict()`) have
     their state saved in every checkpoint's metadata and given back on resume. `meta`:
     what every checkpoint records besides the position (the data stats, a vectorized
-    point's optimizer hyperparameters kept in its state).
+    point's optimizer hyperparameters kept in its state). `best`: the tracker of the metric
+    whose best checkpoint is kept (early stopping's, shared, when checkpoint.best_metric is
+    unset; build_hooks); by default one for checkpoint.best_metric, or none.
     """
 
     name = "checkpoint"
     time_part = "checkpointing"  # its time in the run's breakdown (training/accounting.py)
 
     def __init__(self, cfg: Config, directory: str | Path, stateful: list = (), meta: dict | None = None,
-                 best_metric: str | None = None, best_mode: str = "min", best_min_delta: float = 0.0):
+                 best: BestMetric | None = None):
         self.cfg, self.directory = cfg.checkpoint, Path(directory)
         self.stateful = list(stateful)
         self.run_meta = {"config": to_dict(cfg), **(meta or {})}
-        self.best_metric = best_metric if best_metric is not None else self.cfg.best_metric
-        self.best_mode = best_mode if best_metric is not None else self.cfg.best_mode
-        self.best_min_delta = best_min_delta
-        self.best_value: float | None = None
-        self.best_step: int | None = None
+        if best is None and self.cfg.best_metric:
+            best = BestMetric(self.cfg.best_metric, self.cfg.best_mode)
+        self.best = best
         self.saved_steps: list[int] = []   # what this run saved (tests and reports read it)
         self._manager: Checkpointer | None = None
         self._saved_state: Any = None      # the run's state object last written
         self._boundary = 0                 # every_steps intervals passed at the last step save
         self._last_save = 0.0              # the run's clock at the last save (or the start)
 
+    @property
+    def best_metric(self) -> str | None:
+        return self.best.metric if self.best else None
+
     # ---- stateful protocol
     def state_dict(self) -> dict:
-        return {"best_metric": self.best_metric, "best_value": self.best_value, "best_step": self.best_step}
+        if self.best is None:
+            return {"best_metric": None, "best_value": None, "best_step": None}
+        return {"best_metric": self.best.metric, "best_value": self.best.value, "best_step": self.best.step,
+                "best_epoch": self.best.epoch}
 
     def load_state_dict(self, d: dict) -> None:
-        if d.get("best_metric") == self.best_metric:
-            self.best_value, self.best_step = d.get("best_value"), d.get("best_step")
+        if self.best is not None and d.get("best_metric") == self.best.metric:
+            self.best.load(d.get("best_value"), d.get("best_step"), d.get("best_epoch"))
 
     # ---- hook
     def on_train_start(self, info: StepInfo) -> None:
-        best = Best(self.best_metric, self.best_mode) if self.best_metric else None
+        best = Best(self.best.metric, self.best.mode) if self.best else None
         self._manager = Checkpointer(self.directory, keep=self.cfg.keep, async_save=self.cfg.async_save,
                                      best=best)
         every = self.cfg.every_steps
@@ -115,20 +108,10 @@ class CheckpointHook(Hook):
         every = self.cfg.every_epochs
         periodic = self._steps_due(info) | self._time_due(info)
         periodic = info.epoch_complete and (periodic or bool(every) and info.epoch % every == 0)
-        best_value = self._new_best(info.record)
-        if best_value is not None:
-            self.best_value, self.best_step = best_value, info.step
+        new_best = self.best is not None and self.best.observe(info.record, info.step)
+        best_value = self.best.value if new_best else None
         if periodic or best_value is not None:
             self.save(info, "epoch" if periodic else "best", best_value)
-
-    def _new_best(self, record: dict) -> float | None:
-        """The epoch's metric value when it improves on the best so far, else None."""
-        if not self.best_metric:
-            return None
-        value = metric_value(record, self.best_metric)
-        if value is None or not np.isfinite(value):
-            return None
-        return value if improved(value, self.best_value, self.best_mode, self.best_min_delta) else None
 
     def on_train_end(self, info: StepInfo) -> None:
         if self._saved_state is not info.run_state:  # not saved yet, or changed (best params restored)

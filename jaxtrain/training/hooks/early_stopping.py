@@ -16,24 +16,37 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from jaxtrain.ckpt.resume import restore_best
+from jaxtrain.ckpt.restore import restore_best
 from jaxtrain.config.schema import EarlyStoppingConfig
-from jaxtrain.training.hooks.checkpointing import improved, metric_value
+from jaxtrain.training.hooks.best import BestMetric
 from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
 
 
 class EarlyStopping(Hook):
     name = "early_stopping"
 
-    def __init__(self, cfg: EarlyStoppingConfig, checkpoint_dir: str | Path | None = None):
+    def __init__(self, cfg: EarlyStoppingConfig, checkpoint_dir: str | Path | None = None,
+                 tracker: BestMetric | None = None):
+        """`tracker`: the run's best-metric tracker for cfg's metric (shared with the checkpoint
+        hook, build_hooks); a new one when None."""
         self.cfg = cfg
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        self.best: float | None = None
-        self.best_epoch: int | None = None
-        self.best_step: int | None = None
+        self.tracker = tracker or BestMetric(cfg.metric, cfg.mode, cfg.min_delta)
         self.wait = 0
         self.stopped_epoch: int | None = None
         self._best_copy = None  # {params, rest, ema} on the device
+
+    @property
+    def best(self) -> float | None:
+        return self.tracker.value
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self.tracker.epoch
+
+    @property
+    def best_step(self) -> int | None:
+        return self.tracker.step
 
     def state_dict(self) -> dict:
         return {"metric": self.cfg.metric, "best": self.best, "best_epoch": self.best_epoch,
@@ -41,29 +54,20 @@ class EarlyStopping(Hook):
 
     def load_state_dict(self, d: dict) -> None:
         if d.get("metric") == self.cfg.metric:
-            self.best, self.best_epoch, self.best_step, self.wait = (
-                d["best"], d["best_epoch"], d["best_step"], d["wait"])
-
-    def update(self, value: float, epoch: int) -> bool:
-        """Feed one epoch's metric; True when training should stop."""
-        if improved(value, self.best, self.cfg.mode, self.cfg.min_delta):
-            self.best, self.best_epoch, self.wait = value, epoch, 0
-            return False
-        self.wait += 1
-        return self.wait >= self.cfg.patience
+            self.tracker.load(d["best"], d["best_step"], d["best_epoch"])
+            self.wait = d["wait"]
 
     def on_epoch_end(self, info: StepInfo) -> Request | None:
-        value = metric_value(info.record, self.cfg.metric)
-        if value is None:
+        if not self.tracker.measured(info.record):
             return None
-        best_before = self.best_epoch
-        stop = self.update(value, info.record["epoch"])
-        if self.best_epoch != best_before:
-            self.best_step = info.step
+        if self.tracker.observe(info.record, info.step):
+            self.wait = 0
             # A copy, not a reference: the next compiled call donates the state's buffers.
             state = info.state
             self._best_copy = jax.tree.map(jnp.copy, {"params": state.params, "rest": state.rest, "ema": state.ema})
-        if not stop:
+            return None
+        self.wait += 1
+        if self.wait < self.cfg.patience:
             return None
         reason = (f"early stopping: {self.cfg.metric} did not improve for {self.cfg.patience} epochs "
                   f"(best {self.best:.6g} at epoch {self.best_epoch})")

@@ -65,7 +65,7 @@ class NonFiniteGuard(Hook):
     def after_call(self, info: StepInfo) -> None:
         if self.policy != "stop":
             return
-        sums = info.run_call_sums  # a vectorized run's: this lane's entry is picked on the host
+        sums = info.call_sums  # this lane's (a vectorized run's point's) sums of the call
         self._pending.append({k: sums[k] for k in ("nonfinite", "first_nonfinite_step", "first_nonfinite_what")})
         self._check(info, wait=info.call_ends_epoch)
 
@@ -77,8 +77,7 @@ class NonFiniteGuard(Hook):
         """Read the pending calls' sums: all of them if `wait`, else those already computed."""
         while self._pending and (wait or _ready(self._pending[0])):
             chunk = self._pending.pop(0)
-            values = {k: float(v if info.lane is None else v[info.lane])
-                      for k, v in jax.device_get(chunk).items()}
+            values = {k: float(v) for k, v in jax.device_get(chunk).items()}
             if values["nonfinite"]:
                 self._pending.clear()
                 self._stop(info, values)

@@ -20,7 +20,7 @@ from jaxtrain.config.schema import Config, to_dict
 from jaxtrain.training.hooks.protocol import Hook, StepInfo
 from jaxtrain.util.errors import UserError
 from jaxtrain.util.optional import require_installed
-from jaxtrain.util.trackers import MlflowWriter, WandbWriter
+from jaxtrain.util.tracker_writers import MlflowWriter, WandbWriter
 
 
 def flatten(tree: dict, sep: str, prefix: str = "") -> dict[str, Any]:

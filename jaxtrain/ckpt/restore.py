@@ -1,4 +1,5 @@
-"""Resuming: the latest complete checkpoint as (state, position), checked before any array is read.
+"""Restoring a checkpoint to resume from: the latest complete one as (state, position), checked
+before any array is read (the resume API itself is runs/resume.py).
 
 The state comes back in the layout of the target the caller passes (the state a
 fresh run placed through its strategy: replicated, or split over the mesh for
@@ -55,7 +56,7 @@ def check_devices(meta: dict, where: str, plan: RunPlan, mesh_key: str = "parall
     Any other mesh restores: the arrays are saved whole (as global arrays), not per device.
     `mesh_key`: the config key that sets the mesh, named in the advice."""
     if meta.get("format") != FORMAT:
-        return  # parameters only: check_resumable says so
+        return  # not a training checkpoint: check_resumable says so
     batch_size, devices = meta["config"]["data"]["batch_size"], plan.batch_shards
     if batch_size % devices:
         saved = meta.get("devices")
@@ -69,11 +70,11 @@ def check_devices(meta: dict, where: str, plan: RunPlan, mesh_key: str = "parall
 
 def check_resumable(meta: dict, where: str, *, batch_size: int, steps_per_epoch: int) -> None:
     """Refuse, before reading any array, a checkpoint this run cannot continue exactly: one
-    holding parameters only, or one whose epochs were cut into other batches (a resumed
-    epoch must go on with the same order and batches to see every example once)."""
+    jaxtrain's checkpoint hook did not write, or one whose epochs were cut into other batches
+    (a resumed epoch must go on with the same order and batches to see every example once)."""
     if meta.get("format") != FORMAT:
-        raise UserError(f"checkpoint '{where}' holds parameters only; it cannot be resumed, "
-                        f"but model.init_from can start a new run from it")
+        raise UserError(f"checkpoint '{where}' is not a jaxtrain training checkpoint (format "
+                        f"{meta.get('format')!r}, expected {FORMAT}); it cannot be resumed")
     saved_batch = meta["config"]["data"]["batch_size"]
     if saved_batch != batch_size or meta["steps_per_epoch"] != steps_per_epoch:
         raise UserError(f"checkpoint '{where}' was saved with data.batch_size={saved_batch} and "

@@ -1,0 +1,27 @@
+"""The one way hooks are called: in their order, each one's time charged to its part of the
+run's clock (a hook's `time_part`, else hooks_and_logging; training/accounting.py)."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from jaxtrain.training.accounting import hook_part
+from jaxtrain.training.hooks.protocol import Hook
+from jaxtrain.util.clock import RunClock
+
+
+def dispatch(clock: RunClock, hook_lists: Sequence[Sequence[Hook]],
+             call: Callable[[int, Hook], None]) -> None:
+    """`call(list_index, hook)` for every hook of every list. With several lists (the lanes of
+    a vectorized run), each position runs for every list before the next position: the lanes'
+    hooks act in step (preemption, last, acts after every point's final checkpoint)."""
+    for rank in range(max((len(hooks) for hooks in hook_lists), default=0)):
+        for index, hooks in enumerate(hook_lists):
+            if rank < len(hooks):
+                with clock.phase(hook_part(hooks[rank])):
+                    call(index, hooks[rank])
+
+
+def close_all(clock: RunClock, hooks: Sequence[Hook]) -> None:
+    """`close()` on every hook (however training ended)."""
+    dispatch(clock, [hooks], lambda _, hook: hook.close())
