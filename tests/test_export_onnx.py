@@ -179,19 +179,24 @@ def _write_idx(path, array):
 
 def test_the_exported_cnn_convolves_with_xla_whatever_kernel_training_used():
     """jax2onnx writes `Conv` for lax's convolution; on CPU the CNN trains with another kernel
-    of the same values, which export swaps out (some jax2onnx versions convert what the
-    kernel computes, slices and a matmul, instead of the module)."""
-    from jaxtrain.config.schema import ModelConfig
+    of the same values (model/kernels.py), which export replaces (some jax2onnx versions convert
+    what the kernel computes, slices and a matmul, instead of the module)."""
+    from jaxtrain.config.schema import load_config
     from jaxtrain.model.models import build_model
-    from jaxtrain.runs.export import with_xla_convolutions
-    model = build_model(ModelConfig(name="cnn", channels=[2], kernel_sizes=[3], hidden_sizes=[4]), (64,), 3,
-                        seed=0, image_shape=(8, 8))
+    from jaxtrain.runs.export import export_config
+    cfg = load_config("digits_mlp", ["model.name=cnn", "model.channels=[2]", "model.kernel_sizes=[3]",
+                                     "model.hidden_sizes=[4]", "train.precision=bfloat16"])
     x = np.random.default_rng(0).normal(size=(2, 64)).astype(np.float32)
-    before = np.asarray(model(x))
-    model = with_xla_convolutions(model)
-    primitives = {e.primitive.name for e in jax.make_jaxpr(model)(x).jaxpr.eqns}
-    assert "conv_general_dilated" in primitives
-    np.testing.assert_allclose(np.asarray(model(x)), before, rtol=1e-5, atol=1e-6)
+
+    def built(model_cfg):
+        model = build_model(model_cfg, (64,), 3, seed=0, image_shape=(8, 8), platform="cpu")
+        return model, {e.primitive.name for e in jax.make_jaxpr(model)(x).jaxpr.eqns}
+
+    trained, trained_ops = built(cfg.model)           # as training on CPU computes
+    exported, exported_ops = built(export_config(cfg).model)
+    assert "conv_general_dilated" not in trained_ops and "conv_general_dilated" in exported_ops
+    assert export_config(cfg).train.precision == "float32"
+    np.testing.assert_allclose(np.asarray(exported(x)), np.asarray(trained(x)), rtol=1e-5, atol=1e-6)
 
 
 CALLBACK_MODULE = '''

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxtrain.config.schema import Config
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.runs import onnx_table
 from jaxtrain.runs.trained import check_python_model, load_run, model_from_stats, restore_model
@@ -94,12 +95,9 @@ def export_onnx(run_dir: str | Path, output: str | Path | None = None,
     output = Path(output) if output is not None else run / "model.onnx"
     if output.is_dir() or not output.parent.is_dir():
         raise UserError(f"{output}: --output must be a file path in an existing folder")
-    # float32 whatever the run's precision: ONNX runtimes do bf16 matmuls unevenly.
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="float32"))
+    cfg = export_config(cfg)
     if model is None:
         model = model_from_stats(cfg, stats)
-        if not cfg.model.imported:     # a model of the user's computes as its author wrote it
-            model = with_xla_convolutions(model)
     forward = exported_function(*restore_model(run, cfg, model), stats)
     num_outputs = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *stats.feature_shape), jnp.float32)).shape[-1]
     proto = _convert(forward, stats, output_name, cfg.model.name)
@@ -112,14 +110,13 @@ def export_onnx(run_dir: str | Path, output: str | Path | None = None,
     return output, info
 
 
-def with_xla_convolutions(model: nnx.Module) -> nnx.Module:
-    """A built-in `model` with every `nnx.Conv` computing through `lax.conv_general_dilated`,
-    which jax2onnx writes as ONNX `Conv`. On CPU the CNN trains with another kernel of the
-    same values (shifted slices and one matmul, faster there) that would export as those."""
-    for _, module in nnx.iter_modules(model):
-        if isinstance(module, nnx.Conv):
-            module.conv_general_dilated = jax.lax.conv_general_dilated
-    return model
+def export_config(cfg: Config) -> Config:
+    """The run's config as the exported network computes: float32 whatever the run's precision
+    (ONNX runtimes do bf16 matmuls unevenly), and XLA's convolution, which jax2onnx writes as
+    ONNX `Conv` (on CPU the CNN trains with shifted slices and one matmul, model/kernels.py,
+    which would export as those)."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="float32"),
+                               model=dataclasses.replace(cfg.model, conv_impl="xla"))
 
 
 def _convert(forward, stats: FeatureStats, output_name: str, model_name: str):
