@@ -7,11 +7,13 @@ one-hot / hashed, normalized. Rows are never dropped.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 
 from jaxtrain.config.data import DataConfig
-from jaxtrain.data import csvfile, encoder, transforms
+from jaxtrain.data import csvfile, encoder, parquetfile, transforms
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.data.raw import Part
 from jaxtrain.util.errors import DataError
@@ -57,6 +59,31 @@ def read_csv_features(path: str, stats: FeatureStats, cfg: DataConfig) -> np.nda
     txt = {n: csvfile.text_column(columns[n]) for n in list(stats.categories) + stats.text_columns}
     return table_features(Part(y=np.zeros(len(num)), rows=np.arange(len(num)), num=num, txt=txt),
                           stats, path, line_of)
+
+
+def is_table_file(path: str) -> bool:
+    """A Parquet / Arrow file (or a directory of them) rather than a CSV."""
+    return os.path.isdir(path) or path.endswith(parquetfile.PARQUET_SUFFIXES + parquetfile.ARROW_SUFFIXES)
+
+
+def read_parquet_features(path: str, stats: FeatureStats, cfg: DataConfig) -> np.ndarray:
+    """Normalized float32 features for a Parquet/Arrow file (or directory) with the training columns."""
+    dataset, files = parquetfile.open_dataset(path)
+    check_columns(dataset.schema.names, stats, cfg, path)
+    kinds = {n: "numeric" for n in stats.numeric_columns} | {n: "category" for n in stats.categories} | \
+        {n: "text" for n in stats.text_columns}
+    schema = parquetfile.TableSchema(path, files, stats.feature_columns(), kinds, True, dataset.schema)
+    try:
+        table = dataset.to_table(columns=stats.feature_columns())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
+        raise DataError(f"{path}: cannot read as Parquet/Arrow ({str(e).splitlines()[0][:200]})") from None
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no data rows")
+    num = np.empty((table.num_rows, len(stats.numeric_columns)), np.float64)
+    for j, name in enumerate(stats.numeric_columns):
+        num[:, j] = parquetfile.numbers(table.column(name), path, name, 0)
+    txt = {n: parquetfile.strings(table.column(n)) for n in schema.txt_kinds}
+    return table_features(Part(y=np.zeros(len(num)), rows=np.arange(len(num)), num=num, txt=txt), stats, path)
 
 
 def array_features(x: np.ndarray, stats: FeatureStats, where: str) -> np.ndarray:

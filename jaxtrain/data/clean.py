@@ -7,6 +7,7 @@ transformed (imputed, clipped) and every change is counted.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Callable
 
 import numpy as np
@@ -175,7 +176,9 @@ def label_problems(y: np.ndarray, task: str, num_classes: int | None,
                 return "missing label"
             if task == "regression":
                 return f"target '{y[i]}' is not a number"
-            return f"label '{y[i]}' is not one of the classes seen in training ({', '.join(classes or [])})"
+            close = difflib.get_close_matches(str(y[i]), classes or [], n=1, cutoff=0.0)
+            return (f"label '{y[i]}' is not one of the classes seen in training ({', '.join(classes or [])})"
+                    + (f"; closest known: '{close[0]}'" if close else ""))
         return bad, text_problem
     nan = np.isnan(y)
     not_int = ~nan & (np.round(y) != y)
@@ -189,7 +192,8 @@ def label_problems(y: np.ndarray, task: str, num_classes: int | None,
             return "target is infinite"
         if not_int[i]:
             return f"label {y[i]:g} is not an integer"
-        return f"label {y[i]:g} is out of range [0, {num_classes})"
+        closest = f"; closest known: {min(max(y[i], 0), num_classes - 1):g}" if num_classes else ""
+        return f"label {y[i]:g} is out of range [0, {num_classes}){closest}"
     return bad, number_problem
 
 

@@ -308,6 +308,29 @@ def check_not_all_missing(part: Part, schema: CsvSchema) -> None:
                             "drop it with data.drop_columns or fill it in")
 
 
+def read_split_file(path: str, raw: RawData, cfg: DataConfig) -> tuple[Part, LineIndex]:
+    """A separate split file (data.val_path / test_path) read with the training file's column
+    kinds and target type; columns in any order, the training file's must all be there."""
+    layout = read_layout(path, cfg.delimiter)
+    check_columns(layout.header, cfg, path)
+    missing = [n for n in list(raw.num_names) + list(raw.txt_kinds) if n not in layout.header]
+    if missing:
+        raise DataError(f"{path}: column(s) {', '.join(missing)} of the training file {raw.where} are not "
+                        "in the header; a split file needs the training file's columns")
+    kinds = dict.fromkeys(raw.num_names, "numeric") | dict(raw.txt_kinds)
+    schema = CsvSchema(layout, kinds, numeric_target=raw.target_is_numeric)
+    numeric = schema.numeric | ({cfg.target} if schema.numeric_target else set())
+    table = read_all(layout, numeric)
+    if table.num_rows == 0:
+        raise DataError(f"{path}: only a header row, no data rows")
+    line_of = LineIndex(layout)
+    part = to_part(table, schema, cfg.target, line_of)
+    order = [schema.num_names.index(n) for n in raw.num_names]
+    if order != list(range(len(order))):
+        part.num = np.ascontiguousarray(part.num[:, order])
+    return part, line_of
+
+
 def load_csv(cfg: DataConfig) -> RawData:
     schema = read_schema(cfg)
     layout = schema.layout

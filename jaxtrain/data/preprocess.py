@@ -28,18 +28,23 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int):
 
 
 def split_parts(raw: RawData, cfg: DataConfig) -> dict[str, Part | None]:
-    """The source's own splits where it has them; otherwise a seeded shuffle."""
+    """The source's own splits where it has them; otherwise a seeded shuffle. A split read
+    from its own file (data.val_path / test_path) replaces that split's fraction."""
+    files = {s: raw.parts[s] for s in raw.split_files}
+    val_fraction = 0.0 if "val" in files else cfg.val_fraction
     if "all" in raw.parts:
-        tr, va, te = split_indices(len(raw.parts["all"]), cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        tr, va, te = split_indices(len(raw.parts["all"]), val_fraction,
+                                   0.0 if "test" in files else cfg.test_fraction, cfg.seed)
         p = raw.parts["all"]
         out = {"train": p.take(tr), "val": p.take(va) if len(va) else None, "test": p.take(te)}
     else:
         out = {"train": raw.parts["train"], "val": raw.parts.get("val"), "test": raw.parts.get("test")}
-        if out["val"] is None and cfg.val_fraction > 0:
-            tr, va, _ = split_indices(len(out["train"]), cfg.val_fraction, 0.0, cfg.seed)
+        if out["val"] is None and val_fraction > 0:
+            tr, va, _ = split_indices(len(out["train"]), val_fraction, 0.0, cfg.seed)
             out["train"], out["val"] = out["train"].take(tr), out["train"].take(va)
         if out["test"] is None:
             raise DataError(f"{raw.where}: the source has a training split but no test split")
+    out.update(files)
     check_split_sizes(raw.where, len(out["train"]), len(out["test"]), cfg)
     return out
 
@@ -100,6 +105,8 @@ def prepare(raw: RawData, cfg: DataConfig, stats: FeatureStats | None = None,
                            "rows_in": {s: len(p) for s, p in parts.items() if p is not None}}
     if "delimiter" in raw.extra:
         rep["delimiter"] = raw.extra["delimiter"]
+    if raw.split_files:
+        rep["split_files"] = {s: where for s, (where, _) in raw.split_files.items()}
     if fit:
         stats = FeatureStats(*resolve_task(raw, parts["train"], cfg))
     _check_labels(raw, parts, stats, cfg, rep)
@@ -183,8 +190,9 @@ def _encode_tables(raw: RawData, parts: dict[str, Part | None], stats: FeatureSt
     enc, counts = {}, {}
     for s, p in parts.items():
         if p is not None:
-            line_of = (lambda i, rows=p.rows: raw.line_of(int(rows[i]))) if raw.line_of else None
-            enc[s], counts[s] = encoder.encode_table(stats, p.num.copy(), p.txt, raw.where, line_of)
+            where, lines = raw.source_of(s)
+            line_of = (lambda i, rows=p.rows, lines=lines: lines(int(rows[i]))) if lines else None
+            enc[s], counts[s] = encoder.encode_table(stats, p.num.copy(), p.txt, where, line_of)
     count_into_report(counts, stats, rep)
     return enc
 

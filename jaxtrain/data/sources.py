@@ -5,12 +5,14 @@ Each loader returns a `RawData` (see raw.py); nothing here cleans or transforms.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib.resources
 import os
 import struct
 import zipfile
 import zlib
+from typing import Callable
 
 import numpy as np
 
@@ -229,14 +231,48 @@ def load_raw(cfg: DataConfig) -> RawData:
     if cfg.source == "csv":
         from jaxtrain.data.csvfile import load_csv
         raw = load_csv(cfg)
+    elif cfg.source == "parquet":
+        from jaxtrain.data.parquetfile import load_parquet
+        raw = load_parquet(cfg)
     elif cfg.source == "tfds":
         from jaxtrain.data.tfds_source import load_tfds
         raw = load_tfds(cfg)
     else:
         loaders = {"builtin": _builtin, "synthetic": _synthetic, "idx": _idx, "npz": _npz}
         raw = loaders[cfg.source](cfg)
+    for split in ("val", "test"):
+        path = getattr(cfg, f"{split}_path", None)
+        if path is not None:
+            raw.parts[split], line_of = _split_file(cfg, raw, split, str(path))
+            raw.split_files[split] = (str(path), line_of)
     check_not_empty(raw)
     return raw
+
+
+def _split_file(cfg: DataConfig, raw: RawData, split: str, path: str
+                ) -> tuple[Part, Callable[[int], int] | None]:
+    """A split read from its own file (data.val_path / test_path) like the training file."""
+    if cfg.source == "csv":
+        from jaxtrain.data.csvfile import read_split_file
+        return read_split_file(path, raw, cfg)
+    if cfg.source == "parquet":
+        from jaxtrain.data.parquetfile import read_split_file
+        return read_split_file(path, raw, cfg), None
+    own = _npz(dataclasses.replace(cfg, path=path))
+    key = next((k for k in ("all", split) if k in own.parts), None)
+    if key is None:
+        raise DataError(f"{path}: needs arrays 'x' and 'y' (or x_{split}/y_{split}) for the {split} split")
+    part = own.parts[key]
+    want, got = _example_shape(raw), _example_shape(own)
+    if own.kind != raw.kind or want != got:
+        raise DataError(f"{path}: examples of shape {got}, but {raw.where} has {want}; "
+                        "a split file needs the training file's shape")
+    return part, None
+
+
+def _example_shape(raw: RawData) -> tuple[int, ...]:
+    part = next(iter(raw.parts.values()))
+    return tuple((part.num if raw.kind == "table" else part.x).shape[1:])
 
 
 def check_not_empty(raw: RawData) -> None:

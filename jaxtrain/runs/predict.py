@@ -32,10 +32,14 @@ def _is_idx(path: Path) -> bool:
 
 
 def read_inputs(path: str | Path, stats: FeatureStats, data_cfg) -> np.ndarray:
-    """Raw inputs from a CSV (columns as in training), an .npz ('x') or an IDX images file."""
+    """Raw inputs, by the file's type: a CSV or Parquet/Arrow file or directory (columns as in
+    training), an .npz ('x') or an IDX images file."""
     path = Path(path)
+    if apply_stats.is_table_file(str(path)) and path.exists() and stats.feature_columns():
+        return apply_stats.read_parquet_features(str(path), stats, data_cfg)
     if not path.is_file():
-        raise DataError(f"{path}: input file not found; pass --input with an existing CSV, .npz or IDX file")
+        raise DataError(f"{path}: input file not found; pass --input with an existing CSV, Parquet, .npz "
+                        "or IDX file")
     if path.suffix == ".npz":
         arrays = read_npz(str(path))
         key = next((k for k in ("x", "x_test") if k in arrays), None)
