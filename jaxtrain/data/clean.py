@@ -140,13 +140,41 @@ def impute(num: np.ndarray, txt: dict[str, np.ndarray], num_names: list[str], fi
 # ---------------------------------------------------------------- outliers
 
 
-def fit_bound(col: np.ndarray, cfg: CleanConfig) -> list[float]:
-    """[low, high] of one column: mean +- t*std (zscore) or [q1 - k*iqr, q3 + k*iqr] (IQR, exact)."""
+def fit_bound(col: np.ndarray, cfg: CleanConfig, quartiles: tuple[float, float] | None = None) -> list[float]:
+    """[low, high] of one column: mean +- t*std (zscore) or [q1 - k*iqr, q3 + k*iqr] (IQR, exact;
+    `quartiles` when already known)."""
     if cfg.outliers == "zscore":
         mu, sd = col.mean(dtype=np.float64), col.std(dtype=np.float64)
         return [float(mu - cfg.zscore_threshold * sd), float(mu + cfg.zscore_threshold * sd)]
-    q1, q3 = np.percentile(col, [25, 75])
+    q1, q3 = quartiles if quartiles is not None else np.percentile(col, [25, 75])
     return [float(q1 - cfg.iqr_k * (q3 - q1)), float(q3 + cfg.iqr_k * (q3 - q1))]
+
+
+def _lerp(a: float, b: float, t: float) -> float:
+    """NumPy's interpolation between neighbouring order statistics (numpy/lib/_function_base_impl.py)."""
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
+
+
+def median_and_quartiles(present: np.ndarray, n_missing: int) -> tuple[float, tuple[float, float]]:
+    """The median of `present` and the 25th/75th percentiles (NumPy's linear rule) of the column
+    with its `n_missing` values filled with that median, from one partition of `present`.
+
+    Sorted, the filled column is `present` with the median inserted `n_missing` times after the
+    values below it: its order statistic k is present's k, the median, or present's k - n_missing."""
+    p, m = len(present), n_missing
+    mids = sorted({(p - 1) // 2, p // 2})
+    n = p + m
+    spots = [(q * (n - 1), int(q * (n - 1))) for q in (0.25, 0.75)]
+    wanted = {k for _, lo in spots for k in (lo, min(lo + 1, n - 1))}
+    below_guess = sorted({k for k in wanted if k < p} | {k - m for k in wanted if 0 <= k - m < p})
+    part = np.partition(present, sorted(set(mids) | set(below_guess)))
+    median = float(np.mean(part[mids]))
+    below = int(np.count_nonzero(part < median))
+
+    def filled(k: int) -> float:
+        return float(part[k]) if k < below else median if k < below + m else float(part[k - m])
+    q = tuple(_lerp(filled(lo), filled(min(lo + 1, n - 1)), pos - lo) for pos, lo in spots)
+    return median, q
 
 
 def outlier_mask(num: np.ndarray, bounds: list[list[float]]) -> np.ndarray:

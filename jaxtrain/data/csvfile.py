@@ -287,8 +287,9 @@ def to_part(batch, schema: CsvSchema, target: str, line_of, first: int = 0) -> P
     hint = ", or declare the column as text with data.columns.{}=category"
     at = lambda i: line_of(first + i)  # noqa: E731
     names = schema.num_names
-    num = np.stack([numeric_column(batch.column(n), where, n, at, hint.format(n)) for n in names], 1) \
-        if names else np.zeros((batch.num_rows, 0))
+    num = np.empty((batch.num_rows, len(names)))      # filled column by column: no stacked copy
+    for j, n in enumerate(names):
+        num[:, j] = numeric_column(batch.column(n), where, n, at, hint.format(n))
     txt = {n: text_column(batch.column(n)) for n in schema.txt_kinds}
     ycol = batch.column(target)
     y = numeric_column(ycol, where, target, at) if schema.numeric_target else \

@@ -134,11 +134,12 @@ def read_idx(path: str) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     need = int(np.prod(dims)) * dtype.itemsize
-    body = data[4 + 4 * ndim:]
-    if len(body) != need:
+    body = len(data) - 4 - 4 * ndim
+    if body != need:
         raise DataError(f"{path}: header says shape {tuple(dims)} ({need} bytes) but the file holds "
-                        f"{len(body)} bytes; the file is truncated or has the wrong header")
-    return np.frombuffer(body, dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
+                        f"{body} bytes; the file is truncated or has the wrong header")
+    values = np.frombuffer(data, dtype, offset=4 + 4 * ndim)      # a view: no copy of the body
+    return values.reshape(dims).astype(dtype.newbyteorder("="), copy=False)
 
 
 def _find_idx(directory: str, key: str) -> str:
