@@ -157,7 +157,7 @@ def numeric_column(col: pa.Array, where: str, name: str, line_of, hint: str = ""
     """float64 values (NaN where missing) of a float column, or of a string column whose values
     must all be numbers or markers; else a DataError naming the first bad value's line."""
     if pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_null(col.type):
-        return pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+        return col.cast(pa.float64()).to_numpy(zero_copy_only=False)    # null -> NaN in the one copy
     miss = missing_mask(col)
     lowered = pc.utf8_lower(pc.utf8_trim_whitespace(col))
     number = pc.fill_null(pc.match_substring_regex(lowered, _NUMBER), False).to_numpy(zero_copy_only=False)

@@ -166,13 +166,12 @@ def numbers(col: pa.Array | pa.ChunkedArray, where: str, name: str, first: int) 
         return csvfile.numeric_column(strings(col), where, name, lambda i: first + i,
                                       "").astype(np.float64, copy=False)
     try:
-        values = pc.fill_null(col.cast(pa.float64()), np.nan)
+        values = col.cast(pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise DataError(f"{where} column '{name}': cannot read as numbers ({e})") from None
-    if isinstance(values, pa.ChunkedArray):
-        return np.concatenate([c.to_numpy(zero_copy_only=False) for c in values.chunks]) \
-            if values.num_chunks != 1 else values.chunk(0).to_numpy(zero_copy_only=False)
-    return values.to_numpy(zero_copy_only=False)
+    if isinstance(values, pa.ChunkedArray) and values.num_chunks == 0:
+        return np.zeros(0)
+    return values.to_numpy(zero_copy_only=False)            # null -> NaN
 
 
 def to_part(batch: pa.Table | pa.RecordBatch, schema: TableSchema, target: str, first: int = 0) -> Part:

@@ -192,7 +192,8 @@ def _encode_tables(raw: RawData, parts: dict[str, Part | None], stats: FeatureSt
         if p is not None:
             where, lines = raw.source_of(s)
             line_of = (lambda i, rows=p.rows, lines=lines: lines(int(rows[i]))) if lines else None
-            enc[s], counts[s] = encoder.encode_table(stats, p.num.copy(), p.txt, where, line_of)
+            # In place: a split's raw numbers are not read after encoding (no copy of the block).
+            enc[s], counts[s] = encoder.encode_table(stats, p.num, p.txt, where, line_of)
     count_into_report(counts, stats, rep)
     return enc
 
