@@ -30,6 +30,7 @@ import gzip
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -149,13 +150,17 @@ def fresh_and_run(kind: str, path: str, repeats: int, workdir: str) -> dict:
 
     def run():
         name, sets = ("mnist_mlp", MNIST_SETS) if kind == "mnist" else ("house_prices_linear", CSV_SETS)
-        rundir = os.path.join(workdir, f"run-{kind}")
-        args = [sys.executable, "-m", "jaxtrain", "train", name, "--workdir", rundir]
+        rundir = tempfile.mkdtemp(prefix=f"run-{kind}-", dir=workdir)
+        args = [sys.executable, "-m", "jaxtrain", "train", name, "--workdir", os.path.join(rundir, "run")]
         for s in sets + [f"data.path={path}", "train.epochs=1", "checkpoint.enabled=false"]:
             args += ["--set", s]
-        subprocess.run(args, capture_output=True, text=True, check=True)
-        with open(os.path.join(rundir, "summary.json")) as f:
-            return json.load(f)["time"]["data_s"]
+        out = subprocess.run(args, capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"{' '.join(args)} failed:\n{out.stderr[-2000:]}")
+        with open(os.path.join(rundir, "run", "summary.json")) as f:
+            data_s = json.load(f)["time"]["data_s"]
+        shutil.rmtree(rundir)
+        return data_s
     floors, stages, runs = [], [], []
     for _ in range(repeats):
         floors.append(child("floor"))

@@ -18,6 +18,8 @@ from jaxtrain.data import clean, transforms
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.util.errors import DataError
 
+CHUNK_VALUES = 1 << 16     # values converted and normalized at a time: the chunk stays in cache
+
 
 @dataclasses.dataclass
 class Counts:
@@ -87,8 +89,9 @@ def encode_table(stats: FeatureStats, num: np.ndarray, txt: dict[str, np.ndarray
     return out, counts
 
 
-def encode_arrays(stats: FeatureStats, x: np.ndarray, where: str) -> np.ndarray:
-    """Images or feature arrays (n, ...) -> float32 in the trained feature shape, before normalization."""
+def encode_arrays(stats: FeatureStats, x: np.ndarray, where: str, normalize: bool = False) -> np.ndarray:
+    """Images or feature arrays (n, ...) -> float32 in the trained feature shape, before
+    normalization, or normalized too (`normalize`: in cache-sized chunks, one pass)."""
     shape = tuple(stats.feature_shape)
     if x.dtype.kind not in "biuf":
         raise DataError(f"{where}: inputs must be numeric, got {x.dtype}")
@@ -97,7 +100,15 @@ def encode_arrays(stats: FeatureStats, x: np.ndarray, where: str) -> np.ndarray:
             raise DataError(f"{where}: examples have shape {tuple(x.shape[1:])} but the model was trained "
                             f"on {shape}; pass inputs shaped like the training data")
         x = x.reshape(len(x), *shape)      # images flattened for the model, as in training
-    return x.astype(np.float32)
+    if not normalize:
+        return x.astype(np.float32)
+    out = np.empty(x.shape, np.float32)
+    step = max(1, CHUNK_VALUES // max(int(np.prod(shape)), 1))
+    for start in range(0, len(x), step):
+        chunk = out[start:start + step]
+        chunk[...] = x[start:start + step]
+        transforms.normalize_(chunk, stats.normalize)
+    return out
 
 
 def normalize(stats: FeatureStats, x: np.ndarray) -> np.ndarray:

@@ -114,8 +114,9 @@ def prepare(raw: RawData, cfg: DataConfig, stats: FeatureStats | None = None,
     if raw.kind == "array":
         _check_finite_images(raw, parts)
         rep["missing"] = rep["outliers"] = {"applies": False, "reason": "image arrays"}
-        enc = _encode_arrays(raw, parts, stats, cfg, fit)
+        enc, normalized = _encode_arrays(raw, parts, stats, cfg, fit, keep_raw_train)
     else:
+        normalized = set()
         keep = tablefit.clean_and_fit(PartColumns(raw, parts["train"]), stats, cfg, fit, rep)
         if not keep.all():
             parts["train"] = parts["train"].take(np.flatnonzero(keep))
@@ -124,8 +125,8 @@ def prepare(raw: RawData, cfg: DataConfig, stats: FeatureStats | None = None,
         _fit_outputs(raw, parts["train"], enc["train"], stats, cfg)
     width = stats.normalize.width
     targets = {s: encoder.encode_targets(stats, p.y) for s, p in parts.items() if p is not None}
-    splits = {s: Split(encoder.normalize(stats, enc[s]), targets[s]) for s in enc
-              if not (s == "train" and keep_raw_train)}
+    splits = {s: Split(enc[s] if s in normalized else encoder.normalize(stats, enc[s]), targets[s])
+              for s in enc if not (s == "train" and keep_raw_train)}
     rep["rows_out"] = {s: len(p) for s, p in parts.items() if p is not None}
     rep["features"] = int(np.prod(stats.feature_shape))
     rep["task"] = stats.task
@@ -171,14 +172,34 @@ def _check_finite_images(raw: RawData, parts: dict[str, Part | None]) -> None:
 
 
 def _encode_arrays(raw: RawData, parts: dict[str, Part | None], stats: FeatureStats, cfg: DataConfig,
-                   fit: bool) -> dict[str, np.ndarray]:
+                   fit: bool, keep_raw_train: bool) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Each split as float32 in the feature shape, and which are normalized already: with the
+    normalizer known first (saved, or fitted on integer pixels, which float32 holds exactly),
+    conversion and normalization are one pass over each split, never a second one over it."""
+    train = parts["train"].x
     if fit:
-        shape = parts["train"].x.shape[1:]
-        stats.feature_shape = [int(np.prod(shape))] if cfg.flatten else list(shape)
-    elif int(np.prod(parts["train"].x.shape[1:])) != int(np.prod(stats.feature_shape)):
-        raise DataError(f"{raw.where}: examples have shape {list(parts['train'].x.shape[1:])} but the saved "
+        stats.feature_shape = [int(np.prod(train.shape[1:]))] if cfg.flatten else list(train.shape[1:])
+    elif int(np.prod(train.shape[1:])) != int(np.prod(stats.feature_shape)):
+        raise DataError(f"{raw.where}: examples have shape {list(train.shape[1:])} but the saved "
                         f"statistics expect {stats.feature_shape}; the data does not match the run")
-    return {s: encoder.encode_arrays(stats, p.x, raw.where) for s, p in parts.items() if p is not None}
+    early = fit and train.dtype.kind in "ui" and train.dtype.itemsize <= 2
+    if early:
+        stats.normalize = _array_normalizer(train, cfg)
+    enc, normalized = {}, set()
+    for s, p in parts.items():
+        if p is None:
+            continue
+        now = (early or not fit) and not (s == "train" and keep_raw_train)
+        enc[s] = encoder.encode_arrays(stats, p.x, raw.where, normalize=now)
+        if now:
+            normalized.add(s)
+    return enc, normalized
+
+
+def _array_normalizer(x: np.ndarray, cfg: DataConfig):
+    width = int(np.prod(x.shape[1:]))
+    scope = "feature" if cfg.normalize_scope == "feature" else "global"
+    return transforms.fit_normalizer_on(x, width, cfg.normalize, scope)
 
 
 def _encode_tables(raw: RawData, parts: dict[str, Part | None], stats: FeatureStats, fit: bool,
@@ -236,10 +257,8 @@ class PartColumns:
 def _fit_outputs(raw: RawData, train: Part, enc_train: np.ndarray, stats: FeatureStats, cfg: DataConfig) -> None:
     """The normalizer on the encoded training split, the feature names and shapes, the target scale."""
     table = raw.kind == "table"
-    if not table:                   # a table's normalizer was fitted with its other statistics
-        width = int(np.prod(enc_train.shape[1:]))
-        scope = "feature" if cfg.normalize_scope == "feature" else "global"
-        stats.normalize = transforms.fit_normalizer_on(enc_train, width, cfg.normalize, scope)
+    if not table and stats.normalize.width == 0:   # not fitted with the other statistics
+        stats.normalize = _array_normalizer(enc_train, cfg)
     else:
         stats.feature_names = encoder.feature_names(stats)
         stats.feature_shape = [enc_train.shape[1]]
