@@ -116,11 +116,11 @@ def prepare(raw: RawData, cfg: DataConfig, stats: FeatureStats | None = None,
         rep["missing"] = rep["outliers"] = {"applies": False, "reason": "image arrays"}
         enc, normalized = _encode_arrays(raw, parts, stats, cfg, fit, keep_raw_train)
     else:
-        normalized = set()
         keep = tablefit.clean_and_fit(PartColumns(raw, parts["train"]), stats, cfg, fit, rep)
         if not keep.all():
             parts["train"] = parts["train"].take(np.flatnonzero(keep))
-        enc = _encode_tables(raw, parts, stats, fit, rep)
+        normalized = {s for s in parts if parts[s] is not None and not (s == "train" and keep_raw_train)}
+        enc = _encode_tables(raw, parts, stats, fit, rep, normalized)
     if fit:
         _fit_outputs(raw, parts["train"], enc["train"], stats, cfg)
     width = stats.normalize.width
@@ -203,8 +203,10 @@ def _array_normalizer(x: np.ndarray, cfg: DataConfig):
 
 
 def _encode_tables(raw: RawData, parts: dict[str, Part | None], stats: FeatureStats, fit: bool,
-                   rep: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Every split through the encoder; what it imputed, clipped and did not know is counted."""
+                   rep: dict[str, Any], normalized: set[str]) -> dict[str, np.ndarray]:
+    """Every split through the encoder (`normalized` ones normalized in the same pass: the
+    normalizer was fitted with the other statistics); what it imputed, clipped and did not
+    know is counted."""
     if not fit and list(raw.num_names) != list(stats.numeric_columns):
         raise DataError(f"{raw.where}: numeric columns {raw.num_names} but the saved statistics expect "
                         f"{stats.numeric_columns}; the data does not match the run")
@@ -214,7 +216,7 @@ def _encode_tables(raw: RawData, parts: dict[str, Part | None], stats: FeatureSt
             where, lines = raw.source_of(s)
             line_of = (lambda i, rows=p.rows, lines=lines: lines(int(rows[i]))) if lines else None
             # In place: a split's raw numbers are not read after encoding (no copy of the block).
-            enc[s], counts[s] = encoder.encode_table(stats, p.num, p.txt, where, line_of)
+            enc[s], counts[s] = encoder.encode_table(stats, p.num, p.txt, where, line_of, s in normalized)
     count_into_report(counts, stats, rep)
     return enc
 
