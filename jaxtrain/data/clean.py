@@ -37,24 +37,26 @@ def _codes(col: pa.Array | np.ndarray) -> np.ndarray:
     return pc.fill_null(col.dictionary_encode().indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def row_words(part: Part) -> np.ndarray:
-    """Each row as 64-bit words (features and label): equal rows, equal words (NaN bytes
-    compare equal, so two missing values are the same)."""
+def row_words(part: Part) -> list[np.ndarray]:
+    """Each row as 64-bit words (features and label), in blocks side by side: equal rows, equal
+    words (NaN bytes compare equal, so two missing values are the same). A table's numeric
+    block is a view of its numbers, not a copy."""
     n = len(part)
     if part.x is not None:
         raw = np.ascontiguousarray(part.x.reshape(n, -1)).view(np.uint8).reshape(n, -1)
         pad = (-raw.shape[1]) % 8
-        cols = [(np.pad(raw, ((0, 0), (0, pad))) if pad else raw).view(np.uint64)]
+        blocks = [(np.pad(raw, ((0, 0), (0, pad))) if pad else raw).view(np.uint64)]
     else:
-        cols = [np.ascontiguousarray(part.num, np.float64).view(np.uint64)]
-        cols += [_codes(c).view(np.uint64)[:, None] for c in part.txt.values()]
-    y = _codes(part.y) if part.y.dtype == object else part.y.astype(np.float64)
-    return np.concatenate(cols + [y.view(np.uint64)[:, None]], 1)
+        blocks = [np.ascontiguousarray(part.num, np.float64).view(np.uint64)]
+    extra = [_codes(c).view(np.uint64) for c in part.txt.values()]
+    extra.append((_codes(part.y) if part.y.dtype == object else part.y.astype(np.float64)).view(np.uint64))
+    return blocks + [np.stack(extra, 1)]
 
 
-def hash_words(words: np.ndarray) -> np.ndarray:
-    """A 64-bit multilinear hash of each row of uint64 words (wrapping arithmetic), in chunks."""
-    keys = np.resize(_KEYS, words.shape[1])
+def hash_words(words: np.ndarray, first_key: int = 0) -> np.ndarray:
+    """A 64-bit multilinear hash of each row of uint64 words (wrapping arithmetic), in chunks;
+    word j takes key `first_key + j` (blocks of one row hash to the sum of their hashes)."""
+    keys = np.resize(np.roll(_KEYS, -first_key), words.shape[1])
     h = np.zeros(len(words), np.uint64)
     for start in range(0, len(words), 8192):          # bounded temporaries
         h[start:start + 8192] = (words[start:start + 8192] * keys).sum(1, dtype=np.uint64)
@@ -74,11 +76,18 @@ def duplicate_mask(part: Part) -> np.ndarray:
     compared word for word with the first row of its group."""
     if len(part) == 0:
         return np.zeros(0, bool)
-    words = row_words(part)
-    lead = first_occurrences(hash_words(words))
-    cand = np.flatnonzero(lead != np.arange(len(words)))
-    dup = np.zeros(len(words), bool)
-    dup[cand] = (words[cand] == words[lead[cand]]).all(1)
+    blocks = row_words(part)
+    h, offset = np.zeros(len(part), np.uint64), 0
+    for block in blocks:
+        h += hash_words(block, offset)
+        offset += block.shape[1]
+    lead = first_occurrences(h)
+    cand = np.flatnonzero(lead != np.arange(len(part)))
+    same = np.ones(len(cand), bool)
+    for block in blocks:
+        same &= (block[cand] == block[lead[cand]]).all(1)
+    dup = np.zeros(len(part), bool)
+    dup[cand] = same
     return dup
 
 
