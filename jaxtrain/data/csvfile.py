@@ -147,10 +147,12 @@ def missing_mask(col: pa.Array) -> np.ndarray:
 
 
 def text_column(col: pa.Array) -> pa.Array:
-    """Stripped values, null where missing."""
+    """Stripped values, null where missing (null stays null: `is_in` says false for it)."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
-    return pc.if_else(pa.array(missing_mask(col)), pa.scalar(None, pa.string()), pc.utf8_trim_whitespace(col))
+    stripped = pc.utf8_trim_whitespace(col)
+    marker = pc.is_in(pc.utf8_lower(stripped), value_set=pa.array(MISSING))
+    return pc.if_else(marker, pa.scalar(None, pa.string()), stripped)
 
 
 def numeric_column(col: pa.Array, where: str, name: str, line_of, hint: str = "") -> np.ndarray:
