@@ -200,3 +200,16 @@ def test_a_split_that_rounds_to_no_test_rows_is_an_error(tmp_path):
     with pytest.raises(DataError, match=r"tiny\.npz.*test split is empty"):
         load_dataset(DataConfig(source="npz", path=str(tmp_path / "tiny.npz"), val_fraction=0.0,
                                 test_fraction=0.1))
+
+
+def test_gunzip_into_one_buffer_equals_gzip_and_refuses_truncation(tmp_path):
+    from jaxtrain.data.sources import gunzip
+    payload = np.random.default_rng(0).integers(0, 9, 3_000_000, dtype=np.uint8).tobytes()
+    one, two = tmp_path / "one.gz", tmp_path / "two.gz"
+    one.write_bytes(gzip.compress(payload))
+    two.write_bytes(gzip.compress(payload[:1000]) + gzip.compress(payload[1000:]))   # two members
+    assert bytes(gunzip(str(one))) == payload and bytes(gunzip(str(two))) == payload
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(one.read_bytes()[:-5000])
+    with pytest.raises((EOFError, OSError)):
+        gunzip(str(cut))

@@ -119,20 +119,42 @@ _IDX_NAMES = {"train_images": ("train-images",), "train_labels": ("train-labels"
               "test_images": ("t10k-images", "test-images"), "test_labels": ("t10k-labels", "test-labels")}
 
 
+def gunzip(path: str) -> bytes | np.ndarray:
+    """The decompressed bytes of a gzip file, decoded straight into one buffer of the size its
+    trailer states: `gzip.open(...).read()` gathers chunks and then joins them, touching twice
+    the memory. Several members, or a trailer that does not match, take gzip's own path."""
+    with open(path, "rb") as f:
+        packed = f.read()
+    size = int.from_bytes(packed[-4:], "little") if len(packed) >= 18 else 0
+    out, pos = np.empty(size, np.uint8), 0
+    d = zlib.decompressobj(wbits=31)
+    data = packed
+    while data and pos < size:
+        chunk = d.decompress(data, min(1 << 20, size - pos))
+        out[pos:pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
+        pos += len(chunk)
+        data = d.unconsumed_tail
+    if pos == size and not d.decompress(data) and d.eof and not d.unused_data:
+        return out
+    return gzip.decompress(packed)
+
+
 def read_idx(path: str) -> np.ndarray:
     try:
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
+        if path.endswith(".gz"):
+            data = gunzip(path)
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read IDX file ({e}); re-download or decompress it") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or int(data[2]) not in _IDX_DTYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number); expected MNIST-format files")
-    ndim = data[3]
+    ndim = int(data[3])
     if len(data) < 4 + 4 * ndim:
         raise DataError(f"{path}: IDX header truncated")
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    dims = struct.unpack(f">{ndim}I", bytes(data[4:4 + 4 * ndim]))
+    dtype = np.dtype(_IDX_DTYPES[int(data[2])])
     need = int(np.prod(dims)) * dtype.itemsize
     body = len(data) - 4 - 4 * ndim
     if body != need:
