@@ -217,6 +217,7 @@ def check_columns(header: list[str], cfg: DataConfig, path: str) -> None:
 def read_sample(layout: CsvLayout, rows: int = SAMPLE_ROWS) -> pa.Table:
     """The first `rows` records, every column as strings (for inferring the column kinds)."""
     read, parse, convert = arrow_options(layout, set(), block_size=1 << 20)
+    read.use_threads = False           # with threads the reader parses blocks ahead that are never used
     try:
         reader = pcsv.open_csv(layout.path, read_options=read, parse_options=parse, convert_options=convert)
         batches, n = [], 0
