@@ -102,6 +102,10 @@ def test_schema_types_decide_the_kinds_not_the_text(tmp_path):
         load_dataset(cfg(tmp_path / "k.parquet"))
     ds = load_dataset(cfg(tmp_path / "k.parquet", drop_columns=("when",)))
     assert ds.stats.numeric_columns == ["flag"] and ds.stats.categories == {"code": ["0", "1", "2"]}
+    codes = pa.array([str(i % 3) if i != 5 else "x" for i in range(n)])            # declared numeric: parsed
+    pq.write_table(t.drop_columns(["when"]).set_column(0, "code", codes), tmp_path / "d.parquet")
+    with pytest.raises(DataError, match=r"d\.parquet row 5 column 'code': 'x' is not a number"):
+        load_dataset(cfg(tmp_path / "d.parquet", columns={"code": "numeric"}))
 
 
 def test_missing_and_unreadable_parquet_are_one_line_errors(tmp_path):

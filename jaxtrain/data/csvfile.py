@@ -155,9 +155,11 @@ def text_column(col: pa.Array) -> pa.Array:
     return pc.if_else(marker, pa.scalar(None, pa.string()), stripped)
 
 
-def numeric_column(col: pa.Array, where: str, name: str, line_of, hint: str = "") -> np.ndarray:
+def numeric_column(col: pa.Array, where: str, name: str, line_of, hint: str = "",
+                   unit: str = "line") -> np.ndarray:
     """float64 values (NaN where missing) of a float column, or of a string column whose values
-    must all be numbers or markers; else a DataError naming the first bad value's line."""
+    must all be numbers or markers; else a DataError naming the first bad value's line (or
+    `unit`: a Parquet row)."""
     if pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_null(col.type):
         return col.cast(pa.float64()).to_numpy(zero_copy_only=False)    # null -> NaN in the one copy
     miss = missing_mask(col)
@@ -166,7 +168,7 @@ def numeric_column(col: pa.Array, where: str, name: str, line_of, hint: str = ""
     bad = ~miss & ~number
     if bad.any():
         i = int(np.argmax(bad))
-        raise DataError(f"{where} line {line_of(i)} column '{name}': '{col[i].as_py().strip()}' is not a number "
+        raise DataError(f"{where} {unit} {line_of(i)} column '{name}': '{col[i].as_py().strip()}' is not a number "
                         f"in a numeric column; fix the value, write it as empty/NA to mark it missing{hint}")
     values = pc.if_else(pa.array(miss), pa.scalar("nan"), lowered)
     return values.cast(pa.float64()).to_numpy(zero_copy_only=False)

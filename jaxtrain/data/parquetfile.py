@@ -163,8 +163,7 @@ def numbers(col: pa.Array | pa.ChunkedArray, where: str, name: str, first: int) 
     """float64 values of a column, NaN where null; a string column (declared numeric) by the
     CSV's rules for text numbers."""
     if is_string_type(col.type):
-        return csvfile.numeric_column(strings(col), where, name, lambda i: first + i,
-                                      "").astype(np.float64, copy=False)
+        return csvfile.numeric_column(strings(col), where, name, lambda i: first + i, unit="row")
     try:
         values = col.cast(pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
@@ -247,8 +246,8 @@ class TableBlocks:
         first = 0
         for path in self.schema.files:
             try:
-                batches = pads.dataset(path, format=fmt, schema=self.schema.arrow_schema).to_batches(columns=wanted, batch_size=BATCH_ROWS,
-                                                                     use_threads=False)
+                one = pads.dataset(path, format=fmt, schema=self.schema.arrow_schema)
+                batches = one.to_batches(columns=wanted, batch_size=BATCH_ROWS, use_threads=False)
                 start = first
                 for batch in batches:
                     yield to_part(batch, self.schema, self.target, first)

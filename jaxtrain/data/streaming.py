@@ -1,9 +1,9 @@
 """Streaming a CSV or Parquet data set that need not fit in memory, with any backend.
 
 1. Scan: Arrow's block reader (CSV: `open_csv`; Parquet: record batches of each row
-   group) converts the file block by block (the in-memory column rules), appends every record's columns to an on-disk Arrow cache, and keeps per
-   record only its label and a 64-bit row hash (exact duplicates; a false match among
-   5M rows has odds ~1e-6).
+   group) converts the file block by block (the in-memory column rules), appends every
+   record's columns to an on-disk Arrow cache, and keeps per record only its label and a
+   64-bit row hash (exact duplicates; a false match among 5M rows has odds ~1e-6).
 2. Split, label checks and duplicates exactly as in memory (the same seeded split).
 3. Clean and fit with `tablefit`, the in-memory code, one column of the training
    split at a time read back from the cache: every rule of the in-memory path, with
