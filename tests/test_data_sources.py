@@ -332,3 +332,14 @@ def test_separate_test_folder_is_the_test_split(tmp_path):
                  names=["ant", "bee"])
     with pytest.raises(DataError, match=r"wide/ant/00000\.png: 5x5 pixels .* but \S+ is 5x4"):
         load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", test_path=str(tmp_path / "wide")))
+def test_gunzip_into_one_buffer_equals_gzip_and_refuses_truncation(tmp_path):
+    from jaxtrain.data.sources import gunzip
+    payload = np.random.default_rng(0).integers(0, 9, 3_000_000, dtype=np.uint8).tobytes()
+    one, two = tmp_path / "one.gz", tmp_path / "two.gz"
+    one.write_bytes(gzip.compress(payload))
+    two.write_bytes(gzip.compress(payload[:1000]) + gzip.compress(payload[1000:]))   # two members
+    assert bytes(gunzip(str(one))) == payload and bytes(gunzip(str(two))) == payload
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(one.read_bytes()[:-5000])
+    with pytest.raises((EOFError, OSError)):
+        gunzip(str(cut))

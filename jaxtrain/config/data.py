@@ -32,20 +32,29 @@ class CleanConfig:
         check_key(self.iqr_k > 0, f"{key}.iqr_k", "must be positive")
 
 
+TABLE_FILES = ("csv", "parquet")                 # sources with a header of named columns and a target
+PATH_SOURCES = ("csv", "parquet", "npz", "idx", "images")  # sources that read data.path
+SPLIT_FILE_SOURCES = ("csv", "parquet", "npz")   # sources that take data.val_path / data.test_path
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: Literal["builtin", "synthetic", "tfds", "csv", "idx", "npz", "images"] = "builtin"
+    source: Literal["builtin", "synthetic", "tfds", "csv", "parquet", "idx", "npz", "images"] = "builtin"
     # builtin: digits | iris | wine | breast_cancer | diabetes;
     # synthetic: house_prices | blobs; tfds: any tensorflow-datasets name.
     name: str = "digits"
-    path: str | None = None          # csv/npz file, idx directory, images: one sub-folder per class
-    # images: a separate test folder (same class sub-folders); the fractions no longer apply to it.
+    # csv/npz file, idx directory; parquet: a .parquet (or Arrow IPC/Feather) file, a directory
+    # or a glob of them, read in file-name order; images: a folder with one sub-folder per class.
+    path: str | None = None
+    # A separate validation / test file (same source and columns as data.path; images: a folder
+    # with the same class sub-folders): that split is the whole file instead of a fraction.
+    val_path: str | None = None
     test_path: str | None = None
     image_size: tuple[int, ...] | None = None   # images: [height, width] to resize to (default: as read)
     channels: Literal[1, 3] | None = None       # images: 1 gray, 3 RGB (default: 3 if any is colour)
     data_dir: str | None = None      # tfds data directory
     download: bool = False           # tfds: allowed to download and prepare
-    target: str | None = None        # csv: the target column
+    target: str | None = None        # csv/parquet: the target column
     task: Literal["auto", "classification", "regression"] = "auto"
     num_classes: int | None = None   # classification: labels must lie in [0, num_classes)
     # csv: the field delimiter; auto sniffs ',', ';', tab or '|' from the header (and says which).
@@ -65,7 +74,8 @@ class DataConfig:
     normalize_scope: Literal["auto", "feature", "global"] = "auto"
     backend: Literal["numpy", "tfdata", "grain"] = "numpy"
     workers: int = 0                 # grain: worker processes gathering batches (0: in this process)
-    # csv: read the file in blocks, never whole, and train from an on-disk cache (any backend).
+    # csv/parquet: read the file in blocks (Parquet: record batches of its row groups), never
+    # whole, and train from an on-disk cache (any backend).
     streaming: bool = False
     # where streaming writes its preprocessed cache (default: temp), and where decoded image
     # folders are kept for the next run (default: ~/.cache/jaxtrain/images)
@@ -92,22 +102,29 @@ class DataConfig:
         check_key(self.synthetic_rows >= 10, f"{key}.synthetic_rows", "must be >= 10")
         check_key(self.num_parallel_calls == -1 or self.num_parallel_calls >= 1,
                f"{key}.num_parallel_calls", "must be -1 (autotune) or >= 1")
-        check_key(not self.streaming or self.source == "csv", f"{key}.streaming", "needs data.source=csv")
+        check_key(not self.streaming or self.source in TABLE_FILES, f"{key}.streaming",
+                  "needs data.source=csv or parquet")
         check_key(self.delimiter == "auto" or len(self.delimiter) == 1, f"{key}.delimiter",
                   f"must be auto or one character, got {self.delimiter!r}")
         check_key(self.workers >= 0 and (self.workers == 0 or self.backend == "grain"), f"{key}.workers",
                   f"worker processes (got {self.workers}) need data.backend=grain and a count >= 0")
-        check_key(self.source not in ("csv", "npz", "idx", "images") or self.path is not None,
+        check_key(self.source not in PATH_SOURCES or self.path is not None,
                f"{key}.path", f"data.source={self.source} needs data.path (a "
                + {"csv": "CSV file", "npz": ".npz file", "idx": "directory with the four MNIST files",
+                  "parquet": "Parquet file, directory or glob",
                   "images": "folder with one sub-folder of images per class"}.get(self.source, "file") + ")")
+        check_key(self.source not in TABLE_FILES or self.target is not None, f"{key}.target",
+               f"data.source={self.source} needs data.target, the name of the target column")
+        for split in ("val", "test"):
+            given = getattr(self, f"{split}_path") is not None
+            sources = SPLIT_FILE_SOURCES + (("images",) if split == "test" else ())
+            check_key(not given or self.source in sources, f"{key}.{split}_path",
+                      f"needs data.source {' or '.join(sources)}, not {self.source}")
+            check_key(not given or not self.streaming, f"{key}.{split}_path",
+                      "separate split files are read in memory; set data.streaming=false")
         self._validate_images(key)
-        check_key(self.source != "csv" or self.target is not None, f"{key}.target",
-               "data.source=csv needs data.target, the name of the target column")
 
     def _validate_images(self, key: str) -> None:
-        check_key(self.test_path is None or self.source == "images", f"{key}.test_path",
-                  "a separate test folder is read for data.source=images")
         check_key(self.image_size is None or (len(self.image_size) == 2 and min(self.image_size) >= 1),
                   f"{key}.image_size", f"must be [height, width], both >= 1, got {self.image_size}")
         check_key(self.source != "images" or self.task != "regression", f"{key}.task",

@@ -27,7 +27,7 @@ def split_metric(value: str, key: str) -> tuple[str, str]:
 def check_config(cfg: Any) -> None:
     """Cross-section checks that need only the config."""
     data, train, model, opt = cfg.data, cfg.train, cfg.model, cfg.optimizer
-    no_val = data.val_fraction == 0
+    no_val = data.val_fraction == 0 and data.val_path is None
     for key, value in (("train.early_stopping.metric", train.early_stopping and train.early_stopping.metric),
                        ("checkpoint.best_metric", cfg.checkpoint.best_metric)):
         if value:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jaxtrain.config.data import DataConfig
-from jaxtrain.data import csvfile, encoder, images, transforms
+from jaxtrain.data import csvfile, encoder, images, parquetfile, transforms
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.data.raw import Part
 from jaxtrain.data.sources import read_idx, read_npz
@@ -45,14 +45,17 @@ class UserInput:
 
 def read_input(path: str | Path, stats: FeatureStats, cfg: DataConfig, *, keep: list[str] | tuple = (),
                labels: bool = False) -> UserInput:
-    """A CSV (the training columns, plus `keep` and the target), an .npz ('x', and 'y' for
-    `labels`), an IDX images file (for `labels`, its labels file beside it), or a folder of
-    images or one image file (`image_input`)."""
+    """A CSV or a Parquet/Arrow file or directory (the training columns, plus `keep` and the
+    target), an .npz ('x', and 'y' for `labels`), an IDX images file (for `labels`, its labels
+    file beside it), or a folder of images or one image file (`image_input`)."""
     path = Path(path)
+    if stats.feature_columns() and path.exists() and is_table_file(path):
+        return read_parquet_input(str(path), stats, cfg, list(keep), labels)
     if images.is_image_input(path):
         return image_input(path, stats, cfg, keep, labels)
     if not path.is_file():
-        raise DataError(f"{path}: input file not found; pass --input with an existing CSV, .npz or IDX file")
+        raise DataError(f"{path}: input file not found; pass --input with an existing CSV, Parquet, .npz "
+                        "or IDX file")
     if path.suffix == ".npz" or _is_idx(path):
         if keep:
             raise DataError(f"{path}: --keep copies columns of a CSV; an .npz or IDX file has none")
@@ -178,7 +181,7 @@ def read_csv_input(path: str, stats: FeatureStats, cfg: DataConfig, keep: list[s
 
 def arrow_input(table: pa.Table, where: str, stats: FeatureStats, target: str, keep: list[str],
                 labels: bool, line_of) -> UserInput:
-    """An Arrow table of raw rows whose columns were checked (`check_columns`): the features
+    """An Arrow table of raw rows whose columns were checked (`check_input_columns`): the features
     encoded, `keep` columns as text, the target column as text when `labels`. `line_of(i)`
     names row i's line in messages (a CSV's `LineIndex`)."""
     columns = {n: table.column(n) for n in stats.feature_columns()}
@@ -187,6 +190,40 @@ def arrow_input(table: pa.Table, where: str, stats: FeatureStats, target: str, k
     txt = {n: csvfile.text_column(columns[n]) for n in list(stats.categories) + stats.text_columns}
     data = table_input(Part(y=np.zeros(len(num)), rows=np.arange(len(num)), num=num, txt=txt),
                        stats, where, line_of)
+    return _with_kept_and_labels(data, table, keep, target, labels)
+
+
+def is_table_file(path: str | Path) -> bool:
+    """A Parquet / Arrow file (or a directory of them) rather than a CSV."""
+    return os.path.isdir(path) or str(path).endswith(parquetfile.PARQUET_SUFFIXES + parquetfile.ARROW_SUFFIXES)
+
+
+def read_parquet_input(path: str, stats: FeatureStats, cfg: DataConfig, keep: list[str] = (),
+                       labels: bool = False) -> UserInput:
+    """A Parquet/Arrow file (or directory) with the training columns, typed by its schema,
+    encoded; `keep` columns as written; the target column as text when `labels`."""
+    dataset, files = parquetfile.open_dataset(path)
+    check_input_columns(dataset.schema.names, stats, cfg, path, keep, labels)
+    kinds = {n: "numeric" for n in stats.numeric_columns} | {n: "category" for n in stats.categories} | \
+        {n: "text" for n in stats.text_columns}
+    schema = parquetfile.TableSchema(path, files, stats.feature_columns(), kinds, True, dataset.schema)
+    wanted = list(dict.fromkeys([*stats.feature_columns(), *keep, *([cfg.target] if labels else [])]))
+    try:
+        table = dataset.to_table(columns=wanted)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
+        raise DataError(f"{path}: cannot read as Parquet/Arrow ({str(e).splitlines()[0][:200]})") from None
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no data rows")
+    num = np.empty((table.num_rows, len(stats.numeric_columns)), np.float64)
+    for j, name in enumerate(stats.numeric_columns):
+        num[:, j] = parquetfile.numbers(table.column(name), path, name, 0)
+    txt = {n: parquetfile.strings(table.column(n)) for n in schema.txt_kinds}
+    data = table_input(Part(y=np.zeros(len(num)), rows=np.arange(len(num)), num=num, txt=txt), stats, path)
+    return _with_kept_and_labels(data, table, keep, cfg.target, labels)
+
+
+def _with_kept_and_labels(data: UserInput, table: pa.Table, keep: list[str], target: str,
+                          labels: bool) -> UserInput:
     data.kept = {n: pc.fill_null(table.column(n).cast(pa.string()), "").to_pylist() for n in keep}
     if labels:
         data.labels = csvfile.text_column(table.column(target).cast(pa.string())).to_numpy(zero_copy_only=False)

@@ -7,6 +7,7 @@ transformed (imputed, clipped) and every change is counted.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Callable
 
 import numpy as np
@@ -36,24 +37,26 @@ def _codes(col: pa.Array | np.ndarray) -> np.ndarray:
     return pc.fill_null(col.dictionary_encode().indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def row_words(part: Part) -> np.ndarray:
-    """Each row as 64-bit words (features and label): equal rows, equal words (NaN bytes
-    compare equal, so two missing values are the same)."""
+def row_words(part: Part) -> list[np.ndarray]:
+    """Each row as 64-bit words (features and label), in blocks side by side: equal rows, equal
+    words (NaN bytes compare equal, so two missing values are the same). A table's numeric
+    block is a view of its numbers, not a copy."""
     n = len(part)
     if part.x is not None:
         raw = np.ascontiguousarray(part.x.reshape(n, -1)).view(np.uint8).reshape(n, -1)
         pad = (-raw.shape[1]) % 8
-        cols = [(np.pad(raw, ((0, 0), (0, pad))) if pad else raw).view(np.uint64)]
+        blocks = [(np.pad(raw, ((0, 0), (0, pad))) if pad else raw).view(np.uint64)]
     else:
-        cols = [np.ascontiguousarray(part.num, np.float64).view(np.uint64)]
-        cols += [_codes(c).view(np.uint64)[:, None] for c in part.txt.values()]
-    y = _codes(part.y) if part.y.dtype == object else part.y.astype(np.float64)
-    return np.concatenate(cols + [y.view(np.uint64)[:, None]], 1)
+        blocks = [np.ascontiguousarray(part.num, np.float64).view(np.uint64)]
+    extra = [_codes(c).view(np.uint64) for c in part.txt.values()]
+    extra.append((_codes(part.y) if part.y.dtype == object else part.y.astype(np.float64)).view(np.uint64))
+    return blocks + [np.stack(extra, 1)]
 
 
-def hash_words(words: np.ndarray) -> np.ndarray:
-    """A 64-bit multilinear hash of each row of uint64 words (wrapping arithmetic), in chunks."""
-    keys = np.resize(_KEYS, words.shape[1])
+def hash_words(words: np.ndarray, first_key: int = 0) -> np.ndarray:
+    """A 64-bit multilinear hash of each row of uint64 words (wrapping arithmetic), in chunks;
+    word j takes key `first_key + j` (blocks of one row hash to the sum of their hashes)."""
+    keys = np.resize(np.roll(_KEYS, -first_key), words.shape[1])
     h = np.zeros(len(words), np.uint64)
     for start in range(0, len(words), 8192):          # bounded temporaries
         h[start:start + 8192] = (words[start:start + 8192] * keys).sum(1, dtype=np.uint64)
@@ -73,11 +76,18 @@ def duplicate_mask(part: Part) -> np.ndarray:
     compared word for word with the first row of its group."""
     if len(part) == 0:
         return np.zeros(0, bool)
-    words = row_words(part)
-    lead = first_occurrences(hash_words(words))
-    cand = np.flatnonzero(lead != np.arange(len(words)))
-    dup = np.zeros(len(words), bool)
-    dup[cand] = (words[cand] == words[lead[cand]]).all(1)
+    blocks = row_words(part)
+    h, offset = np.zeros(len(part), np.uint64), 0
+    for block in blocks:
+        h += hash_words(block, offset)
+        offset += block.shape[1]
+    lead = first_occurrences(h)
+    cand = np.flatnonzero(lead != np.arange(len(part)))
+    same = np.ones(len(cand), bool)
+    for block in blocks:
+        same &= (block[cand] == block[lead[cand]]).all(1)
+    dup = np.zeros(len(part), bool)
+    dup[cand] = same
     return dup
 
 
@@ -135,13 +145,41 @@ def impute(num: np.ndarray, txt: dict[str, np.ndarray], num_names: list[str], fi
 # ---------------------------------------------------------------- outliers
 
 
-def fit_bound(col: np.ndarray, cfg: CleanConfig) -> list[float]:
-    """[low, high] of one column: mean +- t*std (zscore) or [q1 - k*iqr, q3 + k*iqr] (IQR, exact)."""
+def fit_bound(col: np.ndarray, cfg: CleanConfig, quartiles: tuple[float, float] | None = None) -> list[float]:
+    """[low, high] of one column: mean +- t*std (zscore) or [q1 - k*iqr, q3 + k*iqr] (IQR, exact;
+    `quartiles` when already known)."""
     if cfg.outliers == "zscore":
         mu, sd = col.mean(dtype=np.float64), col.std(dtype=np.float64)
         return [float(mu - cfg.zscore_threshold * sd), float(mu + cfg.zscore_threshold * sd)]
-    q1, q3 = np.percentile(col, [25, 75])
+    q1, q3 = quartiles if quartiles is not None else np.percentile(col, [25, 75])
     return [float(q1 - cfg.iqr_k * (q3 - q1)), float(q3 + cfg.iqr_k * (q3 - q1))]
+
+
+def _lerp(a: float, b: float, t: float) -> float:
+    """NumPy's interpolation between neighbouring order statistics (numpy/lib/_function_base_impl.py)."""
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
+
+
+def median_and_quartiles(present: np.ndarray, n_missing: int) -> tuple[float, tuple[float, float]]:
+    """The median of `present` and the 25th/75th percentiles (NumPy's linear rule) of the column
+    with its `n_missing` values filled with that median, from one partition of `present`.
+
+    Sorted, the filled column is `present` with the median inserted `n_missing` times after the
+    values below it: its order statistic k is present's k, the median, or present's k - n_missing."""
+    p, m = len(present), n_missing
+    mids = sorted({(p - 1) // 2, p // 2})
+    n = p + m
+    spots = [(q * (n - 1), int(q * (n - 1))) for q in (0.25, 0.75)]
+    wanted = {k for _, lo in spots for k in (lo, min(lo + 1, n - 1))}
+    below_guess = sorted({k for k in wanted if k < p} | {k - m for k in wanted if 0 <= k - m < p})
+    part = np.partition(present, sorted(set(mids) | set(below_guess)))
+    median = float(np.mean(part[mids]))
+    below = int(np.count_nonzero(part < median))
+
+    def filled(k: int) -> float:
+        return float(part[k]) if k < below else median if k < below + m else float(part[k - m])
+    q = tuple(_lerp(filled(lo), filled(min(lo + 1, n - 1)), pos - lo) for pos, lo in spots)
+    return median, q
 
 
 def outlier_mask(num: np.ndarray, bounds: list[list[float]]) -> np.ndarray:
@@ -171,7 +209,9 @@ def label_problems(y: np.ndarray, task: str, num_classes: int | None,
                 return "missing label"
             if task == "regression":
                 return f"target '{y[i]}' is not a number"
-            return f"label '{y[i]}' is not one of the classes seen in training ({', '.join(classes or [])})"
+            close = difflib.get_close_matches(str(y[i]), classes or [], n=1, cutoff=0.0)
+            return (f"label '{y[i]}' is not one of the classes seen in training ({', '.join(classes or [])})"
+                    + (f"; closest known: '{close[0]}'" if close else ""))
         return bad, text_problem
     nan = np.isnan(y)
     not_int = ~nan & (np.round(y) != y)
@@ -185,7 +225,8 @@ def label_problems(y: np.ndarray, task: str, num_classes: int | None,
             return "target is infinite"
         if not_int[i]:
             return f"label {y[i]:g} is not an integer"
-        return f"label {y[i]:g} is out of range [0, {num_classes})"
+        closest = f"; closest known: {min(max(y[i], 0), num_classes - 1):g}" if num_classes else ""
+        return f"label {y[i]:g} is out of range [0, {num_classes}){closest}"
     return bad, number_problem
 
 

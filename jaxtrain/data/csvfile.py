@@ -147,24 +147,28 @@ def missing_mask(col: pa.Array) -> np.ndarray:
 
 
 def text_column(col: pa.Array) -> pa.Array:
-    """Stripped values, null where missing."""
+    """Stripped values, null where missing (null stays null: `is_in` says false for it)."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
-    return pc.if_else(pa.array(missing_mask(col)), pa.scalar(None, pa.string()), pc.utf8_trim_whitespace(col))
+    stripped = pc.utf8_trim_whitespace(col)
+    marker = pc.is_in(pc.utf8_lower(stripped), value_set=pa.array(MISSING))
+    return pc.if_else(marker, pa.scalar(None, pa.string()), stripped)
 
 
-def numeric_column(col: pa.Array, where: str, name: str, line_of, hint: str = "") -> np.ndarray:
+def numeric_column(col: pa.Array, where: str, name: str, line_of, hint: str = "",
+                   unit: str = "line") -> np.ndarray:
     """float64 values (NaN where missing) of a float column, or of a string column whose values
-    must all be numbers or markers; else a DataError naming the first bad value's line."""
+    must all be numbers or markers; else a DataError naming the first bad value's line (or
+    `unit`: a Parquet row)."""
     if pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_null(col.type):
-        return pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+        return col.cast(pa.float64()).to_numpy(zero_copy_only=False)    # null -> NaN in the one copy
     miss = missing_mask(col)
     lowered = pc.utf8_lower(pc.utf8_trim_whitespace(col))
     number = pc.fill_null(pc.match_substring_regex(lowered, _NUMBER), False).to_numpy(zero_copy_only=False)
     bad = ~miss & ~number
     if bad.any():
         i = int(np.argmax(bad))
-        raise DataError(f"{where} line {line_of(i)} column '{name}': '{col[i].as_py().strip()}' is not a number "
+        raise DataError(f"{where} {unit} {line_of(i)} column '{name}': '{col[i].as_py().strip()}' is not a number "
                         f"in a numeric column; fix the value, write it as empty/NA to mark it missing{hint}")
     values = pc.if_else(pa.array(miss), pa.scalar("nan"), lowered)
     return values.cast(pa.float64()).to_numpy(zero_copy_only=False)
@@ -216,6 +220,7 @@ def check_config_columns(header: list[str], cfg: DataConfig, path: str) -> None:
 def read_sample(layout: CsvLayout, rows: int = SAMPLE_ROWS) -> pa.Table:
     """The first `rows` records, every column as strings (for inferring the column kinds)."""
     read, parse, convert = arrow_options(layout, set(), block_size=1 << 20)
+    read.use_threads = False           # with threads the reader parses blocks ahead that are never used
     try:
         reader = pcsv.open_csv(layout.path, read_options=read, parse_options=parse, convert_options=convert)
         batches, n = [], 0
@@ -288,8 +293,9 @@ def to_part(batch, schema: CsvSchema, target: str, line_of, first: int = 0) -> P
     hint = ", or declare the column as text with data.columns.{}=category"
     at = lambda i: line_of(first + i)  # noqa: E731
     names = schema.num_names
-    num = np.stack([numeric_column(batch.column(n), where, n, at, hint.format(n)) for n in names], 1) \
-        if names else np.zeros((batch.num_rows, 0))
+    num = np.empty((batch.num_rows, len(names)))      # filled column by column: no stacked copy
+    for j, n in enumerate(names):
+        num[:, j] = numeric_column(batch.column(n), where, n, at, hint.format(n))
     txt = {n: text_column(batch.column(n)) for n in schema.txt_kinds}
     ycol = batch.column(target)
     y = numeric_column(ycol, where, target, at) if schema.numeric_target else \
@@ -307,6 +313,29 @@ def check_not_all_missing(part: Part, schema: CsvSchema) -> None:
         if col.null_count == len(col):
             raise DataError(f"{schema.layout.path} column '{name}': every value is missing; "
                             "drop it with data.drop_columns or fill it in")
+
+
+def read_split_file(path: str, raw: RawData, cfg: DataConfig) -> tuple[Part, LineIndex]:
+    """A separate split file (data.val_path / test_path) read with the training file's column
+    kinds and target type; columns in any order, the training file's must all be there."""
+    layout = read_layout(path, cfg.delimiter)
+    check_config_columns(layout.header, cfg, path)
+    missing = [n for n in list(raw.num_names) + list(raw.txt_kinds) if n not in layout.header]
+    if missing:
+        raise DataError(f"{path}: column(s) {', '.join(missing)} of the training file {raw.where} are not "
+                        "in the header; a split file needs the training file's columns")
+    kinds = dict.fromkeys(raw.num_names, "numeric") | dict(raw.txt_kinds)
+    schema = CsvSchema(layout, kinds, numeric_target=raw.target_is_numeric)
+    numeric = schema.numeric | ({cfg.target} if schema.numeric_target else set())
+    table = read_all(layout, numeric)
+    if table.num_rows == 0:
+        raise DataError(f"{path}: only a header row, no data rows")
+    line_of = LineIndex(layout)
+    part = to_part(table, schema, cfg.target, line_of)
+    order = [schema.num_names.index(n) for n in raw.num_names]
+    if order != list(range(len(order))):
+        part.num = np.ascontiguousarray(part.num[:, order])
+    return part, line_of
 
 
 def load_csv(cfg: DataConfig) -> RawData:

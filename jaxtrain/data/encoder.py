@@ -18,6 +18,9 @@ from jaxtrain.data import clean, transforms
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.util.errors import DataError
 
+CHUNK_VALUES = 1 << 16     # values converted and normalized at a time: the chunk stays in cache
+TABLE_CHUNK_ROWS = 8192    # rows of a table's numbers through every rule at a time (~1 MB)
+
 
 @dataclasses.dataclass
 class Counts:
@@ -59,22 +62,24 @@ def feature_names(stats: FeatureStats) -> list[str]:
 
 
 def encode_table(stats: FeatureStats, num: np.ndarray, txt: dict[str, np.ndarray], where: str,
-                 line_of: Callable[[int], int] | None = None) -> tuple[np.ndarray, Counts]:
-    """Raw table rows -> (n, features) float32 before normalization, and what was changed.
-    `num` (n, k) float (NaN: missing) is modified in place; `txt` maps text columns to
-    object arrays (None: missing)."""
+                 line_of: Callable[[int], int] | None = None, normalize: bool = False
+                 ) -> tuple[np.ndarray, Counts]:
+    """Raw table rows -> (n, features) float32 (normalized too with `normalize`), and what was
+    changed. `num` (n, k) float (NaN: missing) is modified in place; `txt` maps text columns to
+    Arrow or object arrays (null / None: missing). The numbers go through every rule a block
+    of rows at a time, so that the block stays in cache across the rules."""
     names = stats.numeric_columns
-    counts = Counts(non_finite=non_finite_to_missing(num, names))
-    counts.missing, _ = clean.missing_counts(num, txt, names)
-    num, txt = clean.impute(num, txt, names, stats.fills)
-    transforms.apply_log(num, names, stats.log_columns, where, line_of)
-    rule = stats.outliers
-    if rule.bounds is not None and names:
-        counts.outliers = _nonzero(names, clean.outlier_mask(num, rule.bounds).sum(0))
-        if rule.action == "clip":
-            clean.clip_(num, rule.bounds)
     out = np.empty((len(num), feature_width(stats)), np.float32)
-    out[:, :len(names)] = num
+    counts = Counts()
+    for start in range(0, len(num), TABLE_CHUNK_ROWS):
+        at = (lambda i, start=start: line_of(start + i)) if line_of is not None else None
+        block = out[start:start + TABLE_CHUNK_ROWS]
+        counts.add(_encode_numbers(stats, num[start:start + TABLE_CHUNK_ROWS], block, where, at))
+        if normalize:
+            transforms.normalize_(block, stats.normalize)
+    if txt:
+        counts.missing.update(clean.missing_counts(None, txt, names)[0])
+    _, txt = clean.impute(num[:0], txt, names, stats.fills)
     col = len(names)
     for name, cats in stats.categories.items():
         out[:, col:col + len(cats)], unseen = transforms.one_hot(txt[name], cats)
@@ -87,8 +92,27 @@ def encode_table(stats: FeatureStats, num: np.ndarray, txt: dict[str, np.ndarray
     return out, counts
 
 
-def encode_arrays(stats: FeatureStats, x: np.ndarray, where: str) -> np.ndarray:
-    """Images or feature arrays (n, ...) -> float32 in the trained feature shape, before normalization."""
+def _encode_numbers(stats: FeatureStats, num: np.ndarray, out: np.ndarray, where: str,
+                    line_of: Callable[[int], int] | None) -> Counts:
+    """The numeric columns of a block of rows: inf to missing, imputed, log1p, outlier rule;
+    written into the first columns of `out`."""
+    names = stats.numeric_columns
+    counts = Counts(non_finite=non_finite_to_missing(num, names))
+    counts.missing, _ = clean.missing_counts(num, {}, names)
+    clean.impute(num, {}, names, stats.fills)
+    transforms.apply_log(num, names, stats.log_columns, where, line_of)
+    rule = stats.outliers
+    if rule.bounds is not None and names:
+        counts.outliers = _nonzero(names, clean.outlier_mask(num, rule.bounds).sum(0))
+        if rule.action == "clip":
+            clean.clip_(num, rule.bounds)
+    out[:, :len(names)] = num
+    return counts
+
+
+def encode_arrays(stats: FeatureStats, x: np.ndarray, where: str, normalize: bool = False) -> np.ndarray:
+    """Images or feature arrays (n, ...) -> float32 in the trained feature shape, before
+    normalization, or normalized too (`normalize`: in cache-sized chunks, one pass)."""
     shape = tuple(stats.feature_shape)
     if x.dtype.kind not in "biuf":
         raise DataError(f"{where}: inputs must be numeric, got {x.dtype}")
@@ -97,7 +121,15 @@ def encode_arrays(stats: FeatureStats, x: np.ndarray, where: str) -> np.ndarray:
             raise DataError(f"{where}: examples have shape {tuple(x.shape[1:])} but the model was trained "
                             f"on {shape}; pass inputs shaped like the training data")
         x = x.reshape(len(x), *shape)      # images flattened for the model, as in training
-    return x.astype(np.float32)
+    if not normalize:
+        return x.astype(np.float32)
+    out = np.empty(x.shape, np.float32)
+    step = max(1, CHUNK_VALUES // max(int(np.prod(shape)), 1))
+    for start in range(0, len(x), step):
+        chunk = out[start:start + step]
+        chunk[...] = x[start:start + step]
+        transforms.normalize_(chunk, stats.normalize)
+    return out
 
 
 def normalize(stats: FeatureStats, x: np.ndarray) -> np.ndarray:

@@ -28,18 +28,23 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int):
 
 
 def split_parts(raw: RawData, cfg: DataConfig) -> dict[str, Part | None]:
-    """The source's own splits where it has them; otherwise a seeded shuffle."""
+    """The source's own splits where it has them; otherwise a seeded shuffle. A split read
+    from its own file (data.val_path / test_path) replaces that split's fraction."""
+    files = {s: raw.parts[s] for s in raw.split_files}
+    val_fraction = 0.0 if "val" in files else cfg.val_fraction
     if "all" in raw.parts:
-        tr, va, te = split_indices(len(raw.parts["all"]), cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        tr, va, te = split_indices(len(raw.parts["all"]), val_fraction,
+                                   0.0 if "test" in files else cfg.test_fraction, cfg.seed)
         p = raw.parts["all"]
         out = {"train": p.take(tr), "val": p.take(va) if len(va) else None, "test": p.take(te)}
     else:
         out = {"train": raw.parts["train"], "val": raw.parts.get("val"), "test": raw.parts.get("test")}
-        if out["val"] is None and cfg.val_fraction > 0:
-            tr, va, _ = split_indices(len(out["train"]), cfg.val_fraction, 0.0, cfg.seed)
+        if out["val"] is None and val_fraction > 0:
+            tr, va, _ = split_indices(len(out["train"]), val_fraction, 0.0, cfg.seed)
             out["train"], out["val"] = out["train"].take(tr), out["train"].take(va)
         if out["test"] is None:
             raise DataError(f"{raw.where}: the source has a training split but no test split")
+    out.update(files)
     check_split_sizes(raw.where, len(out["train"]), len(out["test"]), cfg)
     return out
 
@@ -98,6 +103,8 @@ def prepare(raw: RawData, cfg: DataConfig, stats: FeatureStats | None = None,
     if "delimiter" in raw.extra:
         rep["delimiter"] = raw.extra["delimiter"]
     rep.update(raw.extra.get("report", {}))      # what the source itself counted (image folders)
+    if raw.split_files:
+        rep["split_files"] = {s: where for s, (where, _) in raw.split_files.items()}
     if fit:
         stats = FeatureStats(*resolve_task(raw, parts["train"], cfg))
     _check_labels(raw, parts, stats, cfg, rep)
@@ -105,18 +112,19 @@ def prepare(raw: RawData, cfg: DataConfig, stats: FeatureStats | None = None,
     if raw.kind == "array":
         _check_finite_images(raw, parts)
         rep["missing"] = rep["outliers"] = {"applies": False, "reason": "image arrays"}
-        enc = _encode_arrays(raw, parts, stats, cfg, fit)
+        enc, normalized = _encode_arrays(raw, parts, stats, cfg, fit, keep_raw_train)
     else:
         keep = tablefit.clean_and_fit(PartColumns(raw, parts["train"]), stats, cfg, fit, rep)
         if not keep.all():
             parts["train"] = parts["train"].take(np.flatnonzero(keep))
-        enc = _encode_tables(raw, parts, stats, fit, rep)
+        normalized = {s for s in parts if parts[s] is not None and not (s == "train" and keep_raw_train)}
+        enc = _encode_tables(raw, parts, stats, fit, rep, normalized)
     if fit:
         _fit_outputs(raw, parts["train"], enc["train"], stats, cfg)
     width = stats.normalize.width
     targets = {s: encoder.encode_targets(stats, p.y) for s, p in parts.items() if p is not None}
-    splits = {s: Split(encoder.normalize(stats, enc[s]), targets[s]) for s in enc
-              if not (s == "train" and keep_raw_train)}
+    splits = {s: Split(enc[s] if s in normalized else encoder.normalize(stats, enc[s]), targets[s])
+              for s in enc if not (s == "train" and keep_raw_train)}
     rep["rows_out"] = {s: len(p) for s, p in parts.items() if p is not None}
     rep["features"] = int(np.prod(stats.feature_shape))
     rep["task"] = stats.task
@@ -162,27 +170,51 @@ def _check_finite_images(raw: RawData, parts: dict[str, Part | None]) -> None:
 
 
 def _encode_arrays(raw: RawData, parts: dict[str, Part | None], stats: FeatureStats, cfg: DataConfig,
-                   fit: bool) -> dict[str, np.ndarray]:
+                   fit: bool, keep_raw_train: bool) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Each split as float32 in the feature shape, and which are normalized already: with the
+    normalizer known first (saved, or fitted on integer pixels, which float32 holds exactly),
+    conversion and normalization are one pass over each split, never a second one over it."""
+    train = parts["train"].x
     if fit:
-        shape = parts["train"].x.shape[1:]
-        stats.feature_shape = [int(np.prod(shape))] if cfg.flatten else list(shape)
-    elif int(np.prod(parts["train"].x.shape[1:])) != int(np.prod(stats.feature_shape)):
-        raise DataError(f"{raw.where}: examples have shape {list(parts['train'].x.shape[1:])} but the saved "
+        stats.feature_shape = [int(np.prod(train.shape[1:]))] if cfg.flatten else list(train.shape[1:])
+    elif int(np.prod(train.shape[1:])) != int(np.prod(stats.feature_shape)):
+        raise DataError(f"{raw.where}: examples have shape {list(train.shape[1:])} but the saved "
                         f"statistics expect {stats.feature_shape}; the data does not match the run")
-    return {s: encoder.encode_arrays(stats, p.x, raw.where) for s, p in parts.items() if p is not None}
+    early = fit and train.dtype.kind in "ui" and train.dtype.itemsize <= 2
+    if early:
+        stats.normalize = _array_normalizer(train, cfg)
+    enc, normalized = {}, set()
+    for s, p in parts.items():
+        if p is None:
+            continue
+        now = (early or not fit) and not (s == "train" and keep_raw_train)
+        enc[s] = encoder.encode_arrays(stats, p.x, raw.where, normalize=now)
+        if now:
+            normalized.add(s)
+    return enc, normalized
+
+
+def _array_normalizer(x: np.ndarray, cfg: DataConfig):
+    width = int(np.prod(x.shape[1:]))
+    scope = "feature" if cfg.normalize_scope == "feature" else "global"
+    return transforms.fit_normalizer_on(x, width, cfg.normalize, scope)
 
 
 def _encode_tables(raw: RawData, parts: dict[str, Part | None], stats: FeatureStats, fit: bool,
-                   rep: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Every split through the encoder; what it imputed, clipped and did not know is counted."""
+                   rep: dict[str, Any], normalized: set[str]) -> dict[str, np.ndarray]:
+    """Every split through the encoder (`normalized` ones normalized in the same pass: the
+    normalizer was fitted with the other statistics); what it imputed, clipped and did not
+    know is counted."""
     if not fit and list(raw.num_names) != list(stats.numeric_columns):
         raise DataError(f"{raw.where}: numeric columns {raw.num_names} but the saved statistics expect "
                         f"{stats.numeric_columns}; the data does not match the run")
     enc, counts = {}, {}
     for s, p in parts.items():
         if p is not None:
-            line_of = (lambda i, rows=p.rows: raw.line_of(int(rows[i]))) if raw.line_of else None
-            enc[s], counts[s] = encoder.encode_table(stats, p.num.copy(), p.txt, raw.where, line_of)
+            where, lines = raw.source_of(s)
+            line_of = (lambda i, rows=p.rows, lines=lines: lines(int(rows[i]))) if lines else None
+            # In place: a split's raw numbers are not read after encoding (no copy of the block).
+            enc[s], counts[s] = encoder.encode_table(stats, p.num, p.txt, where, line_of, s in normalized)
     count_into_report(counts, stats, rep)
     return enc
 
@@ -225,10 +257,8 @@ class PartColumns:
 def _fit_outputs(raw: RawData, train: Part, enc_train: np.ndarray, stats: FeatureStats, cfg: DataConfig) -> None:
     """The normalizer on the encoded training split, the feature names and shapes, the target scale."""
     table = raw.kind == "table"
-    if not table:                   # a table's normalizer was fitted with its other statistics
-        width = int(np.prod(enc_train.shape[1:]))
-        scope = "feature" if cfg.normalize_scope == "feature" else "global"
-        stats.normalize = transforms.fit_normalizer_on(enc_train, width, cfg.normalize, scope)
+    if not table and stats.normalize.width == 0:   # not fitted with the other statistics
+        stats.normalize = _array_normalizer(enc_train, cfg)
     else:
         stats.feature_names = encoder.feature_names(stats)
         stats.feature_shape = [enc_train.shape[1]]

@@ -48,12 +48,28 @@ class RawData:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     # A file's line of a record number (CSV), so that messages name lines; None for arrays.
     line_of: Callable[[int], int] | None = None
+    # How a message names a record number when the source has no lines (a Parquet file's row).
+    row_name: Callable[[int], str] | None = None
+    # Splits read from their own files (data.val_path / test_path): split -> (file, line_of).
+    split_files: dict[str, tuple[str, Callable[[int], int] | None]] = dataclasses.field(default_factory=dict)
 
     def row_label(self, split: str, row: int) -> str:
         """How a message names one example."""
-        if self.line_of is not None:
-            return f"{self.where} line {self.line_of(row)}"
-        return f"{self.where} {split} example {row}"
+        where, line_of = self.split_files.get(split, (self.where, self.line_of))
+        if line_of is not None:
+            return f"{where} line {line_of(row)}"
+        if self.row_name is not None and split not in self.split_files:
+            return self.row_name(row)
+        return f"{where} {split} example {row}" if where == self.where else f"{where} row {row}"
+
+    @property
+    def target_is_numeric(self) -> bool:
+        part = next(iter(self.parts.values()))
+        return part.y.dtype != object
+
+    def source_of(self, split: str) -> tuple[str, Callable[[int], int] | None]:
+        """(file, record -> line) of a split's examples."""
+        return self.split_files.get(split, (self.where, self.line_of))
 
 
 def table_part(y: np.ndarray, num: np.ndarray, txt: dict[str, pa.Array] | None = None,

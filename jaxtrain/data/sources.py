@@ -5,12 +5,14 @@ Each loader returns a `RawData` (see raw.py); nothing here cleans or transforms.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import importlib.resources
 import os
 import struct
 import zipfile
 import zlib
+from typing import Callable
 
 import numpy as np
 
@@ -117,26 +119,49 @@ _IDX_NAMES = {"train_images": ("train-images",), "train_labels": ("train-labels"
               "test_images": ("t10k-images", "test-images"), "test_labels": ("t10k-labels", "test-labels")}
 
 
+def gunzip(path: str) -> bytes | np.ndarray:
+    """The decompressed bytes of a gzip file, decoded straight into one buffer of the size its
+    trailer states: `gzip.open(...).read()` gathers chunks and then joins them, touching twice
+    the memory. Several members, or a trailer that does not match, take gzip's own path."""
+    with open(path, "rb") as f:
+        packed = f.read()
+    size = int.from_bytes(packed[-4:], "little") if len(packed) >= 18 else 0
+    out, pos = np.empty(size, np.uint8), 0
+    d = zlib.decompressobj(wbits=31)
+    data = packed
+    while data and pos < size:
+        chunk = d.decompress(data, min(1 << 20, size - pos))
+        out[pos:pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
+        pos += len(chunk)
+        data = d.unconsumed_tail
+    if pos == size and not d.decompress(data) and d.eof and not d.unused_data:
+        return out
+    return gzip.decompress(packed)
+
+
 def read_idx(path: str) -> np.ndarray:
     try:
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
+        if path.endswith(".gz"):
+            data = gunzip(path)
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read IDX file ({e}); re-download or decompress it") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or int(data[2]) not in _IDX_DTYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number); expected MNIST-format files")
-    ndim = data[3]
+    ndim = int(data[3])
     if len(data) < 4 + 4 * ndim:
         raise DataError(f"{path}: IDX header truncated")
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    dims = struct.unpack(f">{ndim}I", bytes(data[4:4 + 4 * ndim]))
+    dtype = np.dtype(_IDX_DTYPES[int(data[2])])
     need = int(np.prod(dims)) * dtype.itemsize
-    body = data[4 + 4 * ndim:]
-    if len(body) != need:
+    body = len(data) - 4 - 4 * ndim
+    if body != need:
         raise DataError(f"{path}: header says shape {tuple(dims)} ({need} bytes) but the file holds "
-                        f"{len(body)} bytes; the file is truncated or has the wrong header")
-    return np.frombuffer(body, dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
+                        f"{body} bytes; the file is truncated or has the wrong header")
+    values = np.frombuffer(data, dtype, offset=4 + 4 * ndim)      # a view: no copy of the body
+    return values.reshape(dims).astype(dtype.newbyteorder("="), copy=False)
 
 
 def _find_idx(directory: str, key: str) -> str:
@@ -229,6 +254,9 @@ def load_raw(cfg: DataConfig) -> RawData:
     if cfg.source == "csv":
         from jaxtrain.data.csvfile import load_csv
         raw = load_csv(cfg)
+    elif cfg.source == "parquet":
+        from jaxtrain.data.parquetfile import load_parquet
+        raw = load_parquet(cfg)
     elif cfg.source == "tfds":
         from jaxtrain.data.tfds_source import load_tfds
         raw = load_tfds(cfg)
@@ -238,8 +266,39 @@ def load_raw(cfg: DataConfig) -> RawData:
     else:
         loaders = {"builtin": _builtin, "synthetic": _synthetic, "idx": _idx, "npz": _npz}
         raw = loaders[cfg.source](cfg)
+    for split in ("val", "test"):
+        path = getattr(cfg, f"{split}_path", None)
+        if path is not None and cfg.source != "images":   # an image folder's test folder is read with it
+            raw.parts[split], line_of = _split_file(cfg, raw, split, str(path))
+            raw.split_files[split] = (str(path), line_of)
     check_not_empty(raw)
     return raw
+
+
+def _split_file(cfg: DataConfig, raw: RawData, split: str, path: str
+                ) -> tuple[Part, Callable[[int], int] | None]:
+    """A split read from its own file (data.val_path / test_path) like the training file."""
+    if cfg.source == "csv":
+        from jaxtrain.data.csvfile import read_split_file
+        return read_split_file(path, raw, cfg)
+    if cfg.source == "parquet":
+        from jaxtrain.data.parquetfile import read_split_file
+        return read_split_file(path, raw, cfg), None
+    own = _npz(dataclasses.replace(cfg, path=path))
+    key = next((k for k in ("all", split) if k in own.parts), None)
+    if key is None:
+        raise DataError(f"{path}: needs arrays 'x' and 'y' (or x_{split}/y_{split}) for the {split} split")
+    part = own.parts[key]
+    want, got = _example_shape(raw), _example_shape(own)
+    if own.kind != raw.kind or want != got:
+        raise DataError(f"{path}: examples of shape {got}, but {raw.where} has {want}; "
+                        "a split file needs the training file's shape")
+    return part, None
+
+
+def _example_shape(raw: RawData) -> tuple[int, ...]:
+    part = next(iter(raw.parts.values()))
+    return tuple((part.num if raw.kind == "table" else part.x).shape[1:])
 
 
 def check_not_empty(raw: RawData) -> None:

@@ -1,9 +1,9 @@
-"""Streaming a CSV that need not fit in memory, with any backend.
+"""Streaming a CSV or Parquet data set that need not fit in memory, with any backend.
 
-1. Scan: Arrow's block reader converts the file block by block (the in-memory column
-   rules), appends every record's columns to an on-disk Arrow cache, and keeps per
-   record only its label and a 64-bit row hash (exact duplicates; a false match among
-   5M rows has odds ~1e-6).
+1. Scan: Arrow's block reader (CSV: `open_csv`; Parquet: record batches of each row
+   group) converts the file block by block (the in-memory column rules), appends every
+   record's columns to an on-disk Arrow cache, and keeps per record only its label and a
+   64-bit row hash (exact duplicates; a false match among 5M rows has odds ~1e-6).
 2. Split, label checks and duplicates exactly as in memory (the same seeded split).
 3. Clean and fit with `tablefit`, the in-memory code, one column of the training
    split at a time read back from the cache: every rule of the in-memory path, with
@@ -18,14 +18,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from jaxtrain.config.data import DataConfig
-from jaxtrain.data import clean, csvfile, csvstream, encoder, pipeline_grain, pipeline_tf, tablefit
-from jaxtrain.data.csvfile import CsvSchema, LineIndex
+from jaxtrain.data import clean, csvfile, csvstream, encoder, parquetfile, pipeline_grain, pipeline_tf, tablefit
 from jaxtrain.data.dataset import Dataset, Split, gathered_batches
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.data.preprocess import (check_split_sizes, count_into_report, fit_target, split_indices,
@@ -39,13 +38,52 @@ SPLIT_NAMES = ("train", "val", "test")
 
 
 @dataclasses.dataclass
+class StreamSource:
+    """A file source as streaming reads it: its columns, its blocks, how messages name a record."""
+    where: str
+    num_names: list[str]
+    txt_kinds: dict[str, str]
+    blocks: Callable[[], Iterator[Part]]        # consecutive records, Part.rows: record numbers
+    line_of: Callable[[int], int] | None = None    # record -> file line (CSV)
+    row_name: Callable[[int], str] | None = None   # record -> how a message names it (Parquet)
+    report: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _text_labels(where: str, cfg: DataConfig, word: str | None) -> DataError:
+    """Class names would need a vocabulary fitted over the whole file first."""
+    return DataError(f"{where} column '{cfg.target}': text labels such as '{word}' are not supported in "
+                     "streaming mode; encode the classes as integers 0..k-1, or set data.streaming=false")
+
+
+def csv_source(cfg: DataConfig) -> StreamSource:
+    """Mostly numbers: a numeric target (a stray word is an error naming its line)."""
+    schema = csvfile.read_schema(cfg)
+    if schema.target_number_share <= 0.5:
+        raise _text_labels(schema.layout.path, cfg, schema.target_word)
+    schema = dataclasses.replace(schema, numeric_target=True)
+    line_of = csvfile.LineIndex(schema.layout)
+    return StreamSource(schema.layout.path, schema.num_names, schema.txt_kinds,
+                        lambda: csvstream.record_blocks(schema, cfg.target, line_of), line_of=line_of,
+                        report={"delimiter": schema.layout.delimiter} if schema.layout.sniffed else {})
+
+
+def parquet_source(cfg: DataConfig) -> StreamSource:
+    schema, dataset = parquetfile.read_schema(cfg)
+    if not schema.numeric_target:
+        first = dataset.head(1, columns=[cfg.target]).column(0)
+        raise _text_labels(schema.where, cfg, first[0].as_py() if len(first) else None)
+    blocks = parquetfile.TableBlocks(schema, cfg.target)
+    return StreamSource(schema.where, schema.num_names, schema.txt_kinds, lambda: iter(blocks),
+                        row_name=lambda i: parquetfile.row_namer(schema, blocks.counts)(i))
+
+
+@dataclasses.dataclass
 class Scan:
     """What the one pass over the file leaves: the column cache, and per record its label and hash."""
-    schema: CsvSchema
+    src: StreamSource
     cache: ColumnCache
     labels: np.ndarray
     hashes: np.ndarray
-    line_of: LineIndex
 
 
 def _row_hashes(part: Part) -> np.ndarray:
@@ -55,19 +93,18 @@ def _row_hashes(part: Part) -> np.ndarray:
     return clean.hash_words(np.concatenate(words, 1))
 
 
-def scan(schema: CsvSchema, cfg: DataConfig, directory: str) -> Scan:
+def scan(src: StreamSource, directory: str) -> Scan:
     """Pass 1 over the file: the column cache, the labels and the row hashes."""
-    cache = ColumnCache(os.path.join(directory, "columns.arrow"), schema.num_names, list(schema.txt_kinds))
-    line_of = LineIndex(schema.layout)
+    cache = ColumnCache(os.path.join(directory, "columns.arrow"), src.num_names, list(src.txt_kinds))
     labels, hashes = [], []
-    for part in csvstream.record_blocks(schema, cfg.target, line_of):
+    for part in src.blocks():
         cache.append(part)
         labels.append(part.y)
         hashes.append(_row_hashes(part))
     cache.close()
     if not labels or sum(map(len, labels)) == 0:
-        raise DataError(f"{schema.layout.path}: only a header row, no data rows")
-    return Scan(schema, cache, np.concatenate(labels), np.concatenate(hashes), line_of)
+        raise DataError(f"{src.where}: only a header row, no data rows")
+    return Scan(src, cache, np.concatenate(labels), np.concatenate(hashes))
 
 
 class CacheColumns:
@@ -75,8 +112,8 @@ class CacheColumns:
 
     def __init__(self, s: Scan, rows: np.ndarray):
         self.cache, self.rows = s.cache, rows
-        self.num_names, self.txt_kinds, self.where = s.schema.num_names, s.schema.txt_kinds, s.schema.layout.path
-        self.line_of = lambda i: s.line_of(int(rows[i]))
+        self.num_names, self.txt_kinds, self.where = s.src.num_names, s.src.txt_kinds, s.src.where
+        self.line_of = (lambda i: s.src.line_of(int(rows[i]))) if s.src.line_of else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -88,20 +125,11 @@ class CacheColumns:
         return self.cache.text(name).take(pa.array(self.rows))
 
 
-def _numeric_labels(schema: CsvSchema, cfg: DataConfig) -> CsvSchema:
-    """Mostly numbers: a numeric target (a stray word is an error naming its line). Mostly
-    words: class names, which would need a vocabulary fitted over the whole file first."""
-    if schema.target_number_share > 0.5:
-        return dataclasses.replace(schema, numeric_target=True)
-    raise DataError(f"{schema.layout.path} column '{cfg.target}': text labels such as '{schema.target_word}' "
-                        "are not supported in streaming mode; encode the classes as integers 0..k-1, "
-                        "or set data.streaming=false")
-
-
 def _train_rows(s: Scan, splits: tuple, stats: FeatureStats, cfg: DataConfig, rep: dict[str, Any]) -> np.ndarray:
     """Training records after the label checks and duplicates, in training order (as in memory)."""
     tr, va, te = splits
-    raw = RawData("table", {}, where=s.schema.layout.path, target=cfg.target, line_of=s.line_of)
+    raw = RawData("table", {}, where=s.src.where, target=cfg.target, line_of=s.src.line_of,
+                  row_name=s.src.row_name)
     task, nc = stats.task, stats.num_classes
     bad = clean.invalid_labels(raw, "train", Part(s.labels[tr], tr), task, nc, None, cfg.clean.invalid_labels)
     for name, idx in (("val", va), ("test", te)):
@@ -125,13 +153,13 @@ def _encode_all(s: Scan, stats: FeatureStats, split_rows: list[np.ndarray], dire
     width = encoder.feature_width(stats)
     files = [RowFile(os.path.join(directory, f"{name}.file_order.f32"), width) for name in SPLIT_NAMES]
     counts = {name: encoder.Counts() for name, rows in zip(SPLIT_NAMES, split_rows) if len(rows)}
-    where = s.schema.layout.path
+    where, lines = s.src.where, s.src.line_of
     for first, num, txt in s.cache.blocks():
         w = which[first:first + len(num)]
         for k, name in enumerate(SPLIT_NAMES):
             idx = np.flatnonzero(w == k)
             if len(idx):
-                line_of = lambda i, idx=idx, first=first: s.line_of(first + int(idx[i]))  # noqa: E731
+                line_of = (lambda i, idx=idx, first=first: lines(first + int(idx[i]))) if lines else None
                 sub = {n: t.take(pa.array(idx)) for n, t in txt.items()}
                 x, c = encoder.encode_table(stats, num[idx], sub, where, line_of)
                 files[k].append(encoder.normalize(stats, x))
@@ -160,20 +188,19 @@ def _in_split_order(file_order: MappedRows, rows: np.ndarray, directory: str, na
 
 
 def load_streaming(cfg: DataConfig, stats: FeatureStats | None = None) -> Dataset:
-    schema = _numeric_labels(csvfile.read_schema(cfg), cfg)
-    path = schema.layout.path
+    src = parquet_source(cfg) if cfg.source == "parquet" else csv_source(cfg)
+    path = src.where
     directory = CacheDir(cfg.cache_dir)          # removed if an error below leaves it behind
-    s = scan(schema, cfg, directory.path)
+    s = scan(src, directory.path)
     splits = split_indices(len(s.labels), cfg.val_fraction, cfg.test_fraction, cfg.seed)
     check_split_sizes(path, len(splits[0]), len(splits[2]), cfg)
     fit = stats is None
     if fit:
         task = None if cfg.task == "auto" else cfg.task
         stats = FeatureStats(*task_for_labels(task, cfg.num_classes, s.labels[splits[0]]))
-    rep: dict[str, Any] = {"source": "csv", "name": os.path.basename(path), "where": path, "streaming": True,
+    rep: dict[str, Any] = {"source": cfg.source, "name": os.path.basename(os.path.normpath(path)), "where": path,
+                           "streaming": True, **src.report,
                            "rows_in": {n: len(r) for n, r in zip(SPLIT_NAMES, splits) if len(r) or n != "val"}}
-    if schema.layout.sniffed:
-        rep["delimiter"] = schema.layout.delimiter
     rows = _train_rows(s, splits, stats, cfg, rep)
     keep = tablefit.clean_and_fit(CacheColumns(s, rows), stats, cfg, fit, rep)
     rows = rows[keep]

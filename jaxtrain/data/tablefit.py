@@ -70,32 +70,55 @@ def _line_label(cols: TrainColumns, keep: np.ndarray) -> Callable[[int], int] | 
     return (lambda i: cols.line_of(int(rows[i]))) if cols.line_of is not None else None
 
 
-def fit_numeric(cols: TrainColumns, keep: np.ndarray, stats: FeatureStats, cfg: DataConfig, fit: bool
-                ) -> np.ndarray:
+def fit_numeric(cols: TrainColumns, keep: np.ndarray, stats: FeatureStats, cfg: DataConfig, fit: bool,
+                norm_parts: list[Normalizer] | None = None) -> np.ndarray:
     """Fills and outlier bounds per numeric column (when fitting); returns the outlier mask
-    of the kept rows (rows x columns) when the rule drops, else None."""
+    of the kept rows (rows x columns) when the rule drops, else None. With `norm_parts` (the
+    rows kept stay kept), each column's normalizer is fitted in the same pass."""
     c = cfg.clean
     if fit:
         stats.outliers = OutlierRule(c.outliers, c.outlier_action, [] if c.outliers != "none" else None)
     rule = stats.outliers
     dropping = rule.bounds is not None and rule.action == "drop"
     outside = np.zeros((int(keep.sum()), len(cols.num_names)), bool) if dropping else None
+    every_row = bool(keep.all())
     for j, name in enumerate(cols.num_names):
         col = _numeric(cols, j)[0]
+        missing = np.isnan(col)
+        quartiles = None
         if fit:                   # fills: from every present value, before any row is dropped
-            present = col[~np.isnan(col)]
-            if len(present) == 0:
-                raise clean.all_missing(cols.where, name)
-            stats.fills[name] = clean.fit_fill(present, c.missing, c.fill_value)
-        col = col[keep]
-        col[np.isnan(col)] = stats.fills[name]
+            stats.fills[name], quartiles = _fit_fill(col, missing, cols.where, name, c,
+                                                     every_row and name not in stats.log_columns)
+        if not every_row:
+            col, missing = col[keep], missing[keep]
+        col[missing] = stats.fills[name]
         if name in stats.log_columns:
             col = transforms.apply_log(col[:, None], [name], [name], cols.where, _line_label(cols, keep))[:, 0]
         if fit and rule.bounds is not None:
-            rule.bounds.append(clean.fit_bound(col, c))
+            rule.bounds.append(clean.fit_bound(col, c, quartiles))
         if dropping:
             outside[:, j] = clean.outlier_mask(col[:, None], [rule.bounds[j]])[:, 0]
+        elif norm_parts is not None:
+            norm_parts.append(_column_normalizer(col, rule.bounds[j] if rule.bounds is not None else None, cfg))
     return outside
+
+
+def _fit_fill(col: np.ndarray, missing: np.ndarray, where: str, name: str, c, with_quartiles: bool):
+    """The fill of a column from its present values; for a median fill of every row, also
+    the IQR rule's quartiles of the filled column, from the same partition of the values."""
+    present = col[~missing]
+    if len(present) == 0:
+        raise clean.all_missing(where, name)
+    if with_quartiles and c.missing == "median" and c.outliers == "iqr":
+        return clean.median_and_quartiles(present, len(col) - len(present))
+    return clean.fit_fill(present, c.missing, c.fill_value), None
+
+
+def _column_normalizer(col: np.ndarray, bounds: list[float] | None, cfg: DataConfig) -> Normalizer:
+    """One column's normalizer as the encoder outputs it (clipped, float32)."""
+    if bounds is not None:
+        col = np.clip(col, *bounds)
+    return transforms.fit_normalizer(iter([col.astype(np.float32)[:, None]]), 1, cfg.normalize, "feature")
 
 
 def fit_text(cols: TrainColumns, keep: np.ndarray, stats: FeatureStats, cfg: DataConfig) -> None:
@@ -118,9 +141,10 @@ def fit_text(cols: TrainColumns, keep: np.ndarray, stats: FeatureStats, cfg: Dat
             stats.text_columns.append(name)
 
 
-def fit_normalizer(cols: TrainColumns, keep: np.ndarray, stats: FeatureStats, cfg: DataConfig):
+def fit_normalizer(cols: TrainColumns, keep: np.ndarray, stats: FeatureStats, cfg: DataConfig,
+                   parts: list[Normalizer] | None = None):
     """The normalizer of the numeric columns as the encoder outputs them (imputed, log1p'd,
-    clipped, float32), fitted column by column."""
+    clipped, float32), fitted column by column (or from `parts`, fitted during `fit_numeric`)."""
     scope = "global" if cfg.normalize_scope == "global" else "feature"
 
     def columns():
@@ -136,7 +160,8 @@ def fit_normalizer(cols: TrainColumns, keep: np.ndarray, stats: FeatureStats, cf
     width = len(cols.num_names)
     if scope == "global" or cfg.normalize == "none" or width == 0:
         return transforms.fit_normalizer(columns(), width, cfg.normalize, scope)
-    parts = [transforms.fit_normalizer(iter([col]), 1, cfg.normalize, scope) for col in columns()]
+    if parts is None or len(parts) != width:
+        parts = [transforms.fit_normalizer(iter([col]), 1, cfg.normalize, scope) for col in columns()]
     return Normalizer(cfg.normalize, scope, [p.shift[0] for p in parts], [p.scale[0] for p in parts], width)
 
 
@@ -162,7 +187,10 @@ def clean_and_fit(cols: TrainColumns, stats: FeatureStats, cfg: DataConfig, fit:
     else:
         miss["imputed"]["train"] = int(sum(miss["per_column"].values()))
     rep["missing"] = miss
-    outside = fit_numeric(cols, keep, stats, cfg, fit)
+    # The normalizer in the same pass over each column, unless rows are dropped after it.
+    same_pass = fit and cfg.normalize != "none" and cfg.normalize_scope != "global"
+    norm_parts: list[Normalizer] | None = [] if same_pass else None
+    outside = fit_numeric(cols, keep, stats, cfg, fit, norm_parts)
     rep["outliers"] = {"method": stats.outliers.method, "action": stats.outliers.action}
     if outside is not None and len(cols.num_names):
         rep["outliers"]["per_column"] = {n: int(k) for n, k in zip(cols.num_names, outside.sum(0)) if k}
@@ -170,5 +198,5 @@ def clean_and_fit(cols: TrainColumns, stats: FeatureStats, cfg: DataConfig, fit:
         keep[keep] = ~outside.any(1)
     if fit:
         fit_text(cols, keep, stats, cfg)
-        stats.normalize = fit_normalizer(cols, keep, stats, cfg)
+        stats.normalize = fit_normalizer(cols, keep, stats, cfg, norm_parts if outside is None else None)
     return keep
