@@ -41,8 +41,12 @@ class Mutant:
     why: str = ""
 
 
+ORACLE = "tests/test_step_oracle.py::test_one_step_on_a_padded_batch_matches_numpy"
+STRATEGIES = "tests/test_parallel_strategies.py"
+SIGNAL_IN_PROCESS = "tests/test_reliability_crash.py::test_signal_in_process_stops_at_the_next_call_with_a_checkpoint"
+
 MUTANTS: list[Mutant] = [
-    # ---- the six bugs an audit found escaping the suite
+    # ---- the six bugs an audit found escaping the suite (issue 21)
     Mutant("accuracy_counts_padding", "jaxtrain/engine/step.py",
            'm["correct"] = jnp.sum((jnp.argmax(outputs, -1) == y) * mask)',
            'm["correct"] = jnp.sum(jnp.argmax(outputs, -1) == y).astype(jnp.float32)',
@@ -55,6 +59,83 @@ MUTANTS: list[Mutant] = [
             "tests/test_data_sources.py::test_npz_normalizer_is_fitted_on_train_not_on_val_or_test",
             "tests/test_data_tf.py::test_tfds_normalizer_is_fitted_on_the_training_split_only"),
            "image/array normalizer fitted on train+val+test"),
+    Mutant("warmup_cosine_one_step_too_long", "jaxtrain/model/optim.py",
+           "warmup_steps=warmup, decay_steps=total)", "warmup_steps=warmup, decay_steps=total + 1)",
+           ("tests/test_optim.py::test_cosine_schedules_match_the_closed_form_at_every_step",),
+           "the cosine decays over one step too many and never reaches 0"),
+    Mutant("sigterm_exits_0", "jaxtrain/cli/main.py", "return 128 + e.signum", "return 0",
+           ("tests/test_reliability_crash.py::test_sigterm_saves_and_exits_then_resume_finishes_identically",),
+           "a preempted run exits 0"),
+    Mutant("sigterm_raises_no_preempted", "jaxtrain/training/hooks/signals.py",
+           "        if self.received is not None:\n            raise Preempted",
+           "        if self.received == signal.SIGINT:\n            raise Preempted",
+           (SIGNAL_IN_PROCESS,), "SIGTERM stops the loop but the run reports success"),
+    Mutant("na_kept_as_a_category", "jaxtrain/data/csvfile.py",
+           "pc.if_else(pa.array(missing_mask(col)), pa.scalar(None, pa.string())",
+           "pc.if_else(pc.is_null(col), pa.scalar(None, pa.string())",
+           ("tests/test_data_arrow.py::test_missing_markers_in_a_category_column_are_missing_not_categories",),
+           "NA / n/a in a category column become a category"),
+    # ---- the step
+    Mutant("loss_divides_by_the_padded_batch", "jaxtrain/engine/step.py",
+           "denominator = jnp.maximum(jnp.sum(mask), 1.0)", "denominator = jnp.asarray(mask.shape[0], jnp.float32)",
+           (ORACLE,), "the masked mean divides by the batch size, padding included"),
+    Mutant("pmap_sums_gradients", "jaxtrain/engine/step.py",
+           "grads, loss = jax.lax.pmean((grads, loss), axis_name)",
+           "grads, loss = jax.lax.psum((grads, loss), axis_name)",
+           (ORACLE,), "the pmap step adds the devices' gradients instead of averaging them"),
+    Mutant("pmap_ignores_where_the_padding_is", "jaxtrain/engine/step.py",
+           "/ jax.lax.psum(1, axis_name))", ")",
+           (ORACLE,), "each device's loss is divided by the global count without the shard factor"),
+    Mutant("accumulation_keeps_the_last_microbatch", "jaxtrain/engine/step.py",
+           "loss + l, jax.tree.map(jnp.add, grads, g)", "loss + l, g",
+           ("tests/test_step_accumulation_ema.py::test_accumulated_step_equals_the_whole_padded_batch",),
+           "gradient accumulation keeps only the last microbatch's gradient"),
+    Mutant("ema_weights_swapped", "jaxtrain/engine/step.py",
+           "ema_decay * e + (1.0 - ema_decay) * p", "ema_decay * p + (1.0 - ema_decay) * e",
+           ("tests/test_step_accumulation_ema.py::test_ema_matches_numpy_and_evaluation_uses_it",),
+           "the moving average weighs the new parameters by the decay"),
+    # ---- the encoder
+    Mutant("unseen_category_becomes_the_first", "jaxtrain/data/transforms.py",
+           "value_set=pa.array(categories, pa.string())), -1)", "value_set=pa.array(categories, pa.string())), 0)",
+           ("tests/test_data_clean.py::test_one_hot_unseen_category_maps_to_zeros",),
+           "an unseen category is encoded as the first known one"),
+    Mutant("hashed_text_not_normalized", "jaxtrain/data/transforms.py",
+           "out.ravel()[keys] = counts / norm[key_rows]", "out.ravel()[keys] = counts",
+           ("tests/test_data_clean.py::test_hashed_text_deterministic_and_independent",),
+           "hashed bag-of-words rows are not scaled to unit length"),
+    # ---- resume positions
+    Mutant("resume_restarts_the_epoch", "jaxtrain/ckpt/resume.py",
+           'step_in_epoch=meta["step_in_epoch"]', "step_in_epoch=0",
+           ("tests/test_checkpoint_resume.py::test_resume_mid_epoch_is_bit_exact",),
+           "a mid-epoch resume starts its epoch again"),
+    # ---- the schedules
+    Mutant("step_decay_not_staircase", "jaxtrain/model/optim.py", "staircase=True)", "staircase=False)",
+           ("tests/test_optim.py::test_schedules_follow_their_formulas",),
+           "the step schedule decays smoothly instead of in steps"),
+    Mutant("warmup_one_step_longer", "jaxtrain/model/optim.py",
+           "warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))",
+           "warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)) + 1)",
+           ("tests/test_optim.py::test_cosine_schedules_match_the_closed_form_at_every_step",),
+           "the warmup lasts one step longer than configured"),
+    # ---- the sharding rules
+    Mutant("fsdp_replicates_everything", "jaxtrain/parallel/placement.py",
+           "            if dim is None:\n                return repl", "            if True:\n                return repl",
+           (STRATEGIES + "::test_fsdp_shards_params_and_optimizer_state_on_a_two_axis_mesh",),
+           "fsdp keeps a full copy of every parameter on every device"),
+    Mutant("fsdp_shards_over_the_data_axis", "jaxtrain/parallel/placement.py",
+           "axis = FSDP_AXIS if FSDP_AXIS in self.mesh.shape else DATA_AXIS", "axis = DATA_AXIS",
+           (STRATEGIES + "::test_fsdp_shards_params_and_optimizer_state_on_a_two_axis_mesh",),
+           "fsdp splits parameters over the data axis of a two-axis mesh"),
+    Mutant("pmap_devices_read_the_whole_order", "jaxtrain/parallel/placement.py",
+           "in_specs=(P(), P(), P(), P(None, self.axes), P()),", "in_specs=(P(), P(), P(), P(), P()),",
+           (STRATEGIES + "::test_eight_devices_match_one_device",),
+           "every pmap device reads the whole batch's order instead of its own columns"),
+    # ---- signals (issue 21)
+    Mutant("ignored_sigint_taken_over", "jaxtrain/training/hooks/signals.py",
+           "if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:",
+           "if False:",
+           ("tests/test_reliability_crash.py::test_a_run_started_with_sigint_ignored_keeps_ignoring_it",),
+           "a run started with SIGINT ignored installs its handler anyway"),
 ]
 
 
