@@ -10,6 +10,8 @@ of the run's `TimeAccount` (accounting.py).
 
 from __future__ import annotations
 
+import collections
+
 import jax
 
 from jaxtrain.parallel import placement
@@ -113,15 +115,32 @@ def _epoch(run: Run, throughput: Throughput, steady: Steady, meter: PerfMeter) -
         _each_hook(run, "on_epoch_end")
 
 
+class CallPacer:
+    """Waits for the call `limit` calls back after each dispatch, so that at most `limit` calls
+    are in flight (None: no wait; see placement.calls_in_flight_limit for why)."""
+
+    def __init__(self, limit: int | None, wait=jax.block_until_ready):
+        self.limit, self.wait, self.in_flight = limit, wait, collections.deque()
+
+    def __call__(self, outputs) -> None:
+        if self.limit is None:
+            return
+        self.in_flight.append(outputs)
+        if len(self.in_flight) > self.limit:
+            self.wait(self.in_flight.popleft())
+
+
 def _train_epoch(run: Run, throughput: Throughput) -> dict | None:
     """The epoch's compiled calls with the hooks between them; its metric sums, read back once
     (None when nothing was left to train in it)."""
     engine = run.engine
     sums, run.epoch_sums = run.epoch_sums, None
+    pace = CallPacer(placement.calls_in_flight_limit(run.mesh))
     for run.state, call_sums, run.step_in_epoch in engine.run_epoch(run.state, run.epoch, run.step_in_epoch):
         run.global_step = run.epoch * engine.steps + run.step_in_epoch
         sums = call_sums if sums is None else accumulate_metrics(sums, call_sums)
         run.epoch_sums = sums
+        pace(sums)
         if run.step_in_epoch >= engine.steps:  # the epoch's sync, before hooks that would wait for it
             jax.block_until_ready(call_sums)
         with run.ctx.account.part(HOOK_PART):

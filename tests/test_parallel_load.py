@@ -1,0 +1,67 @@
+"""Several CPU devices in one process while other processes keep both cores busy.
+
+XLA's CPU client deadlocked (and aborted at its 40 s rendezvous timeout) when the host ran
+far ahead of devices slowed by a loaded machine: the fix bounds the calls in flight
+(placement.calls_in_flight_limit, loop.CallPacer). The run here is one compiled call per
+step so that the host has many calls to run ahead with. Bounded: the run has its own
+timeout, and the busy processes end with the test (or by themselves after 10 minutes)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtrain import train
+from jaxtrain.ckpt.params import load_named_params
+from jaxtrain.parallel import placement
+from jaxtrain.training.loop import CallPacer
+
+RUN = ["--set", "data.source=synthetic", "--set", "data.name=blobs", "--set", "data.synthetic_rows=400",
+       "--set", "data.batch_size=32", "--set", "model.hidden_sizes=[128]", "--set", "train.epochs=2",
+       "--set", "train.steps_per_call=1", "--set", "logging.progress=none", "--set", "checkpoint.every_epochs=2"]
+
+
+def test_the_pacer_waits_for_the_call_limit_calls_back():
+    waited = []
+    pace = CallPacer(2, wait=waited.append)
+    for call in range(6):
+        pace(call)
+        assert waited == list(range(max(0, call - 1)))   # after call c, calls up to c - 2 are done
+    unlimited = CallPacer(None, wait=waited.append)
+    for call in range(6):
+        unlimited(call)
+    assert waited == [0, 1, 2, 3]
+
+
+def test_only_several_cpu_devices_in_a_process_limit_the_calls_in_flight():
+    eight = jax.make_mesh((8,), ("data",), devices=jax.devices()[:8])
+    one = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+    assert placement.calls_in_flight_limit(eight) == placement.CPU_CALLS_IN_FLIGHT
+    assert placement.calls_in_flight_limit(one) is None
+
+
+def test_eight_devices_finish_while_both_cores_are_busy_and_agree_with_one(tmp_path):
+    busy = [subprocess.Popen(["timeout", "600", sys.executable, "-c", "while True: pass"])
+            for _ in range(2)]
+    try:
+        env = dict(os.environ, JAX_NUM_CPU_DEVICES="8", PYTHONPATH=os.pathsep.join(sys.path))
+        proc = subprocess.run([sys.executable, "-m", "jaxtrain", "train", *RUN, "--workdir", str(tmp_path / "eight")],
+                              env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Termination timeout" not in proc.stderr and "may be stuck" not in proc.stderr
+    summary = json.loads((tmp_path / "eight" / "summary.json").read_text())
+    assert summary["devices"]["count"] == 8
+    one = train(None, workdir=tmp_path / "one", overrides=[*RUN[1::2], "parallel.data_axis_size=1"])
+    assert one["train"]["steps"] == summary["train"]["steps"]
+    a, _ = load_named_params(tmp_path / "eight")
+    b, _ = load_named_params(tmp_path / "one")
+    for name in b:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
