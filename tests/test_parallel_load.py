@@ -65,3 +65,41 @@ def test_eight_devices_finish_while_both_cores_are_busy_and_agree_with_one(tmp_p
     b, _ = load_named_params(tmp_path / "one")
     for name in b:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_rendezvous_timeouts_are_added_to_xla_flags_without_overriding_the_users():
+    from jaxtrain.parallel.xla_flags import CPU_RENDEZVOUS_TIMEOUTS, set_cpu_rendezvous_timeouts
+    env = {"XLA_FLAGS": "--xla_cpu_collective_call_terminate_timeout_seconds=7 --xla_dump_to=/tmp/x"}
+    set_cpu_rendezvous_timeouts(env)
+    flags = env["XLA_FLAGS"].split()
+    warn = "xla_cpu_collective_call_warn_stuck_timeout_seconds"
+    assert f"--{warn}={CPU_RENDEZVOUS_TIMEOUTS[warn]}" in flags
+    assert "--xla_cpu_collective_call_terminate_timeout_seconds=7" in flags and "--xla_dump_to=/tmp/x" in flags
+    assert sum("terminate_timeout" in f for f in flags) == 1
+    fresh = {}
+    set_cpu_rendezvous_timeouts(fresh)
+    assert sorted(fresh["XLA_FLAGS"].split()) == sorted(f"--{k}={v}" for k, v in CPU_RENDEZVOUS_TIMEOUTS.items())
+
+
+def test_xla_reads_the_raised_timeouts(tmp_path):
+    """In a fresh process with jaxtrain imported: one of 8 devices joins an all-reduce 2 s late.
+    With the warning lowered to 1 s by the user, XLA logs it and then completes the call: the
+    flags jaxtrain composed were read, and a late participant is waited for."""
+    code = (
+        "import time, jaxtrain, jax, jax.numpy as jnp, numpy as np\n"
+        "mesh = jax.make_mesh((8,), ('d',), axis_types=(jax.sharding.AxisType.Auto,))\n"
+        "def late(i):\n"
+        "    if int(i) == 0: time.sleep(2.0)\n"
+        "    return np.zeros((), np.float32)\n"
+        "def body(x):\n"
+        "    d = jax.pure_callback(late, jax.ShapeDtypeStruct((), jnp.float32), jax.lax.axis_index('d'))\n"
+        "    return jax.lax.psum(x + d, 'd')\n"
+        "f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=jax.P('d'), out_specs=jax.P()))\n"
+        "x = jax.device_put(jnp.arange(8.0), jax.NamedSharding(mesh, jax.P('d')))\n"
+        "print(float(f(x)[0]))\n")
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="8", PYTHONPATH=os.pathsep.join(sys.path),
+               XLA_FLAGS="--xla_cpu_collective_call_warn_stuck_timeout_seconds=1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.split()[-1]) == 28.0        # 0 + 1 + ... + 7
+    assert "may be stuck" in proc.stderr and "Termination timeout" not in proc.stderr

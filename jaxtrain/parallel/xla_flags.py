@@ -2,15 +2,13 @@
 
 Several CPU devices in one process (`JAX_NUM_CPU_DEVICES=8`) meet at every collective in a
 rendezvous, one thread per device. XLA logs "may be stuck" when a participant is 20 s late
-and aborts the whole process (SIGABRT and a C++ stack) at 40 s. Every participant does
-arrive: XLA's client pool has at least one thread per device, and the devices of one
-process run the same program. But on a loaded machine (2 cores, other processes busy) a
-device thread can wait tens of seconds for a core, so a slow run was killed as if it
-were stuck. jaxtrain raises both timeouts: a stall of these lengths in one process is a
-loaded machine, not a deadlock (collectives across processes are watched by
-parallel/watchdog.py with its own bound). XLA_FLAGS is read once, when the backend
-starts, so this runs at `import jaxtrain`. jaxlib releases before these flags existed
-abort on an unknown flag: they are set only from jaxlib 0.9 on.
+and aborts the whole process (SIGABRT and a C++ stack) at 40 s. On a loaded machine (2 cores,
+other processes busy) a device thread can wait that long for a core: a slow run, not a stuck
+one. jaxtrain raises both timeouts (the deadlock that made such runs really stuck is avoided
+by bounding the calls in flight: placement.calls_in_flight_limit). Collectives across
+processes are watched by parallel/watchdog.py with its own bound. XLA_FLAGS is read once,
+when the backend starts, so this runs at `import jaxtrain`. jaxlib releases before these
+flags existed abort on an unknown flag: they are set only from jaxlib 0.9 on.
 """
 
 from __future__ import annotations
@@ -18,9 +16,9 @@ from __future__ import annotations
 import os
 from importlib import metadata
 
-# Seconds. Warn: XLA's "may be stuck" log line, which on a loaded machine is only noise.
-CPU_RENDEZVOUS_TIMEOUTS = {"xla_cpu_collective_call_warn_stuck_timeout_seconds": 600,
-                           "xla_cpu_collective_call_terminate_timeout_seconds": 3600}
+# Seconds: XLA's "may be stuck" log line, and the abort (still there for a real stall).
+CPU_RENDEZVOUS_TIMEOUTS = {"xla_cpu_collective_call_warn_stuck_timeout_seconds": 300,
+                           "xla_cpu_collective_call_terminate_timeout_seconds": 900}
 FIRST_JAXLIB = (0, 9)
 
 
