@@ -138,6 +138,10 @@ MUTANTS: list[Mutant] = [
            "if len(self.in_flight) > self.limit:", "if len(self.in_flight) > self.limit + 1:",
            ("tests/test_parallel_load.py::test_the_pacer_waits_for_the_call_limit_calls_back",),
            "one call more in flight than the limit"),
+    Mutant("rendezvous_abort_passes_through", "jaxtrain/cli/fatal_guard.py",
+           "if any(m in line for m in MARKERS):", "if False:",
+           ("tests/test_parallel_load.py::test_a_rendezvous_timeout_ends_in_one_line_not_a_cpp_stack",),
+           "XLA's rendezvous abort reaches the user as SIGABRT and C++ stacks"),
     # ---- signals (issue 21)
     Mutant("ignored_sigint_taken_over", "jaxtrain/training/hooks/signals.py",
            "if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:",

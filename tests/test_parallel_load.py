@@ -103,3 +103,47 @@ def test_xla_reads_the_raised_timeouts(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert float(proc.stdout.split()[-1]) == 28.0        # 0 + 1 + ... + 7
     assert "may be stuck" in proc.stderr and "Termination timeout" not in proc.stderr
+
+
+LATE_ALL_REDUCE = """
+import sys, time
+from jaxtrain.cli.fatal_guard import FatalGuard
+guard = FatalGuard()
+import jax, jax.numpy as jnp, numpy as np
+mesh = jax.make_mesh((8,), ('d',), axis_types=(jax.sharding.AxisType.Auto,))
+def late(i):
+    if int(i) == 0: time.sleep(float(sys.argv[1]))
+    return np.zeros((), np.float32)
+def body(x):
+    d = jax.pure_callback(late, jax.ShapeDtypeStruct((), jnp.float32), jax.lax.axis_index('d'))
+    return jax.lax.psum(x + d, 'd')
+f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=jax.P('d'), out_specs=jax.P()))
+x = jax.device_put(jnp.arange(8.0), jax.NamedSharding(mesh, jax.P('d')))
+print(float(f(x)[0]), flush=True)
+print("after the call", file=sys.stderr)
+guard.close()
+"""
+
+
+@pytest.mark.parametrize("late_s", [0.0, 4.0], ids=["on_time", "past_the_timeout"])
+def test_a_rendezvous_timeout_ends_in_one_line_not_a_cpp_stack(tmp_path, late_s):
+    """The command line's guard (cli/fatal_guard.py, on with several CPU devices): a device 4 s
+    late for an all-reduce, past XLA's 1 s warning + 1 s termination timeouts, ends the process with exit 4 and one
+    line instead of XLA's SIGABRT and stacks; on time, everything written passes through."""
+    script = tmp_path / "late.py"
+    script.write_text(LATE_ALL_REDUCE)
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="8", PYTHONPATH=os.pathsep.join(sys.path),
+               XLA_FLAGS="--xla_cpu_collective_call_warn_stuck_timeout_seconds=1 "
+                         "--xla_cpu_collective_call_terminate_timeout_seconds=1")
+    proc = subprocess.run([sys.executable, str(script), str(late_s)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    if late_s == 0.0:
+        assert proc.returncode == 0 and proc.stdout.split() == ["28.0"], proc.stderr[-3000:]
+        assert "after the call" in proc.stderr
+        return
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("jaxtrain: error: the devices of this process waited too long") and \
+        "xla_cpu_collective_call_terminate_timeout_seconds" in lines[-1]
+    assert "@ 0x" not in proc.stderr and "Check failure" not in proc.stderr and "Termination timeout" not in proc.stderr
+    assert proc.stdout == ""

@@ -2,11 +2,12 @@
 
 Several CPU devices in one process (`JAX_NUM_CPU_DEVICES=8`) meet at every collective in a
 rendezvous, one thread per device. XLA logs "may be stuck" when a participant is 20 s late
-and aborts the whole process (SIGABRT and a C++ stack) at 40 s. On a loaded machine (2 cores,
-other processes busy) a device thread can wait that long for a core: a slow run, not a stuck
-one. jaxtrain raises both timeouts (the deadlock that made such runs really stuck is avoided
+and aborts the whole process (SIGABRT and a C++ stack) 40 s after that. On a loaded machine
+(2 cores, other processes busy) a device thread can wait that long for a core: a slow run,
+not a stuck one. jaxtrain raises both timeouts (the deadlock that made such runs really stuck is avoided
 by bounding the calls in flight: placement.calls_in_flight_limit). Collectives across
-processes are watched by parallel/watchdog.py with its own bound. XLA_FLAGS is read once,
+processes are watched by parallel/watchdog.py with its own bound; if the abort still comes,
+the command line turns it into one line (cli/fatal_guard.py). XLA_FLAGS is read once,
 when the backend starts, so this runs at `import jaxtrain`. jaxlib releases before these
 flags existed abort on an unknown flag: they are set only from jaxlib 0.9 on.
 """
@@ -16,9 +17,10 @@ from __future__ import annotations
 import os
 from importlib import metadata
 
-# Seconds: XLA's "may be stuck" log line, and the abort (still there for a real stall).
-CPU_RENDEZVOUS_TIMEOUTS = {"xla_cpu_collective_call_warn_stuck_timeout_seconds": 300,
-                           "xla_cpu_collective_call_terminate_timeout_seconds": 900}
+# Seconds: XLA's "may be stuck" log line, and the abort that many seconds after it (a real
+# stall still ends, 12 minutes after the last participant should have arrived).
+CPU_RENDEZVOUS_TIMEOUTS = {"xla_cpu_collective_call_warn_stuck_timeout_seconds": 120,
+                           "xla_cpu_collective_call_terminate_timeout_seconds": 600}
 FIRST_JAXLIB = (0, 9)
 
 
