@@ -18,7 +18,7 @@ MNIST and the in-memory CSV are timed three ways, each against its floor timed t
 - warm: in this process, after a warm-up (what the stage itself costs);
 - fresh process: `load_dataset` + `write_artifacts` as the first call in a new process, the
   floor too (what a run pays: its arrays are the process's first touch of that memory);
-- the run: `jaxtrain train ... train.epochs=1` in a new process, its own `time.data_s`
+- the run: `jaxtrain train ... train.epochs=1` in a new process, its own `time.breakdown.data`
   from summary.json, against the fresh-process floor.
 The generated files go to a temp dir (--dir) and are deleted at the end.
 """
@@ -153,7 +153,7 @@ def fresh_child(which: str, kind: str, path: str, workdir: str) -> None:
 
 def fresh_and_run(kind: str, path: str, repeats: int, workdir: str) -> dict:
     """Interleaved: a fresh process timing the floor, one timing the stage, and a whole
-    `jaxtrain train` run (one epoch) reporting its own time.data_s."""
+    `jaxtrain train` run (one epoch) reporting its own time.breakdown.data."""
     def child(which):
         out = subprocess.run([sys.executable, __file__, "--fresh-child", which, kind, path, "--dir", workdir],
                              capture_output=True, text=True, check=True)
@@ -169,7 +169,7 @@ def fresh_and_run(kind: str, path: str, repeats: int, workdir: str) -> dict:
         if out.returncode:
             raise SystemExit(f"{' '.join(args)} failed:\n{out.stderr[-2000:]}")
         with open(os.path.join(rundir, "run", "summary.json")) as f:
-            data_s = json.load(f)["time"]["data_s"]
+            data_s = json.load(f)["time"]["breakdown"]["data"]
         shutil.rmtree(rundir)
         return data_s
     floors, stages, runs = [], [], []
@@ -312,7 +312,7 @@ def print_table(results: dict) -> None:
         print(f"streamed {s['mb']:.0f} MB, {s['train_rows']} train rows: one epoch {s['epoch_s']:.1f} s, "
               f"peak RSS {s['peak_rss_mib']:.0f} MiB")
     print("ratio: warm, in this process (wall; cpu: CPU seconds); fresh: first call in a new process; run: a "
-          "whole `jaxtrain train`'s own time.data_s; fresh and run against the floor timed in a new process")
+          "whole `jaxtrain train`'s own time.breakdown.data; fresh and run against the floor timed in a new process")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ worker process unpickling a data-stage function) does not import JAX and every l
 
 import importlib
 
+from jaxtrain.parallel.xla_flags import set_cpu_rendezvous_timeouts
+
+set_cpu_rendezvous_timeouts()  # before JAX's backend starts (see parallel/xla_flags.py)
+
 _WHERE = {"train": "jaxtrain.runs.api", "resume": "jaxtrain.runs.api", "evaluate": "jaxtrain.runs.api",
           "search": "jaxtrain.runs.search",
           "load_config": "jaxtrain.config.schema", "Config": "jaxtrain.config.schema",

@@ -1,6 +1,10 @@
 """Per-run accounting on the run clock: the time breakdown, step time, FLOPs per example and MFU."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 import types
 
 import numpy as np
@@ -81,9 +85,20 @@ def test_segments_add_up_and_each_keeps_its_own_figures():
     assert rates == {"step_time_ms": pytest.approx(175.0), "examples_per_sec": pytest.approx(1280 / 3.5)}
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process_age_s reads /proc (Linux)")
 def test_process_age_is_this_process_not_the_machine():
-    age = process_age_s()
-    assert age is None or 0.0 < age < 24 * 3600
+    """A child that sleeps 0.5 s and then reads its age: at least the sleep, at most the time
+    the parent saw pass from before the start to after the end (one clock tick of slack)."""
+    code = "import time; time.sleep(0.5); from jaxtrain.util.time_account import process_age_s; " \
+           "print(process_age_s())"
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    elapsed = time.monotonic() - t0
+    age = float(out.stdout)
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    assert 0.5 <= age <= elapsed + tick, (age, elapsed)
+    assert process_age_s() > age - tick  # this process started before its child
 
 
 def _mnist_shaped(n=512, seed=0):

@@ -81,6 +81,33 @@ def test_an_infinite_target_is_refused_naming_line_and_column(tmp_path):
                                 test_fraction=0.0))
 
 
+@pytest.mark.parametrize("streaming", [False, True], ids=["in_memory", "streamed"])
+def test_missing_markers_in_a_category_column_are_missing_not_categories(tmp_path, streaming):
+    """NA, n/a, null and empty (any case, any padding) in a category column are missing values,
+    imputed with the most frequent category; only red and blue are categories."""
+    colors = ["red", "NA", "blue", "n/a", "red", "", " N/A ", "blue", "red", "null", "na", "red"]
+    rows = [[c, str(i % 3), str(i)] for i, c in enumerate(colors)]
+    p = write(tmp_path / "k.csv", ["color", "v", "y"], rows)
+    ds = load_dataset(DataConfig(source="csv", path=p, target="y", task="regression", val_fraction=0.0,
+                                 test_fraction=0.0, normalize="none", standardize_target=False,
+                                 columns={"color": "category"}, streaming=streaming,
+                                 cache_dir=str(tmp_path), clean=CleanConfig(missing="most_frequent",
+                                                                            duplicates=False)))
+    assert ds.stats.categories == {"color": ["blue", "red"]}
+    assert ds.report["missing"]["per_column"] == {"color": 6}
+    filled = [c if c in ("red", "blue") else "red" for c in colors]
+    assert ds.stats.feature_names == ["v", "color=blue", "color=red"]
+    expected = np.array([[i % 3, float(c == "blue"), float(c == "red")] for i, c in enumerate(filled)])
+    if streaming:
+        x, y, mask = map(np.concatenate, zip(*ds.train_batches(5, 0, 0)))
+        x, y = x[mask > 0], y[mask > 0]
+    else:
+        x, y = ds.train.x, ds.train.y
+    order = np.argsort(y)
+    np.testing.assert_array_equal(y[order], np.arange(len(colors)))
+    np.testing.assert_allclose(x[order], expected)
+
+
 RULES = [CleanConfig(missing="median"), CleanConfig(missing="most_frequent", outliers="iqr"),
          CleanConfig(missing="drop", outliers="zscore", outlier_action="drop"),
          CleanConfig(missing="mean", outliers="iqr", outlier_action="drop", iqr_k=1.0)]

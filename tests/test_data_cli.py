@@ -92,15 +92,25 @@ def test_mnist_config_on_idx_both_backends_agree(capsys, tmp_path):
     assert a["accuracy"] == b["accuracy"]
 
 
-def test_mnist_config_on_tfds_mock(capsys, tmp_path):
+def test_mnist_config_on_tfds_mock_agrees_with_the_same_arrays_from_npz(capsys, tmp_path):
+    """The tfds path and the NPZ path must train alike on the same images and labels."""
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=32):
         code, err = _cli(capsys, "train", "mnist_mlp", "--set", "data.batch_size=16", *FAST,
-                         "--workdir", tmp_path / "run")
+                         "--workdir", tmp_path / "tfds")
+        rows = {s: list(tfds.as_numpy(tfds.builder("mnist").as_dataset(split=s))) for s in ("train", "test")}
     assert code == 0, err
-    s = _summary(tmp_path / "run")
-    assert 0.0 <= s["test"]["accuracy"] <= 1.0 and np.isfinite(s["test"]["loss"])
-    report = json.loads((tmp_path / "run" / "preprocess_report.json").read_text())
+    arrays = {f"{k}_{s}": np.stack([r["image" if k == "x" else "label"] for r in rows[s]])
+              for s in rows for k in ("x", "y")}
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    code, err = _cli(capsys, "train", "mnist_mlp", "--set", "data.source=npz", "--set",
+                     f"data.path={tmp_path / 'mnist.npz'}", "--set", "data.num_classes=10",
+                     "--set", "data.batch_size=16", *FAST, "--workdir", tmp_path / "npz")
+    assert code == 0, err
+    a, b = _summary(tmp_path / "tfds")["test"], _summary(tmp_path / "npz")["test"]
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+    assert a["accuracy"] == b["accuracy"]
+    report = json.loads((tmp_path / "tfds" / "preprocess_report.json").read_text())
     assert report["rows_in"]["train"] == 32 and report["features"] == 784
 
 
@@ -128,7 +138,7 @@ def test_house_prices_config_on_a_messy_csv(capsys, tmp_path):
     assert s["test"]["mae"] < 20000                    # in original units, not standardized
     stats = json.loads((tmp_path / "run" / "stats.json").read_text())
     assert stats["categories"]["city"] == ["centre", "north", "south"]
-    report = json.loads((tmp_path / "run" / "preprocess_report.json").read_text())
+    report = json.loads((tmp_path / "tfds" / "preprocess_report.json").read_text())
     per_col = {k: v for k, v in report["missing"]["per_column"].items()}
     # every missing value is counted (train split) and imputed; no row disappears silently
     assert set(per_col) == {"area", "city"} and report["missing"]["rows_dropped"] == 0

@@ -49,6 +49,25 @@ def test_idx_values_and_global_minmax(tmp_path, gz):
     np.testing.assert_array_equal(ds.train.y, ytr)
 
 
+def test_idx_normalizer_is_fitted_on_the_training_images_only(tmp_path):
+    """Training pixels span 40..160 and test pixels 0..255: a min-max fitted on the test split
+    too would map the test images into [0, 1]; fitted on train they reach below 0 and above 1."""
+    rng = np.random.default_rng(4)
+    xtr = rng.integers(40, 161, (30, 4, 3)).astype(np.uint8)
+    xte = rng.integers(0, 256, (10, 4, 3)).astype(np.uint8)
+    xte[0, 0, 0], xte[1, 0, 0] = 0, 255
+    for name, arr in (("train-images-idx3-ubyte", xtr), ("t10k-images-idx3-ubyte", xte),
+                      ("train-labels-idx1-ubyte", (np.arange(30) % 10).astype(np.uint8)),
+                      ("t10k-labels-idx1-ubyte", (np.arange(10) % 10).astype(np.uint8))):
+        write_idx(tmp_path / name, arr)
+    ds = load_dataset(DataConfig(source="idx", path=str(tmp_path), val_fraction=0.0, normalize="minmax",
+                                 clean=CleanConfig(duplicates=False)))
+    lo, hi = float(xtr.min()), float(xtr.max())
+    np.testing.assert_allclose(ds.train.x, (xtr.reshape(30, -1) - lo) / (hi - lo), atol=1e-6)
+    np.testing.assert_allclose(ds.test.x, (xte.reshape(10, -1) - lo) / (hi - lo), atol=1e-6)
+    assert ds.test.x.min() < 0 and ds.test.x.max() > 1
+
+
 def test_idx_wrong_image_shape_names_file(tmp_path):
     make_idx(tmp_path, test_shape=(4, 4))
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz.*shape"):
@@ -84,6 +103,29 @@ def test_npz_single_and_splits(tmp_path):
              y_test=rng.integers(0, 3, 7))
     ds = load_dataset(DataConfig(source="npz", path=str(tmp_path / "b.npz"), val_fraction=0.0))
     np.testing.assert_allclose(ds.test.x, (xte - xtr.mean(0)) / xtr.std(0), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 3)], ids=["table", "images"])
+@pytest.mark.parametrize("normalize", ["zscore", "minmax"])
+def test_npz_normalizer_is_fitted_on_train_not_on_val_or_test(tmp_path, normalize, shape):
+    """Train, val and test come from different distributions: only the training split's
+    statistics (NumPy; per column for a table, over all pixels for images) may shape the
+    normalized values of every split."""
+    rng = np.random.default_rng(2)
+    xtr = rng.normal(size=(40, *shape))
+    xva, xte = rng.normal(size=(9, *shape)) * 4 - 3, rng.normal(size=(7, *shape)) * 3 + 5
+    np.savez(tmp_path / "c.npz", x_train=xtr, y_train=rng.integers(0, 3, 40), x_val=xva,
+             y_val=rng.integers(0, 3, 9), x_test=xte, y_test=rng.integers(0, 3, 7))
+    ds = load_dataset(DataConfig(source="npz", path=str(tmp_path / "c.npz"), normalize=normalize))
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (40, 9, 7)
+    axis = 0 if len(shape) == 1 else None
+    if normalize == "zscore":
+        shift, scale = xtr.mean(axis), xtr.std(axis)
+    else:
+        shift, scale = xtr.min(axis), xtr.max(axis) - xtr.min(axis)
+    for got, raw in ((ds.train.x, xtr), (ds.val.x, xva), (ds.test.x, xte)):
+        expected = (raw - shift) / scale
+        np.testing.assert_allclose(got, expected.reshape(len(raw), -1), rtol=1e-5, atol=1e-5)
 
 
 def test_npz_bad_inputs(tmp_path):

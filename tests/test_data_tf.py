@@ -37,6 +37,27 @@ def test_tfds_mock_mnist_both_backends():
     np.testing.assert_array_equal(am, bm)
 
 
+def test_tfds_normalizer_is_fitted_on_the_training_split_only():
+    """The mock's splits differ here (training pixels 0..99, test pixels 150..255), so a
+    normalizer that also saw the test split would have another mean and deviation."""
+    import tensorflow as tf
+    rng = np.random.default_rng(6)
+    images = {"train": rng.integers(0, 100, (24, 28, 28, 1)).astype(np.uint8),
+              "test": rng.integers(150, 256, (8, 28, 28, 1)).astype(np.uint8)}
+
+    def as_dataset(self, split, *args, **kwargs):
+        x = images["test" if str(split).startswith("test") else "train"]
+        return tf.data.Dataset.from_tensor_slices({"image": x, "label": np.arange(len(x)) % 10})
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        ds = load_dataset(DataConfig(source="tfds", name="mnist", val_fraction=0.0))
+    train = images["train"].astype(np.float64)
+    np.testing.assert_allclose(ds.stats.normalize.shift, [train.mean()], rtol=1e-12)
+    np.testing.assert_allclose(ds.stats.normalize.scale, [train.std()], rtol=1e-12)
+    expected = (images["test"].reshape(8, -1) - train.mean()) / train.std()
+    np.testing.assert_allclose(ds.test.x, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_tfds_not_prepared_says_how(tmp_path):
     with pytest.raises(DataError, match=r"not prepared.*tfds build mnist"):
         load_dataset(DataConfig(source="tfds", name="mnist", data_dir=str(tmp_path)))

@@ -1,5 +1,6 @@
 """A new user's first hour (issue 16): the messages and commands a README walkthrough hit."""
 
+import json
 import re
 import sys
 import threading
@@ -9,6 +10,7 @@ import pytest
 from flax import nnx
 
 import jaxtrain
+from jaxtrain.ckpt.params import load_named_params
 from jaxtrain.cli.main import main
 from jaxtrain.runs.predict import predict
 from jaxtrain.runs.report import write_report
@@ -58,7 +60,18 @@ def test_predict_and_report_take_the_python_model(python_model_run, tmp_path):
     x = np.random.default_rng(0).uniform(0, 16, (5, 64))
     np.savez(tmp_path / "new.npz", x=x)
     header, rows = predict(run, tmp_path / "new.npz", model=Net(nnx.Rngs(1)))
-    assert header[:2] == ["row", "predicted"] and len(rows) == 5
+    assert header == ["row", "predicted", *[f"prob_{c}" for c in range(10)]] and len(rows) == 5
+    # NumPy: the run's normalizer and checkpoint, through Net's two layers, then a softmax
+    params, _ = load_named_params(run)
+    norm = json.loads((run / "stats.json").read_text())["normalize"]
+    z = (x - np.asarray(norm["shift"])) / np.asarray(norm["scale"])
+    hidden = np.maximum(z @ params["hidden.kernel"] + params["hidden.bias"], 0.0)
+    logits = hidden @ params["out.kernel"] + params["out.bias"]
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    assert [r[0] for r in rows] == list(range(5))
+    assert [r[1] for r in rows] == [str(c) for c in probs.argmax(1)]
+    np.testing.assert_allclose(np.array([r[2:] for r in rows], float), probs, rtol=1e-4, atol=1e-6)
     written = write_report(run, model=Net(nnx.Rngs(1)))
     assert run / "confusion_matrix.png" in written and written[-1] == run / "report.md"
 

@@ -80,6 +80,30 @@ def test_schedules_follow_their_formulas():
     assert float(warm(10)) == pytest.approx(lr)
 
 
+def closed_form_lr(schedule: str, lr: float, step: int, total: int, warmup: int = 0) -> float:
+    """The learning rate at `step` written out: a linear warmup from 0 over `warmup` steps, then
+    half a cosine from `lr` down to 0, reached at `total` and kept after it."""
+    if step < warmup:
+        return lr * step / warmup
+    t = min(step - warmup, total - warmup) / (total - warmup)
+    return lr * 0.5 * (1 + np.cos(np.pi * t))
+
+
+@pytest.mark.parametrize("schedule,steps_per_epoch,epochs,warmup_epochs",
+                         [("cosine", 10, 2, 0.0), ("warmup_cosine", 10, 3, 1.0), ("warmup_cosine", 4, 5, 0.5)])
+def test_cosine_schedules_match_the_closed_form_at_every_step(schedule, steps_per_epoch, epochs,
+                                                              warmup_epochs):
+    lr, total = 0.1, steps_per_epoch * epochs
+    warmup = round(warmup_epochs * steps_per_epoch)
+    fn = learning_rate_schedule(OptimizerConfig(learning_rate=lr, schedule=schedule,
+                                                warmup_epochs=warmup_epochs), steps_per_epoch, epochs)
+    steps = np.arange(total + 6)
+    expected = [closed_form_lr(schedule, lr, int(s), total, warmup) for s in steps]
+    np.testing.assert_allclose([float(fn(int(s))) for s in steps], expected, rtol=1e-5, atol=1e-7)
+    assert float(fn(total)) == pytest.approx(0.0, abs=1e-9)      # it reaches 0 at the end
+    assert float(fn(warmup + (total - warmup) // 2)) <= lr / 2 + 1e-6
+
+
 def test_regularization_penalises_weight_matrices_only():
     got = float(regularization_penalty({"w": jnp.asarray(PARAMS["w"]), "b": jnp.asarray(PARAMS["b"])},
                                        l1=0.1, l2=0.2))

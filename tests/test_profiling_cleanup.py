@@ -15,7 +15,10 @@ def test_failed_run_inside_the_trace_window_frees_the_profiler(tmp_path):
                  "parallel.data_axis_size": 1}
     with pytest.raises(NonFiniteError):
         train("digits_mlp", workdir=tmp_path / "run", overrides=overrides)
-    # The profiler accepts a new trace: nothing was left running.
+    # The failed run's trace was stopped, so written out (a trace still running writes nothing).
+    assert list((tmp_path / "run" / "trace").rglob("*.xplane.pb")), "the run's trace was never stopped"
+    # The profiler accepts a new trace (it raises while another is running) and writes it.
     jax.profiler.start_trace(str(tmp_path / "trace"))
     np.asarray(jax.numpy.ones(3) * 2)
     jax.profiler.stop_trace()
+    assert list((tmp_path / "trace").rglob("*.xplane.pb"))

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -39,19 +40,36 @@ def _wait_for_checkpoint(proc, workdir, timeout=120):
         time.sleep(0.01)
 
 
+# `jaxtrain train` as the CLI runs it, with one more hook that sends the process SIGTERM after
+# its 3rd compiled call: the signal arrives while training is under way, however fast the machine.
+SIGTERM_AFTER_3_CALLS = """
+import os, signal, sys
+import jaxtrain.runs.api as api
+from jaxtrain.cli.main import entry
+from jaxtrain.training.hooks.protocol import Hook
+build = api.build_hooks
+class Term(Hook):
+    calls = 0
+    def after_call(self, info):
+        Term.calls += 1
+        if Term.calls == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+api.build_hooks = lambda cfg, wd, **kw: [Term(), *build(cfg, wd, **kw)]
+sys.argv[0] = "jaxtrain"
+entry()
+"""
+
+
 def test_sigterm_saves_and_exits_then_resume_finishes_identically(tmp_path, reference):
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(ct.train_cmd(workdir), env=ct.env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    _wait_for_checkpoint(proc, workdir)  # training is under way
-    os.kill(proc.pid, signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before SIGTERM arrived (machine too fast for this timing)")
+    cmd = [sys.executable, "-c", SIGTERM_AFTER_3_CALLS, *ct.train_cmd(workdir)[3:]]
+    proc = subprocess.run(cmd, env=ct.env(), capture_output=True, text=True, timeout=300)
+    err = proc.stderr
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM at step" in err and "continue with --resume" in err
     assert not (workdir / "summary.json").exists()  # a preempted run reports no result
     step = int(err.split("at step ")[1].split(";")[0])
+    assert step == 15  # 3 calls of 5 steps
     assert ct.checkpoint_steps(workdir)[0][-1] == step  # saved exactly where it stopped
     events = [json.loads(line)["event"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert events[-1] == "preempted"
@@ -95,27 +113,75 @@ class SignalAfter(Hook):
             os.kill(os.getpid(), self.signum)
 
 
-def test_sigint_in_process_stops_at_the_next_call_with_a_checkpoint(tmp_path, monkeypatch):
+@pytest.fixture
+def known_handlers():
+    """SIGINT and SIGTERM set to a recorder for the test, whatever pytest was started with (a
+    background job starts with SIGINT ignored), and put back after it. A signal that jaxtrain
+    failed to catch lands in the recorder instead of ending pytest."""
+    missed = []
+
+    def recorder(signum, frame):
+        missed.append(signum)
+
+    before = {s: signal.signal(s, recorder) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield recorder, missed
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def _with_hook(monkeypatch, hook):
     import jaxtrain.runs.api
     from jaxtrain.training.hooks import build_hooks
     monkeypatch.setattr(jaxtrain.runs.api, "build_hooks",
-                        lambda cfg, wd, **kw: [SignalAfter(signal.SIGINT, 3), *build_hooks(cfg, wd, **kw)])
-    over = {"train.epochs": 3, "train.steps_per_call": 4, "logging.progress": "none",
-            "parallel.data_axis_size": 1, "data.batch_size": 64}
+                        lambda cfg, wd, **kw: [hook, *build_hooks(cfg, wd, **kw)])
+
+
+SIGNAL_RUN = {"train.epochs": 3, "train.steps_per_call": 4, "logging.progress": "none",
+              "parallel.data_axis_size": 1, "data.batch_size": 64}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_in_process_stops_at_the_next_call_with_a_checkpoint(tmp_path, monkeypatch, known_handlers,
+                                                                    signum):
+    recorder, missed = known_handlers
+    _with_hook(monkeypatch, SignalAfter(signum, 3))
     with pytest.raises(Preempted) as stopped:
-        train(None, workdir=tmp_path / "a", overrides=over)
+        train(None, workdir=tmp_path / "a", overrides=SIGNAL_RUN)
     monkeypatch.undo()  # no more signals
-    assert stopped.value.signum == signal.SIGINT and stopped.value.step == 12  # 3 calls x 4 steps
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert missed == []  # jaxtrain's handler took the signal
+    assert stopped.value.signum == signum and stopped.value.step == 12  # 3 calls x 4 steps
+    assert signal.getsignal(signum) is recorder  # handlers put back
     _, meta = load_named_params(tmp_path / "a")
     assert meta["step"] == 12 and not (tmp_path / "a" / "summary.json").exists()
     resumed = train(resume=tmp_path / "a", overrides={"logging.progress": "none"})
-    clean = train(None, workdir=tmp_path / "b", overrides=over)
+    clean = train(None, workdir=tmp_path / "b", overrides=SIGNAL_RUN)
     a, _ = load_named_params(tmp_path / "a")
     b, _ = load_named_params(tmp_path / "b")
     for name in b:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     assert resumed["test"] == clean["test"] and resumed["status"] == "completed"
+
+
+class SeesHandler(SignalAfter):
+    """SignalAfter that also records the SIGINT handler in place during training."""
+
+    def after_call(self, info):
+        self.seen = signal.getsignal(signal.SIGINT)
+        super().after_call(info)
+
+
+def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(tmp_path, monkeypatch, known_handlers):
+    """A background job of a non-interactive shell starts with SIGINT ignored: jaxtrain leaves it
+    so, and the Ctrl-C that such a job must not see does not stop the run."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    hook = SeesHandler(signal.SIGINT, 3)
+    _with_hook(monkeypatch, hook)
+    summary = train(None, workdir=tmp_path, overrides=SIGNAL_RUN)
+    assert hook.calls > 3 and hook.seen is signal.SIG_IGN
+    assert summary["status"] == "completed" and summary["train"]["epochs"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_nonfinite_stop_keeps_the_last_good_checkpoint_and_writes_no_summary(tmp_path):

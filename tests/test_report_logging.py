@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+import jaxtrain
 from jaxtrain.runs.api import train
 from jaxtrain.util.events import Console
 
@@ -39,6 +40,12 @@ def test_tensorboard_events_hold_the_epoch_scalars(tmp_path):
     assert [v for _, v in scalars["train/loss"]] == pytest.approx([r["loss"] for r in train_ev], rel=1e-6)
     assert [v for _, v in scalars["train/accuracy"]] == pytest.approx([r["accuracy"] for r in train_ev])
     assert [v for _, v in scalars["val/loss"]] == pytest.approx([r["loss"] for r in val_ev], rel=1e-6)
+    # figures found another way: the epochs' last steps from the split size, and the last
+    # validation accuracy from the saved run evaluated again
+    summary = json.loads((run / "summary.json").read_text())
+    per_epoch = -(-summary["data"]["train"] // 32)            # digits_mlp: batch 32
+    assert [s for s, _ in scalars["train/loss"]] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    assert scalars["val/accuracy"][-1][1] == pytest.approx(jaxtrain.evaluate(run, split="val")["accuracy"])
 
 
 def test_no_tensorboard_directory_by_default(tmp_path):

@@ -46,11 +46,9 @@ PATHS = [("sharded", 1, True), ("sharded", 1, False)] + [
     (strategy, 8, on_device) for strategy in ("sharded", "pmap", "fsdp") for on_device in (True, False)]
 
 
-@pytest.mark.parametrize("strategy,devices,on_device", PATHS)
-def test_one_step_on_a_padded_batch_matches_numpy(ctx, strategy, devices, on_device):
-    ds = _data()
-    kernel0, bias0 = _initial_params()
-    model = LinearRegression(FEATURES, 1, rngs=nnx.Rngs(0))
+def _linear_run(ctx, ds, kernel0, bias0, strategy, devices, on_device):
+    """A one-step SGD run of a linear model starting from (kernel0, bias0), one step per call."""
+    model = LinearRegression(FEATURES, kernel0.shape[1], rngs=nnx.Rngs(0))
     model.linear.kernel[...] = kernel0
     model.linear.bias[...] = bias0
     cfg = load_config({"model": {"name": "linear"}, "data": {"batch_size": BATCH},
@@ -59,7 +57,14 @@ def test_one_step_on_a_padded_batch_matches_numpy(ctx, strategy, devices, on_dev
                                  "on_device_fraction": 1.0 if on_device else 0.0},
                        "parallel": {"strategy": strategy, "data_axis_size": devices},
                        "checkpoint": {"enabled": False}})
-    run = setup(cfg, model, ds, ctx)
+    return setup(cfg, model, ds, ctx)
+
+
+@pytest.mark.parametrize("strategy,devices,on_device", PATHS)
+def test_one_step_on_a_padded_batch_matches_numpy(ctx, strategy, devices, on_device):
+    ds = _data()
+    kernel0, bias0 = _initial_params()
+    run = _linear_run(ctx, ds, kernel0, bias0, strategy, devices, on_device)
     assert run.engine.steps == 1 and run.engine.on_device == on_device
     summary = fit(run)
 
@@ -72,3 +77,29 @@ def test_one_step_on_a_padded_batch_matches_numpy(ctx, strategy, devices, on_dev
     np.testing.assert_allclose((bias0 - bias) / LR, g_bias, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(kernel, kernel1, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(bias, bias1, rtol=1e-5, atol=1e-6)
+
+
+CLASSES = 3
+CLASS_PATHS = [("sharded", 1, True), ("sharded", 8, True), ("pmap", 8, False)]
+
+
+@pytest.mark.parametrize("strategy,devices,on_device", CLASS_PATHS)
+def test_classification_counts_only_the_real_rows_of_a_padded_batch(ctx, strategy, devices, on_device):
+    """`correct` is a NumPy count over the 5 real rows (4 right, 1 wrong). The 3 padding rows
+    repeat row 0, which the model gets right: counting them would give 7 of 5, accuracy 1.4."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(ROWS + 3, FEATURES)).astype(np.float32)
+    kernel0 = rng.normal(size=(FEATURES, CLASSES)).astype(np.float32)
+    bias0 = np.zeros(CLASSES, np.float32)
+    predicted = np.argmax(x.astype(np.float64) @ kernel0 + bias0, axis=1)
+    y = predicted.astype(np.int32)
+    y[ROWS - 1] = (predicted[ROWS - 1] + 1) % CLASSES  # the one real row the model gets wrong
+    ds = Dataset(task="classification", num_classes=CLASSES, feature_shape=(FEATURES,),
+                 train=Split(x[:ROWS], y[:ROWS]), val=None, test=Split(x[ROWS:], y[ROWS:]))
+    run = _linear_run(ctx, ds, kernel0, bias0, strategy, devices, on_device)
+    assert run.engine.on_device == on_device
+    summary = fit(run)
+    expected = np.sum(predicted[:ROWS] == y[:ROWS]) / ROWS
+    assert expected == pytest.approx(0.8)
+    assert summary["train"]["accuracy"] == pytest.approx(expected)
+    assert run.lanes[0].history[-1]["accuracy"] <= 1.0

@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 
+import jaxtrain
 from jaxtrain.cli.main import main
 from jaxtrain.training.hooks.trackers import TrackerHook
 
@@ -51,6 +52,10 @@ def test_mlflow_file_store_reads_back_the_metrics(tmp_path, monkeypatch):
         np.testing.assert_allclose([v for _, v in got], [v for _, v in series], rtol=1e-12)
     summary = json.loads((run / "summary.json").read_text())
     assert found.data.metrics["summary/test/accuracy"] == summary["test"]["accuracy"]
+    # another path to the same figures: the saved run evaluated again, and the epochs' last steps
+    assert found.data.metrics["summary/test/accuracy"] == jaxtrain.evaluate(run)["accuracy"]
+    per_epoch = -(-summary["data"]["train"] // 32)            # digits_mlp: batch 32
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "train/loss")] == [per_epoch, 2 * per_epoch]
     assert found.data.params["optimizer.learning_rate"] == "0.001"
     assert found.data.params["model.hidden_sizes"] == "[16]"
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id, "report")}

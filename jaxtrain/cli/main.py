@@ -249,7 +249,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    exit_without_teardown(main())
+    from jaxtrain.cli.fatal_guard import FatalGuard, wanted
+    guard = FatalGuard() if wanted() else None  # several CPU devices: XLA's abort becomes one line
+    try:
+        status = main()
+    finally:
+        if guard is not None:
+            guard.close()
+    exit_without_teardown(status)
 
 
 def exit_without_teardown(status: int) -> None:

@@ -146,6 +146,22 @@ def host_available_bytes() -> int:
 # ---------------------------------------------------------------- placing host data
 
 
+# XLA's CPU client runs each device's share of a call on a pool with one thread per device. A
+# share whose device already has its maximum of calls queued waits for a slot while holding a
+# pool thread. When the host runs far ahead (an epoch of small calls dispatched, the devices
+# slowed by a loaded machine), every pool thread can end up waiting so, while the call in
+# progress still needs threads for the devices that have not yet joined its all-reduce: a
+# deadlock, which XLA ends at its rendezvous timeout with SIGABRT. A few calls in flight keep
+# the queues far from full.
+CPU_CALLS_IN_FLIGHT = 4
+
+
+def calls_in_flight_limit(mesh) -> int | None:
+    """How many compiled calls the host may dispatch ahead of the devices (None: no limit)."""
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    return CPU_CALLS_IN_FLIGHT if len(local) > 1 and local[0].platform == "cpu" else None
+
+
 def is_key(x: Any) -> bool:
     return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 

@@ -12,6 +12,8 @@ each call, so the device's share shows apart from the host's.
 
 from __future__ import annotations
 
+import collections
+
 import jax
 
 from jaxtrain.parallel import placement
@@ -112,12 +114,28 @@ def _epoch(run: Run, perf: Perf) -> None:
     _each_hook(run, "on_epoch_end")
 
 
+class CallPacer:
+    """Waits for the call `limit` calls back after each dispatch, so that at most `limit` calls
+    are in flight (None: no wait; see placement.calls_in_flight_limit for why)."""
+
+    def __init__(self, limit: int | None, wait=jax.block_until_ready):
+        self.limit, self.wait, self.in_flight = limit, wait, collections.deque()
+
+    def __call__(self, outputs) -> None:
+        if self.limit is None:
+            return
+        self.in_flight.append(outputs)
+        if len(self.in_flight) > self.limit:
+            self.wait(self.in_flight.popleft())
+
+
 def _train_epoch(run: Run) -> dict | None:
     """The epoch's compiled calls with the hooks between them; its metric sums, read back once
     (None when nothing was left to train in it). The time goes to the phase the engine says
     it is in; the loop's own work between calls is `dispatch` (host work)."""
     engine, clock, steps = run.engine, run.ctx.clock, run.plan.steps_per_epoch
     sums, run.epoch_sums = run.epoch_sums, None
+    pace = CallPacer(placement.calls_in_flight_limit(run.mesh))
     with clock.phase(HOOK_PART):  # the rate so far, for the heartbeat within a long first call
         latest = _progress(run) if run.progress_from is not None else {}
         run.ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, steps, **latest)
@@ -127,15 +145,11 @@ def _train_epoch(run: Run) -> dict | None:
                 clock.switch(item)
                 continue
             run.state, call_sums, run.step_in_epoch = item
-            if run.cfg.train.profile or run.step_in_epoch >= steps:
-                # profiling: the device's share of every call; else the epoch's one sync,
-                # before hooks that would wait for it
-                clock.switch("device_compute")
-                jax.block_until_ready(call_sums)
-            clock.switch("dispatch")
             run.global_step = run.epoch * steps + run.step_in_epoch
             sums = call_sums if sums is None else accumulate_metrics(sums, call_sums)
             run.epoch_sums = sums
+            _wait_for_device(run, pace, sums, epoch_end=run.step_in_epoch >= steps)
+            clock.switch("dispatch")
             with clock.phase(HOOK_PART):
                 run.ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, steps, **_progress(run))
             run.ctx.watchdog.enter(f"the hooks after step {run.global_step}")
@@ -147,6 +161,19 @@ def _train_epoch(run: Run) -> dict | None:
         run.ctx.watchdog.enter(f"reading epoch {run.epoch + 1}'s metrics")
         clock.switch("metric_transfer")
         return jax.device_get(sums)  # the epoch's one sync
+
+
+def _wait_for_device(run: Run, pace: CallPacer, sums, epoch_end: bool) -> None:
+    """The device waits, charged to `device_compute`: keeping at most the pacer's calls in flight,
+    and with profiling (the device's share of every call) or at the epoch's end (its one sync,
+    before hooks that would wait for it) the call just dispatched."""
+    sync = run.cfg.train.profile or epoch_end
+    if pace.limit is None and not sync:
+        return
+    run.ctx.clock.switch("device_compute")
+    pace(sums)
+    if sync:
+        jax.block_until_ready(sums)
 
 
 def _progress(run: Run) -> dict[str, float]:

@@ -11,6 +11,10 @@ presses Ctrl-C (SIGINT). `PreemptionHook` turns either into an orderly stop:
    evaluation, no `summary.json`; the CLI exits 128 + the signal number (143 for
    SIGTERM, 130 for SIGINT), the shell convention for "ended by a signal".
 
+A process started with SIGINT ignored (a background job of a non-interactive shell)
+keeps ignoring it, as Python itself does: only SIGTERM stops such a run. SIGTERM is
+always handled: it is the scheduler's notice, and the checkpoint is the point of it.
+
 A second signal while stopping means "now": the previous handlers are back in
 place, so it ends the process at once (the last complete checkpoint is intact).
 
@@ -60,6 +64,8 @@ class PreemptionHook(Hook):
         if self._synced or threading.current_thread() is not threading.main_thread():
             return  # JAX's service owns SIGTERM; Python delivers signals to the main thread only
         for signum in SIGNALS:
+            if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # started with Ctrl-C ignored (a background job): keep it so
             self._previous[signum] = signal.signal(signum, self._handler)
 
     def after_call(self, info: StepInfo) -> Request | None:
