@@ -182,3 +182,17 @@ def test_trials_left_running_by_a_killed_search_do_not_count(config, tmp_path):
     stale.set_user_attr("worker", _worker().rpartition(":")[0] + ":" + ended.stdout.strip())
     out = search(config, SPACE[1::2], trials=2, population=2, workdir=root, console=Console("none"))
     assert [(r["number"], r["state"]) for r in out["rows"]] == [(0, "FAIL"), (1, "COMPLETE"), (2, "COMPLETE")]
+
+
+def test_python_search_with_verbose_0_prints_nothing_and_its_errors_name_python_arguments(config, tmp_path,
+                                                                                            capsys):
+    import jaxtrain
+    from jaxtrain.util.errors import UserError
+    space = {"optimizer.learning_rate": "loguniform(1e-3,3e-1)"}
+    found = jaxtrain.search(config, space=space, trials=2, population=2, workdir=tmp_path / "s", verbose=0)
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(_rows(tmp_path / "s")) == 2
+    assert Path(found["best_yaml"]).is_file()
+    with pytest.raises(UserError) as e:
+        jaxtrain.search(config, space=space, trials=0, workdir=tmp_path / "t", verbose=0)
+    assert "trials=0" in str(e.value) and "--trials" not in str(e.value)

@@ -97,7 +97,7 @@ def _search(args: argparse.Namespace) -> int:
     from jaxtrain.runs.search import search
     search(args.config, args.space, trials=args.trials, population=args.population, sampler=args.sampler,
            prune=args.prune, storage=args.storage, study=args.study, workdir=args.workdir,
-           overrides=args.overrides, seed=args.seed)
+           overrides=args.overrides, seed=args.seed, verbose=2)
     return 0
 
 

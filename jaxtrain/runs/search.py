@@ -37,7 +37,7 @@ from jaxtrain.runs import vsweep
 from jaxtrain.runs.rundir import write_text_atomic
 from jaxtrain.runs.space import Dimension, check_space, parse_space, sample, trial_config
 from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
-from jaxtrain.util.errors import NonFiniteError, UserError
+from jaxtrain.util.errors import NonFiniteError, UserError, python_api
 from jaxtrain.util.events import Console
 from jaxtrain.util.optional import require
 
@@ -167,14 +167,18 @@ class Search:
     console: Console
 
 
+@python_api
 def search(config: Any = None, space: dict[str, str] | list[str] | None = None, *, trials: int,
            population: int = 8, sampler: str = "tpe", prune: bool = False, storage: str | None = None,
            study: str | None = None, workdir: str | Path | None = None,
            overrides: list[str] | dict[str, Any] | None = None, seed: int | None = None,
-           console: Console | None = None) -> dict[str, Any]:
+           verbose: int = 1, console: Console | None = None) -> dict[str, Any]:
     """Search `space` ({'optimizer.learning_rate': 'loguniform(1e-4,1e-1)', ...}) for `trials`
     trials in all, `population` at a time. Returns the best trial's parameters and value, the
-    paths of best.yaml, results.csv and the best trial's run directory, and the rows."""
+    paths of best.yaml, results.csv and the best trial's run directory, and the rows.
+    `verbose`: 0 prints nothing, 1 the lines of each trial and the results, 2 progress too."""
+    from jaxtrain.runs.api import check_verbose
+    check_verbose(verbose)
     optuna = require("optuna", "search", "jaxtrain search")
     if trials < 1 or population < 1:
         raise UserError(f"--trials {trials} --population {population}: both must be at least 1")
@@ -185,7 +189,7 @@ def search(config: Any = None, space: dict[str, str] | list[str] | None = None, 
     check_space(base, dims)
     root = Path(workdir) if workdir else Path("runs") / f"{base.name}-search"
     root.mkdir(parents=True, exist_ok=True)
-    console = console or Console(base.logging.progress)
+    console = console or Console(base.logging.progress, verbose=verbose)
     objective = objective_for(base)
     name = study or base.name
     opened = open_study(optuna, storage or f"journal:{root / STUDY_FILE}", name, objective, dims)

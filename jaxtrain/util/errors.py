@@ -66,6 +66,7 @@ _PYTHON_TERMS = [(re.compile(r"--set [\w.]+=\S+(?: --set [\w.]+=\S+)*"), _overri
                  (re.compile(r"--workdir\b"), "workdir="),
                  (re.compile(r"--split (\w+)"), r"split='\1'"),
                  (re.compile(r"--grid\b"), "grid="),
+                 (re.compile(r"--(trials|population|sampler|storage|study|space)\b ?"), r"\1="),
                  (re.compile(r"the CONFIG argument"), "the config argument")]
 
 
