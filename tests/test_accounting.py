@@ -89,7 +89,7 @@ def test_segments_add_up_and_each_keeps_its_own_figures():
 def test_process_age_is_this_process_not_the_machine():
     """A child that sleeps 0.5 s and then reads its age: at least the sleep, at most the time
     the parent saw pass from before the start to after the end (one clock tick of slack)."""
-    code = "import time; time.sleep(0.5); from jaxtrain.util.time_account import process_age_s; " \
+    code = "import time; time.sleep(0.5); from jaxtrain.util.clock import process_age_s; " \
            "print(process_age_s())"
     t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -138,7 +138,7 @@ def test_house_prices_config_on_a_messy_csv(capsys, tmp_path):
     assert s["test"]["mae"] < 20000                    # in original units, not standardized
     stats = json.loads((tmp_path / "run" / "stats.json").read_text())
     assert stats["categories"]["city"] == ["centre", "north", "south"]
-    report = json.loads((tmp_path / "tfds" / "preprocess_report.json").read_text())
+    report = json.loads((tmp_path / "run" / "preprocess_report.json").read_text())
     per_col = {k: v for k, v in report["missing"]["per_column"].items()}
     # every missing value is counted (train split) and imputed; no row disappears silently
     assert set(per_col) == {"area", "city"} and report["missing"]["rows_dropped"] == 0
