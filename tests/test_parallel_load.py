@@ -45,8 +45,10 @@ def test_only_several_cpu_devices_in_a_process_limit_the_calls_in_flight():
 
 
 def test_eight_devices_finish_while_both_cores_are_busy_and_agree_with_one(tmp_path):
-    busy = [subprocess.Popen(["timeout", "600", sys.executable, "-c", "while True: pass"])
-            for _ in range(2)]
+    # Python itself spins (no `timeout` wrapper: killing the wrapper would orphan the spinner),
+    # and stops by itself after 10 minutes should the test die before its `finally`.
+    spin = "import time\nend = time.monotonic() + 600\nwhile time.monotonic() < end: pass"
+    busy = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
     try:
         env = dict(os.environ, JAX_NUM_CPU_DEVICES="8", PYTHONPATH=os.pathsep.join(sys.path))
         proc = subprocess.run([sys.executable, "-m", "jaxtrain", "train", *RUN, "--workdir", str(tmp_path / "eight")],
