@@ -14,7 +14,8 @@ from jaxtrain.ckpt.params import load_named_params
 from jaxtrain.cli.main import main
 from jaxtrain.runs.predict import predict
 from jaxtrain.runs.report import write_report
-from jaxtrain.runs.sweep import read_results, write_results
+from jaxtrain.runs.sweep import write_results
+from run_files import read_results
 from jaxtrain.util.errors import UserError
 from jaxtrain.util.events import Console
 

@@ -15,7 +15,8 @@ from jaxtrain.model.models import MLP
 from jaxtrain.training.hooks import build_hooks
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
-from jaxtrain.training.hooks.profiling import profile_table, trace_step_annotations
+from jaxtrain.training.hooks.profiling import profile_table
+from run_files import trace_step_annotations
 
 
 def _dataset(n=400, d=8, seed=0):

@@ -9,7 +9,8 @@ from jaxtrain.cli.main import main
 from jaxtrain.config.schema import load_config
 from jaxtrain.util.errors import ConfigError
 from jaxtrain.util.events import Console
-from jaxtrain.runs.sweep import grid_points, parse_grid, point_config, read_results, run_sweep
+from jaxtrain.runs.sweep import grid_points, parse_grid, point_config, run_sweep
+from run_files import read_results
 
 CFG = {"name": "tiny", "data": {"source": "synthetic", "name": "blobs", "synthetic_rows": 200, "batch_size": 16},
        "model": {"hidden_sizes": [8]}, "optimizer": {"name": "sgd", "learning_rate": 0.05},

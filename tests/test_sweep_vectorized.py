@@ -9,7 +9,8 @@ from jaxtrain.runs.api import load_trained, train
 from jaxtrain.cli.main import main
 from jaxtrain.config.schema import load_config
 from jaxtrain.util.events import Console
-from jaxtrain.runs.sweep import read_results, run_sweep
+from jaxtrain.runs.sweep import run_sweep
+from run_files import read_results
 from jaxtrain.runs.vsweep import vector_groups, why_not_vectorized
 
 CFG = {"name": "tiny", "data": {"source": "synthetic", "name": "blobs", "synthetic_rows": 240, "batch_size": 32},

@@ -193,9 +193,3 @@ def _table(rows: list[dict[str, Any]], shown: list[str], best: int | None) -> li
         text = [cell(r.get(c)) for c in shown]
         lines.append("| " + " | ".join(f"**{t}**" if i == best and t else t for t in text) + " |")
     return lines
-
-
-def read_results(root: str | Path) -> list[dict[str, str]]:
-    with open(Path(root) / "results.csv", newline="") as f:
-        return list(csv.DictReader(f))
-

@@ -218,19 +218,3 @@ class ProfileHook(Hook):
             info.ctx.console.line(line)
         if self.workdir is not None:
             (self.workdir / "profile.json").write_text(json.dumps(report, indent=2) + "\n")
-
-
-def trace_step_annotations(trace_dir: str | Path) -> list[int]:
-    """The step numbers of the `train` StepTraceAnnotations in a written trace."""
-    from jax.profiler import ProfileData
-    steps = []
-    for path in sorted(Path(trace_dir).rglob("*.xplane.pb")):
-        data = ProfileData.from_file(str(path))
-        for plane in data.planes:
-            for line in plane.lines:
-                for event in line.events:
-                    if event.name == "train":
-                        stats = dict(event.stats)
-                        if "step_num" in stats:
-                            steps.append(int(stats["step_num"]))
-    return sorted(set(steps))

@@ -1,0 +1,26 @@
+"""Readers of what runs write, for the tests: a sweep's results.csv, a profiler trace's steps."""
+
+import csv
+from pathlib import Path
+
+
+def read_results(root) -> list[dict[str, str]]:
+    """The rows of a sweep's results.csv, as text."""
+    with open(Path(root) / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def trace_step_annotations(trace_dir) -> list[int]:
+    """The step numbers of the `train` StepTraceAnnotations in a written trace."""
+    from jax.profiler import ProfileData
+    steps = []
+    for path in sorted(Path(trace_dir).rglob("*.xplane.pb")):
+        data = ProfileData.from_file(str(path))
+        for plane in data.planes:
+            for line in plane.lines:
+                for event in line.events:
+                    if event.name == "train":
+                        stats = dict(event.stats)
+                        if "step_num" in stats:
+                            steps.append(int(stats["step_num"]))
+    return sorted(set(steps))
