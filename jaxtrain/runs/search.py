@@ -216,12 +216,13 @@ def open_study(optuna: Any, storage: str, name: str, objective: Objective, space
         if not isinstance(e, (ImportError, ValueError, OSError)) and not type(e).__module__.startswith("sqlalchemy"):
             raise
         raise UserError(f"--storage {storage}: Optuna cannot open it ({str(e).splitlines()[0]})") from None
+    # One attribute, written in one call: a second process opening the study while the first
+    # creates it sees either nothing or the whole description, never half of it.
     described = {"space": {k: d.describe() for k, d in space.items()}, "metric": objective.metric}
-    made_for = {k: study.user_attrs.get(k) for k in described}
-    if made_for["space"] is None:
-        for k, v in described.items():
-            study.set_user_attr(k, v)
-    elif made_for != described:
+    if study.user_attrs.get("made_for") is None:
+        study.set_user_attr("made_for", described)
+    made_for = study.user_attrs["made_for"]  # read back: of two first writers, the last one's stands
+    if made_for != described:
         raise UserError(f"study '{name}' in {storage} searches {made_for['space']} on {made_for['metric']}, "
                         f"not {described['space']} on {described['metric']}; pass another --study")
     return study
