@@ -4,6 +4,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from jaxtrain.runs.api import load_trained, train
 from jaxtrain.cli.main import main
@@ -50,6 +51,14 @@ def test_vectorized_points_equal_their_separate_runs(tmp_path):
         assert _max_param_diff(tmp_path / "vec" / a["point"], tmp_path / "sep" / b["point"]) <= 1e-5
         losses.add(round(float(a["test.loss"]), 4))
     assert len(losses) == 4  # the points really trained differently
+    # FLOPs per example are the model's, not the population's: the 4-point program's count over
+    # its 4 batches is a separate run's (XLA counts both; the vmapped one may fuse differently)
+    for point in (r["point"] for r in vec):
+        alone, together = (json.loads((tmp_path / d / point / "summary.json").read_text())["perf"]
+                           for d in ("sep", "vec"))
+        assert together["flops_per_example"] == pytest.approx(alone["flops_per_example"], rel=0.2)
+        assert together["tflops_per_sec"] == pytest.approx(
+            together["flops_per_step"] / together["step_time_ms"] / 1e9)
 
 
 def test_adamw_learning_rate_and_weight_decay_vectorized(tmp_path):

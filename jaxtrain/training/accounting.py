@@ -112,12 +112,14 @@ class Perf:
         peak = self.peak(tflops).tflops
         return {"tflops_per_sec": tflops, "mfu": min(1.0, tflops / peak) if peak else None}
 
-    def section(self, epochs: list[dict], batch_size: int, steps_per_call: int | None) -> dict:
-        """summary.json's `perf` over `epochs` (the steady ones of every segment)."""
+    def section(self, epochs: list[dict], examples_per_step: int, steps_per_call: int | None) -> dict:
+        """summary.json's `perf` over `epochs` (the steady ones of every segment). FLOPs and
+        TFLOP/s are the compiled program's (all vectorized points together: what the devices
+        did); `examples_per_step` is what one step trains, every point's batch included."""
         step_ms = throughput(epochs)["step_time_ms"]
         rates = self.rates(step_ms)
         return {"step_time_ms": step_ms, "steps_per_call": steps_per_call, "flops_per_step": self.flops,
-                "flops_per_example": self.flops / batch_size if self.flops else None, **rates,
+                "flops_per_example": self.flops / examples_per_step if self.flops else None, **rates,
                 **self.peak().as_dict(), "precision": self.precision,
                 "device_kind": self.devices[0].device_kind, "devices": len(self.devices)}
 

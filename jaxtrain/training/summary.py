@@ -49,7 +49,8 @@ def run_summary(run: Run, lane: Lane, devices: dict, test: dict, perf: Perf) -> 
         "train": {"examples_per_sec": throughput(steady)["examples_per_sec"],
                   "loss": last.get("loss"), "epochs": run.epoch, "steps": run.global_step,
                   **({"accuracy": last["accuracy"]} if "accuracy" in last else {})},
-        "perf": perf.section(steady, plan.batch_size, engine.k),
+        # a vectorized step trains every point's batch: FLOPs per example count them all
+        "perf": perf.section(steady, plan.batch_size * (plan.points or 1), engine.k),
         "devices": devices,
         "batch": {"global": plan.batch_size, "per_device": plan.per_device_batch,
                   "grad_accum_steps": plan.microbatches},
