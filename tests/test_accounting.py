@@ -276,6 +276,24 @@ def test_the_plan_splits_the_batch_over_every_mesh_axis_and_the_memory_estimate_
         make_plan(cfg, ds, num_devices=6)
 
 
+def test_the_plan_decides_which_k_auto_times_and_takes_the_longest_untimed_on_cpu_processes(monkeypatch):
+    """steps_per_call: auto. One process: the plan lists the candidates Engine.prepare times,
+    bounded for a streamed run by the host chunk (64 MiB). Several CPU processes: each call
+    waits, so the plan takes the longest candidate untimed, the same on every process."""
+    from jaxtrain.engine import autotune, plan as plan_module
+    cfg = load_config("mnist_mlp", {"data.batch_size": 64, "train.steps_per_call": "auto",
+                                    "train.on_device_fraction": 0.0, "checkpoint.enabled": False})
+    ds = _mnist_shaped(n=4096)  # 48 steps of 64 rows of 785 float32 (+ label)
+    monkeypatch.setattr(plan_module, "STREAM_CHUNK_BYTES", 64 * (784 * 4 + 8) * 5)  # 5 batches
+    alone = make_plan(cfg, ds, num_devices=1)
+    assert alone.steps_per_call is None and not alone.calls_wait and not alone.on_device
+    assert alone.k_candidates == tuple(autotune.candidates(48, 5)) and max(alone.k_candidates) == 5
+    monkeypatch.setattr(plan_module.jax, "process_count", lambda: 2)
+    together = make_plan(cfg, ds, num_devices=1)
+    assert together.calls_wait and together.k_candidates == ()
+    assert together.steps_per_call == max(alone.k_candidates)
+
+
 def test_a_run_without_checkpoints_never_imports_orbax(tmp_path):
     """orbax.checkpoint (tensorstore, asyncio) loads on first use, not with jaxtrain."""
     import subprocess

@@ -54,10 +54,6 @@ from jaxtrain.engine.prefetch import prefetch_to_device, stack
 from jaxtrain.engine.executors import Executor
 from jaxtrain.engine.step import TrainState, accumulate_metrics
 
-# Streaming chunks stay below this many host bytes (K x batch), bounding memory.
-STREAM_CHUNK_BYTES = 64 << 20
-
-
 class RecompileWarning(UserWarning):
     """A compiled step had to be compiled again after its first call."""
 
@@ -105,12 +101,7 @@ class Engine:
         self.compiles = 0     # chunk lengths compiled (recompiles included)
         self.recompiles = 0
         self.watchdog = watchdog or ProgressWatchdog(None, 0, 1)  # multi-process: ends a stuck run
-        # XLA's CPU runtime can deadlock when a call holding cross-process collectives overlaps
-        # other work on a process with several devices: a jitted data-parallel step hung at its
-        # second call, and ran with one device per process or when each call was waited for
-        # (tests/test_parallel_multiprocess.py runs two processes of two CPU devices). So there
-        # each call waits for its inputs and its results.
-        self._wait_each_call = jax.process_count() > 1 and self.mesh.devices.flat[0].platform == "cpu"
+        self._wait_each_call = plan.calls_wait  # several CPU processes (plan.py says why)
         self._compiled: dict[int, Any] = {}
         self._starts: dict[int, jax.Array] = {}
         self._copier: Callable | None = None
@@ -124,11 +115,6 @@ class Engine:
             self._runner = executor.stream_runner(train_step)
 
     # ------------------------------------------------------------ compiling and calling
-
-    # Several CPU processes wait for each call (above), so no call overlaps the next and a longer
-    # one only saves per-call costs: `auto` takes the longest candidate without timing them, which
-    # cost over a minute of cross-process collectives in a 2-process run (bench/launch_cost.py).
-    MEASURE_K_ACROSS_CPU_PROCESSES = False
 
     def _compile(self, num: int, state: TrainState, args: tuple) -> Any:
         self.compiles += 1
@@ -194,23 +180,12 @@ class Engine:
         self._choose_k(state)
 
     def _choose_k(self, state: TrainState) -> None:
-        max_k = None
-        if not self.on_device:
-            row = self._row_bytes()
-            max_k = max(1, min(64, STREAM_CHUNK_BYTES // max(1, row * self.batch_size)))
-        ks = autotune.candidates(self.steps, max_k, self.step_multiple)
-        if self._wait_each_call and not self.MEASURE_K_ACROSS_CPU_PROCESSES:
-            self.k = max(ks)  # the same candidates, so the same K, on every process
-            return
+        ks = list(self.plan.k_candidates)
         measure = self._measure_on_device if self.on_device else self._stream_measurer(max(ks))
         multi = jax.process_count() > 1
         k, self.k_timings = autotune.choose(lambda k: measure(state, k), ks, early_stop=not multi)
         # Each process timed its own calls; all must run the same chunk lengths: process 0 decides.
         self.k = distributed.same_int_on_all(k)
-
-    def _row_bytes(self) -> int:
-        split = self.dataset.train if self.dataset.train is not None else self.dataset.test
-        return int(split.x[:1].nbytes + split.y[:1].nbytes)
 
     def _copy(self, state: TrainState) -> TrainState:
         """A device copy of `state` in its own shardings (the calls measuring K donate it)."""

@@ -105,8 +105,8 @@ def check_run(cfg: Any, model: Any, dataset: Any, plan: RunPlan,
     from flax import nnx
 
     params = nnx.state(model, nnx.Param)
-    # 'auto' is measured later (autotune.py); estimate with a generous K.
-    k = plan.steps_per_call or min(plan.steps_per_epoch, 32)
+    # 'auto' is measured later (Engine.prepare): estimate with the longest candidate.
+    k = plan.steps_per_call or max(plan.k_candidates)
     data_bytes = dataset.train.x.nbytes + dataset.train.y.nbytes if plan.on_device else 0
     return check_fits(cfg, params, dataset.feature_shape, dataset.num_outputs, num_devices=plan.batch_shards,
                       per_device_batch=plan.per_device_batch, steps_per_call=k, streaming=not plan.on_device,
