@@ -108,6 +108,22 @@ def test_prune_stops_the_bottom_trials_at_a_rung_and_survivors_match_their_runs_
         assert abs(_summary(row)["test"]["loss"] - alone["test"]["loss"]) <= 1e-5
 
 
+def test_a_survivor_of_two_rungs_reports_the_flops_of_each_population_it_trained_in(config, tmp_path):
+    """9 trials, 5 epochs, rungs after 1 and 3: 3 trials train epochs 2-3 together, 1 trains
+    epochs 4-5 alone. Its perf averages the two programs' FLOPs over its steady epochs (2-5),
+    each program counting the examples of all its points."""
+    root = tmp_path / "p"
+    assert main(["search", config, *SPACE, "--trials", "9", "--population", "9", "--prune",
+                 "--set", "train.epochs=5", "--workdir", str(root)]) == 0
+    (winner,) = [r for r in _rows(root) if r["state"] == "COMPLETE"]
+    perf, summary = _summary(winner)["perf"], _summary(winner)
+    one_point = perf["flops_per_example"] * summary["batch"]["global"]  # a step of 1 point
+    assert summary["execution"]["vectorized_points"] == 1  # it ended alone
+    # epochs 2-3 of 3 points, epochs 4-5 of 1 point (the same steps per epoch): 2 points on average
+    assert perf["flops_per_step"] == pytest.approx(2 * one_point, rel=0.05)
+    assert perf["tflops_per_sec"] == pytest.approx(perf["flops_per_step"] / perf["step_time_ms"] / 1e9)
+
+
 def test_two_processes_sharing_a_journal_storage_train_no_trial_twice(config, tmp_path):
     storage = f"journal:{tmp_path / 'shared.journal'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_NUM_CPU_DEVICES": "1"}

@@ -104,23 +104,27 @@ class Perf:
             self._peak = peak_tflops(self.devices, self.precision, at_least=achieved)
         return self._peak
 
-    def rates(self, step_ms: float | None) -> dict:
-        """TFLOP/s and MFU at `step_ms` milliseconds per step (None where unknown)."""
-        if not self.flops or not step_ms or step_ms <= 0:
+    def rates(self, step_ms: float | None, flops: float | None = None) -> dict:
+        """TFLOP/s and MFU at `step_ms` milliseconds per step of `flops` (this program's by
+        default); None where unknown."""
+        flops = flops or self.flops
+        if not flops or not step_ms or step_ms <= 0:
             return {"tflops_per_sec": None, "mfu": None}
-        tflops = self.flops / (step_ms / 1e3) / 1e12
+        tflops = flops / (step_ms / 1e3) / 1e12
         peak = self.peak(tflops).tflops
         return {"tflops_per_sec": tflops, "mfu": min(1.0, tflops / peak) if peak else None}
 
     def section(self, epochs: list[dict], examples_per_step: int, steps_per_call: int | None) -> dict:
         """summary.json's `perf` over `epochs` (the steady ones of every segment). FLOPs and
-        TFLOP/s are the compiled program's (all vectorized points together: what the devices
-        did); `examples_per_step` is what one step trains, every point's batch included."""
+        TFLOP/s are the compiled programs' (all vectorized points together: what the devices
+        did), per step averaged over the epochs, each with its own program's count;
+        `examples_per_step` is what one step of this program trains, every point's batch."""
         step_ms = throughput(epochs)["step_time_ms"]
-        rates = self.rates(step_ms)
-        return {"step_time_ms": step_ms, "steps_per_call": steps_per_call, "flops_per_step": self.flops,
-                "flops_per_example": self.flops / examples_per_step if self.flops else None, **rates,
-                **self.peak().as_dict(), "precision": self.precision,
+        counted, steps = [e.get("flops") for e in epochs], sum(e["steps"] for e in epochs)
+        flops = sum(counted) / steps if steps > 0 and all(counted) else self.flops
+        return {"step_time_ms": step_ms, "steps_per_call": steps_per_call, "flops_per_step": flops,
+                "flops_per_example": self.flops / examples_per_step if self.flops else None,
+                **self.rates(step_ms, flops), **self.peak().as_dict(), "precision": self.precision,
                 "device_kind": self.devices[0].device_kind, "devices": len(self.devices)}
 
 

@@ -100,10 +100,12 @@ def _epoch(run: Run, perf: Perf) -> None:
     # the epoch's training seconds: compilation, hooks and evaluation are phases of their own
     timed = {"train_s": train_seconds(clock.since(mark)[1]), "steps": run.step_in_epoch - steps_before,
              "examples": int(count)}
-    clock.record_epoch(epoch=run.epoch + 1, **timed)
     rates = throughput([timed])
     with clock.phase(HOOK_PART):  # reporting: the first MFU may measure the CPU's peak
         rates["mfu"] = perf.rates(rates["step_time_ms"])["mfu"]
+        # this program's FLOPs: a search's population shrinks at its rungs, and its program too
+        timed["flops"] = perf.flops * timed["steps"] if perf.flops else None
+    clock.record_epoch(epoch=run.epoch + 1, **timed)
     epoch_done = run.step_in_epoch >= run.plan.steps_per_epoch
     for lane in run.lanes:
         _record_epoch(run, lane, sums, epoch_done, rates)
