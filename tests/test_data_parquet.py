@@ -2,6 +2,7 @@
 same table read from CSV, and separate validation/test files (data.val_path / test_path)."""
 
 import csv
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -10,6 +11,7 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
 
+from jaxtrain.cli.main import main
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data import load_dataset
 from jaxtrain.runs.api import train
@@ -191,3 +193,101 @@ def test_split_files_on_parquet_and_npz_and_refused_where_unsupported(files, tmp
     np.testing.assert_array_equal(ds.test.x, x[:5] + 100)
     with pytest.raises(ConfigError, match="data.test_path"):
         DataConfig(source="builtin", test_path="x.csv").validate("data")
+
+
+# ---------------------------------------------------------------- split files, streamed
+
+
+@pytest.fixture(scope="module")
+def split_files(tmp_path_factory):
+    """train/val/test tables (different seeds) as CSV and Parquet; the val file's columns in
+    another order, the test file holds a city training never saw."""
+    d = tmp_path_factory.mktemp("splits")
+    for name, n, seed in [("train", 600, 0), ("val", 120, 1), ("test", 150, 2)]:
+        t = table(n, seed)
+        if name == "test":
+            city = np.array(t.column("city").to_pylist(), object)
+            city[[4, 40, 99]] = "west"
+            t = t.set_column(2, "city", pa.array(city, pa.string()))
+        if name == "val":
+            t = t.select(["y", "b", "city", "a"])
+        pcsv.write_csv(t, d / f"{name}.csv")
+        pq.write_table(t, d / f"{name}.parquet", row_group_size=100)    # several row groups
+    return d
+
+
+@pytest.mark.parametrize("given", [("val", "test"), ("test",)], ids=["val_and_test", "test_only"])
+@pytest.mark.parametrize("source", ["csv", "parquet"])
+def test_streamed_split_files_are_the_in_memory_splits(split_files, tmp_path, source, given):
+    kw = {f"{s}_path": str(split_files / f"{s}.{source}") for s in given}
+    a = load_dataset(cfg(split_files / f"train.{source}", source, **kw))
+    b = load_dataset(cfg(split_files / f"train.{source}", source, streaming=True, cache_dir=str(tmp_path), **kw))
+    assert b.streaming and b.num_train == len(a.train)
+    for key in ("rows_in", "rows_out", "split_files", "duplicates", "missing", "unseen_categories"):
+        assert b.report[key] == a.report[key], key
+    assert b.report["rows_in"]["test"] == 150 and b.report["unseen_categories"] == {"test": {"city": 3}}
+    # a split given as a file is not held out of the training file; the other one is
+    assert b.report["rows_in"]["train"] + (0 if "val" in given else b.report["rows_in"]["val"]) == 600
+    assert b.stats == a.stats
+    ax, ay, _ = map(np.concatenate, zip(*a.train_batches(64, 1, 0)))
+    bx, by, _ = map(np.concatenate, zip(*b.train_batches(64, 1, 0)))
+    np.testing.assert_allclose(bx, ax, atol=1e-6)
+    np.testing.assert_array_equal(by, ay)
+    for split in ("val", "test"):
+        np.testing.assert_allclose(getattr(b, split).x, getattr(a, split).x, atol=1e-6)
+        np.testing.assert_array_equal(getattr(b, split).y, getattr(a, split).y)
+
+
+def _train_file_normalizer(path):
+    """z-score of the training file's numeric columns by NumPy: missing values filled with the
+    column's median, as float32 (the encoder's output), mean and population std."""
+    t = pq.read_table(path)
+    shift, scale = [], []
+    for name in ("a", "b"):
+        col = t.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+        col = np.where(np.isnan(col), np.nanmedian(col), col).astype(np.float32).astype(np.float64)
+        shift.append(col.mean())
+        scale.append(col.std())
+    return np.array(shift), np.array(scale)
+
+
+@pytest.mark.parametrize("source", ["csv", "parquet"])
+def test_a_streamed_run_with_split_files_fits_on_training_alone_and_tests_as_in_memory(split_files, tmp_path,
+                                                                                          source):
+    data = {"source": source, "path": str(split_files / f"train.{source}"),
+            "val_path": str(split_files / f"val.{source}"), "test_path": str(split_files / f"test.{source}")}
+    ref = _run(tmp_path, "memory", data)
+    got = _run(tmp_path, "stream", {**data, "streaming": True, "cache_dir": str(tmp_path)})
+    assert got["data"] == ref["data"] == {"train": 600, "val": 120, "test": 150}
+    assert got["test"]["accuracy"] == pytest.approx(ref["test"]["accuracy"], abs=1e-6)
+    assert got["test"]["loss"] == pytest.approx(ref["test"]["loss"], rel=1e-4)
+    with open(tmp_path / "stream" / "stats.json") as f:
+        stats = json.load(f)
+    shift, scale = _train_file_normalizer(split_files / "train.parquet")
+    np.testing.assert_allclose(stats["normalize"]["shift"], shift, rtol=1e-6)
+    np.testing.assert_allclose(stats["normalize"]["scale"], scale, rtol=1e-6)
+    assert stats["categories"]["city"] == ["east", "north", "south"]       # never the test file's 'west'
+    leaked = _train_file_normalizer(split_files / "test.parquet")[0]        # the oracle tells files apart
+    assert not np.allclose(leaked, shift, rtol=1e-3)
+    with open(tmp_path / "stream" / "preprocess_report.json") as f:
+        report = json.load(f)
+    assert report["streaming"] and report["unseen_categories"] == {"test": {"city": 3}}
+
+
+@pytest.mark.parametrize("source", ["csv", "parquet"])
+def test_a_streamed_test_file_label_unseen_in_training_exits_2_naming_it(split_files, tmp_path, capsys, source):
+    t = pq.read_table(split_files / "test.parquet")
+    y = t.column("y").to_numpy().copy()
+    y[7] = 7                                                   # training labels are 0..2
+    t = t.set_column(3, "y", pa.array(y))
+    bad = tmp_path / f"bad.{source}"
+    pcsv.write_csv(t, bad) if source == "csv" else pq.write_table(t, bad)
+    code = main(["train", "digits_mlp", "--set", f"data.source={source}", "--set",
+                 f"data.path={split_files / f'train.{source}'}", "--set", f"data.test_path={bad}",
+                 "--set", "data.target=y", "--set", "data.streaming=true", "--set", f"data.cache_dir={tmp_path}",
+                 "--set", "train.epochs=1", "--set", "parallel.data_axis_size=1",
+                 "--workdir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    where = "line 9 column 'y'" if source == "csv" else "row 7"         # the header is line 1
+    assert f"bad.{source} {where}: label 7 is out of range [0, 3)" in err, err

@@ -120,8 +120,6 @@ class DataConfig:
             sources = SPLIT_FILE_SOURCES + (("images",) if split == "test" else ())
             check_key(not given or self.source in sources, f"{key}.{split}_path",
                       f"needs data.source {' or '.join(sources)}, not {self.source}")
-            check_key(not given or not self.streaming, f"{key}.{split}_path",
-                      "separate split files are read in memory; set data.streaming=false")
         self._validate_images(key)
 
     def _validate_images(self, key: str) -> None:

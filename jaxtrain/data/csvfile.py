@@ -315,27 +315,36 @@ def check_not_all_missing(part: Part, schema: CsvSchema) -> None:
                             "drop it with data.drop_columns or fill it in")
 
 
-def read_split_file(path: str, raw: RawData, cfg: DataConfig) -> tuple[Part, LineIndex]:
-    """A separate split file (data.val_path / test_path) read with the training file's column
-    kinds and target type; columns in any order, the training file's must all be there."""
+def split_schema(path: str, cfg: DataConfig, num_names: list[str], txt_kinds: dict[str, str],
+                 numeric_target: bool, train_where: str) -> CsvSchema:
+    """How a separate split file (data.val_path / test_path) is read: with the training file's
+    column kinds and target type; columns in any order, the training file's must all be there."""
     layout = read_layout(path, cfg.delimiter)
     check_config_columns(layout.header, cfg, path)
-    missing = [n for n in list(raw.num_names) + list(raw.txt_kinds) if n not in layout.header]
+    missing = [n for n in list(num_names) + list(txt_kinds) if n not in layout.header]
     if missing:
-        raise DataError(f"{path}: column(s) {', '.join(missing)} of the training file {raw.where} are not "
+        raise DataError(f"{path}: column(s) {', '.join(missing)} of the training file {train_where} are not "
                         "in the header; a split file needs the training file's columns")
-    kinds = dict.fromkeys(raw.num_names, "numeric") | dict(raw.txt_kinds)
-    schema = CsvSchema(layout, kinds, numeric_target=raw.target_is_numeric)
-    numeric = schema.numeric | ({cfg.target} if schema.numeric_target else set())
-    table = read_all(layout, numeric)
-    if table.num_rows == 0:
-        raise DataError(f"{path}: only a header row, no data rows")
-    line_of = LineIndex(layout)
-    part = to_part(table, schema, cfg.target, line_of)
-    order = [schema.num_names.index(n) for n in raw.num_names]
+    return CsvSchema(layout, dict.fromkeys(num_names, "numeric") | dict(txt_kinds), numeric_target=numeric_target)
+
+
+def in_column_order(part: Part, schema: CsvSchema, num_names: list[str]) -> Part:
+    """`part`'s numeric block with its columns in the order `num_names` (the training file's)."""
+    order = [schema.num_names.index(n) for n in num_names]
     if order != list(range(len(order))):
         part.num = np.ascontiguousarray(part.num[:, order])
-    return part, line_of
+    return part
+
+
+def read_split_file(path: str, raw: RawData, cfg: DataConfig) -> tuple[Part, LineIndex]:
+    """A separate split file read whole (`split_schema`)."""
+    schema = split_schema(path, cfg, raw.num_names, raw.txt_kinds, raw.target_is_numeric, raw.where)
+    numeric = schema.numeric | ({cfg.target} if schema.numeric_target else set())
+    table = read_all(schema.layout, numeric)
+    if table.num_rows == 0:
+        raise DataError(f"{path}: only a header row, no data rows")
+    line_of = LineIndex(schema.layout)
+    return in_column_order(to_part(table, schema, cfg.target, line_of), schema, raw.num_names), line_of
 
 
 def load_csv(cfg: DataConfig) -> RawData:

@@ -257,16 +257,22 @@ class TableBlocks:
             self.counts.append(first - start)
 
 
-def read_split_file(spec: str, raw: RawData, cfg: DataConfig) -> Part:
-    """A separate split (data.val_path / test_path) read with the training data's column kinds."""
+def split_schema(spec: str, cfg: DataConfig, num_names: list[str], txt_kinds: dict[str, str],
+                 numeric_target: bool, train_where: str) -> tuple[TableSchema, pads.Dataset]:
+    """How a separate split (data.val_path / test_path) is read: with the training data's
+    column kinds and target type (numeric columns in the training data's order)."""
     dataset, files = open_dataset(spec)
     names = dataset.schema.names
     csvfile.check_config_columns(names, cfg, spec)
-    missing = [n for n in list(raw.num_names) + list(raw.txt_kinds) if n not in names]
+    missing = [n for n in list(num_names) + list(txt_kinds) if n not in names]
     if missing:
-        raise DataError(f"{spec}: column(s) {', '.join(missing)} of the training data {raw.where} are not "
+        raise DataError(f"{spec}: column(s) {', '.join(missing)} of the training data {train_where} are not "
                         "there; a split file needs the training data's columns")
-    kinds = dict.fromkeys(raw.num_names, "numeric") | dict(raw.txt_kinds)
-    schema = TableSchema(spec, files, list(kinds) + [cfg.target], kinds, raw.target_is_numeric,
-                         dataset.schema)
+    kinds = dict.fromkeys(num_names, "numeric") | dict(txt_kinds)
+    return TableSchema(spec, files, list(kinds) + [cfg.target], kinds, numeric_target, dataset.schema), dataset
+
+
+def read_split_file(spec: str, raw: RawData, cfg: DataConfig) -> Part:
+    """A separate split read whole (`split_schema`)."""
+    schema, dataset = split_schema(spec, cfg, raw.num_names, raw.txt_kinds, raw.target_is_numeric, raw.where)
     return read_table(schema, dataset, cfg)[0]

@@ -11,6 +11,10 @@
 4. Encode: the cache block by block through the one encoder; each split's float32
    rows go to its own file. Training batches gather rows from a memory map in
    `epoch_permutation` order; validation and test are memory-mapped too.
+
+A separate validation or test file (data.val_path / test_path) is scanned into a cache of
+its own with the training file's column kinds, and encoded in step 4 with the statistics
+fitted on the training file alone; its fraction is not held out of the training file.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from jaxtrain.data.raw import Part, RawData
 from jaxtrain.data.streamcache import CacheDir, ColumnCache, MappedRows, RowFile
 from jaxtrain.util.errors import DataError
 
-TRAIN, VAL, TEST = 0, 1, 2
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -77,6 +80,21 @@ def parquet_source(cfg: DataConfig) -> StreamSource:
                         row_name=lambda i: parquetfile.row_namer(schema, blocks.counts)(i))
 
 
+def split_source(cfg: DataConfig, src: StreamSource, path: str) -> StreamSource:
+    """A separate split file (data.val_path / test_path) streamed in blocks like the training
+    file, with its column kinds (numeric columns in its order) and its numeric target."""
+    kinds = (cfg, src.num_names, src.txt_kinds, True, src.where)
+    if cfg.source == "parquet":
+        table, _ = parquetfile.split_schema(path, *kinds)
+        blocks = parquetfile.TableBlocks(table, cfg.target)
+        return StreamSource(path, src.num_names, src.txt_kinds, lambda: iter(blocks))
+    schema = csvfile.split_schema(path, *kinds)
+    line_of = csvfile.LineIndex(schema.layout)
+    return StreamSource(path, src.num_names, src.txt_kinds, line_of=line_of, blocks=lambda: (
+        csvfile.in_column_order(part, schema, src.num_names)
+        for part in csvstream.record_blocks(schema, cfg.target, line_of)))
+
+
 @dataclasses.dataclass
 class Scan:
     """What the one pass over the file leaves: the column cache, and per record its label and hash."""
@@ -93,18 +111,19 @@ def _row_hashes(part: Part) -> np.ndarray:
     return clean.hash_words(np.concatenate(words, 1))
 
 
-def scan(src: StreamSource, directory: str) -> Scan:
-    """Pass 1 over the file: the column cache, the labels and the row hashes."""
-    cache = ColumnCache(os.path.join(directory, "columns.arrow"), src.num_names, list(src.txt_kinds))
-    labels, hashes = [], []
+def scan(src: StreamSource, directory: str, name: str = "train", hashes: bool = True) -> Scan:
+    """Pass 1 over the file: the column cache, the labels and (for duplicates) the row hashes."""
+    cache = ColumnCache(os.path.join(directory, f"{name}.columns.arrow"), src.num_names, list(src.txt_kinds))
+    labels, words = [], [np.zeros(0, np.uint64)]
     for part in src.blocks():
         cache.append(part)
         labels.append(part.y)
-        hashes.append(_row_hashes(part))
+        if hashes:
+            words.append(_row_hashes(part))
     cache.close()
     if not labels or sum(map(len, labels)) == 0:
         raise DataError(f"{src.where}: only a header row, no data rows")
-    return Scan(src, cache, np.concatenate(labels), np.concatenate(hashes))
+    return Scan(src, cache, np.concatenate(labels), np.concatenate(words))
 
 
 class CacheColumns:
@@ -125,15 +144,42 @@ class CacheColumns:
         return self.cache.text(name).take(pa.array(self.rows))
 
 
-def _train_rows(s: Scan, splits: tuple, stats: FeatureStats, cfg: DataConfig, rep: dict[str, Any]) -> np.ndarray:
+@dataclasses.dataclass
+class SplitRows:
+    """One split: the scan holding its records (the training file's, or a split file's own)
+    and their record numbers in split order."""
+    scan: Scan
+    rows: np.ndarray
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.scan.labels[self.rows]
+
+
+def _splits(s: Scan, files: dict[str, StreamSource], cfg: DataConfig, directory: str) -> dict[str, SplitRows]:
+    """The same seeded split of the training file as in memory, except that a split given as a
+    file (data.val_path / test_path) is all of that file, in its order, and its fraction is not
+    held out of the training file."""
+    fractions = [0.0 if name in files else getattr(cfg, f"{name}_fraction") for name in ("val", "test")]
+    tr, va, te = split_indices(len(s.labels), *fractions, cfg.seed)
+    out = {"train": SplitRows(s, tr), "val": SplitRows(s, va), "test": SplitRows(s, te)}
+    for name, src in files.items():
+        own = scan(src, directory, name, hashes=False)
+        out[name] = SplitRows(own, np.arange(len(own.labels)))
+    return out
+
+
+def _train_rows(s: Scan, splits: dict[str, SplitRows], stats: FeatureStats, cfg: DataConfig,
+                rep: dict[str, Any]) -> np.ndarray:
     """Training records after the label checks and duplicates, in training order (as in memory)."""
-    tr, va, te = splits
+    tr = splits["train"].rows
+    files = {name: (sp.scan.src.where, sp.scan.src.line_of) for name, sp in splits.items() if sp.scan is not s}
     raw = RawData("table", {}, where=s.src.where, target=cfg.target, line_of=s.src.line_of,
-                  row_name=s.src.row_name)
+                  row_name=s.src.row_name, split_files=files)
     task, nc = stats.task, stats.num_classes
     bad = clean.invalid_labels(raw, "train", Part(s.labels[tr], tr), task, nc, None, cfg.clean.invalid_labels)
-    for name, idx in (("val", va), ("test", te)):
-        clean.invalid_labels(raw, name, Part(s.labels[idx], idx), task, nc, None, "error")
+    for name in ("val", "test"):
+        clean.invalid_labels(raw, name, Part(splits[name].labels, splits[name].rows), task, nc, None, "error")
     rep["invalid_labels"] = {"policy": cfg.clean.invalid_labels, "rows_dropped": int(bad.sum())}
     rows = tr[~bad]
     if not cfg.clean.duplicates:
@@ -144,19 +190,34 @@ def _train_rows(s: Scan, splits: tuple, stats: FeatureStats, cfg: DataConfig, re
     return rows[~dup]
 
 
-def _encode_all(s: Scan, stats: FeatureStats, split_rows: list[np.ndarray], directory: str
-                ) -> tuple[list[MappedRows], dict[str, encoder.Counts]]:
-    """Pass over the cache: each split's rows encoded and normalized, in that split's order."""
+def _encode_all(splits: dict[str, SplitRows], stats: FeatureStats, directory: str
+                ) -> tuple[dict[str, MappedRows], dict[str, encoder.Counts]]:
+    """Every split encoded and normalized: one pass over each cache (the training file's, then
+    each split file's), which is removed after it."""
+    mapped, counts = {}, {}
+    scans = list({id(sp.scan): sp.scan for sp in splits.values()}.values())
+    for s in scans:
+        m, c = _encode_scan(s, stats, {name: sp.rows for name, sp in splits.items() if sp.scan is s}, directory)
+        mapped.update(m)
+        counts.update(c)
+        s.cache.remove()
+    return mapped, counts
+
+
+def _encode_scan(s: Scan, stats: FeatureStats, split_rows: dict[str, np.ndarray], directory: str
+                 ) -> tuple[dict[str, MappedRows], dict[str, encoder.Counts]]:
+    """Pass over one cache: each split's rows encoded and normalized, in that split's order."""
+    names = list(split_rows)
     which = np.full(len(s.labels), -1, np.int8)
-    for k, rows in enumerate(split_rows):
+    for k, rows in enumerate(split_rows.values()):
         which[rows] = k
     width = encoder.feature_width(stats)
-    files = [RowFile(os.path.join(directory, f"{name}.file_order.f32"), width) for name in SPLIT_NAMES]
-    counts = {name: encoder.Counts() for name, rows in zip(SPLIT_NAMES, split_rows) if len(rows)}
+    files = [RowFile(os.path.join(directory, f"{name}.file_order.f32"), width) for name in names]
+    counts = {name: encoder.Counts() for name, rows in split_rows.items() if len(rows)}
     where, lines = s.src.where, s.src.line_of
     for first, num, txt in s.cache.blocks():
         w = which[first:first + len(num)]
-        for k, name in enumerate(SPLIT_NAMES):
+        for k, name in enumerate(names):
             idx = np.flatnonzero(w == k)
             if len(idx):
                 line_of = (lambda i, idx=idx, first=first: lines(first + int(idx[i]))) if lines else None
@@ -164,8 +225,8 @@ def _encode_all(s: Scan, stats: FeatureStats, split_rows: list[np.ndarray], dire
                 x, c = encoder.encode_table(stats, num[idx], sub, where, line_of)
                 files[k].append(encoder.normalize(stats, x))
                 counts[name].add(c)
-    return [_in_split_order(f.close(), rows, directory, name)
-            for f, rows, name in zip(files, split_rows, SPLIT_NAMES)], counts
+    return {name: _in_split_order(f.close(), split_rows[name], directory, name)
+            for f, name in zip(files, names)}, counts
 
 
 def _file_rank(rows: np.ndarray) -> np.ndarray:
@@ -176,8 +237,9 @@ def _file_rank(rows: np.ndarray) -> np.ndarray:
 
 
 def _in_split_order(file_order: MappedRows, rows: np.ndarray, directory: str, name: str) -> MappedRows:
-    """The split's rows rewritten in split order (training is gathered by index instead)."""
-    if name == "train":
+    """The split's rows rewritten in split order (training is gathered by index instead; a
+    split file is in split order already)."""
+    if name == "train" or bool(np.all(np.diff(rows) > 0)):
         return file_order
     out = RowFile(os.path.join(directory, f"{name}.f32"), file_order.rows.shape[1])
     rank = _file_rank(rows)
@@ -189,18 +251,22 @@ def _in_split_order(file_order: MappedRows, rows: np.ndarray, directory: str, na
 
 def load_streaming(cfg: DataConfig, stats: FeatureStats | None = None) -> Dataset:
     src = parquet_source(cfg) if cfg.source == "parquet" else csv_source(cfg)
+    files = {name: split_source(cfg, src, str(path)) for name, path in (("val", cfg.val_path),
+                                                                        ("test", cfg.test_path)) if path is not None}
     path = src.where
     directory = CacheDir(cfg.cache_dir)          # removed if an error below leaves it behind
     s = scan(src, directory.path)
-    splits = split_indices(len(s.labels), cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    check_split_sizes(path, len(splits[0]), len(splits[2]), cfg)
+    splits = _splits(s, files, cfg, directory.path)
+    check_split_sizes(path, len(splits["train"].rows), len(splits["test"].rows), cfg)
     fit = stats is None
     if fit:
         task = None if cfg.task == "auto" else cfg.task
-        stats = FeatureStats(*task_for_labels(task, cfg.num_classes, s.labels[splits[0]]))
+        stats = FeatureStats(*task_for_labels(task, cfg.num_classes, splits["train"].labels))
     rep: dict[str, Any] = {"source": cfg.source, "name": os.path.basename(os.path.normpath(path)), "where": path,
                            "streaming": True, **src.report,
-                           "rows_in": {n: len(r) for n, r in zip(SPLIT_NAMES, splits) if len(r) or n != "val"}}
+                           "rows_in": {n: len(sp.rows) for n, sp in splits.items() if len(sp.rows) or n != "val"}}
+    if files:
+        rep["split_files"] = {name: f.where for name, f in files.items()}
     rows = _train_rows(s, splits, stats, cfg, rep)
     keep = tablefit.clean_and_fit(CacheColumns(s, rows), stats, cfg, fit, rep)
     rows = rows[keep]
@@ -209,32 +275,29 @@ def load_streaming(cfg: DataConfig, stats: FeatureStats | None = None) -> Datase
     if fit:
         stats.feature_names, stats.feature_shape = encoder.feature_names(stats), [encoder.feature_width(stats)]
         fit_target(stats, s.labels[rows], cfg)
-    split_rows = [rows, splits[1], splits[2]]
-    mapped, counts = _encode_all(s, stats, split_rows, directory.path)
-    s.cache.remove()
+    splits["train"] = SplitRows(s, rows)
+    mapped, counts = _encode_all(splits, stats, directory.path)
     count_into_report(counts, stats, rep)
-    return _dataset(s, stats, cfg, rep, split_rows, mapped, directory)
+    return _dataset(stats, cfg, rep, splits, mapped, directory)
 
 
-def _dataset(s: Scan, stats: FeatureStats, cfg: DataConfig, rep: dict[str, Any], split_rows: list[np.ndarray],
-             mapped: list[MappedRows], directory: CacheDir) -> Dataset:
+def _dataset(stats: FeatureStats, cfg: DataConfig, rep: dict[str, Any], splits: dict[str, SplitRows],
+             mapped: dict[str, MappedRows], directory: CacheDir) -> Dataset:
     """The Dataset over the row files: training rows gathered by the backend, val/test mapped."""
-    targets = [encoder.encode_targets(stats, s.labels[rows]) for rows in split_rows]
-    n_train = len(split_rows[TRAIN])
-    rep["rows_out"] = {n: len(r) for n, r in zip(SPLIT_NAMES, split_rows) if n in rep["rows_in"]}
+    targets = {name: encoder.encode_targets(stats, sp.labels) for name, sp in splits.items()}
+    n_train = len(splits["train"].rows)
+    rep["rows_out"] = {n: len(splits[n].rows) for n in SPLIT_NAMES if n in rep["rows_in"]}
     rep["features"], rep["task"], rep["cache_dir"] = encoder.feature_width(stats), stats.task, directory.path
     ds = Dataset(task=stats.task, num_classes=stats.num_classes, feature_shape=tuple(stats.feature_shape),
-                 train=None, val=Split(mapped[VAL].rows, targets[VAL]) if len(split_rows[VAL]) else None,
-                 test=Split(mapped[TEST].rows, targets[TEST]), name=rep["name"], stats=stats, report=rep,
+                 train=None, val=Split(mapped["val"].rows, targets["val"]) if len(splits["val"].rows) else None,
+                 test=Split(mapped["test"].rows, targets["test"]), name=rep["name"], stats=stats, report=rep,
                  target_mean=stats.target_mean, target_scale=stats.target_scale, num_train=n_train,
                  streaming=True)
-    row_of = _file_rank(split_rows[TRAIN])      # training position -> row of the file-order train file
-    train_rows, ytrain = mapped[TRAIN], targets[TRAIN]
-
-    gather = CacheGather(train_rows, row_of, ytrain)
+    row_of = _file_rank(splits["train"].rows)   # training position -> row of the file-order train file
+    gather = CacheGather(mapped["train"], row_of, targets["train"])
     directory.hand_over(ds)                     # the cache files live as long as the dataset
     if cfg.backend == "tfdata":
-        return pipeline_tf.attach_rows(ds, cfg, gather, (np.float32, ytrain.dtype))
+        return pipeline_tf.attach_rows(ds, cfg, gather, (np.float32, targets["train"].dtype))
     if cfg.backend == "grain":
         return pipeline_grain.attach(ds, cfg, gather)
     ds.batcher = functools.partial(gathered_batches, gather, n_train)
