@@ -374,6 +374,45 @@ def test_separate_test_folder_is_the_test_split(tmp_path):
                  names=["ant", "bee"])
     with pytest.raises(DataError, match=r"wide/ant/00000\.png: 5x5 pixels .* but \S+ is 5x4"):
         load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", test_path=str(tmp_path / "wide")))
+
+def test_separate_val_folder_is_the_val_split_and_normalization_fits_the_training_folder(tmp_path, capsys):
+    """Training pixels span 50..200, validation pixels 0..255: a min-max fitted on the val
+    folder too would keep its pixels in [0, 1]; fitted on the training folder they leave it."""
+    from image_folders import folder_order, write_folder
+    from jaxtrain.cli.main import main
+    rng = np.random.default_rng(5)
+    x, y = rng.integers(50, 201, (40, 5, 4)).astype(np.uint8), rng.integers(0, 3, 40)
+    write_folder(tmp_path / "imgs", x, y, names=["ant", "bee", "cat"])
+    xv, yv = rng.integers(0, 256, (7, 5, 4)).astype(np.uint8), np.array([2, 0, 0, 2, 2, 0, 2])
+    xv[0, 0, 0], xv[1, 0, 0] = 0, 255
+    write_folder(tmp_path / "val", xv, yv, names=["ant", "bee", "cat"])     # no 'bee' folder: fine
+    xt, yt = rng.integers(50, 201, (6, 5, 4)).astype(np.uint8), np.array([1, 0, 2, 1, 0, 2])
+    write_folder(tmp_path / "test", xt, yt, names=["ant", "bee", "cat"])
+    kw = dict(normalize="minmax", val_fraction=0.25, test_fraction=0.5, clean=CleanConfig(duplicates=False))
+    ds = load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", val_path=str(tmp_path / "val"),
+                                  test_path=str(tmp_path / "test"), **kw))
+    lo, hi = float(x.min()), float(x.max())
+    order = folder_order(yv)
+    np.testing.assert_allclose(ds.val.x, (xv[order].reshape(7, -1) - lo) / (hi - lo), atol=1e-6)
+    np.testing.assert_array_equal(ds.val.y, yv[order])
+    assert ds.val.x.min() < 0 and ds.val.x.max() > 1
+    np.testing.assert_allclose(ds.test.x, (xt[folder_order(yt)].reshape(6, -1) - lo) / (hi - lo), atol=1e-6)
+    assert len(ds.train) == 40                          # both fractions replaced: all of data.path trains
+    assert ds.report["rows_in"] == {"train": 40, "val": 7, "test": 6}
+    assert ds.report["split_files"] == {"val": str(tmp_path / "val"), "test": str(tmp_path / "test")}
+    assert ds.report["images"]["folders"]["val_path"]["decoded"] == 7
+    alone = load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", val_path=str(tmp_path / "val"), **kw))
+    np.testing.assert_array_equal(alone.val.x, ds.val.x)
+    assert len(alone.test) == 20 and len(alone.train) == 20     # test_fraction 0.5 of the training folder
+    write_folder(tmp_path / "odd", xv[:3], np.array([0, 1, 2]), names=["ant", "dog", "eel"])
+    code = main(["train", "--set", "data.source=images", "--set", f"data.path={tmp_path / 'imgs'}",
+                 "--set", f"data.val_path={tmp_path / 'odd'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+                 "--workdir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "class folder(s) dog, eel not among" in err
+    assert str(tmp_path / "odd") in err
+
+
 def test_gunzip_into_one_buffer_equals_gzip_and_refuses_truncation(tmp_path):
     from jaxtrain.data.sources import gunzip
     payload = np.random.default_rng(0).integers(0, 9, 3_000_000, dtype=np.uint8).tobytes()

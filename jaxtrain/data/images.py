@@ -316,7 +316,8 @@ def _check_invalid(decoded: Decoded, policy: str) -> None:
 
 
 def load_images(cfg: DataConfig) -> RawData:
-    """The training folder (data.path) and, with data.test_path, a separate test folder."""
+    """The training folder (data.path) and, with data.val_path / data.test_path, separate
+    validation / test folders, decoded to the training images' size and channels."""
     require_pillow()
     folder, classes = list_folder(str(cfg.path))
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
@@ -324,17 +325,22 @@ def load_images(cfg: DataConfig) -> RawData:
                         f"{cfg.num_classes}; remove data.num_classes or the extra folders")
     train = decoded_folder(folder, cfg)
     _check_invalid(train, cfg.clean.invalid_images)
-    parts = {"train" if cfg.test_path else "all": _part(folder, train)}
+    raw = RawData("array", {"all": _part(folder, train)}, name=os.path.basename(os.path.normpath(str(cfg.path))),
+                  where=str(cfg.path), task="classification", num_classes=len(classes),
+                  classes=list(classes))
     folders = {"path": (folder, train)}
-    if cfg.test_path:
-        test_folder, _ = list_folder(str(cfg.test_path), classes)
-        test = decoded_folder(test_folder, cfg, reference=train)
-        _check_invalid(test, "error")              # evaluation examples are never dropped
-        parts["test"] = _part(test_folder, test)
-        folders["test_path"] = (test_folder, test)
-    return RawData("array", parts, name=os.path.basename(os.path.normpath(str(cfg.path))),
-                   where=str(cfg.path), task="classification", num_classes=len(classes),
-                   classes=list(classes), extra={"report": _report(folders, cfg)})
+    for split in ("val", "test"):
+        path = getattr(cfg, f"{split}_path")
+        if path is None:
+            continue
+        split_folder, _ = list_folder(str(path), classes)
+        decoded = decoded_folder(split_folder, cfg, reference=train)
+        _check_invalid(decoded, "error")              # evaluation examples are never dropped
+        raw.parts[split] = _part(split_folder, decoded)
+        raw.split_files[split] = (str(path), None)    # the split is this folder, not a fraction
+        folders[f"{split}_path"] = (split_folder, decoded)
+    raw.extra["report"] = _report(folders, cfg)
+    return raw
 
 
 def _part(folder: Folder, decoded: Decoded) -> Part:
