@@ -413,6 +413,40 @@ def test_separate_val_folder_is_the_val_split_and_normalization_fits_the_trainin
     assert str(tmp_path / "odd") in err
 
 
+def test_exif_orientation_turns_a_jpeg_upright_in_training_and_in_predict(tmp_path):
+    """A JPEG stored 16x24 with EXIF Orientation 6 (a viewer turns it a quarter clockwise) or 8
+    (anticlockwise) is the 24x16 image the viewer shows; a plain 24x16 PNG beside them fits
+    that size. 8x8 blocks of one colour survive JPEG at quality 100 nearly unchanged."""
+    from PIL import Image
+    from jaxtrain.data.images import read_image_inputs
+    from jaxtrain.data.preprocess import split_indices
+    rng = np.random.default_rng(6)
+    stored = [np.kron(rng.integers(0, 256, (2, 3, 3)), np.ones((8, 8, 1))).astype(np.uint8) for _ in range(2)]
+    shown = [np.rot90(stored[0], k=-1), np.rot90(stored[1], k=1)]         # k=-1: clockwise
+    for name, pixels, orientation in (("a", stored[0], 6), ("b", stored[1], 8)):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(pixels).save(tmp_path / "imgs" / name / "photo.jpg", quality=100, subsampling=0, exif=exif)
+    plain = rng.integers(0, 256, (24, 16, 3)).astype(np.uint8)
+    (tmp_path / "imgs" / "c").mkdir()
+    Image.fromarray(plain).save(tmp_path / "imgs" / "c" / "plain.png")
+    ds = load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", flatten=False, normalize="none", val_fraction=0.0,
+                                  test_fraction=0.0, clean=CleanConfig(duplicates=False)))
+    assert ds.image_shape == (24, 16, 3)
+    got = np.empty_like(ds.train.x)
+    got[split_indices(3, 0.0, 0.0, 0)[0]] = ds.train.x                 # back to folder order
+    np.testing.assert_array_equal(got[2], plain)
+    for i in range(2):
+        error = np.abs(got[i] - shown[i].astype(np.float64))
+        assert error.mean() < 2 and error.max() < 16
+        wrong_way = np.abs(got[i] - np.rot90(stored[i], k=1 if i == 0 else -1).astype(np.float64))
+        assert wrong_way.mean() > 20                                     # turned, and the right way
+    new, names = read_image_inputs(tmp_path / "imgs", (24, 16, 3), False, 1)
+    assert names == ["a/photo.jpg", "b/photo.jpg", "c/plain.png"]
+    np.testing.assert_array_equal(new, got)
+
+
 def test_gunzip_into_one_buffer_equals_gzip_and_refuses_truncation(tmp_path):
     from jaxtrain.data.sources import gunzip
     payload = np.random.default_rng(0).integers(0, 9, 3_000_000, dtype=np.uint8).tobytes()
