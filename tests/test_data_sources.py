@@ -411,6 +411,13 @@ def test_separate_val_folder_is_the_val_split_and_normalization_fits_the_trainin
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "class folder(s) dog, eel not among" in err
     assert str(tmp_path / "odd") in err
+    broken = tmp_path / "val" / "cat" / "00000.png"                  # never dropped, even with drop
+    broken.write_bytes(broken.read_bytes()[:40])
+    with pytest.raises(DataError) as e:
+        load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", val_path=str(tmp_path / "val"),
+                                 clean=CleanConfig(invalid_images="drop")))
+    assert str(e.value).startswith(f"{broken}: cannot read as an image")
+    assert "val images are never skipped" in str(e.value) and "invalid_images=drop" not in str(e.value)
 
 
 def test_exif_orientation_turns_a_jpeg_upright_in_training_and_in_predict(tmp_path):

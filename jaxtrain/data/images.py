@@ -328,12 +328,14 @@ def _read_entry(entry: str, reused: bool) -> Decoded:
 # ---------------------------------------------------------------- the source
 
 
-def _check_invalid(decoded: Decoded, policy: str) -> None:
-    if decoded.skipped and policy == "error":
+def _check_invalid(decoded: Decoded, policy: str, split: str = "train") -> None:
+    """Unreadable files are an error unless the policy drops them (training images only)."""
+    if decoded.skipped and (policy == "error" or split != "train"):
         path, reason = decoded.skipped[0]
         more = f" ({len(decoded.skipped)} such files)" if len(decoded.skipped) > 1 else ""
-        raise DataError(f"{path}: cannot read as an image ({reason}){more}; fix or remove the file, or "
-                        "set data.clean.invalid_images=drop to skip unreadable images")
+        fix = "or set data.clean.invalid_images=drop to skip unreadable images" if split == "train" \
+            else f"{split} images are never skipped"
+        raise DataError(f"{path}: cannot read as an image ({reason}){more}; fix or remove the file, {fix}")
 
 
 def load_images(cfg: DataConfig) -> RawData:
@@ -356,7 +358,7 @@ def load_images(cfg: DataConfig) -> RawData:
             continue
         split_folder, _ = list_folder(str(path), classes)
         decoded = decoded_folder(split_folder, cfg, reference=train)
-        _check_invalid(decoded, "error")              # evaluation examples are never dropped
+        _check_invalid(decoded, cfg.clean.invalid_images, split)    # evaluation examples: never dropped
         raw.parts[split] = _part(split_folder, decoded)
         raw.split_files[split] = (str(path), None)    # the split is this folder, not a fraction
         folders[f"{split}_path"] = (split_folder, decoded)
