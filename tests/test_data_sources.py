@@ -374,6 +374,86 @@ def test_separate_test_folder_is_the_test_split(tmp_path):
                  names=["ant", "bee"])
     with pytest.raises(DataError, match=r"wide/ant/00000\.png: 5x5 pixels .* but \S+ is 5x4"):
         load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", test_path=str(tmp_path / "wide")))
+
+def test_separate_val_folder_is_the_val_split_and_normalization_fits_the_training_folder(tmp_path, capsys):
+    """Training pixels span 50..200, validation pixels 0..255: a min-max fitted on the val
+    folder too would keep its pixels in [0, 1]; fitted on the training folder they leave it."""
+    from image_folders import folder_order, write_folder
+    from jaxtrain.cli.main import main
+    rng = np.random.default_rng(5)
+    x, y = rng.integers(50, 201, (40, 5, 4)).astype(np.uint8), rng.integers(0, 3, 40)
+    write_folder(tmp_path / "imgs", x, y, names=["ant", "bee", "cat"])
+    xv, yv = rng.integers(0, 256, (7, 5, 4)).astype(np.uint8), np.array([2, 0, 0, 2, 2, 0, 2])
+    xv[0, 0, 0], xv[1, 0, 0] = 0, 255
+    write_folder(tmp_path / "val", xv, yv, names=["ant", "bee", "cat"])     # no 'bee' folder: fine
+    xt, yt = rng.integers(50, 201, (6, 5, 4)).astype(np.uint8), np.array([1, 0, 2, 1, 0, 2])
+    write_folder(tmp_path / "test", xt, yt, names=["ant", "bee", "cat"])
+    kw = dict(normalize="minmax", val_fraction=0.25, test_fraction=0.5, clean=CleanConfig(duplicates=False))
+    ds = load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", val_path=str(tmp_path / "val"),
+                                  test_path=str(tmp_path / "test"), **kw))
+    lo, hi = float(x.min()), float(x.max())
+    order = folder_order(yv)
+    np.testing.assert_allclose(ds.val.x, (xv[order].reshape(7, -1) - lo) / (hi - lo), atol=1e-6)
+    np.testing.assert_array_equal(ds.val.y, yv[order])
+    assert ds.val.x.min() < 0 and ds.val.x.max() > 1
+    np.testing.assert_allclose(ds.test.x, (xt[folder_order(yt)].reshape(6, -1) - lo) / (hi - lo), atol=1e-6)
+    assert len(ds.train) == 40                          # both fractions replaced: all of data.path trains
+    assert ds.report["rows_in"] == {"train": 40, "val": 7, "test": 6}
+    assert ds.report["split_files"] == {"val": str(tmp_path / "val"), "test": str(tmp_path / "test")}
+    assert ds.report["images"]["folders"]["val_path"]["decoded"] == 7
+    alone = load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", val_path=str(tmp_path / "val"), **kw))
+    np.testing.assert_array_equal(alone.val.x, ds.val.x)
+    assert len(alone.test) == 20 and len(alone.train) == 20     # test_fraction 0.5 of the training folder
+    write_folder(tmp_path / "odd", xv[:3], np.array([0, 1, 2]), names=["ant", "dog", "eel"])
+    code = main(["train", "--set", "data.source=images", "--set", f"data.path={tmp_path / 'imgs'}",
+                 "--set", f"data.val_path={tmp_path / 'odd'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+                 "--workdir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "class folder(s) dog, eel not among" in err
+    assert str(tmp_path / "odd") in err
+    broken = tmp_path / "val" / "cat" / "00000.png"                  # never dropped, even with drop
+    broken.write_bytes(broken.read_bytes()[:40])
+    with pytest.raises(DataError) as e:
+        load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", val_path=str(tmp_path / "val"),
+                                 clean=CleanConfig(invalid_images="drop")))
+    assert str(e.value).startswith(f"{broken}: cannot read as an image")
+    assert "val images are never skipped" in str(e.value) and "invalid_images=drop" not in str(e.value)
+
+
+def test_exif_orientation_turns_a_jpeg_upright_in_training_and_in_predict(tmp_path):
+    """A JPEG stored 16x24 with EXIF Orientation 6 (a viewer turns it a quarter clockwise) or 8
+    (anticlockwise) is the 24x16 image the viewer shows; a plain 24x16 PNG beside them fits
+    that size. 8x8 blocks of one colour survive JPEG at quality 100 nearly unchanged."""
+    from PIL import Image
+    from jaxtrain.data.images import read_image_inputs
+    from jaxtrain.data.preprocess import split_indices
+    rng = np.random.default_rng(6)
+    stored = [np.kron(rng.integers(0, 256, (2, 3, 3)), np.ones((8, 8, 1))).astype(np.uint8) for _ in range(2)]
+    shown = [np.rot90(stored[0], k=-1), np.rot90(stored[1], k=1)]         # k=-1: clockwise
+    for name, pixels, orientation in (("a", stored[0], 6), ("b", stored[1], 8)):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(pixels).save(tmp_path / "imgs" / name / "photo.jpg", quality=100, subsampling=0, exif=exif)
+    plain = rng.integers(0, 256, (24, 16, 3)).astype(np.uint8)
+    (tmp_path / "imgs" / "c").mkdir()
+    Image.fromarray(plain).save(tmp_path / "imgs" / "c" / "plain.png")
+    ds = load_dataset(_images_cfg(tmp_path, tmp_path / "imgs", flatten=False, normalize="none", val_fraction=0.0,
+                                  test_fraction=0.0, clean=CleanConfig(duplicates=False)))
+    assert ds.image_shape == (24, 16, 3)
+    got = np.empty_like(ds.train.x)
+    got[split_indices(3, 0.0, 0.0, 0)[0]] = ds.train.x                 # back to folder order
+    np.testing.assert_array_equal(got[2], plain)
+    for i in range(2):
+        error = np.abs(got[i] - shown[i].astype(np.float64))
+        assert error.mean() < 2 and error.max() < 16
+        wrong_way = np.abs(got[i] - np.rot90(stored[i], k=1 if i == 0 else -1).astype(np.float64))
+        assert wrong_way.mean() > 20                                     # turned, and the right way
+    new, names = read_image_inputs(tmp_path / "imgs", (24, 16, 3), False, 1)
+    assert names == ["a/photo.jpg", "b/photo.jpg", "c/plain.png"]
+    np.testing.assert_array_equal(new, got)
+
+
 def test_gunzip_into_one_buffer_equals_gzip_and_refuses_truncation(tmp_path):
     from jaxtrain.data.sources import gunzip
     payload = np.random.default_rng(0).integers(0, 9, 3_000_000, dtype=np.uint8).tobytes()

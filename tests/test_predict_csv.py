@@ -256,7 +256,7 @@ def test_eval_input_with_labels_the_run_never_saw_exits_2_naming_them(tmp_path, 
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
-    """An MLP trained on a folder of digit PNGs with a separate test folder."""
+    """An MLP trained on a folder of digit PNGs with separate validation and test folders."""
     from image_folders import digits_uint8, write_folder
     tmp = tmp_path_factory.mktemp("predict_images")
     x, y = digits_uint8()
@@ -265,8 +265,10 @@ def image_run(tmp_path_factory):
     relabel = np.argsort(order)
     write_folder(tmp / "train", x[:400], relabel[y[:400]], sorted(names))
     write_folder(tmp / "test", x[400:500], relabel[y[400:500]], sorted(names))
+    write_folder(tmp / "val", x[500:560], relabel[y[500:560]], sorted(names))
     cfg = {"name": "digit_pngs", "data": {"source": "images", "path": str(tmp / "train"),
-                                          "test_path": str(tmp / "test"), "cache_dir": str(tmp / "cache")},
+                                          "val_path": str(tmp / "val"), "test_path": str(tmp / "test"),
+                                          "cache_dir": str(tmp / "cache")},
            "model": {"hidden_sizes": [16]}, "train": {"epochs": 2}, "parallel": {"data_axis_size": 1}}
     train(cfg, workdir=tmp / "run", console=Console("none"))
     return tmp, tmp / "run"
@@ -310,6 +312,18 @@ def test_a_truncated_image_input_exits_2_naming_it(image_run, tmp_path, capsys):
     assert main(["predict", str(run), "--input", str(tmp_path / "big")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "9x8 pixels" in err and "trained on 8x8 images" in err
+
+
+def test_the_val_folder_is_the_runs_validation_split(image_run):
+    """The run's validation metrics and summary count are those of the val folder's 60 images,
+    scored independently as an input folder (decoded by predict's reader, not the split's)."""
+    tmp, run = image_run
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["data"] == {"train": 400, "val": 60, "test": 100}
+    scored = evaluate(run, input=tmp / "val", verbose=0)
+    assert summary["val"] and set(summary["val"]) <= set(scored)
+    for metric, value in summary["val"].items():
+        np.testing.assert_allclose(value, scored[metric], rtol=1e-5, atol=1e-6)
 
 
 def test_eval_input_on_a_class_folder_equals_the_test_split(image_run, tmp_path):

@@ -34,7 +34,7 @@ class CleanConfig:
 
 TABLE_FILES = ("csv", "parquet")                 # sources with a header of named columns and a target
 PATH_SOURCES = ("csv", "parquet", "npz", "idx", "images")  # sources that read data.path
-SPLIT_FILE_SOURCES = ("csv", "parquet", "npz")   # sources that take data.val_path / data.test_path
+SPLIT_FILE_SOURCES = ("csv", "parquet", "npz", "images")   # sources that take data.val_path / test_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,9 +117,8 @@ class DataConfig:
                f"data.source={self.source} needs data.target, the name of the target column")
         for split in ("val", "test"):
             given = getattr(self, f"{split}_path") is not None
-            sources = SPLIT_FILE_SOURCES + (("images",) if split == "test" else ())
-            check_key(not given or self.source in sources, f"{key}.{split}_path",
-                      f"needs data.source {' or '.join(sources)}, not {self.source}")
+            check_key(not given or self.source in SPLIT_FILE_SOURCES, f"{key}.{split}_path",
+                      f"needs data.source {' or '.join(SPLIT_FILE_SOURCES)}, not {self.source}")
         self._validate_images(key)
 
     def _validate_images(self, key: str) -> None:

@@ -1,12 +1,13 @@
 """Folders of images (`data.source: images`): one sub-folder per class, PNG and JPEG through Pillow.
 
 The sub-folder names, sorted, are the class names; a class's images are every PNG or JPEG
-file under its sub-folder, in path order. Each folder is decoded once, by a pool of threads
-(Pillow releases the GIL while it decodes), into a uint8 .npy file under the cache directory;
-a later run over the same files (same names, sizes and modification times) with the same
-image settings maps that file instead of decoding again. Grayscale images are (n, H, W),
-as IDX and NPZ images are, so the same pixels make the same dataset whichever way they
-come; colour images are (n, H, W, 3).
+file under its sub-folder, in path order. An image is read as viewers show it, turned as its
+EXIF Orientation tag says (phones store portrait photos sideways). Each folder is decoded
+once, by a pool of threads (Pillow releases the GIL while it decodes), into a uint8 .npy
+file under the cache directory; a later run over the same files (same names, sizes and
+modification times) with the same image settings maps that file instead of decoding again.
+Grayscale images are (n, H, W), as IDX and NPZ images are, so the same pixels make the same
+dataset whichever way they come; colour images are (n, H, W, 3).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from jaxtrain.util.optional import require
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Pillow modes without colour: these decode to one channel unless data.channels says 3.
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
-_CACHE_FORMAT = 1          # part of the cache key: a new layout never reads an old entry
+_CACHE_FORMAT = 2          # part of the cache key: a new layout or decoding never reads an old entry
+_ORIENTATION = 0x0112      # the EXIF tag saying how a viewer turns the stored pixels (phone photos)
+_QUARTER_TURNS = {5, 6, 7, 8}    # orientations under which the width and height swap
 _MAX_NAMED = 20            # skipped files listed by name in the report
 
 
@@ -149,21 +152,39 @@ def parallel(fn: Callable[[int], Any], n: int, workers: int, chunk: int = 256) -
         return [r for part in pool.map(run, starts) for r in part]
 
 
+def _orientation(im: Any) -> int:
+    """The image's EXIF Orientation, 1 (as stored) when it has none or an invalid one."""
+    value = im.getexif().get(_ORIENTATION, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _upright(im: Any) -> Any:
+    """The image as viewers show it: turned and flipped as its EXIF Orientation says, which
+    Pillow does not do on open (a phone's portrait JPEG is stored sideways)."""
+    if _orientation(im) == 1:
+        return im
+    from PIL import ImageOps
+    return ImageOps.exif_transpose(im)
+
+
 def _probe(image_module: Any, path: str) -> tuple[int, int, str] | str:
-    """(width, height, mode) from the file's header, or the reason it cannot be read."""
+    """(width, height, mode) of the image as viewers show it, or the reason it cannot be read."""
     try:
         with image_module.open(path) as im:
-            return im.size[0], im.size[1], im.mode
+            w, h = im.size
+            return (h, w, im.mode) if _orientation(im) in _QUARTER_TURNS else (w, h, im.mode)
     except _decode_errors(image_module) as e:
         return _one_line(e)
 
 
 def _decode_into(image_module: Any, path: str, target: Target, out: np.ndarray, slot: int
                  ) -> tuple[int, int, str] | str:
-    """Decode one file into out[slot]; its (width, height, mode) as found, or the reason it
-    cannot be read. A file of another size than a `resize=False` target is not decoded."""
+    """Decode one file, upright, into out[slot]; its (width, height, mode) as found (upright),
+    or the reason it cannot be read. A file of another size than a `resize=False` target is
+    left out of `out`."""
     try:
         with image_module.open(path) as im:
+            im = _upright(im)
             found = (im.size[0], im.size[1], im.mode)
             if target.resize or im.size == (target.width, target.height):
                 mode = "L" if target.channels == 1 else "RGB"
@@ -307,16 +328,19 @@ def _read_entry(entry: str, reused: bool) -> Decoded:
 # ---------------------------------------------------------------- the source
 
 
-def _check_invalid(decoded: Decoded, policy: str) -> None:
-    if decoded.skipped and policy == "error":
+def _check_invalid(decoded: Decoded, policy: str, split: str = "train") -> None:
+    """Unreadable files are an error unless the policy drops them (training images only)."""
+    if decoded.skipped and (policy == "error" or split != "train"):
         path, reason = decoded.skipped[0]
         more = f" ({len(decoded.skipped)} such files)" if len(decoded.skipped) > 1 else ""
-        raise DataError(f"{path}: cannot read as an image ({reason}){more}; fix or remove the file, or "
-                        "set data.clean.invalid_images=drop to skip unreadable images")
+        fix = "or set data.clean.invalid_images=drop to skip unreadable images" if split == "train" \
+            else f"{split} images are never skipped"
+        raise DataError(f"{path}: cannot read as an image ({reason}){more}; fix or remove the file, {fix}")
 
 
 def load_images(cfg: DataConfig) -> RawData:
-    """The training folder (data.path) and, with data.test_path, a separate test folder."""
+    """The training folder (data.path) and, with data.val_path / data.test_path, separate
+    validation / test folders, decoded to the training images' size and channels."""
     require_pillow()
     folder, classes = list_folder(str(cfg.path))
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
@@ -324,17 +348,22 @@ def load_images(cfg: DataConfig) -> RawData:
                         f"{cfg.num_classes}; remove data.num_classes or the extra folders")
     train = decoded_folder(folder, cfg)
     _check_invalid(train, cfg.clean.invalid_images)
-    parts = {"train" if cfg.test_path else "all": _part(folder, train)}
+    raw = RawData("array", {"all": _part(folder, train)}, name=os.path.basename(os.path.normpath(str(cfg.path))),
+                  where=str(cfg.path), task="classification", num_classes=len(classes),
+                  classes=list(classes))
     folders = {"path": (folder, train)}
-    if cfg.test_path:
-        test_folder, _ = list_folder(str(cfg.test_path), classes)
-        test = decoded_folder(test_folder, cfg, reference=train)
-        _check_invalid(test, "error")              # evaluation examples are never dropped
-        parts["test"] = _part(test_folder, test)
-        folders["test_path"] = (test_folder, test)
-    return RawData("array", parts, name=os.path.basename(os.path.normpath(str(cfg.path))),
-                   where=str(cfg.path), task="classification", num_classes=len(classes),
-                   classes=list(classes), extra={"report": _report(folders, cfg)})
+    for split in ("val", "test"):
+        path = getattr(cfg, f"{split}_path")
+        if path is None:
+            continue
+        split_folder, _ = list_folder(str(path), classes)
+        decoded = decoded_folder(split_folder, cfg, reference=train)
+        _check_invalid(decoded, cfg.clean.invalid_images, split)    # evaluation examples: never dropped
+        raw.parts[split] = _part(split_folder, decoded)
+        raw.split_files[split] = (str(path), None)    # the split is this folder, not a fraction
+        folders[f"{split}_path"] = (split_folder, decoded)
+    raw.extra["report"] = _report(folders, cfg)
+    return raw
 
 
 def _part(folder: Folder, decoded: Decoded) -> Part:

@@ -268,7 +268,7 @@ def load_raw(cfg: DataConfig) -> RawData:
         raw = loaders[cfg.source](cfg)
     for split in ("val", "test"):
         path = getattr(cfg, f"{split}_path", None)
-        if path is not None and cfg.source != "images":   # an image folder's test folder is read with it
+        if path is not None and cfg.source != "images":   # image folders: read with the training folder
             raw.parts[split], line_of = _split_file(cfg, raw, split, str(path))
             raw.split_files[split] = (str(path), line_of)
     check_not_empty(raw)
