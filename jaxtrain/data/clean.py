@@ -81,6 +81,9 @@ def duplicate_mask(part: Part) -> np.ndarray:
     for block in blocks:
         h += hash_words(block, offset)
         offset += block.shape[1]
+    ordered = np.sort(h)
+    if not (ordered[1:] == ordered[:-1]).any():      # no two rows share a hash: no duplicates
+        return np.zeros(len(part), bool)
     lead = first_occurrences(h)
     cand = np.flatnonzero(lead != np.arange(len(part)))
     same = np.ones(len(cand), bool)
