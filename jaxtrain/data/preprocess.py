@@ -238,7 +238,9 @@ def count_into_report(counts: dict[str, encoder.Counts], stats: FeatureStats, re
 
 
 class PartColumns:
-    """The training split of an in-memory table, as `tablefit` reads it."""
+    """The training split of an in-memory table, as `tablefit` reads it (columns in parallel:
+    the block is in memory already)."""
+    parallel = True
 
     def __init__(self, raw: RawData, part: Part):
         self.part, self.num_names, self.txt_kinds, self.where = part, raw.num_names, raw.txt_kinds, raw.where
