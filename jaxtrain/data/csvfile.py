@@ -199,10 +199,10 @@ def infer_kinds(header: list[str], sample: pa.Table, cfg: DataConfig) -> dict[st
             kinds[name] = cfg.columns[name]
             continue
         col = sample.column(name).combine_chunks()
-        present = col.filter(pa.array(~missing_mask(col)))
         if parseable_fraction(col[:2000] if len(col) > 2000 else col) > 0.5:
             kinds[name] = "numeric"
             continue
+        present = col.filter(pa.array(~missing_mask(col)))
         words = pc.mean(pc.list_value_length(pc.utf8_split_whitespace(present[:2000]))).as_py() or 0
         distinct = len(pc.unique(pc.utf8_trim_whitespace(present)))
         kinds[name] = "category" if distinct <= cfg.max_categories and words <= 3 else "text"
