@@ -252,6 +252,9 @@ class PartColumns:
     def numeric(self, j: int) -> np.ndarray:
         return self.part.num[:, j].astype(np.float64)
 
+    def view(self, j: int) -> np.ndarray:
+        return self.part.num[:, j]
+
     def text(self, name: str) -> pa.Array:
         return self.part.txt[name]
 

@@ -37,7 +37,8 @@ class TrainColumns(Protocol):
     def text(self, name: str) -> pa.Array: ...         # null: missing
 
     line_of: Callable[[int], int] | None               # the file line of training row i, if any
-    # Optional `parallel = True`: columns may be read at the same time (several held at once).
+    # Optional `parallel = True`: columns may be read at the same time (several held at once);
+    # optional `view(j)`: column j without a copy, for reading only.
 
 
 def _numeric(cols: TrainColumns, j: int) -> tuple[np.ndarray, int]:
@@ -61,8 +62,9 @@ def count_missing(cols: TrainColumns, rep: dict[str, Any]) -> np.ndarray:
     per_column, non_finite = {}, {}
 
     def count(j: int) -> tuple[np.ndarray, int]:
-        col, inf = _numeric(cols, j)
-        return np.isnan(col), inf
+        col = cols.view(j) if hasattr(cols, "view") else cols.numeric(j)    # only read here
+        inf = np.isinf(col)
+        return np.isnan(col) | inf, int(inf.sum())
     for name, (nan, inf) in zip(cols.num_names, each_column(cols, count)):
         any_missing |= nan
         per_column[name], non_finite[name] = int(nan.sum()), inf
