@@ -54,13 +54,11 @@ def row_words(part: Part) -> list[np.ndarray]:
 
 
 def hash_words(words: np.ndarray, first_key: int = 0) -> np.ndarray:
-    """A 64-bit multilinear hash of each row of uint64 words (wrapping arithmetic), in chunks;
-    word j takes key `first_key + j` (blocks of one row hash to the sum of their hashes)."""
+    """A 64-bit multilinear hash of each row of uint64 words (wrapping arithmetic: an integer
+    matrix-vector product, no temporaries); word j takes key `first_key + j` (blocks of one
+    row hash to the sum of their hashes)."""
     keys = np.resize(np.roll(_KEYS, -first_key), words.shape[1])
-    h = np.zeros(len(words), np.uint64)
-    for start in range(0, len(words), 8192):          # bounded temporaries
-        h[start:start + 8192] = (words[start:start + 8192] * keys).sum(1, dtype=np.uint64)
-    return h
+    return words @ keys
 
 
 def first_occurrences(h: np.ndarray) -> np.ndarray:
@@ -81,6 +79,9 @@ def duplicate_mask(part: Part) -> np.ndarray:
     for block in blocks:
         h += hash_words(block, offset)
         offset += block.shape[1]
+    ordered = np.sort(h)
+    if not (ordered[1:] == ordered[:-1]).any():      # no two rows share a hash: no duplicates
+        return np.zeros(len(part), bool)
     lead = first_occurrences(h)
     cand = np.flatnonzero(lead != np.arange(len(part)))
     same = np.ones(len(cand), bool)

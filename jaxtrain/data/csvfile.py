@@ -24,6 +24,7 @@ import pyarrow.csv as pcsv
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data.raw import Part, RawData
 from jaxtrain.util.errors import DataError
+from jaxtrain.util.threads import map_ordered
 
 MISSING = ("", "na", "nan", "null", "none", "n/a")
 NULL_SPELLINGS = sorted({"".join(p) for m in MISSING for p in itertools.product(*({c.lower(), c.upper()}
@@ -31,6 +32,7 @@ NULL_SPELLINGS = sorted({"".join(p) for m in MISSING for p in itertools.product(
 DELIMITERS = (",", ";", "\t", "|")
 _NUMBER = r"^[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|infinity|nan)$"   # after strip + lower
 SAMPLE_ROWS = 5000
+_NULL_SET = pa.array(NULL_SPELLINGS, pa.string())
 
 
 @dataclasses.dataclass
@@ -74,11 +76,13 @@ def read_layout(path: str, delimiter: str = "auto") -> CsvLayout:
 
 def _has_quote(path: str) -> bool:
     """Whether the file holds a '"' anywhere: without one no field spans lines, and Arrow
-    can split the file into blocks at any newline (faster). Read in chunks, not mapped: a
-    mapped file's pages would count in this process's peak resident memory."""
-    with open(path, "rb") as f:
-        while chunk := f.read(16 << 20):
-            if b'"' in chunk:
+    can split the file into blocks at any newline (faster). Read in chunks into one buffer,
+    not mapped: a mapped file's pages would count in this process's peak resident memory,
+    and a fresh buffer per chunk would be fresh pages for the kernel to clear."""
+    buf = bytearray(1 << 20)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            if buf.find(b'"', 0, n) >= 0:
                 return True
     return False
 
@@ -147,11 +151,13 @@ def missing_mask(col: pa.Array) -> np.ndarray:
 
 
 def text_column(col: pa.Array) -> pa.Array:
-    """Stripped values, null where missing (null stays null: `is_in` says false for it)."""
+    """Stripped values, null where missing (null stays null: `is_in` says false for it). The
+    markers are matched in every case spelling (NULL_SPELLINGS) rather than lower-cased first:
+    the same test, one pass fewer over the strings."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     stripped = pc.utf8_trim_whitespace(col)
-    marker = pc.is_in(pc.utf8_lower(stripped), value_set=pa.array(MISSING))
+    marker = pc.is_in(stripped, value_set=_NULL_SET)
     return pc.if_else(marker, pa.scalar(None, pa.string()), stripped)
 
 
@@ -193,10 +199,10 @@ def infer_kinds(header: list[str], sample: pa.Table, cfg: DataConfig) -> dict[st
             kinds[name] = cfg.columns[name]
             continue
         col = sample.column(name).combine_chunks()
-        present = col.filter(pa.array(~missing_mask(col)))
         if parseable_fraction(col[:2000] if len(col) > 2000 else col) > 0.5:
             kinds[name] = "numeric"
             continue
+        present = col.filter(pa.array(~missing_mask(col)))
         words = pc.mean(pc.list_value_length(pc.utf8_split_whitespace(present[:2000]))).as_py() or 0
         distinct = len(pc.unique(pc.utf8_trim_whitespace(present)))
         kinds[name] = "category" if distinct <= cfg.max_categories and words <= 3 else "text"
@@ -288,25 +294,34 @@ def read_schema(cfg: DataConfig) -> CsvSchema:
 
 
 def to_part(batch, schema: CsvSchema, target: str, line_of, first: int = 0) -> Part:
-    """Arrow columns (a table or one block of records, starting at record `first`) -> a table Part."""
+    """Arrow columns (a table or one block of records, starting at record `first`) -> a table Part.
+    The columns are converted side by side on the shared thread pool (in column order)."""
     where = schema.layout.path
     hint = ", or declare the column as text with data.columns.{}=category"
     at = lambda i: line_of(first + i)  # noqa: E731
     names = schema.num_names
     num = np.empty((batch.num_rows, len(names)))      # filled column by column: no stacked copy
-    for j, n in enumerate(names):
-        num[:, j] = numeric_column(batch.column(n), where, n, at, hint.format(n))
-    txt = {n: text_column(batch.column(n)) for n in schema.txt_kinds}
-    ycol = batch.column(target)
-    y = numeric_column(ycol, where, target, at) if schema.numeric_target else \
-        text_column(ycol).to_numpy(zero_copy_only=False)
-    return Part(y=y, rows=np.arange(first, first + batch.num_rows), num=num, txt=txt)
+
+    def convert(job):
+        kind, j, n = job
+        if kind == "num":
+            num[:, j] = numeric_column(batch.column(n), where, n, at, hint.format(n))
+            return None
+        if kind == "txt":
+            return text_column(batch.column(n))
+        ycol = batch.column(n)
+        return numeric_column(ycol, where, n, at) if schema.numeric_target else \
+            text_column(ycol).to_numpy(zero_copy_only=False)
+    jobs = [("num", j, n) for j, n in enumerate(names)] + [("txt", 0, n) for n in schema.txt_kinds]
+    done = map_ordered(convert, jobs + [("y", 0, target)])
+    txt = {n: col for (_, _, n), col in zip(jobs[len(names):], done[len(names):])}
+    return Part(y=done[-1], rows=np.arange(first, first + batch.num_rows), num=num, txt=txt)
 
 
 def check_not_all_missing(part: Part, schema: CsvSchema) -> None:
-    all_missing = np.isnan(part.num).all(0)
     for j, name in enumerate(schema.num_names):
-        if all_missing[j]:
+        # A present first value settles it without a pass over the column.
+        if (len(part.num) == 0 or np.isnan(part.num[0, j])) and np.isnan(part.num[:, j]).all():
             raise DataError(f"{schema.layout.path} column '{name}': every value is missing; "
                             "drop it with data.drop_columns or fill it in")
     for name, col in part.txt.items():

@@ -10,6 +10,7 @@ Non-finite numbers (inf) count as missing. Every change is counted in `Counts`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from jaxtrain.data import clean, transforms
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.util.errors import DataError
+from jaxtrain.util.threads import map_ordered
 
 CHUNK_VALUES = 1 << 16     # values converted and normalized at a time: the chunk stays in cache
 TABLE_CHUNK_ROWS = 8192    # rows of a table's numbers through every rule at a time (~1 MB)
@@ -67,29 +69,48 @@ def encode_table(stats: FeatureStats, num: np.ndarray, txt: dict[str, np.ndarray
     """Raw table rows -> (n, features) float32 (normalized too with `normalize`), and what was
     changed. `num` (n, k) float (NaN: missing) is modified in place; `txt` maps text columns to
     Arrow or object arrays (null / None: missing). The numbers go through every rule a block
-    of rows at a time, so that the block stays in cache across the rules."""
+    of rows at a time, so that the block stays in cache across the rules; the blocks and the
+    text columns are shared among the thread pool's workers, counted in their order."""
     names = stats.numeric_columns
     out = np.empty((len(num), feature_width(stats)), np.float32)
-    counts = Counts()
-    for start in range(0, len(num), TABLE_CHUNK_ROWS):
-        at = (lambda i, start=start: line_of(start + i)) if line_of is not None else None
+    txt_missing = clean.missing_counts(None, txt, names)[0] if txt else {}
+    _, txt = clean.impute(num[:0], txt, names, stats.fills)
+
+    def numbers(start: int) -> Counts:
+        at = (lambda i: line_of(start + i)) if line_of is not None else None
         block = out[start:start + TABLE_CHUNK_ROWS]
-        counts.add(_encode_numbers(stats, num[start:start + TABLE_CHUNK_ROWS], block, where, at))
+        counts = _encode_numbers(stats, num[start:start + TABLE_CHUNK_ROWS], block, where, at)
         if normalize:
             transforms.normalize_(block, stats.normalize)
-    if txt:
-        counts.missing.update(clean.missing_counts(None, txt, names)[0])
-    _, txt = clean.impute(num[:0], txt, names, stats.fills)
-    col = len(names)
+        return counts
+    blocks = [functools.partial(numbers, start) for start in range(0, len(num), TABLE_CHUNK_ROWS)]
+    done = map_ordered(lambda job: job(), blocks + _text_jobs(stats, txt, out))
+    counts = Counts()
+    for block_counts in done[:len(blocks)]:
+        counts.add(block_counts)
+    counts.missing.update(txt_missing)
+    counts.unseen.update((name, unseen) for name, unseen in done[len(blocks):] if unseen)
+    return out, counts
+
+
+def _text_jobs(stats: FeatureStats, txt: dict, out: np.ndarray) -> list[Callable[[], tuple[str, int]]]:
+    """One job per (imputed) text column: its one-hot or hashed columns written into `out`;
+    each returns (name, unseen categories)."""
+    def one_hot(name: str, cats: list[str], into: np.ndarray) -> tuple[str, int]:
+        into[...], unseen = transforms.one_hot(txt[name], cats)
+        return name, unseen
+
+    def hashed(name: str, into: np.ndarray) -> tuple[str, int]:
+        into[...] = transforms.hash_text(txt[name], stats.hash_dim)
+        return name, 0
+    jobs, col = [], len(stats.numeric_columns)
     for name, cats in stats.categories.items():
-        out[:, col:col + len(cats)], unseen = transforms.one_hot(txt[name], cats)
-        if unseen:
-            counts.unseen[name] = unseen
+        jobs.append(functools.partial(one_hot, name, cats, out[:, col:col + len(cats)]))
         col += len(cats)
     for name in stats.text_columns:
-        out[:, col:col + stats.hash_dim] = transforms.hash_text(txt[name], stats.hash_dim)
+        jobs.append(functools.partial(hashed, name, out[:, col:col + stats.hash_dim]))
         col += stats.hash_dim
-    return out, counts
+    return jobs
 
 
 def _encode_numbers(stats: FeatureStats, num: np.ndarray, out: np.ndarray, where: str,
@@ -98,8 +119,11 @@ def _encode_numbers(stats: FeatureStats, num: np.ndarray, out: np.ndarray, where
     written into the first columns of `out`."""
     names = stats.numeric_columns
     counts = Counts(non_finite=non_finite_to_missing(num, names))
-    counts.missing, _ = clean.missing_counts(num, {}, names)
-    clean.impute(num, {}, names, stats.fills)
+    nan = np.isnan(num)                   # counted and filled from one mask (clean.impute's rule)
+    counts.missing = _nonzero(names, nan.sum(0))
+    if num.shape[1] and nan.any():
+        np.copyto(num, np.broadcast_to(np.array([stats.fills[n] for n in names], num.dtype), num.shape),
+                  where=nan)
     transforms.apply_log(num, names, stats.log_columns, where, line_of)
     rule = stats.outliers
     if rule.bounds is not None and names:

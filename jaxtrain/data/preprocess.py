@@ -238,7 +238,9 @@ def count_into_report(counts: dict[str, encoder.Counts], stats: FeatureStats, re
 
 
 class PartColumns:
-    """The training split of an in-memory table, as `tablefit` reads it."""
+    """The training split of an in-memory table, as `tablefit` reads it (columns in parallel:
+    the block is in memory already)."""
+    parallel = True
 
     def __init__(self, raw: RawData, part: Part):
         self.part, self.num_names, self.txt_kinds, self.where = part, raw.num_names, raw.txt_kinds, raw.where
@@ -249,6 +251,9 @@ class PartColumns:
 
     def numeric(self, j: int) -> np.ndarray:
         return self.part.num[:, j].astype(np.float64)
+
+    def view(self, j: int) -> np.ndarray:
+        return self.part.num[:, j]
 
     def text(self, name: str) -> pa.Array:
         return self.part.txt[name]

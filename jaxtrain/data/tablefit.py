@@ -21,6 +21,7 @@ from jaxtrain.config.data import DataConfig
 from jaxtrain.data import clean, transforms
 from jaxtrain.data.featurestats import FeatureStats, Normalizer, OutlierRule
 from jaxtrain.util.errors import DataError
+from jaxtrain.util.threads import map_ordered
 
 
 class TrainColumns(Protocol):
@@ -36,6 +37,8 @@ class TrainColumns(Protocol):
     def text(self, name: str) -> pa.Array: ...         # null: missing
 
     line_of: Callable[[int], int] | None               # the file line of training row i, if any
+    # Optional `parallel = True`: columns may be read at the same time (several held at once);
+    # optional `view(j)`: column j without a copy, for reading only.
 
 
 def _numeric(cols: TrainColumns, j: int) -> tuple[np.ndarray, int]:
@@ -46,13 +49,23 @@ def _numeric(cols: TrainColumns, j: int) -> tuple[np.ndarray, int]:
     return col, int(inf.sum())
 
 
+def each_column(cols: TrainColumns, fn: Callable[[int], Any]) -> list[Any]:
+    """[fn(j) for every numeric column j], on the thread pool when `cols` can be read in
+    parallel (in memory), else one column at a time (the streaming cache's contract)."""
+    columns = range(len(cols.num_names))
+    return map_ordered(fn, columns) if getattr(cols, "parallel", False) else [fn(j) for j in columns]
+
+
 def count_missing(cols: TrainColumns, rep: dict[str, Any]) -> np.ndarray:
     """Missing (and non-finite) values per column into rep; returns the rows with any missing."""
     any_missing = np.zeros(len(cols), bool)
     per_column, non_finite = {}, {}
-    for j, name in enumerate(cols.num_names):
-        col, inf = _numeric(cols, j)
-        nan = np.isnan(col)
+
+    def count(j: int) -> tuple[np.ndarray, int]:
+        col = cols.view(j) if hasattr(cols, "view") else cols.numeric(j)    # only read here
+        inf = np.isinf(col)
+        return np.isnan(col) | inf, int(inf.sum())
+    for name, (nan, inf) in zip(cols.num_names, each_column(cols, count)):
         any_missing |= nan
         per_column[name], non_finite[name] = int(nan.sum()), inf
     for name in cols.txt_kinds:
@@ -74,7 +87,8 @@ def fit_numeric(cols: TrainColumns, keep: np.ndarray, stats: FeatureStats, cfg: 
                 norm_parts: list[Normalizer] | None = None) -> np.ndarray:
     """Fills and outlier bounds per numeric column (when fitting); returns the outlier mask
     of the kept rows (rows x columns) when the rule drops, else None. With `norm_parts` (the
-    rows kept stay kept), each column's normalizer is fitted in the same pass."""
+    rows kept stay kept), each column's normalizer is fitted in the same pass. The columns
+    are fitted independently (`each_column`) and their results kept in column order."""
     c = cfg.clean
     if fit:
         stats.outliers = OutlierRule(c.outliers, c.outlier_action, [] if c.outliers != "none" else None)
@@ -82,24 +96,36 @@ def fit_numeric(cols: TrainColumns, keep: np.ndarray, stats: FeatureStats, cfg: 
     dropping = rule.bounds is not None and rule.action == "drop"
     outside = np.zeros((int(keep.sum()), len(cols.num_names)), bool) if dropping else None
     every_row = bool(keep.all())
-    for j, name in enumerate(cols.num_names):
+
+    def fit_column(j: int):
+        name = cols.num_names[j]
         col = _numeric(cols, j)[0]
         missing = np.isnan(col)
-        quartiles = None
         if fit:                   # fills: from every present value, before any row is dropped
-            stats.fills[name], quartiles = _fit_fill(col, missing, cols.where, name, c,
-                                                     every_row and name not in stats.log_columns)
+            fill, quartiles = _fit_fill(col, missing, cols.where, name, c,
+                                        every_row and name not in stats.log_columns)
+        else:
+            fill, quartiles = stats.fills[name], None
         if not every_row:
             col, missing = col[keep], missing[keep]
-        col[missing] = stats.fills[name]
+        col[missing] = fill
         if name in stats.log_columns:
             col = transforms.apply_log(col[:, None], [name], [name], cols.where, _line_label(cols, keep))[:, 0]
-        if fit and rule.bounds is not None:
-            rule.bounds.append(clean.fit_bound(col, c, quartiles))
+        bound = None
+        if rule.bounds is not None and (fit or dropping):
+            bound = clean.fit_bound(col, c, quartiles) if fit else rule.bounds[j]
         if dropping:
-            outside[:, j] = clean.outlier_mask(col[:, None], [rule.bounds[j]])[:, 0]
+            return fill, bound, clean.outlier_mask(col[:, None], [bound])[:, 0]
+        return fill, bound, None if norm_parts is None else _column_normalizer(col, bound, cfg)
+    for j, (fill, bound, extra) in enumerate(each_column(cols, fit_column)):
+        if fit:
+            stats.fills[cols.num_names[j]] = fill
+            if rule.bounds is not None:
+                rule.bounds.append(bound)
+        if dropping:
+            outside[:, j] = extra
         elif norm_parts is not None:
-            norm_parts.append(_column_normalizer(col, rule.bounds[j] if rule.bounds is not None else None, cfg))
+            norm_parts.append(extra)
     return outside
 
 
