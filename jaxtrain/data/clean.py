@@ -132,11 +132,12 @@ def missing_counts(num: np.ndarray | None, txt: dict[str, np.ndarray], num_names
     return {k: int(v) for k, v in counts.items() if v}, any_missing
 
 
-def impute(num: np.ndarray, txt: dict[str, np.ndarray], num_names: list[str], fills: dict[str, Any]
-           ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Missing values replaced by the fitted fills (numeric in place; text columns copied)."""
+def impute(num: np.ndarray, txt: dict[str, np.ndarray], num_names: list[str], fills: dict[str, Any],
+           nan: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Missing values replaced by the fitted fills (numeric in place; text columns copied).
+    `nan`: `np.isnan(num)` when the caller has it already."""
     if num.shape[1]:
-        nan = np.isnan(num)
+        nan = np.isnan(num) if nan is None else nan
         if nan.any():
             fillv = np.array([fills[n] for n in num_names], num.dtype)
             np.copyto(num, np.broadcast_to(fillv, num.shape), where=nan)

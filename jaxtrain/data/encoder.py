@@ -119,11 +119,9 @@ def _encode_numbers(stats: FeatureStats, num: np.ndarray, out: np.ndarray, where
     written into the first columns of `out`."""
     names = stats.numeric_columns
     counts = Counts(non_finite=non_finite_to_missing(num, names))
-    nan = np.isnan(num)                   # counted and filled from one mask (clean.impute's rule)
+    nan = np.isnan(num)                   # counted and filled from one mask
     counts.missing = _nonzero(names, nan.sum(0))
-    if num.shape[1] and nan.any():
-        np.copyto(num, np.broadcast_to(np.array([stats.fills[n] for n in names], num.dtype), num.shape),
-                  where=nan)
+    clean.impute(num, {}, names, stats.fills, nan)
     transforms.apply_log(num, names, stats.log_columns, where, line_of)
     rule = stats.outliers
     if rule.bounds is not None and names:
