@@ -148,6 +148,24 @@ MUTANTS: list[Mutant] = [
            "if False:",
            ("tests/test_reliability_crash.py::test_a_run_started_with_sigint_ignored_keeps_ignoring_it",),
            "a run started with SIGINT ignored installs its handler anyway"),
+    # ---- the figures a run prints
+    Mutant("save_wait_charged_to_checkpointing", "jaxtrain/training/hooks/checkpointing.py",
+           'with info.ctx.clock.phase("device_compute"):', 'with info.ctx.clock.phase("checkpointing"):',
+           ("tests/test_accounting.py::test_a_save_between_calls_charges_the_device_wait_to_training_not_checkpointing",),
+           "a save's wait for the device is charged to checkpointing: step times far too short"),
+    Mutant("vectorized_flops_per_example_of_one_point", "jaxtrain/training/summary.py",
+           "plan.batch_size * (plan.points or 1)", "plan.batch_size",
+           ("tests/test_sweep_vectorized.py::test_vectorized_points_equal_their_separate_runs",),
+           "a vectorized point's FLOPs per example count the whole population"),
+    Mutant("epoch_flops_of_the_last_program", "jaxtrain/training/accounting.py",
+           "flops = sum(counted) / steps if steps > 0 and all(counted) else self.flops", "flops = self.flops",
+           ("tests/test_search.py::test_a_survivor_of_two_rungs_reports_the_flops_of_each_population_it_trained_in",),
+           "a search survivor reports only its last, smallest program's FLOPs"),
+    Mutant("study_description_without_its_metric", "jaxtrain/runs/search.py",
+           'study.set_user_attr("made_for", described)',
+           'study.set_user_attr("made_for", {"space": described["space"], "metric": None})',
+           ("tests/test_search.py::test_population_search_writes_results_and_a_best_yaml_that_trains",),
+           "a study stored without its metric: the same search run again refuses it"),
 ]
 
 
