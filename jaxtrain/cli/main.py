@@ -91,13 +91,15 @@ def _search_args(p: argparse.ArgumentParser) -> None:
                    "(default: WORKDIR/study.journal)")
     p.add_argument("--study", help="study name in the storage (default: the config's name)")
     p.add_argument("--seed", type=int, help="sampler seed (default train.seed)")
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
+                   help="1: one line per trial (default); 2: also each trial's run and the results table")
 
 
 def _search(args: argparse.Namespace) -> int:
     from jaxtrain.runs.search import search
     search(args.config, args.space, trials=args.trials, population=args.population, sampler=args.sampler,
            prune=args.prune, storage=args.storage, study=args.study, workdir=args.workdir,
-           overrides=args.overrides, seed=args.seed, verbose=2)
+           overrides=args.overrides, seed=args.seed, verbose=args.verbose)
     return 0
 
 
@@ -212,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from jaxtrain.util.errors import NonFiniteError, Preempted, UserError
+    from jaxtrain.util.secrets import mask_secrets
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"jaxtrain: error: {e.cli or e}", file=sys.stderr)
+        print(f"jaxtrain: error: {mask_secrets(str(e.cli or e))}", file=sys.stderr)  # a storage URL's password
         if "jaxtrain.parallel.distributed" in sys.modules:  # multi-process: leave now, don't wait for the others
             sys.modules["jaxtrain.parallel.distributed"].exit_if_joined(2)
         return 2

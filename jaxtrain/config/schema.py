@@ -165,6 +165,9 @@ class TrainConfig:
     # Upload the training set to the devices when it takes at most this fraction of their memory.
     on_device_fraction: float = 0.25
     eval_every_epochs: int = 1
+    # Evaluate the test split at the end of training. A search's trials turn it off: they are
+    # chosen on validation, and best.yaml (which keeps it on) trains the chosen one again.
+    evaluate_test: bool = True
     on_nonfinite: Literal["stop", "skip_step"] = "stop"
     early_stopping: EarlyStoppingConfig | None = None
     augment: AugmentConfig = AugmentConfig()

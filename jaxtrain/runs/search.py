@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import math
 import os
 import shutil
@@ -40,8 +41,13 @@ from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
 from jaxtrain.util.errors import NonFiniteError, UserError, python_api
 from jaxtrain.util.events import Console
 from jaxtrain.util.optional import require
+from jaxtrain.util.secrets import mask_secrets
 
 STUDY_FILE = "study.journal"
+OWNER_FILE = "search.json"  # which study a search work directory belongs to
+# Keys of the base config that do not change what a trial learns: a study continued with
+# other values of these is still the same study.
+NOT_COMPARED = ("name", "logging")
 REDUCTION = 3  # successive halving keeps the top third at each rung; rungs at 1, 3, 9, ... epochs
 
 
@@ -164,7 +170,9 @@ class Search:
     trials: int
     population: int
     prune: bool
-    console: Console
+    console: Console        # the search's own lines
+    trial_console: Console  # the trials' runs' lines: quiet unless verbose=2
+    verbose: int = 1
 
 
 @python_api
@@ -176,7 +184,8 @@ def search(config: Any = None, space: dict[str, str] | list[str] | None = None, 
     """Search `space` ({'optimizer.learning_rate': 'loguniform(1e-4,1e-1)', ...}) for `trials`
     trials in all, `population` at a time. Returns the best trial's parameters and value, the
     paths of best.yaml, results.csv and the best trial's run directory, and the rows.
-    `verbose`: 0 prints nothing, 1 the lines of each trial and the results, 2 progress too."""
+    `verbose`: 0 prints nothing, 1 one line per trial and the choice, 2 also every trial's run
+    (its epochs, progress) and the results table."""
     from jaxtrain.runs.api import check_verbose
     check_verbose(verbose)
     optuna = require("optuna", "search", "jaxtrain search")
@@ -188,15 +197,18 @@ def search(config: Any = None, space: dict[str, str] | list[str] | None = None, 
     base = load_config(config, overrides)
     check_space(base, dims)
     root = Path(workdir) if workdir else Path("runs") / f"{base.name}-search"
-    root.mkdir(parents=True, exist_ok=True)
     console = console or Console(base.logging.progress, verbose=verbose)
     objective = objective_for(base)
     name = study or base.name
-    opened = open_study(optuna, storage or f"journal:{root / STUDY_FILE}", name, objective, dims)
+    check_workdir(optuna, root, name, storage)  # before anything is opened or written
+    opened = _undo_new_workdir(root, lambda: open_study(optuna, storage or f"journal:{root / STUDY_FILE}", name,
+                                                         objective, dims, base_record(base, dims)))
+    claim_workdir(root, name, storage)
     opened.sampler = _sampler(optuna, sampler, base.train.seed if seed is None else seed, opened)
-    s = Search(optuna, opened, base, dims, root, objective, trials, population, prune, console)
+    quiet = console if verbose >= 2 else Console("none")
+    s = Search(optuna, opened, base, dims, root, objective, trials, population, prune, console, quiet, verbose)
     fail_stale_trials(s)
-    console.line(f"search: study '{name}' ({storage or root / STUDY_FILE}): {_taken(s)} of {trials} "
+    console.line(f"search: study '{name}' ({_where(root, storage)}): {_taken(s)} of {trials} "
                  f"trials taken; choosing on {objective.metric} ({objective.direction}), {sampler} sampler"
                  + (", successive halving" if prune else ""))
     while batch := ask_batch(s):
@@ -204,28 +216,136 @@ def search(config: Any = None, space: dict[str, str] | list[str] | None = None, 
     return finish(s)
 
 
-def open_study(optuna: Any, storage: str, name: str, objective: Objective, space: dict[str, Dimension]) -> Any:
-    """The study `name` in `storage`, created if new; refused if it was made for another space
-    or metric (its trials would mean something else)."""
-    pruner = optuna.pruners.NopPruner()  # jaxtrain decides pruning for a whole population (Halving)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # jaxtrain prints its own lines
+def _where(root: Path, storage: str | None) -> str:
+    """The storage as printed: its URL with any password masked."""
+    return mask_secrets(storage) if storage else str(root / STUDY_FILE)
+
+
+def check_workdir(optuna: Any, root: Path, name: str, storage: str | None) -> None:
+    """A search work directory belongs to one study: refuse another study (or the same name in
+    another storage), whose trial folders and results.csv would collide with the first's.
+    Reads only: a refused search writes nothing."""
+    marker = root / OWNER_FILE
+    if marker.is_file():
+        owner = json.loads(marker.read_text())
+        if (owner.get("study"), owner.get("storage")) != (name, _owner_storage(storage)):
+            raise UserError(f"{root} holds study '{owner.get('study')}' "
+                            f"({owner.get('storage') or root / STUDY_FILE}), not study '{name}' "
+                            f"({_where(root, storage)}): a search work directory belongs to one study; "
+                            f"pass another --workdir")
+        return
+    others: list[str] = []
+    if (root / STUDY_FILE).is_file():  # a work directory of a jaxtrain without search.json
+        names = optuna.get_all_study_names(_storage(optuna, f"journal:{root / STUDY_FILE}"))
+        # with --storage elsewhere, every study of this journal is another study
+        others = [n for n in names if n != name or storage is not None]
+    elif root.is_dir() and any(root.glob("trial-*")):
+        others = ["(unrecorded)"]
+    if others:
+        raise UserError(f"{root} holds the trials of study '{others[0]}', not study '{name}' "
+                        f"({_where(root, storage)}): a search work directory belongs to one study; "
+                        f"pass another --workdir")
+
+
+def _owner_storage(storage: str | None) -> str | None:
+    return mask_secrets(storage) if storage else None  # None: the journal in the work directory
+
+
+def claim_workdir(root: Path, name: str, storage: str | None) -> None:
+    """Record the study this work directory belongs to (once; check_workdir compares)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / OWNER_FILE).exists():
+        write_text_atomic(root / OWNER_FILE, json.dumps({"study": name, "storage": _owner_storage(storage)}) + "\n")
+
+
+def _undo_new_workdir(root: Path, opening: Any) -> Any:
+    """`opening()`; if it fails, the work directory it created (for the default journal) is
+    removed again: a refused search leaves nothing behind."""
+    created = not root.exists()
     try:
-        study = optuna.create_study(storage=_storage(optuna, storage), study_name=name, pruner=pruner,
-                                    direction=objective.direction, load_if_exists=True)
-    except Exception as e:  # a bad URL, a missing database driver, an unreachable server
-        if not isinstance(e, (ImportError, ValueError, OSError)) and not type(e).__module__.startswith("sqlalchemy"):
-            raise
-        raise UserError(f"--storage {storage}: Optuna cannot open it ({str(e).splitlines()[0]})") from None
+        return opening()
+    except BaseException:
+        if created and root.is_dir():
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def base_record(base: Config, space: dict[str, Dimension]) -> dict[str, Any]:
+    """The base config as a study records it: {section.key: value} of the resolved config less
+    the searched keys (and NOT_COMPARED), as JSON gives it back."""
+    tree = to_dict(base)
+    for key in space:  # a searched key, however deep, leaves the record
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    flat = {}
+    for section, value in tree.items():
+        if section in NOT_COMPARED:
+            continue
+        for key, v in (value.items() if isinstance(value, dict) else [("", value)]):
+            flat[f"{section}.{key}" if key else section] = v
+    return json.loads(json.dumps(flat, default=str))
+
+
+def base_differences(recorded: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """'key recorded (this search: ours)' for every key both records have that differs (a key
+    only one has is a config schema of another jaxtrain version, not a choice of the user's)."""
+    def text(v: Any) -> str:
+        return json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else str(v)
+
+    return [f"{k}={text(recorded[k])} (this search: {text(ours[k])})"
+            for k in sorted(recorded.keys() & ours.keys()) if recorded[k] != ours[k]]
+
+
+def open_study(optuna: Any, storage: str, name: str, objective: Objective, space: dict[str, Dimension],
+               base: dict[str, Any]) -> Any:
+    """The study `name` in `storage`, created if new; refused if it was made for another space,
+    metric or base config (its trials would mean something else)."""
+    study = _load_or_create(optuna, storage, name, objective)
     # One attribute, written in one call: a second process opening the study while the first
     # creates it sees either nothing or the whole description, never half of it.
-    described = {"space": {k: d.describe() for k, d in space.items()}, "metric": objective.metric}
+    described = {"space": {k: d.describe() for k, d in space.items()}, "metric": objective.metric, "base": base}
     if study.user_attrs.get("made_for") is None:
         study.set_user_attr("made_for", described)
     made_for = study.user_attrs["made_for"]  # read back: of two first writers, the last one's stands
-    if made_for != described:
-        raise UserError(f"study '{name}' in {storage} searches {made_for['space']} on {made_for['metric']}, "
-                        f"not {described['space']} on {described['metric']}; pass another --study")
+    where = f"study '{name}' in {mask_secrets(storage)}"
+    if (made_for.get("space"), made_for.get("metric")) != (described["space"], described["metric"]):
+        raise UserError(f"{where} searches {made_for.get('space')} on {made_for.get('metric')}, not "
+                        f"{described['space']} on {described['metric']}; pass another --study and --workdir")
+    differing = base_differences(made_for.get("base") or {}, base)  # a study of an older jaxtrain has none
+    if differing:
+        raise UserError(f"{where} was made with another base config: {', '.join(differing[:5])}"
+                        f"{f' and {len(differing) - 5} more' if len(differing) > 5 else ''}; pass the same "
+                        f"CONFIG and --set, or another --study and --workdir")
     return study
+
+
+def _load_or_create(optuna: Any, storage: str, name: str, objective: Objective) -> Any:
+    """Loaded when it exists (which writes nothing to the storage), created otherwise."""
+    pruner = optuna.pruners.NopPruner()  # jaxtrain decides pruning for a whole population (Halving)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # jaxtrain prints its own lines
+    for attempt in range(4):
+        try:
+            opened = _storage(optuna, storage)
+            try:
+                return optuna.load_study(study_name=name, storage=opened, pruner=pruner)
+            except KeyError:  # no study of that name yet
+                return optuna.create_study(storage=opened, study_name=name, pruner=pruner,
+                                           direction=objective.direction, load_if_exists=True)
+        except Exception as e:  # a bad URL, a missing database driver, an unreachable server
+            if not isinstance(e, (ImportError, ValueError, OSError)) and not type(e).__module__.startswith("sqlalchemy"):
+                raise
+            # Workers starting together on an empty database race to create Optuna's tables: the
+            # loser sees a duplicate key; the tables are there a moment later.
+            if type(e).__name__ == "IntegrityError" and attempt < 3:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(mask_secrets(f"--storage {storage}: Optuna cannot open it ({reason})")) from None
+    raise AssertionError("unreachable")
 
 
 def _storage(optuna: Any, url: str) -> Any:
@@ -275,10 +395,13 @@ def fail_stale_trials(s: Search) -> None:
 
 
 def _counted(s: Search) -> list[Any]:
-    """Trials that count against N: finished or running, not failed, not given back."""
+    """Trials that count against N: finished, running, or trained and failed (a non-finite
+    loss: an outcome of the space, so N bounds the work), not those that never trained (given
+    back, left by a killed process, or unable to start)."""
     states = s.optuna.trial.TrialState
-    return [t for t in s.study.get_trials(deepcopy=False)
-            if t.state in (states.COMPLETE, states.PRUNED, states.RUNNING) and not t.user_attrs.get("surplus")]
+    return [t for t in s.study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus") and (
+        t.state in (states.COMPLETE, states.PRUNED, states.RUNNING)
+        or (t.state == states.FAIL and "error" in t.user_attrs))]
 
 
 def _taken(s: Search) -> int:
@@ -307,23 +430,52 @@ def ask_batch(s: Search) -> list[Any]:
 
 def train_batch(s: Search, batch: list[Any]) -> None:
     """Sample, group, train and tell a batch of trials; each group is told as soon as it ends,
-    so a killed search loses only the trials in flight."""
-    values = [sample(t, s.space) for t in batch]
-    cfgs = [trial_config(s.base, s.space, v) for v in values]
-    dirs = [s.root / f"trial-{t.number:04d}" for t in batch]
-    for trial, workdir in zip(batch, dirs):
-        trial.set_user_attr("workdir", str(workdir))
+    so a killed search loses only the trials in flight. Trials that cannot start (their folder
+    holds a run, an error before or while training) are told FAIL at once, never left RUNNING."""
+    told: set[int] = set()
+    try:
+        values = [sample(t, s.space) for t in batch]
+        # Trials are chosen on validation: their runs leave the test split alone (best.yaml keeps it).
+        cfgs = [load_config(trial_config(s.base, s.space, v), {"train.evaluate_test": False}) for v in values]
+        dirs = [s.root / f"trial-{t.number:04d}" for t in batch]
+        for trial, workdir in zip(batch, dirs):
+            trial.set_user_attr("workdir", str(workdir))
+        held = [d for d in dirs if d.exists() and any(d.iterdir())]
+        if held:  # never reuse a trial folder, never overwrite what it holds
+            raise UserError(f"search: {held[0]} already holds a run (a trial folder is never reused); "
+                            f"trials {', '.join(str(t.number) for t in batch)} told FAIL; pass another --workdir")
+        _announce_batch(s, batch, cfgs)
+        groups = vsweep.vector_groups(cfgs) if s.population > 1 else [[i] for i in range(len(batch))]
+        for group in groups:
+            t0 = time.perf_counter()
+            results = _train_group(s, [batch[i] for i in group], [cfgs[i] for i in group], [dirs[i] for i in group])
+            for i, (summary, pruned_at, population) in zip(group, results):
+                _tell(s, batch[i], summary, pruned_at, population, time.perf_counter() - t0)
+                told.add(batch[i].number)
+    except BaseException as e:
+        _abandon(s, [t for t in batch if t.number not in told], e)
+        raise
+
+
+def _announce_batch(s: Search, batch: list[Any], cfgs: list[Config]) -> None:
     groups = vsweep.vector_groups(cfgs) if s.population > 1 else [[i] for i in range(len(batch))]
     numbers = ", ".join(str(t.number) for t in batch)
     if len(batch) > 1 and len(groups) == 1:
         s.console.line(f"search: trials {numbers} train as one population (one compiled program)")
     elif len(batch) > 1:
         s.console.line(f"search: trials {numbers} train in {len(groups)} groups: {_why_apart(s, cfgs)}")
-    for group in groups:
-        t0 = time.perf_counter()
-        results = _train_group(s, [batch[i] for i in group], [cfgs[i] for i in group], [dirs[i] for i in group])
-        for i, (summary, pruned_at) in zip(group, results):
-            _tell(s, batch[i], summary, pruned_at, len(group), time.perf_counter() - t0)
+
+
+def _abandon(s: Search, trials: list[Any], error: BaseException) -> None:
+    """Tell FAIL the trials that did not start or finish because of `error` (they do not count
+    against N); the error itself goes on to the caller."""
+    reason = mask_secrets(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    for trial in trials:
+        try:
+            trial.set_user_attr("abandoned", reason)
+            s.study.tell(trial, state=s.optuna.trial.TrialState.FAIL)
+        except Exception:  # the storage itself may be what failed; the first error is the one to show
+            pass
 
 
 def _why_apart(s: Search, cfgs: list[Config]) -> str:
@@ -346,19 +498,20 @@ def _value(cfg: Config, key: str) -> Any:
     return value
 
 
-def _train_group(s: Search, trials: list[Any], cfgs: list[Config], dirs: list[Path]) -> list[tuple[dict | None, int | None]]:
-    """(summary, epoch pruned at) of each trial of a group: one population, or one trial alone.
-    A population that hits a non-finite loss trains its trials one by one (the failing trial
-    alone fails); a trial that does is told FAILED (summary None)."""
+def _train_group(s: Search, trials: list[Any], cfgs: list[Config],
+                 dirs: list[Path]) -> list[tuple[dict | None, int | None, int]]:
+    """(summary, epoch pruned at, trials in the program that trained it) of each trial of a
+    group: one population, or one trial alone. A population that hits a non-finite loss trains
+    its trials one by one (the failing trial alone fails: summary None)."""
     from jaxtrain.runs.api import train
     halving = Halving(s.study, s.objective)
     hooks = [PruneHook(t, s.objective, c.train.epochs, halving) if s.prune else None for t, c in zip(trials, cfgs)]
     if len(trials) > 1:
         try:
-            summaries = vsweep.train_vectorized(cfgs, dirs, s.console, extra_hooks=[[h] if h else [] for h in hooks],
+            summaries = vsweep.train_vectorized(cfgs, dirs, s.trial_console, extra_hooks=[[h] if h else [] for h in hooks],
                                                 leaves=lambda lane: any(h is not None and h.pruned_at is not None
                                                                         for h in lane.hooks if isinstance(h, PruneHook)))
-            return [(summary, h.pruned_at if h else None) for summary, h in zip(summaries, hooks)]
+            return [(summary, h.pruned_at if h else None, len(trials)) for summary, h in zip(summaries, hooks)]
         except NonFiniteError as e:
             s.console.line(f"search: the population of trials {', '.join(str(t.number) for t in trials)} "
                            f"stopped ({e}); training them one at a time")
@@ -366,31 +519,46 @@ def _train_group(s: Search, trials: list[Any], cfgs: list[Config], dirs: list[Pa
                 shutil.rmtree(d, ignore_errors=True)
             return [r for t, c, d in zip(trials, cfgs, dirs) for r in _train_group(s, [t], [c], [d])]
     try:
-        summary = train(cfgs[0], workdir=dirs[0], console=s.console, hooks=[hooks[0]] if hooks[0] else [])
+        summary = train(cfgs[0], workdir=dirs[0], console=s.trial_console, hooks=[hooks[0]] if hooks[0] else [])
     except NonFiniteError as e:
-        trials[0].set_user_attr("error", str(e))
-        return [(None, None)]
-    return [(summary, hooks[0].pruned_at if hooks[0] else None)]
+        trials[0].set_user_attr("error", str(e).splitlines()[0] if str(e) else "non-finite loss")
+        return [(None, None, 1)]
+    return [(summary, hooks[0].pruned_at if hooks[0] else None, 1)]
 
 
 def _tell(s: Search, trial: Any, summary: dict | None, pruned_at: int | None, population: int,
           seconds: float) -> None:
     """Tell the study how a trial ended; what results.csv shows rides along as user attributes."""
     states = s.optuna.trial.TrialState
+    trial.set_user_attr("population", population)
     if summary is None:
+        if not Path(trial.user_attrs["workdir"]).exists():  # a row never names a folder that is not there
+            trial.set_user_attr("workdir", None)
         s.study.tell(trial, state=states.FAIL)
+        _say(s, trial.number, "FAIL", trial.user_attrs.get("error", "").split(";")[0], trial.params)
         return
     value = s.objective.of_summary(summary)
     trial.set_user_attr("value", value)
     trial.set_user_attr("epochs", int(summary["train"]["epochs"]))
     trial.set_user_attr("time_s", round(float(summary["time"].get("total_s", seconds)), 3))
-    trial.set_user_attr("population", population)
     if pruned_at is not None:
         s.study.tell(trial, state=states.PRUNED)
+        state, what = "PRUNED", f"pruned at epoch {pruned_at}"
     elif value is None or not math.isfinite(value):
+        trial.set_user_attr("error", f"{s.objective.metric} is {value}")
         s.study.tell(trial, state=states.FAIL)
+        state, what = "FAIL", f"{s.objective.metric} is {value}"
     else:
         s.study.tell(trial, value)
+        state, what = "COMPLETE", f"{s.objective.metric} {value:.4g}"
+    _say(s, trial.number, state, f"{what}, {summary['train']['epochs']} epochs, "
+         f"{trial.user_attrs['time_s']:.3g} s", trial.params)
+
+
+def _say(s: Search, number: int, state: str, what: str, params: dict[str, Any]) -> None:
+    """The one console line of a trial."""
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    s.console.line(f"search: trial {number} {state}: {what} ({shown})")
 
 
 def result_rows(s: Search) -> list[dict[str, Any]]:
@@ -402,7 +570,8 @@ def result_rows(s: Search) -> list[dict[str, Any]]:
         rows.append({"number": t.number, "state": t.state.name, **{k: t.params.get(k) for k in s.space},
                      s.objective.metric: t.user_attrs.get("value"), "epochs": t.user_attrs.get("epochs"),
                      "time_s": t.user_attrs.get("time_s"), "population": t.user_attrs.get("population"),
-                     "workdir": t.user_attrs.get("workdir")})
+                     "workdir": t.user_attrs.get("workdir"),
+                     "error": t.user_attrs.get("error") or t.user_attrs.get("abandoned")})
     return rows
 
 
@@ -417,8 +586,13 @@ def finish(s: Search) -> dict[str, Any]:
     complete = [t for t in s.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     best = s.study.best_trial if complete else None
     shown = ["number", "state", *s.space, s.objective.metric, "epochs", "time_s", "population"]
-    for line in _table(rows, shown, best.number if best else None):
-        s.console.line(line)
+    if s.verbose >= 2:  # verbose 1: the trials' own lines were the table
+        for line in _table(rows, shown, best.number if best else None):
+            s.console.line(line)
+    states = [r["state"] for r in rows]
+    failed = sum(1 for t in s.study.get_trials(deepcopy=False) if t.state.name == "FAIL" and "error" in t.user_attrs)
+    s.console.line(f"search: {len(_counted(s))} of {s.trials} trials: {states.count('COMPLETE')} complete, "
+                   f"{states.count('PRUNED')} pruned, {failed} failed (--trials counts failed trials too)")
     out: dict[str, Any] = {"best_params": None, "best_value": None, "metric": s.objective.metric,
                            "best_yaml": None, "best_workdir": None, "results": s.root / "results.csv",
                            "rows": rows}

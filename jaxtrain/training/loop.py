@@ -265,6 +265,8 @@ def _test(run: Run, lane: Lane) -> dict:
     dataset = run.dataset
     if dataset.test is None or not len(dataset.test):  # data.test_fraction: 0 means no test split
         return {}
+    if not lane.cfg.train.evaluate_test:  # a search trial: chosen on validation, test left alone
+        return {}
     run.ctx.watchdog.enter("evaluating the test split")
     state = run.lane_state(lane)
     with run.ctx.clock.phase("evaluation"):
