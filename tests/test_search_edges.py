@@ -86,6 +86,21 @@ def test_the_collision_sequence_leaves_the_first_study_byte_identical(config, tm
     assert len(_journal_study(w, "A").trials) == 4  # nothing asked
 
 
+def test_another_search_without_a_workdir_gets_a_folder_of_its_own(config, tmp_path, monkeypatch):
+    """The README's search after docs/search.md's (another space, the same config name): each
+    in its own default work directory; the same command again continues its own."""
+    monkeypatch.chdir(tmp_path)
+    first = ["search", config, *LR, "--trials", "1", "--population", "1"]
+    second = ["search", config, "--space", "optimizer.weight_decay=loguniform(1e-5,1e-1)", "--trials", "1",
+              "--population", "1", "--set", "train.epochs=2"]
+    assert main(first) == 0 and main(second) == 0
+    folders = sorted(p for p in (tmp_path / "runs").iterdir())
+    assert len(folders) == 2 and all(p.name.startswith("tiny-search-") for p in folders), folders
+    assert sorted(len(_rows(p)) for p in folders) == [1, 1]
+    assert main([*first[:-4], "--trials", "2", "--population", "1"]) == 0  # continues the first study
+    assert sorted(len(_rows(p)) for p in (tmp_path / "runs").iterdir()) == [1, 2]
+
+
 def test_a_study_records_its_base_config_without_the_searched_keys(config, tmp_path):
     w = tmp_path / "w"
     assert main(["search", config, *LR, "--trials", "1", "--population", "1", "--workdir", str(w),

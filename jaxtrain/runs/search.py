@@ -15,6 +15,11 @@ running the same command again continues it up to N trials in all; any Optuna UR
 (`journal:PATH` on a shared file system, or an RDB URL) lets several processes share it.
 Before asking, a worker counts finished and running trials against N, and a trial asked
 past N in a race with another worker is given back unused.
+
+What a search has written is never overwritten: a work directory belongs to one study
+(search.json), a study to one space, metric and base config (its `made_for` attribute),
+and a trial folder that holds a run is never reused. Trials are chosen on validation; their
+runs do not evaluate the test split. Storage URLs are shown with their password masked.
 """
 
 from __future__ import annotations
@@ -196,7 +201,7 @@ def search(config: Any = None, space: dict[str, str] | list[str] | None = None, 
     dims = parse_space(space or [])
     base = load_config(config, overrides)
     check_space(base, dims)
-    root = Path(workdir) if workdir else Path("runs") / f"{base.name}-search"
+    root = Path(workdir) if workdir else default_workdir(base, dims)
     console = console or Console(base.logging.progress, verbose=verbose)
     objective = objective_for(base)
     name = study or base.name
@@ -214,6 +219,14 @@ def search(config: Any = None, space: dict[str, str] | list[str] | None = None, 
     while batch := ask_batch(s):
         train_batch(s, batch)
     return finish(s)
+
+
+def default_workdir(base: Config, space: dict[str, Dimension]) -> Path:
+    """runs/<config name>-search-<digest>: the same for the same command (which continues its
+    study), another for another space or base config (another study, in a folder of its own)."""
+    import hashlib
+    made = json.dumps([{k: d.describe() for k, d in space.items()}, base_record(base, space)], sort_keys=True)
+    return Path("runs") / f"{base.name}-search-{hashlib.sha256(made.encode()).hexdigest()[:8]}"
 
 
 def _where(root: Path, storage: str | None) -> str:
