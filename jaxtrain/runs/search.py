@@ -242,9 +242,10 @@ def check_workdir(optuna: Any, root: Path, name: str, storage: str | None) -> No
     if marker.is_file():
         owner = json.loads(marker.read_text())
         if (owner.get("study"), owner.get("storage")) != (name, _owner_storage(storage)):
-            raise UserError(f"{root} holds study '{owner.get('study')}' "
-                            f"({owner.get('storage') or root / STUDY_FILE}), not study '{name}' "
-                            f"({_where(root, storage)}): a search work directory belongs to one study; "
+            theirs, ours = f" ({owner.get('storage') or root / STUDY_FILE})", f" ({_where(root, storage)})"
+            same = theirs == ours  # the storages are named only where they differ
+            raise UserError(f"{root} holds study '{owner.get('study')}'{'' if same else theirs}, not study "
+                            f"'{name}'{'' if same else ours}: a search work directory belongs to one study; "
                             f"pass another --workdir")
         return
     others: list[str] = []
@@ -453,7 +454,7 @@ def train_batch(s: Search, batch: list[Any]) -> None:
         dirs = [s.root / f"trial-{t.number:04d}" for t in batch]
         for trial, workdir in zip(batch, dirs):
             trial.set_user_attr("workdir", str(workdir))
-        held = [d for d in dirs if d.exists() and any(d.iterdir())]
+        held = [d for d in dirs if d.exists() and (not d.is_dir() or any(d.iterdir()))]
         if held:  # never reuse a trial folder, never overwrite what it holds
             raise UserError(f"search: {held[0]} already holds a run (a trial folder is never reused); "
                             f"trials {', '.join(str(t.number) for t in batch)} told FAIL; pass another --workdir")
