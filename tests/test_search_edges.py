@@ -84,6 +84,13 @@ def test_the_collision_sequence_leaves_the_first_study_byte_identical(config, tm
     assert "model.hidden_sizes=[8] (this search: [16])" in line, line
     assert _tree(w) == before
     assert len(_journal_study(w, "A").trials) == 4  # nothing asked
+    # A work directory of an earlier jaxtrain (no search.json): the journal names its study.
+    (w / "search.json").unlink()
+    before = _tree(w)
+    assert main(b) == 2
+    line = _err_line(capsys)
+    assert "study 'A'" in line and "study 'B'" in line, line
+    assert _tree(w) == before
 
 
 def test_another_search_without_a_workdir_gets_a_folder_of_its_own(config, tmp_path, monkeypatch):

@@ -240,7 +240,11 @@ def check_workdir(optuna: Any, root: Path, name: str, storage: str | None) -> No
     Reads only: a refused search writes nothing."""
     marker = root / OWNER_FILE
     if marker.is_file():
-        owner = json.loads(marker.read_text())
+        try:
+            owner = json.loads(marker.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{marker} cannot be read ({e}); it names the study this work directory "
+                            f"belongs to: restore it, or pass another --workdir") from None
         if (owner.get("study"), owner.get("storage")) != (name, _owner_storage(storage)):
             theirs, ours = f" ({owner.get('storage') or root / STUDY_FILE})", f" ({_where(root, storage)})"
             same = theirs == ours  # the storages are named only where they differ
