@@ -277,7 +277,8 @@ def test_two_workers_share_a_real_postgresql_server_and_train_every_trial_once(c
     runs PostgreSQL as its own user, which must reach the folder, and a concurrent pytest
     session resets that root to mode 0700."""
     folder = Path(tempfile.mkdtemp(prefix="jaxtrain-pg-"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))  # pgserver's lock files: not the user's
+    # pgserver's lock file (read when it is imported; only this process touches it): not the user's
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "runtime"))
     pgserver = _pgserver()
     server = pgserver.get_server(folder / "pg", cleanup_mode="stop")
     try:
