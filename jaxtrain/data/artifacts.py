@@ -60,6 +60,11 @@ def summary(dataset: Dataset) -> str:
         cols = ", ".join(f"{k} {v}" for k, v in o["per_column"].items())
         done = f"{o.get('rows_dropped', 0)} rows dropped" if o["action"] == "drop" else "clipped"
         parts.append(f"outliers ({o['method']}): {cols}; {done}")
+    invalid = r.get("invalid_images", {})
+    if invalid.get("files_skipped"):
+        parts.append(f"{invalid['files_skipped']} unreadable images dropped (listed in {REPORT_FILE})")
+    if invalid.get("classes_left_out"):
+        parts.append("class folders without a readable image left out: " + ", ".join(invalid["classes_left_out"]))
     if r.get("invalid_labels", {}).get("rows_dropped"):
         parts.append(f"{r['invalid_labels']['rows_dropped']} rows with invalid labels dropped")
     for s, cols in r.get("unseen_categories", {}).items():
