@@ -181,6 +181,20 @@ def test_numbers_of_other_widths_and_an_all_null_column_agree(tmp_path):
     np.testing.assert_array_equal(a.train.y, b.train.y)
 
 
+def test_the_console_says_how_a_missing_category_was_filled(tmp_path):
+    from jaxtrain.data import summary
+    t = _table()
+    city = t.column("city").to_pylist()
+    for i in range(0, len(city), 7):
+        city[i] = None
+    pq.write_table(t.set_column(2, "city", pa.array(city, pa.string())), tmp_path / "t.parquet")
+    ds = load_dataset(DataConfig(source="parquet", path=str(tmp_path / "t.parquet"), target="y",
+                                 task="classification", val_fraction=0.0, test_fraction=0.0))
+    values, counts = np.unique([c for c in city if c is not None], return_counts=True)
+    assert ds.stats.fills["city"] == values[counts.argmax()]           # the fill is the most frequent value
+    assert f"city {len(range(0, len(city), 7))}; imputed (median; text columns: most frequent)" in summary(ds)
+
+
 def test_a_parquet_error_is_not_cut_mid_word(tmp_path, capsys):
     d = tmp_path / ("a_rather_long_folder_name_" * 4)
     d.mkdir()

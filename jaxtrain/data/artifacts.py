@@ -50,7 +50,10 @@ def summary(dataset: Dataset) -> str:
     m = r.get("missing", {})
     if m.get("per_column"):
         cols = ", ".join(f"{k} {v}" for k, v in m["per_column"].items())
-        done = f"{m['rows_dropped']} rows dropped" if m.get("policy") == "drop" else f"imputed ({m['policy']})"
+        text = [k for k in m["per_column"] if dataset.stats and k not in dataset.stats.numeric_columns]
+        how = m["policy"] if not text or m["policy"] in ("most_frequent", "constant") \
+            else f"{m['policy']}; text columns: most frequent"     # text fills are never a median
+        done = f"{m['rows_dropped']} rows dropped" if m.get("policy") == "drop" else f"imputed ({how})"
         parts.append(f"missing in train: {cols}; {done}")
     if m.get("per_column_eval"):
         parts.append("missing in eval imputed: " + ", ".join(f"{s} {sum(v.values())}"
