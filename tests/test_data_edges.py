@@ -83,8 +83,9 @@ def test_a_class_folder_without_readable_images_exits_2_naming_it(tmp_path, caps
 def test_drop_leaves_an_empty_class_out_with_a_line_and_counts_dropped_images(tmp_path, capsys):
     _digits_folder(tmp_path / "imgs")
     shutil.copytree(tmp_path / "imgs", tmp_path / "same")        # the answer: no extra folder at all
-    (tmp_path / "imgs" / "zebra").mkdir()
-    (tmp_path / "imgs" / "zebra" / "00000.png").write_bytes(b"not a png")
+    empty = tmp_path / "imgs" / "0_empty"          # sorts between classes 0 and 1: the labels shift
+    empty.mkdir()
+    (empty / "00000.png").write_bytes(b"not a png")
     bad = tmp_path / "imgs" / "1" / "00099.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     drop = dict(cache_dir=str(tmp_path / "cache"), clean=CleanConfig(invalid_images="drop"))
@@ -94,14 +95,14 @@ def test_drop_leaves_an_empty_class_out_with_a_line_and_counts_dropped_images(tm
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(getattr(ds, split).x, getattr(want, split).x)
         np.testing.assert_array_equal(getattr(ds, split).y, getattr(want, split).y)
-    assert ds.report["invalid_images"]["classes_left_out"] == ["zebra"]
+    assert ds.report["invalid_images"]["classes_left_out"] == ["0_empty"]
     assert ds.report["invalid_images"]["files_skipped"] == 2
     code, out, _ = _cli(capsys, *_images_cli(tmp_path, tmp_path / "imgs"), "--set", "data.clean.invalid_images=drop",
                         "--workdir", tmp_path / "run")
     assert code == 0
     assert "2 unreadable images dropped" in out
-    assert "class folders without a readable image left out: zebra" in out
-    assert '"zebra"' not in (tmp_path / "run" / "stats.json").read_text()
+    assert "class folders without a readable image left out: 0_empty" in out
+    assert '"0_empty"' not in (tmp_path / "run" / "stats.json").read_text()
 
 
 def test_drop_that_leaves_one_class_is_still_exit_2(tmp_path, capsys):
