@@ -269,6 +269,14 @@ def test_a_default_config_run_on_other_data_is_named_from_it(sets, name):
     assert load_config(None, sets).name == name
 
 
+def test_the_python_api_names_a_default_config_run_from_its_data_too():
+    from jaxtrain.runs.api import _config
+    sets = {"data.source": "parquet", "data.path": "/d/housing.parquet", "data.target": "y"}
+    assert _config(None, sets, {}).name == "housing_mlp"
+    assert _config(None, None, {k.replace(".", "__"): v for k, v in sets.items()}).name == "housing_mlp"
+    assert _config(None, ["data.source=images", "data.path=/p/flowers"], {}).name == "flowers_mlp"
+
+
 def test_an_image_run_without_config_is_filed_under_its_folder(tmp_path, capsys, monkeypatch):
     _digits_folder(tmp_path / "flowers")
     monkeypatch.chdir(tmp_path)
