@@ -180,6 +180,9 @@ def test_numbers_of_other_widths_and_an_all_null_column_agree(tmp_path):
     assert a.report["missing"] == b.report["missing"] and a.stats.categories == b.stats.categories
     np.testing.assert_allclose(a.train.x, b.train.x, rtol=1e-6)
     np.testing.assert_array_equal(a.train.y, b.train.y)
+    streamed = load_dataset(DataConfig(path=str(d), streaming=True, cache_dir=str(tmp_path / "not" / "yet"), **kw))
+    assert streamed.report["missing"] == a.report["missing"] and streamed.stats == a.stats
+    np.testing.assert_allclose(streamed.test.x, a.test.x, atol=1e-6)
 
 
 def test_the_console_says_how_a_missing_category_was_filled(tmp_path):
