@@ -265,7 +265,8 @@ def test_eval_given_the_idx_labels_file_says_to_pass_the_images(tmp_path, capsys
     (["data.source=images", "data.path=/photos/flowers/"], "flowers_mlp"),
     (["data.source=parquet", "data.path=/d/housing.parquet", "data.target=y", "model.name=linear"], "housing_linear"),
     (["data.source=parquet", "data.path=data/part-*.parquet", "data.target=y"], "data_mlp"),
-    (["data.batch_size=64"], "digits_mlp"),
+    (["data.batch_size=64", "model.name=cnn"], "digits_mlp"),           # the same data: the same name
+    (["data.name=iris"], "iris_mlp"),
     (["data.source=images", "data.path=/photos/flowers", "name=mine"], "mine"),
 ])
 def test_a_default_config_run_on_other_data_is_named_from_it(sets, name):

@@ -459,9 +459,15 @@ def load_config(source: str | Path | dict | Config | None = None,
         raw = read_yaml(source if source is not None else CONFIG_DIR / "digits_mlp.yaml")
     default = copy.deepcopy(raw) if source is None else None
     raw = apply_overrides(raw, overrides)
-    if default is not None and raw.get("name") == default.get("name") and raw.get("data") != default.get("data"):
+    if default is not None and raw.get("name") == default.get("name") and _data_of(raw) != _data_of(default):
         raw["name"] = name_from_data(raw)
     return from_dict(Config, raw)
+
+
+def _data_of(raw: dict) -> tuple:
+    """What the data is (not how it is batched or cleaned): its source, name and path."""
+    data = raw.get("data") or {}
+    return data.get("source"), data.get("name"), data.get("path")
 
 
 def name_from_data(raw: dict) -> str:
