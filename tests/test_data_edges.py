@@ -26,6 +26,17 @@ ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--set", "train.epochs=1", "--set", "parallel.data_axis_size=1"]
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Runs here never touch the user's cache (peak FLOP/s, compiled code, decoded images)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+def test_the_image_cache_defaults_to_jaxtrain_s_one_cache_folder(tmp_path):
+    from jaxtrain.data.images import cache_root
+    assert cache_root(DataConfig(source="images", path="x")) == str(tmp_path / "xdg-cache" / "jaxtrain" / "images")
+
+
 def _cli(capsys, *argv):
     code = main([str(a) for a in argv])
     out = capsys.readouterr()
