@@ -158,7 +158,8 @@ def test_parquet_files_that_disagree_exit_2_naming_file_and_column(tmp_path, cap
     d = _two_files(tmp_path / "d", change)
     code, _, err = _cli(capsys, "train", "--set", "data.source=parquet", "--set", f"data.path={d}",
                         "--set", "data.target=y", "--set", "data.task=classification",
-                        "--set", f"data.streaming={str(streaming).lower()}", "--set", f"data.cache_dir={tmp_path / 'c'}",
+                        "--set", f"data.streaming={str(streaming).lower()}",
+                        "--set", f"data.cache_dir={tmp_path / 'c'}",
                         *FAST, "--workdir", tmp_path / "run")
     line = _one_line(err)
     assert code == 2 and line.startswith(f"jaxtrain: error: {d / 'part-1.parquet'}") and words in line
