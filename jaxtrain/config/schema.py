@@ -9,8 +9,10 @@ them; `--set section.key=value` overrides one key, the value parsed as YAML.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import itertools
 import math
 import re
 import types
@@ -458,8 +460,31 @@ def load_config(source: str | Path | dict | Config | None = None,
         raw = dict(source)
     else:
         raw = read_yaml(source if source is not None else CONFIG_DIR / "digits_mlp.yaml")
+    default = copy.deepcopy(raw) if source is None else None
     raw = apply_overrides(raw, overrides)
+    if default is not None and raw.get("name") == default.get("name") and _data_of(raw) != _data_of(default):
+        raw["name"] = name_from_data(raw)
     return from_dict(Config, raw)
+
+
+def _data_of(raw: dict) -> tuple:
+    """What the data is (not how it is batched or cleaned): its source, name and path."""
+    data = raw.get("data") or {}
+    return data.get("source"), data.get("name"), data.get("path")
+
+
+def name_from_data(raw: dict) -> str:
+    """The name of a run of the default config whose data was changed (`--set data.path=...`):
+    its data's name and its model's, as `digits_mlp` is the builtin digits under an MLP, so
+    that a run on `flowers/` is not titled, tracked and filed as `digits_mlp`. The data's name
+    is the file or folder name of data.path (the folder above a glob), else data.name."""
+    data, model = raw.get("data") or {}, raw.get("model") or {}
+    parts = Path(str(data.get("path") or "")).parts
+    literal = list(itertools.takewhile(lambda part: not any(c in part for c in "*?["), parts))
+    stem = Path(literal[-1]).stem if literal else str(data.get("name") or data.get("source") or "")
+    model_name = str(model.get("name") or "mlp").rpartition(":")[2].lower()
+    name = "_".join(p for p in (re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_."), model_name) if p)
+    return name or "run"
 
 
 # The model keys each built-in model reads (an imported one reads `kwargs`); beside the keys

@@ -21,13 +21,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jaxtrain.config.data import DataConfig
-from jaxtrain.data import csvfile, encoder, images, parquetfile, transforms
+from jaxtrain.data import clean, csvfile, encoder, images, parquetfile, transforms
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.data.raw import Part
 from jaxtrain.data.sources import read_idx, read_npz
-from jaxtrain.util.errors import DataError
+from jaxtrain.util.errors import DataError, clip_words
 
-UNSEEN_EXAMPLES = 5
+UNSEEN_EXAMPLES = clean.UNSEEN_EXAMPLES
 FILL_ORIGIN = {"mean": "the training mean", "median": "the training median", "drop": "the training median",
                "most_frequent": "the most frequent training value", "constant": "data.clean.fill_value"}
 
@@ -113,6 +113,10 @@ def _read_npz(path: Path, labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _read_idx(path: Path, labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    if "labels-idx1" in path.name:      # the labels half of an IDX pair: the images are the input
+        images_name = path.name.replace("labels-idx1", "images-idx3")
+        raise DataError(f"{path}: an IDX labels file, not images; pass --input the images file "
+                        f"({images_name}): `eval` reads its labels from this file beside it")
     x = read_idx(str(path))
     if not labels:
         return x, None
@@ -211,7 +215,7 @@ def read_parquet_input(path: str, stats: FeatureStats, cfg: DataConfig, keep: li
     try:
         table = dataset.to_table(columns=wanted)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
-        raise DataError(f"{path}: cannot read as Parquet/Arrow ({str(e).splitlines()[0][:200]})") from None
+        raise DataError(f"{path}: cannot read as Parquet/Arrow ({clip_words(str(e))})") from None
     if table.num_rows == 0:
         raise DataError(f"{path}: no data rows")
     num = np.empty((table.num_rows, len(stats.numeric_columns)), np.float64)
@@ -278,7 +282,7 @@ def unseen_labels_message(unseen: list[str], known: list[str], where: str) -> st
     names = list(dict.fromkeys(unseen))
     shown = []
     for label in names[:UNSEEN_EXAMPLES]:
-        close = difflib.get_close_matches(label, known, n=1, cutoff=0.0)
+        close = difflib.get_close_matches(label, known, n=1, cutoff=clean.CLOSE_ENOUGH)
         shown.append(("a missing label" if not label else f"'{label}'")
                      + (f" (closest: '{close[0]}')" if close and label else ""))
     more = f" and {len(names) - UNSEEN_EXAMPLES} more" if len(names) > UNSEEN_EXAMPLES else ""

@@ -50,7 +50,10 @@ def summary(dataset: Dataset) -> str:
     m = r.get("missing", {})
     if m.get("per_column"):
         cols = ", ".join(f"{k} {v}" for k, v in m["per_column"].items())
-        done = f"{m['rows_dropped']} rows dropped" if m.get("policy") == "drop" else f"imputed ({m['policy']})"
+        text = [k for k in m["per_column"] if dataset.stats and k not in dataset.stats.numeric_columns]
+        how = m["policy"] if not text or m["policy"] in ("most_frequent", "constant") \
+            else f"{m['policy']}; text columns: most frequent"     # text fills are never a median
+        done = f"{m['rows_dropped']} rows dropped" if m.get("policy") == "drop" else f"imputed ({how})"
         parts.append(f"missing in train: {cols}; {done}")
     if m.get("per_column_eval"):
         parts.append("missing in eval imputed: " + ", ".join(f"{s} {sum(v.values())}"
@@ -60,6 +63,11 @@ def summary(dataset: Dataset) -> str:
         cols = ", ".join(f"{k} {v}" for k, v in o["per_column"].items())
         done = f"{o.get('rows_dropped', 0)} rows dropped" if o["action"] == "drop" else "clipped"
         parts.append(f"outliers ({o['method']}): {cols}; {done}")
+    invalid = r.get("invalid_images", {})
+    if invalid.get("files_skipped"):
+        parts.append(f"{invalid['files_skipped']} unreadable images dropped (listed in {REPORT_FILE})")
+    if invalid.get("classes_left_out"):
+        parts.append("class folders without a readable image left out: " + ", ".join(invalid["classes_left_out"]))
     if r.get("invalid_labels", {}).get("rows_dropped"):
         parts.append(f"{r['invalid_labels']['rows_dropped']} rows with invalid labels dropped")
     for s, cols in r.get("unseen_categories", {}).items():

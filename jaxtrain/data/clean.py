@@ -20,6 +20,9 @@ from jaxtrain.util.errors import DataError
 
 # ---------------------------------------------------------------- duplicates
 
+UNSEEN_EXAMPLES = 5       # invalid labels one message names
+# difflib's ratio under which a known label is no "closest" suggestion ('9' for 'cat' is noise).
+CLOSE_ENOUGH = 0.6
 _KEYS = np.random.default_rng(20261129).integers(1, 2**63, 4096, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
 
@@ -211,7 +214,7 @@ def label_problems(y: np.ndarray, task: str, num_classes: int | None,
                 return "missing label"
             if task == "regression":
                 return f"target '{y[i]}' is not a number"
-            close = difflib.get_close_matches(str(y[i]), classes or [], n=1, cutoff=0.0)
+            close = difflib.get_close_matches(str(y[i]), classes or [], n=1, cutoff=CLOSE_ENOUGH)
             return (f"label '{y[i]}' is not one of the classes seen in training ({', '.join(classes or [])})"
                     + (f"; closest known: '{close[0]}'" if close else ""))
         return bad, text_problem
@@ -241,13 +244,27 @@ def invalid_labels(raw: RawData, split: str, part: Part, task: str, num_classes:
     i = int(np.argmax(bad_mask))
     where = raw.row_label(split, int(part.rows[i]))
     col = f" column '{raw.target}'" if raw.line_of is not None else ""
+    others = _other_bad_labels(part.y, bad_mask, i)
     if split != "train":
-        raise DataError(f"{where}{col}: {problem(i)} in the {split} split ({int(bad_mask.sum())} such rows); "
-                        "evaluation rows are never dropped: fix the data or the classes")
+        raise DataError(f"{where}{col}: {problem(i)} in the {split} split ({int(bad_mask.sum())} such rows"
+                        f"{others}); evaluation rows are never dropped: fix the data or the classes")
     if policy == "error":
-        raise DataError(f"{where}{col}: {problem(i)} ({int(bad_mask.sum())} such rows in the training split); "
-                        "fix the data, set data.num_classes, or set data.clean.invalid_labels=drop")
+        raise DataError(f"{where}{col}: {problem(i)} ({int(bad_mask.sum())} such rows in the training split"
+                        f"{others}); fix the data, set data.num_classes, or set data.clean.invalid_labels=drop")
     return bad_mask
+
+
+def _other_bad_labels(y: np.ndarray, bad: np.ndarray, first: int) -> str:
+    """The other distinct invalid labels beside row `first`'s, up to UNSEEN_EXAMPLES in all
+    (one message names up to five, so a file with two typos shows both)."""
+    def text(v) -> str:
+        return f"'{v}'" if isinstance(v, str) else f"{v:g}"
+    first_text = text(y[first])
+    shown = [t for t in dict.fromkeys(text(v) for v in y[bad] if v is not None and v == v) if t != first_text]
+    if not shown:
+        return ""
+    more = f" and {len(shown) - UNSEEN_EXAMPLES + 1} more" if len(shown) > UNSEEN_EXAMPLES - 1 else ""
+    return f"; also {', '.join(shown[:UNSEEN_EXAMPLES - 1])}{more}"
 
 
 def check_labels(raw: RawData, split: str, part: Part, task: str, num_classes: int | None,

@@ -23,7 +23,7 @@ import pyarrow.csv as pcsv
 
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data.raw import Part, RawData
-from jaxtrain.util.errors import DataError
+from jaxtrain.util.errors import DataError, clip_words
 from jaxtrain.util.threads import map_ordered
 
 MISSING = ("", "na", "nan", "null", "none", "n/a")
@@ -141,7 +141,7 @@ def parse_error(layout: CsvLayout, message: str) -> DataError:
                          "save it as UTF-8 CSV")
     except csv.Error as e:
         return DataError(f"{layout.path}: not valid CSV ({e})")
-    return DataError(f"{layout.path}: cannot parse as CSV ({message.splitlines()[0][:200]})")
+    return DataError(f"{layout.path}: cannot parse as CSV ({clip_words(message)})")
 
 
 def missing_mask(col: pa.Array) -> np.ndarray:

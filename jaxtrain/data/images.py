@@ -27,6 +27,7 @@ import numpy as np
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data.raw import Part, RawData
 from jaxtrain.util.errors import DataError
+from jaxtrain.util.files import user_cache_dir
 from jaxtrain.util.optional import require
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -242,10 +243,7 @@ class Decoded:
 
 def cache_root(cfg: DataConfig) -> str:
     """data.cache_dir, else the user's cache directory (~/.cache/jaxtrain/images)."""
-    if cfg.cache_dir:
-        return cfg.cache_dir
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "jaxtrain", "images")
+    return cfg.cache_dir or str(user_cache_dir() / "images")
 
 
 def cache_key(folder: Folder, settings: list) -> str:
@@ -343,11 +341,12 @@ def load_images(cfg: DataConfig) -> RawData:
     validation / test folders, decoded to the training images' size and channels."""
     require_pillow()
     folder, classes = list_folder(str(cfg.path))
+    train = decoded_folder(folder, cfg)
+    _check_invalid(train, cfg.clean.invalid_images)
+    folder, classes, left_out = _classes_with_images(folder, train, classes, cfg.clean.invalid_images)
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
         raise DataError(f"{cfg.path}: {len(classes)} class folders, but data.num_classes is "
                         f"{cfg.num_classes}; remove data.num_classes or the extra folders")
-    train = decoded_folder(folder, cfg)
-    _check_invalid(train, cfg.clean.invalid_images)
     raw = RawData("array", {"all": _part(folder, train)}, name=os.path.basename(os.path.normpath(str(cfg.path))),
                   where=str(cfg.path), task="classification", num_classes=len(classes),
                   classes=list(classes))
@@ -363,7 +362,31 @@ def load_images(cfg: DataConfig) -> RawData:
         raw.split_files[split] = (str(path), None)    # the split is this folder, not a fraction
         folders[f"{split}_path"] = (split_folder, decoded)
     raw.extra["report"] = _report(folders, cfg)
+    raw.extra["report"]["invalid_images"]["classes_left_out"] = left_out
     return raw
+
+
+def _classes_with_images(folder: Folder, decoded: Decoded, classes: list[str], policy: str
+                         ) -> tuple[Folder, list[str], list[str]]:
+    """The training folder's classes that hold a readable image, the folder relabelled to
+    them, and the class folders left out. A class folder with no readable image (empty, or
+    only other or unreadable files) would be a class the model can never learn: an error
+    naming it, or left out under data.clean.invalid_images=drop. Fewer than 2 classes with
+    images is always an error: a one-class classifier is "perfect" and learns nothing."""
+    counts = np.bincount(folder.labels[decoded.kept], minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty and policy != "drop":
+        more = f" ({len(empty)} such folders: {', '.join(empty)})" if len(empty) > 1 else ""
+        raise DataError(f"{os.path.join(folder.root, empty[0])}: class folder with no readable PNG or JPEG "
+                        f"image{more}; put the class's images there or remove the folder, or set "
+                        "data.clean.invalid_images=drop to leave it out")
+    kept = [c for c in classes if c not in empty]
+    if len(kept) < 2:
+        raise DataError(f"{folder.root}: {len(kept)} class folder(s) with images ({', '.join(kept) or 'none'}); "
+                        "a classifier needs at least 2 classes: put each class's images in a "
+                        "sub-folder named after it")
+    new_label = np.array([kept.index(c) if c in kept else -1 for c in classes], np.int64)
+    return dataclasses.replace(folder, labels=new_label[folder.labels]), kept, empty
 
 
 def _part(folder: Folder, decoded: Decoded) -> Part:

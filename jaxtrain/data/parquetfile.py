@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import re
 from typing import Iterator
 
 import numpy as np
@@ -25,7 +26,7 @@ import pyarrow.dataset as pads
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data import csvfile
 from jaxtrain.data.raw import Part, RawData
-from jaxtrain.util.errors import DataError
+from jaxtrain.util.errors import DataError, clip_words
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
@@ -62,16 +63,63 @@ def list_files(spec: str) -> tuple[list[str], str]:
 
 
 def _arrow_error(where: str, e: Exception) -> DataError:
-    return DataError(f"{where}: cannot read as Parquet/Arrow ({str(e).splitlines()[0][:200]})")
+    # Arrow repeats the file's full path inside its message: its base name says the same in
+    # less room, so the reason at the end survives the clip.
+    reason = re.sub(r"'[^' ]*[/\\]([^'/\\ ]+)'", r"'\1'", str(e))
+    return DataError(f"{where}: cannot read as Parquet/Arrow ({clip_words(reason) or type(e).__name__})")
 
 
 def open_dataset(spec: str) -> tuple[pads.Dataset, list[str]]:
-    """The dataset of every file `spec` names (schema of the first file), and the files."""
+    """The dataset of every file `spec` names, read with one schema that every file agrees
+    with (`_one_schema`), and the files."""
     files, fmt = list_files(spec)
     try:
-        return pads.dataset(files, format=fmt), files
+        dataset = pads.dataset(files, format=fmt)
+        if len(files) == 1:
+            return dataset, files
+        schemas = [fragment.physical_schema for fragment in dataset.get_fragments()]
+        return pads.dataset(files, format=fmt, schema=_one_schema(spec, files, schemas)), files
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
         raise _arrow_error(spec, e) from None
+
+
+def _kind(t: pa.DataType) -> str:
+    """What a column's type means to jaxtrain: numbers, strings, or (anything else) itself."""
+    return "number" if is_numeric_type(t) else "string" if is_string_type(t) else str(t)
+
+
+def _one_schema(spec: str, files: list[str], schemas: list[pa.Schema]) -> pa.Schema:
+    """The schema every file of a data set is read as. Files must have the same columns and,
+    in each, the same kind of values (numbers or strings); a file missing a column is an
+    error naming the file and the column, never a column of missing values to impute. Numbers
+    of different widths (int64 in one file, double in another, as pandas writes a column with
+    a null) agree and are read as double; an all-null column agrees with any type."""
+    first = schemas[0]
+    for path, schema in zip(files[1:], schemas[1:]):
+        missing = [n for n in first.names if n not in schema.names]
+        if missing:
+            raise DataError(f"{path}: column '{missing[0]}' of {files[0]} is not there; every file of "
+                            f"{spec} must have the same columns")
+        extra = [n for n in schema.names if n not in first.names]
+        if extra:
+            raise DataError(f"{path} column '{extra[0]}': not in {files[0]}; every file of {spec} must "
+                            "have the same columns")
+        for field in first:
+            t = schema.field(field.name).type
+            if pa.types.is_null(t) or pa.types.is_null(field.type) or _kind(t) == _kind(field.type):
+                continue
+            raise DataError(f"{path} column '{field.name}': type {t}, but {field.type} in {files[0]}; "
+                            f"every file of {spec} must hold the same type in a column")
+    return pa.schema([pa.field(f.name, _merged_type([s.field(f.name).type for s in schemas]))
+                      for f in first])
+
+
+def _merged_type(types: list[pa.DataType]) -> pa.DataType:
+    """One type for a column whose files agree in kind (`_one_schema`)."""
+    known = [t for t in types if not pa.types.is_null(t)]
+    if not known or all(t == known[0] for t in known):
+        return known[0] if known else types[0]
+    return pa.float64() if is_numeric_type(known[0]) else pa.string()
 
 
 def _value_type(t: pa.DataType) -> pa.DataType:

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from jaxtrain.data.raw import Part
+from jaxtrain.util.errors import DataError
 
 _DROP_EVERY_BYTES = 64 << 20
 _PAGE = mmap.PAGESIZE
@@ -34,7 +35,13 @@ class CacheDir:
     """A temp directory for the caches, deleted when this object is garbage (or at exit)."""
 
     def __init__(self, parent: str | None):
-        self.path = tempfile.mkdtemp(prefix="jaxtrain-stream-", dir=parent)
+        try:
+            if parent:
+                os.makedirs(parent, exist_ok=True)      # data.cache_dir need not exist yet, as for images
+            self.path = tempfile.mkdtemp(prefix="jaxtrain-stream-", dir=parent)
+        except OSError as e:
+            raise DataError(f"{parent or tempfile.gettempdir()}: cannot write the streaming cache "
+                            f"({e.strerror or e}); set data.cache_dir to a writable folder") from None
         self._remove = weakref.finalize(self, shutil.rmtree, self.path, True)
 
     def hand_over(self, owner: object) -> None:

@@ -47,6 +47,8 @@ def _config(config: Any, overrides: list[str] | dict[str, Any] | None, kw_overri
     if isinstance(overrides, dict):
         over.update(overrides)
     over.update({k.replace("__", "."): v for k, v in kw_overrides.items()})
+    if config is None and not isinstance(overrides, list):   # one load: the default named from its data
+        return load_config(None, over or None)
     cfg = load_config(config, list(overrides) if isinstance(overrides, list) else None)
     return load_config(cfg, over) if over else cfg
 

@@ -14,6 +14,16 @@ import functools
 import re
 
 
+def clip_words(text: str, limit: int = 240) -> str:
+    """The first line of `text`, cut at a word boundary with "..." when longer than `limit`
+    (a message cut mid-word, `... Parquet ma`, reads as garbage)."""
+    line = (text.splitlines() or [""])[0].strip()
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return f"{cut} ..."
+
+
 class UserError(Exception):
     """A problem with the user's input, reported as one line and exit status 2."""
     cli: str | None = None  # the command line's phrasing, once the Python API rephrased the message
