@@ -27,6 +27,7 @@ import numpy as np
 from jaxtrain.config.data import DataConfig
 from jaxtrain.data.raw import Part, RawData
 from jaxtrain.util.errors import DataError
+from jaxtrain.util.files import user_cache_dir
 from jaxtrain.util.optional import require
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -241,11 +242,11 @@ class Decoded:
 
 
 def cache_root(cfg: DataConfig) -> str:
-    """data.cache_dir, else the user's cache directory (~/.cache/jaxtrain/images)."""
+    """data.cache_dir, else `images` in jaxtrain's cache folder (util/files.py: XDG_CACHE_HOME,
+    else ~/.cache)."""
     if cfg.cache_dir:
         return cfg.cache_dir
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "jaxtrain", "images")
+    return str(user_cache_dir() / "images")
 
 
 def cache_key(folder: Folder, settings: list) -> str:
