@@ -223,13 +223,10 @@ def flags_worker(sizes: Sizes, unroll: int) -> list[dict]:
         jax.lax.scan = functools.partial(jax.lax.scan, unroll=unroll)
     ds = in_memory_dataset(sizes)
     cells = [Cell(ds, b, "float32", k, "device") for b in sizes.flag_batches for k in (1, "epoch")]
-    rows = measure_cells(cells, sizes.repeats)
-    for row in rows:  # an unrolled scan body holds `unroll` steps, and XLA counts the body once
-        steps_in_body = min(unroll, row.get("k") or 1)
-        for key in ("flops_per_step", "tflops_per_sec", "mfu"):
-            if row.get(key):
-                row[key] /= steps_in_body
-    return rows
+    # the FLOPs are one step's however the scan is unrolled (Engine.flops_per_step counts a
+    # one-step call); dividing a K-step call's count here, after its rate had reached the peak
+    # cache, left a CPU 'measured again' at several times its real rate (issue 28)
+    return measure_cells(cells, sizes.repeats)
 
 
 def case_flags(sizes: Sizes, ctx: dict) -> list[dict]:

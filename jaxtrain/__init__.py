@@ -4,7 +4,10 @@ The names below are imported on first use, so that importing one layer (say, a g
 worker process unpickling a data-stage function) does not import JAX and every layer.
 """
 
-import importlib
+# First: the clock module notes jaxtrain's first moment, where a run's `startup` begins.
+from jaxtrain.util import clock as _clock  # noqa: F401
+
+import importlib  # noqa: E402
 
 from jaxtrain.parallel.xla_flags import set_cpu_rendezvous_timeouts
 

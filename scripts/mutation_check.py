@@ -166,6 +166,27 @@ MUTANTS: list[Mutant] = [
            'study.set_user_attr("made_for", {"space": described["space"], "metric": None})',
            ("tests/test_search.py::test_population_search_writes_results_and_a_best_yaml_that_trains",),
            "a study stored without its metric: the same search run again refuses it"),
+    # ---- a run at its edges (issue 28)
+    Mutant("console_write_on_a_closed_pipe", "jaxtrain/util/events.py",
+           "        if not write_out(text, self.stream):\n",
+           "        self.stream.write(text)\n        self.stream.flush()\n        if False:\n",
+           ("tests/test_run_edges.py::test_a_console_on_a_closed_pipe_goes_quiet_and_the_pipe_points_at_devnull",),
+           "`jaxtrain train | head -2`: a BrokenPipeError traceback, exit 1, no summary.json"),
+    Mutant("flops_of_the_k_step_call", "jaxtrain/engine/engine.py",
+           "compiled = self._compiled.get(1) or one_step_program(self._runner, *self._shapes, self.on_device)",
+           "compiled = self._compiled.get(self.k) or next(iter(self._compiled.values()))",
+           ("tests/test_run_edges.py::test_flops_are_one_steps_however_the_k_step_scan_is_unrolled",),
+           "an unrolled K-step call's loop body counted as one step: a CPU run 'beats' its peak"),
+    Mutant("hooks_not_a_verdict", "jaxtrain/training/hooks/profiling.py",
+           '"eval-bound": ("evaluation",), "hooks-bound": ("hooks_and_logging",), "host-bound": ("other",)}',
+           '"eval-bound": ("evaluation",)}',
+           ("tests/test_run_edges.py::test_the_issues_table_hooks_and_logging_at_85_percent_is_hooks_bound",),
+           "hooks and logging at 85% of the time, and the verdict names another row"),
+    Mutant("gloo_pieces_relayed", "jaxtrain/cli/launch.py",
+           "    return any(w in GLOO_WORDS for w in words) and all(w in GLOO_WORDS or w.isdigit() for w in words)",
+           "    return False",
+           ("tests/test_run_edges.py::test_the_relay_drops_torn_off_pieces_of_gloos_line_and_keeps_every_line_of_the_program",),
+           "a torn-off piece of Gloo's connection line reaches the user"),
 ]
 
 

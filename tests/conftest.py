@@ -1,7 +1,18 @@
-"""Test setup: 8 simulated CPU devices, so sharding code runs here as on a GPU box."""
+"""Test setup: 8 simulated CPU devices, so sharding code runs here as on a GPU box; a private
+cache folder for the session."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
+# Tests never read or write the user's cache: jaxtrain's cache folder (the measured peak
+# FLOP/s, XLA's compilation cache, decoded images; util/files.py:user_cache_dir) lives in a
+# folder of this session's own, set before jaxtrain is imported (its subprocesses inherit
+# it) and removed at the end.
+PRIVATE_CACHE = tempfile.mkdtemp(prefix="jaxtrain-tests-cache-")
+os.environ["XDG_CACHE_HOME"] = PRIVATE_CACHE
+atexit.register(shutil.rmtree, PRIVATE_CACHE, True)
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

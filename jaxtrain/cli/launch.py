@@ -8,8 +8,8 @@ then calls `jaxtrain.parallel.distributed.initialize` itself (or `jaxtrain.train
 Each process's stdout and stderr are read apart, line by line, and each whole line is
 printed with one `[pI]` prefix (stdout to stdout, stderr to stderr), so lines of two
 processes never mix. Gloo's connection chatter (`[Gloo] Rank 3 is connected to 7 peer
-ranks...`, written by several threads at once and so often torn mid-line) is dropped
-unless `--verbose`. The launcher exits with
+ranks...`, written by several threads at once and so often torn mid-line), its torn-off
+pieces included, is dropped unless `--verbose`. The launcher exits with
 the first non-zero status; the moment one process fails it ends the others
 (each runs in its own process group: SIGTERM, then SIGKILL after a grace
 period), so nothing is left running and nothing hangs in a collective.
@@ -32,6 +32,7 @@ import time
 
 from jaxtrain.parallel.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 from jaxtrain.util.errors import UserError
+from jaxtrain.util.events import write_out
 
 GRACE_S = 3.0  # JAX takes SIGTERM as a preemption notice and keeps going: then SIGKILL
 PREEMPT_GRACE_S = 300.0  # a preempted run's processes save, then exit 143 on their own
@@ -51,19 +52,34 @@ def command_for(args: list[str], subcommands: frozenset[str]) -> list[str]:
     return args
 
 
+# Gloo's connection line, `[Gloo] Rank 3 is connected to 7 peer ranks. Expected number of
+# connected peer ranks is : 7`, is written by several threads of a process at once, piece by
+# piece, so its pieces interleave: `[Gloo] Rank 2 is connected to 7[Gloo] Rank  peer ranks. 3
+# is connected`, then a line that ends another's, ` to 7 peer ranks. Expected number ...`,
+# with no `[Gloo]` in it. A line made of nothing but these words and numbers is such a piece.
+GLOO_WORDS = frozenset("Rank is connected to peer ranks. Expected number of : ranks".split())
+
+
 def is_noise(line: str) -> bool:
-    """Connection chatter of the collectives' transport, not the user's program."""
-    return "[Gloo]" in line
+    """Connection chatter of the collectives' transport, not the user's program: a line with
+    Gloo's mark, or a torn-off piece of its connection line (its words and numbers only, one
+    word at least: a bare number may be the user's)."""
+    if "[Gloo]" in line:
+        return True
+    words = line.split()
+    return any(w in GLOO_WORDS for w in words) and all(w in GLOO_WORDS or w.isdigit() for w in words)
 
 
 def _pump(index: int, stream, out, lock: threading.Lock, verbose: bool) -> None:
-    prefix = f"[p{index}] "
+    """Relay one stream of process `index`: each whole line, prefixed, in one write under the
+    lock all relays share, so no two lines mix. Reading goes on after the reader of `out` went
+    away (`launch ... | head`), so the process never blocks on a full pipe."""
+    prefix, relaying = f"[p{index}] ", True
     for line in iter(stream.readline, ""):
-        if not verbose and is_noise(line):
+        if not relaying or (not verbose and is_noise(line)):
             continue
         with lock:
-            out.write(prefix + line.rstrip("\n") + "\n")
-            out.flush()
+            relaying = write_out(prefix + line.rstrip("\n") + "\n", out)
     stream.close()
 
 
@@ -152,7 +168,7 @@ def launch(num_processes: int, args: list[str], *, cpu_devices: int | None = Non
                     str(d) for d in range(i * gpus_per_process, (i + 1) * gpus_per_process))
             try:
                 p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, text=True, bufsize=1,
+                                     stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1,
                                      start_new_session=True)  # its own group: killable as a whole
             except OSError as e:
                 raise UserError(f"launch: cannot start {cmd[0]!r}: {e.strerror}") from None

@@ -36,9 +36,9 @@ def _train_resume_args(p: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from jaxtrain.runs.api import train
-    from jaxtrain.util.clock import since_process_start
+    from jaxtrain.util.clock import since_jaxtrain_import
     train(args.config, workdir=args.workdir, overrides=args.overrides, resume=args.resume, verbose=2,
-          clock=since_process_start())
+          clock=since_jaxtrain_import())
     return 0
 
 
@@ -55,7 +55,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from jaxtrain.runs.api import evaluate
     name = "input" if args.input else (args.split or "test")
-    print(json.dumps({name: evaluate(args.run_dir, args.split, input=args.input, verbose=0)}, indent=2))
+    from jaxtrain.util.events import write_out
+    write_out(json.dumps({name: evaluate(args.run_dir, args.split, input=args.input, verbose=0)}, indent=2) + "\n")
     return 0
 
 
@@ -109,8 +110,9 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     from jaxtrain.runs.report import write_report
+    from jaxtrain.util.events import write_out
     for path in write_report(args.run_dir):
-        print(f"wrote {path}")
+        write_out(f"wrote {path}\n")
     return 0
 
 
@@ -174,11 +176,11 @@ def _profile(args: argparse.Namespace) -> int:
     from jaxtrain.util.errors import UserError
     if args.steps < 2:
         raise UserError(f"--steps {args.steps}: profile needs at least 2 steps (one warm-up call)")
-    from jaxtrain.util.clock import since_process_start
+    from jaxtrain.util.clock import since_jaxtrain_import
     workdir = args.workdir or default_workdir(load_config(args.config, args.overrides), "-profile")
     train(args.config, workdir=workdir, overrides=[
         *args.overrides, "train.profile=true", f"train.profile_steps={args.steps}",
-        "checkpoint.enabled=false"], verbose=2, clock=since_process_start())
+        "checkpoint.enabled=false"], verbose=2, clock=since_jaxtrain_import())
     return 0
 
 
@@ -271,8 +273,9 @@ def exit_without_teardown(status: int) -> None:
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    from jaxtrain.util.events import write_out
+    write_out("", sys.stdout)  # a reader gone by now (`| head`) changes nothing: the run is done
+    write_out("", sys.stderr)
     os._exit(status)
 
 

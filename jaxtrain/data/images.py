@@ -242,8 +242,11 @@ class Decoded:
 
 
 def cache_root(cfg: DataConfig) -> str:
-    """data.cache_dir, else the user's cache directory (~/.cache/jaxtrain/images)."""
-    return cfg.cache_dir or str(user_cache_dir() / "images")
+    """data.cache_dir, else `images` in jaxtrain's cache folder (util/files.py: XDG_CACHE_HOME,
+    else ~/.cache)."""
+    if cfg.cache_dir:
+        return cfg.cache_dir
+    return str(user_cache_dir() / "images")
 
 
 def cache_key(folder: Folder, settings: list) -> str:

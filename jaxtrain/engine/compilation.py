@@ -10,6 +10,7 @@ compiles again, so a recompilation is never silent and never fatal.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import jax
 
@@ -65,3 +66,31 @@ def signature_mismatch(compiled, args: tuple) -> str:
             diffs.append(f"{where}: compiled with sharding {sharding}, called with {leaf.sharding}")
     return "; ".join(diffs[:3]) + (f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else "") \
         if diffs else "an argument differs from the compiled signature"
+
+
+# ---------------------------------------------------------------- counting one step's FLOPs
+
+
+def abstract(tree: Any) -> Any:
+    """The shapes, dtypes and shardings of `tree`'s arrays: what lowering a call needs, not the
+    data (kept so one step's program can be compiled after the arrays were donated)."""
+    def spec(leaf):
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            return leaf
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=getattr(leaf, "sharding", None))
+    return jax.tree.map(spec, tree)
+
+
+def one_step_program(runner, state: Any, args: tuple, on_device: bool) -> Any:
+    """The training call compiled for exactly one step, from abstract `state` and `args` of a
+    K-step call (device runner: `num_steps=1`; stream runner: the stacked batches cut to one).
+
+    Its cost analysis is one step's FLOPs, whatever K. A K-step call's analysis is not: XLA
+    counts a loop's body once, and the body holds as many steps as the scan is unrolled
+    (`lax.scan(unroll=u)`, or XLA's own unrolling), all K of them when fully unrolled; taken
+    as one step, that count made a run 'achieve' several times the CPU's peak (issue 28)."""
+    if on_device:
+        return runner.lower(state, *args, num_steps=1).compile()
+    first = jax.tree.map(lambda s: jax.ShapeDtypeStruct((1, *s.shape[1:]), s.dtype, sharding=s.sharding)
+                         if isinstance(s, jax.ShapeDtypeStruct) else s, args)
+    return runner.lower(state, *first).compile()

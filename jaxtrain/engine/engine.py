@@ -47,7 +47,7 @@ from jaxtrain.engine import autotune
 
 from jaxtrain.parallel import distributed
 from jaxtrain.parallel.watchdog import ProgressWatchdog
-from jaxtrain.engine.compilation import signature_mismatch
+from jaxtrain.engine.compilation import abstract, one_step_program, signature_mismatch
 from jaxtrain.engine.plan import RunPlan
 from jaxtrain.data import Dataset, epoch_permutation
 from jaxtrain.engine.prefetch import prefetch_to_device, stack
@@ -103,6 +103,8 @@ class Engine:
         self.watchdog = watchdog or ProgressWatchdog(None, 0, 1)  # multi-process: ends a stuck run
         self._wait_each_call = plan.calls_wait  # several CPU processes (plan.py says why)
         self._compiled: dict[int, Any] = {}
+        self._shapes: tuple | None = None  # (state, args) of the last compiled call, abstract
+        self._step_flops: float | None = None
         self._starts: dict[int, jax.Array] = {}
         self._copier: Callable | None = None
         # Streamed chunks: this process's rows of each batch, assembled into global arrays.
@@ -118,20 +120,21 @@ class Engine:
 
     def _compile(self, num: int, state: TrainState, args: tuple) -> Any:
         self.compiles += 1
+        self._shapes, self._step_flops = abstract((state, args)), None  # a new program: count again
         if self.on_device:
             return self._runner.lower(state, *args, num_steps=num).compile()
         return self._runner.lower(state, *args).compile()
 
     def flops_per_step(self) -> float | None:
-        """FLOPs of one training step on all devices, from XLA's cost analysis of the compiled
-        call. The analysis counts a while loop's body once, so a K-step call reports one step
-        (tests/test_accounting.py checks this against the MLP's analytic count); it describes
+        """FLOPs of one training step on all devices, from XLA's cost analysis of a call of
+        exactly one step (compilation.one_step_program: a K-step call's analysis counts its
+        loop body, which holds as many steps as the loop is unrolled). The analysis describes
         one device's program, so it is multiplied by the devices of the mesh."""
-        compiled = self._compiled.get(self.k) or next(iter(self._compiled.values()), None)
-        if compiled is None:
-            return None
-        flops = (compiled.cost_analysis() or {}).get("flops")
-        return float(flops) * self.mesh.size if flops and flops > 0 else None
+        if self._step_flops is None and (1 in self._compiled or self._shapes is not None):
+            compiled = self._compiled.get(1) or one_step_program(self._runner, *self._shapes, self.on_device)
+            flops = (compiled.cost_analysis() or {}).get("flops")
+            self._step_flops = float(flops) * self.mesh.size if flops and flops > 0 else None
+        return self._step_flops
 
     def _call(self, state: TrainState, num: int, *args) -> Generator[str, None, tuple[TrainState, dict]]:
         """Run `num` fused steps, compiling that chunk length once, ahead of time. A generator

@@ -68,8 +68,8 @@ def train(config: str | Path | dict | Config | None = None, *, workdir: str | Pa
     Keyword overrides use double underscores for dots: `optimizer__learning_rate=0.1`.
     A Python user may pass any `nnx.Module` as `model` and a prepared `dataset`.
     `resume=DIR` continues the run in DIR from its latest checkpoint (see `resume`).
-    `clock` is the run's clock (`time.breakdown`); the CLI passes one that counts the
-    process's start-up. `hooks` run after the config's own (a search's pruning).
+    `clock` is the run's clock (`time.breakdown`); the CLI passes one that counts
+    jaxtrain's start-up (from its import). `hooks` run after the config's own (a search's pruning).
     """
     clock = clock or RunClock()
     if resume is not None:

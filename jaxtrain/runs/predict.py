@@ -11,6 +11,7 @@ clipped, categories training never saw) is said on stderr, per column.
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 from jaxtrain.data import apply as apply_stats
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.util.errors import UserError
+from jaxtrain.util.events import write_out
 
 PROBABILITY_DIGITS = 6      # significant digits of a printed probability (--full-precision: all)
 
@@ -108,8 +110,10 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output: str | Path
     header, rows = predict(run_dir, input_path, keep=keep)
     if not full_precision:
         rows = _rounded_probabilities(header, rows)
-    if output is None:
-        _write_csv(sys.stdout, header, rows)
+    if output is None:  # all at once: a reader that leaves early (`| head`) just ends the output
+        text = io.StringIO()
+        _write_csv(text, header, rows)
+        write_out(text.getvalue())
         return
     try:
         with open(output, "w", newline="") as f:

@@ -1,7 +1,7 @@
 """A run's accounts, all read from its clock: where the wall time went, step time, FLOPs, MFU.
 
 The loop charges every moment of a run to one phase of the run's `RunClock`
-(util/clock.py): the CLI's `startup` (process start to the run's start), `data`
+(util/clock.py): the CLI's `startup` (jaxtrain's import to the run's start), `data`
 (api.py), `compile` (the engine says when it compiles; measuring K for
 `steps_per_call: auto` counts too), the training phases (TRAIN_PHASES: waiting for
 input, host-to-device copies, dispatching the compiled calls with the loop's own

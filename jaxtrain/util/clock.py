@@ -26,9 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 from typing import Callable
+
+# jaxtrain's first moment: jaxtrain/__init__.py imports this module before anything else, so a
+# run's `startup` is the time from here (Python and jaxtrain's imports), not from the process's
+# birth, which may be long before (`sleep 5; jaxtrain train` under one bash, a pip install
+# before it in one shell line).
+IMPORTED_AT = time.perf_counter()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,21 +131,9 @@ class RunClock:
         self.epochs = list(state.get("epochs", []))
 
 
-def process_age_s() -> float | None:
-    """Seconds since this process started (Linux: /proc), or None where that is unknown."""
-    try:
-        with open("/proc/self/stat") as f:
-            # Field 22 (starttime, clock ticks after boot) follows the ')' closing the command name.
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-
-
-def since_process_start() -> RunClock:
-    """A clock whose first phase, 'startup', is the time from process start until now."""
-    clock = RunClock()
-    clock.add_before_start("startup", process_age_s() or 0.0)
+def since_jaxtrain_import(now: Callable[[], float] = time.perf_counter,
+                          imported_at: float | None = None) -> RunClock:
+    """A clock whose first phase, 'startup', is the time from jaxtrain's import until now."""
+    clock = RunClock(now)
+    clock.add_before_start("startup", max(0.0, clock.start - (IMPORTED_AT if imported_at is None else imported_at)))
     return clock

@@ -4,6 +4,7 @@ and ETA on a terminal, TensorBoard event files (`logging.tensorboard: true`)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -29,6 +30,33 @@ def _drop_torn_line(path: Path) -> None:
         data = f.read()
         if not data.endswith(b"\n"):
             f.truncate(data.rfind(b"\n") + 1)
+
+
+def silence_closed_stream(stream: TextIO) -> None:
+    """The stream's reader went away (`jaxtrain train | head -2`): point its file at os.devnull,
+    as the Python docs advise for a closed pipe, so later writes and the flush at exit succeed
+    and print nothing. A stream without a file (a StringIO) is left as it is."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def write_out(text: str, stream: TextIO | None = None) -> bool:
+    """Write `text` and flush; False, the stream silenced, when its reader has gone."""
+    stream = stream or sys.stdout
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        silence_closed_stream(stream)
+        return False
+    return True
 
 
 class JsonlWriter:
@@ -76,7 +104,7 @@ class Console:
             return
         with self._lock:
             self._end_bar()
-            print(text, file=self.stream, flush=True)
+            self._emit(text + "\n")
             self.last_output = self.clock()
 
     def progress(self, label: str, done: int, total: int, rate: float | None = None,
@@ -106,20 +134,25 @@ class Console:
 
     def _print_plain(self, label: str, done: int, total: int, extra: str) -> None:
         steps = f"{done}/{total} steps" if total else "starting"
-        print(f"{label}: {steps}{extra}", file=self.stream, flush=True)
+        self._emit(f"{label}: {steps}{extra}\n")
         self.last_output = self.clock()
 
     def _draw_bar(self, label: str, done: int, total: int, extra: str) -> None:
         width = 30
         filled = int(width * done / max(total, 1))
-        self.stream.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{extra}\x1b[K")
-        self.stream.flush()
         self._bar_open = True
+        self._emit(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{extra}\x1b[K")
 
     def _end_bar(self) -> None:
         if self._bar_open:
-            self.stream.write("\n")
             self._bar_open = False
+            self._emit("\n")
+
+    def _emit(self, text: str) -> None:
+        """Every console write goes through here. When the reader has gone (a closed pipe) the
+        console goes quiet for good and the run goes on (README: What a run writes)."""
+        if not write_out(text, self.stream):
+            self.mode, self.show_progress, self._bar_open = "none", False, False
 
 
 def _extra(rate: float | None, eta_s: float | None) -> str:

@@ -20,9 +20,14 @@ with `StepTraceAnnotation("train", step_num=<first step of the call>)`. They run
 slower, so the table describes the calls after them (or the traced calls, saying so,
 when none ran after them). `ProfileHook` stops training after `train.profile_steps`.
 
-The verdict names the largest share of the time and the change that helps:
-    input-bound       the step waits for data
-    dispatch-bound    the device idles while the host works (dispatch, the loop, hooks, logging)
+Every row of the table belongs to one verdict (SHARES), and the verdict is the one
+whose rows take the largest share of the time, with the change that helps:
+    input-bound       input wait, host-to-device transfer: the step waits for data
+    dispatch-bound    dispatch + Python overhead, metric transfer: the device idles
+                      while the host dispatches calls and reads their results back
+    hooks-bound       other hooks and logging (the console, metrics.jsonl, trackers,
+                      the first epoch's MFU, which may measure this CPU's peak)
+    host-bound        other host work, outside every phase
     checkpoint-bound  saving checkpoints blocks the loop
     eval-bound        evaluating the validation split takes the time
     compute-bound     the device is busy: make each step cheaper; bf16 is advised only
@@ -52,10 +57,10 @@ ROWS = [("input_wait", "input wait"), ("h2d_transfer", "host-to-device transfer"
         ("other", "other host work")]
 IDLE_LIMIT = 0.30
 DISPATCH_LIMIT = 0.25
-SHARES = {"input-bound": ("input_wait", "h2d_transfer"),
-          "dispatch-bound": ("dispatch", "metric_transfer", "hooks_and_logging", "other"),
+# Each row of the table (ROWS) in exactly one verdict; ties go to the earlier verdict.
+SHARES = {"input-bound": ("input_wait", "h2d_transfer"), "dispatch-bound": ("dispatch", "metric_transfer"),
           "compute-bound": ("device_compute",), "checkpoint-bound": ("checkpointing",),
-          "eval-bound": ("evaluation",)}
+          "eval-bound": ("evaluation",), "hooks-bound": ("hooks_and_logging",), "host-bound": ("other",)}
 
 
 def profile_table(phases: dict[str, float], wall: float, steps: int, k: int, steps_per_epoch: int = 0,
@@ -126,6 +131,8 @@ def judge(fraction: dict[str, float], idle: float, k: int, steps_per_epoch: int 
     if verdict == "checkpoint-bound":
         return verdict, ("saving checkpoints blocks the loop: save less often (checkpoint.every_epochs, "
                          "checkpoint.every_steps) or in the background (checkpoint.async_save: true)")
+    if verdict in ("hooks-bound", "host-bound"):
+        return verdict, _host_advice(verdict)
     if verdict == "eval-bound":
         return verdict, ("evaluating the validation split takes the time: evaluate less often "
                          "(train.eval_every_epochs), keep a smaller split (data.val_fraction), or raise "
@@ -133,6 +140,17 @@ def judge(fraction: dict[str, float], idle: float, k: int, steps_per_epoch: int 
     advice = bf16.text() if bf16 is not None else None
     return verdict, "the device is busy: " + (f"{advice}, a smaller model, or more/faster devices" if advice
                                              else "a smaller model, or more/faster devices")
+
+
+def _host_advice(verdict: str) -> str:
+    if verdict == "hooks-bound":
+        return ("hooks and logging take the time, not the steps: in a short run that is mostly the "
+                "first epoch's MFU measuring this CPU's peak (once per machine); otherwise log less "
+                "often (logging.log_every_steps: 0 logs once per epoch; trackers, TensorBoard), and "
+                "profile more steps (train.profile_steps) to see the steps' own share")
+    return ("host work outside the steps, hooks and evaluation takes the time: profile more steps "
+            "(train.profile_steps), and look at the trace (train.profile_trace_calls) for what runs "
+            "between the calls")
 
 
 def format_report(report: dict) -> list[str]:
