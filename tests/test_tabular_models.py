@@ -330,3 +330,21 @@ def test_predict_and_eval_input_on_an_ensemble_with_embeddings_serve_the_mean_of
     labels = np.array([int(rows[i][3]) for i in test_idx])
     accuracy = float(np.mean(probs.argmax(1) == labels))
     assert f"{accuracy:.4f}" in out or f"{accuracy:.3f}" in out, out
+
+
+def test_a_streamed_run_fits_the_same_bin_edges_and_predicts_with_them(tmp_path):
+    model = {"numeric_embedding": "piecewise_linear", "bins": 10}
+    (tmp_path / "mem").mkdir()
+    (tmp_path / "stream").mkdir()
+    _, run_mem = _train_table(tmp_path / "mem", model, epochs=1)
+    rows, run_stream = _train_table(tmp_path / "stream", model, epochs=1,
+                                    data={"source": "csv", "path": str(tmp_path / "stream" / "data.csv"),
+                                          "target": "label", "task": "classification", "batch_size": 16,
+                                          "streaming": True})
+    (_, mem), (_, streamed) = load_run(run_mem), load_run(run_stream)
+    assert len(streamed.bin_edges) == 2
+    for a, b in zip(mem.bin_edges, streamed.bin_edges):
+        assert a == pytest.approx(b, abs=1e-5)      # every training row, shuffled: the same quantiles
+    _write_rows(tmp_path / "new.csv", [r[:3] for r in rows[:20]], ("a", "b", "c"))
+    assert main(["predict", str(run_stream), "--input", str(tmp_path / "new.csv"),
+                 "--output", str(tmp_path / "p.csv")]) == 0
