@@ -348,3 +348,19 @@ def test_a_streamed_run_fits_the_same_bin_edges_and_predicts_with_them(tmp_path)
     _write_rows(tmp_path / "new.csv", [r[:3] for r in rows[:20]], ("a", "b", "c"))
     assert main(["predict", str(run_stream), "--input", str(tmp_path / "new.csv"),
                  "--output", str(tmp_path / "p.csv")]) == 0
+
+
+def test_a_vectorized_sweep_of_ensembles_equals_its_separate_runs(tmp_path):
+    from jaxtrain.runs.sweep import run_sweep
+    from run_files import read_results
+    cfg = {"data": {"source": "synthetic", "name": "blobs", "synthetic_rows": 240, "batch_size": 32},
+           "model": {"hidden_sizes": [16], "dropout": 0.1, "ensemble": 2}, "optimizer": {"name": "sgd"},
+           "train": {"epochs": 2}}
+    grid = ["optimizer.learning_rate=0.1,0.02"]
+    from jaxtrain.runs.vsweep import why_not_vectorized
+    assert why_not_vectorized(load_config(cfg)) is None       # the two points train as one program
+    run_sweep(cfg, grid, workdir=tmp_path / "vec", vectorized=True, console=Console("none"))
+    run_sweep(cfg, grid, workdir=tmp_path / "sep", console=Console("none"))
+    for a, b in zip(read_results(tmp_path / "vec"), read_results(tmp_path / "sep")):
+        for key in ("test.loss", "test.accuracy", "val.loss", "train.loss"):
+            assert abs(float(a[key]) - float(b[key])) <= 1e-5, (a["point"], key, a[key], b[key])
