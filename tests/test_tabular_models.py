@@ -364,3 +364,19 @@ def test_a_vectorized_sweep_of_ensembles_equals_its_separate_runs(tmp_path):
     for a, b in zip(read_results(tmp_path / "vec"), read_results(tmp_path / "sep")):
         for key in ("test.loss", "test.accuracy", "val.loss", "train.loss"):
             assert abs(float(a[key]) - float(b[key])) <= 1e-5, (a["point"], key, a[key], b[key])
+
+
+def test_the_default_mlp_is_the_plain_mlp_and_its_config_names_no_tabular_key(tmp_path):
+    """The defaults (none, onehot, 1) leave the mlp (and so the default digits run) as it was."""
+    from jaxtrain.config.schema import dump_yaml
+    from jaxtrain.model.models import MLP
+    from jaxtrain.model.tabular import TableLayout
+    layout = TableLayout(3, (2,), 0, ((0.0, 1.0),) * 3)
+    got = build_model(ModelConfig(hidden_sizes=(8,)), (5,), 3, seed=4, platform="cpu", layout=layout)
+    want = MLP(5, (8,), 3, rngs=nnx.Rngs(params=4, dropout=5))
+    assert type(got) is MLP
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 nnx.state(got, nnx.Param), nnx.state(want, nnx.Param))
+    text = dump_yaml(load_config(None))
+    assert "ensemble" not in text and "numeric_embedding" not in text
+    assert "bins: 12" in dump_yaml(load_config(None, ["model.numeric_embedding=piecewise_linear", "model.bins=12"]))
