@@ -31,6 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from jaxtrain.config.metric_ref import Ranking
 from jaxtrain.config.schema import Config, dump_yaml, load_config, to_dict
 from jaxtrain.model.optim import VECTOR_FIELDS
 from jaxtrain.runs import vsweep
@@ -47,39 +48,36 @@ REDUCTION = 3  # successive halving keeps the top third at each rung; rungs at 1
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """What chooses the trials: a validation metric, or the training loss without a validation split."""
-    metric: str       # 'val.accuracy', 'val.mse' or 'train.loss'
-    direction: str    # 'maximize' or 'minimize'
+    """What chooses the trials: a validation metric, or the training loss without a validation split
+    (config/metric_ref.py: Ranking.for_task, the sweep's choice too)."""
+    ranking: Ranking
+
+    @property
+    def metric(self) -> str:
+        return str(self.ranking.metric)
+
+    @property
+    def direction(self) -> str:
+        """Optuna's name for the ranking's mode."""
+        return "maximize" if self.ranking.mode == "max" else "minimize"
 
     def of_record(self, record: dict) -> float | None:
         """The metric in one epoch's record (None when that epoch was not evaluated)."""
-        section, key = self.metric.split(".")
-        value = record.get(key) if section == "train" else (record.get("val") or {}).get(key)
-        return float(value) if isinstance(value, (int, float)) else None
+        return self.ranking.metric.of_record(record)
 
-    def rank_key(self, value: float, record: dict) -> tuple[float, float]:
-        """Smaller ranks first: the metric (negated when higher is better), ties broken by the
-        validation loss (the training loss without a validation split)."""
-        loss = (record.get("val") or {}).get("loss", record.get("loss"))
-        loss = float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
-        value = value if math.isfinite(value) else (-math.inf if self.direction == "maximize" else math.inf)
-        return (-value if self.direction == "maximize" else value, loss)
+    def rank_key(self, record: dict) -> tuple[float, float]:
+        """Smaller ranks first (Ranking.record_key)."""
+        return self.ranking.record_key(record)
 
     def of_summary(self, summary: dict) -> float | None:
-        section, key = self.metric.split(".")
-        value = (summary.get(section) or {}).get(key)
-        return float(value) if isinstance(value, (int, float)) else None
+        return self.ranking.metric.of_summary(summary)
 
 
 def objective_for(cfg: Config) -> Objective:
     """Loads the data once to learn its task and whether it has a validation split."""
     from jaxtrain import data as data_stage
     dataset = data_stage.load_dataset(cfg.data)
-    if dataset.val is None or not len(dataset.val):
-        return Objective("train.loss", "minimize")
-    if dataset.task == "classification":
-        return Objective("val.accuracy", "maximize")
-    return Objective("val.mse", "minimize")
+    return Objective(Ranking.for_task(dataset.task, dataset.val is not None and len(dataset.val) > 0))
 
 
 def rungs(epochs: int) -> tuple[int, ...]:
@@ -140,7 +138,7 @@ class PruneHook(Hook):
             return None
         self.trial.report(value, epoch)
         if epoch in self.rungs:
-            self.rung_key = self.objective.rank_key(value, info.record)
+            self.rung_key = self.objective.rank_key(info.record)
             if self.halving.arrive(self, epoch):
                 return Request(stop=f"successive halving at epoch {epoch}")
         return None

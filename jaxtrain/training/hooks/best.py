@@ -7,13 +7,7 @@ from __future__ import annotations
 
 import math
 
-
-def metric_value(record: dict, name: str) -> float | None:
-    """'val.loss' or 'train.accuracy' from an epoch record; None when not measured this epoch."""
-    split, _, key = name.partition(".")
-    source = record.get("val", {}) if split == "val" else record
-    value = source.get(key)
-    return None if value is None else float(value)
+from jaxtrain.config.metric_ref import MetricRef
 
 
 def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -28,6 +22,7 @@ class BestMetric:
 
     def __init__(self, metric: str, mode: str = "min", min_delta: float = 0.0):
         self.metric, self.mode, self.min_delta = metric, mode, min_delta
+        self.ref = MetricRef.parse(metric)
         self.value: float | None = None
         self.epoch: int | None = None
         self.step: int | None = None
@@ -38,7 +33,7 @@ class BestMetric:
         hooks sharing the tracker each observe the same record: they get the same answer."""
         if self._answered is not None and self._answered[0] == step:
             return self._answered[1]
-        value = metric_value(record, self.metric)
+        value = self.ref.of_record(record)
         new = (value is not None and math.isfinite(value)
                and improved(value, self.value, self.mode, self.min_delta))
         if new:
@@ -47,7 +42,7 @@ class BestMetric:
         return new
 
     def measured(self, record: dict) -> bool:
-        return metric_value(record, self.metric) is not None
+        return self.ref.of_record(record) is not None
 
     def load(self, value: float | None, step: int | None, epoch: int | None = None) -> None:
         """The best of a resumed run, from its checkpoint (the hooks sharing the tracker each
