@@ -24,6 +24,10 @@ def check_config(cfg: Any) -> None:
                 raise ConfigError(f"config key '{key}': '{value}' needs a validation split but "
                                   f"data.val_fraction is 0; set data.val_fraction (e.g. 0.1) or use a "
                                   f"train.* metric")
+    es, best = train.early_stopping, cfg.checkpoint
+    if es is not None and best.best_metric == es.metric and best.best_mode != es.mode:
+        raise ConfigError(f"config keys 'checkpoint.best_mode' and 'train.early_stopping.mode': both watch "
+                          f"{es.metric}, one best for both; set them alike ({es.mode} or {best.best_mode})")
     if data.task == "regression" and data.num_classes is not None:
         raise ConfigError("config keys 'data.num_classes' and 'data.task': num_classes is for "
                           "classification; remove it or set data.task=classification")

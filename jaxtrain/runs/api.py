@@ -23,8 +23,7 @@ from jaxtrain.model.metrics import compute_metrics
 from jaxtrain.runs.predict import read_user_input
 from jaxtrain.engine.plan import make_plan
 from jaxtrain.runs.report import write_report
-from jaxtrain.runs.resume import (check_device_count, nothing_left, resume_run, resume_source,
-                                  saved_hyperparams_in_state, saved_stats)
+from jaxtrain.runs.resume import nothing_left, resume_point, resume_run, resume_source, saved_stats
 from jaxtrain.runs.rundir import RunDirectory, default_workdir
 from jaxtrain.runs.trained import (PYTHON_MODEL_FILE, load_trained, make_model, python_model_class,
                                    with_import_root)
@@ -151,11 +150,9 @@ def _train_in(rundir: RunDirectory, model: nnx.Module | None, dataset: data_stag
         init_from(model, cfg.model.init_from, ctx.console, ctx.events)
     plan = make_plan(cfg, dataset)  # steps, batches, K, on-device: every part reads them from here
     estimate = check_before_training(cfg, model, dataset, rundir.workdir, plan)  # options vs data, memory, disk
-    in_state: tuple[str, ...] = ()
-    if rundir.resuming:
-        check_device_count(checkpoints, cfg, plan)
-        # A vectorized sweep's point keeps some optimizer hyperparameters in its state: resume it alike.
-        in_state = saved_hyperparams_in_state(checkpoints)
+    point = resume_point(checkpoints, cfg, plan) if rundir.resuming else None  # the meta, read once
+    # A vectorized sweep's point keeps some optimizer hyperparameters in its state: resume it alike.
+    in_state = point.meta.hyperparams_in_state if point else ()
     ctx.watchdog = ProgressWatchdog(cfg.parallel.distributed.collective_timeout_s, jax.process_index(),
                                     jax.process_count(), phase="setting up the run (compiling, restoring)")
     hooks, trained = [], False
@@ -164,7 +161,7 @@ def _train_in(rundir: RunDirectory, model: nnx.Module | None, dataset: data_stag
         hooks = build_hooks(cfg, rundir.workdir, stats=dataset.stats, lead=lead, hyperparams_in_state=in_state)
         hooks += extra_hooks
         if rundir.resuming:
-            resume_run(run, checkpoints, hooks)
+            resume_run(run, point, checkpoints, hooks)
             rundir.write_config(cfg)  # the overrides (say, more epochs) are now part of the run
         unchanged = rundir.resuming and nothing_left(run)
         summary = fit(run, hooks=hooks)

@@ -124,6 +124,7 @@ class PruneHook(Hook):
     """Reports a trial's metric to the study after each epoch; at a rung, leaves the decision
     to the group's Halving and stops the run when some trial of the group is pruned."""
     name = "search_pruning"
+    stage = "decide"
 
     def __init__(self, trial: Any, objective: Objective, epochs: int, halving: Halving):
         self.trial, self.objective, self.rungs, self.halving = trial, objective, rungs(epochs), halving

@@ -21,6 +21,7 @@ from jaxtrain.engine.step import accumulate_metrics, eval_params
 from jaxtrain.training.accounting import HOOK_PART, Perf, throughput, train_seconds
 from jaxtrain.training.run import Lane, Run
 from jaxtrain.training.summary import epoch_record, run_summary
+from jaxtrain.training.hooks.best import observe_best
 from jaxtrain.training.hooks.dispatch import dispatch
 from jaxtrain.training.hooks.protocol import Hook
 from jaxtrain.util.events import duration, format_metrics
@@ -112,6 +113,8 @@ def _epoch(run: Run, perf: Perf) -> None:
     finished = run.epoch + 1
     if epoch_done:
         run.epoch, run.step_in_epoch, run.epoch_sums = run.epoch + 1, 0, None
+    for lane in run.lanes:  # the lane's best metrics, before any hook reads them (hooks/best.py)
+        observe_best(lane.hooks, lane.history[-1], run.global_step)
     run.ctx.watchdog.enter(f"the hooks at the end of epoch {finished}")
     _each_hook(run, "on_epoch_end")
 

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxtrain.ckpt.restore import Position
+from jaxtrain.ckpt.meta import CheckpointMeta
 from jaxtrain.config.schema import Config
 from jaxtrain.data import Dataset
 from jaxtrain.parallel import placement
@@ -62,14 +62,6 @@ class Run:
     def ctx(self) -> RunContext:
         return self.lanes[0].ctx
 
-    @property
-    def history(self) -> list[dict]:
-        return self.lanes[0].history
-
-    @property
-    def extra(self) -> dict:
-        return self.lanes[0].extra
-
     def lane_state(self, lane: Lane) -> TrainState:
         return self.state if lane.index is None else jax.tree.map(lambda a: a[lane.index], self.state)
 
@@ -78,6 +70,7 @@ class Run:
                         steps_per_epoch=self.plan.steps_per_epoch, steps_per_call=self.engine.k,
                         devices=self.mesh.size, ctx=lane.ctx,
                         last_record=lane.history[-1] if lane.history else None, lane=lane.index,
+                        hooks=tuple(lane.hooks),
                         run_state=self.state, run_epoch_sums=self.epoch_sums, **fields)
 
     def apply(self, lane: Lane, request: Request) -> None:
@@ -93,7 +86,7 @@ class Run:
             self.state = self.state.replace(**fields)
         lane.extra.update(request.summary)
 
-    def continue_from(self, state: TrainState, position: Position) -> None:
+    def continue_from(self, state: TrainState, position: CheckpointMeta) -> None:
         """Take a restored state and position: training goes on exactly where it stopped."""
         repl = placement.replicated(self.mesh)
         self.state = state

@@ -1,7 +1,9 @@
 """The best value of an epoch-record metric so far: one tracker that early stopping and the
-checkpoint hook share when they watch the same metric (build_hooks hands both the same one),
-so "best" means one thing in a run: the epoch early stopping restores is the checkpoint kept
-as best."""
+checkpoint hook share when they watch the same metric (build_hooks hands both the same one,
+with one min_delta), so "best" means one thing in a run: the epoch early stopping restores is
+the checkpoint kept as best. The loop feeds every tracker a lane's hooks read (`observe_best`)
+after each epoch's evaluation, before the hooks' epoch-end turn; a hook asking `observe` for
+the same step gets the answer already given."""
 
 from __future__ import annotations
 
@@ -51,3 +53,9 @@ class BestMetric:
             epoch = self.epoch
         self.value, self.epoch, self.step = value, epoch, step
         self._answered = None
+
+
+def observe_best(hooks, record: dict, step: int) -> None:
+    """Feed the epoch `record` ending at `step` to each tracker `hooks` read (Hook.trackers), once."""
+    for tracker in {id(t): t for hook in hooks for t in hook.trackers()}.values():
+        tracker.observe(record, step)

@@ -24,6 +24,7 @@ from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
 
 class EarlyStopping(Hook):
     name = "early_stopping"
+    stage = "decide"
 
     def __init__(self, cfg: EarlyStoppingConfig, checkpoint_dir: str | Path | None = None,
                  tracker: BestMetric | None = None):
@@ -47,6 +48,9 @@ class EarlyStopping(Hook):
     @property
     def best_step(self) -> int | None:
         return self.tracker.step
+
+    def trackers(self) -> tuple[BestMetric, ...]:
+        return (self.tracker,)
 
     def state_dict(self) -> dict:
         return {"metric": self.cfg.metric, "best": self.best, "best_epoch": self.best_epoch,
@@ -95,6 +99,6 @@ class EarlyStopping(Hook):
         if found is None:
             return None
         state, meta = found
-        if meta.get("hooks", {}).get("checkpoint", {}).get("best_metric") != self.cfg.metric:
+        if meta.hook_state("checkpoint").get("best_metric") != self.cfg.metric:
             return None
         return {"params": state.params, "rest": state.rest, "ema": state.ema}

@@ -46,6 +46,7 @@ def describe(what: int, params: Any) -> str:
 
 class NonFiniteGuard(Hook):
     name = "nonfinite_guard"  # its count of skipped steps travels in checkpoints
+    stage = "validate"        # it reads each call's flags before anything acts on them
 
     def __init__(self, policy: str = "stop"):
         self.policy = policy
