@@ -131,14 +131,17 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="work directory of a finished training run")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="model format (default onnx)")
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS, help="model format (default onnx)")
     p.add_argument("--output", help="model file to write (default RUN_DIR/model.onnx); its input "
                    "contract goes beside it, same name with .json")
 
 
+EXPORT_FORMATS = ("onnx",)  # `--format F` runs runs/export.py:export_F; argparse refuses others (exit 2)
+
+
 def _export(args: argparse.Namespace) -> int:
-    from jaxtrain.runs.export import export_onnx
-    model, contract = export_onnx(args.run_dir, args.output)
+    from jaxtrain.runs import export
+    model, contract = getattr(export, f"export_{args.format}")(args.run_dir, args.output)
     print(f"wrote {model} and {contract}", file=sys.stderr)
     return 0
 
@@ -211,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jaxtrain.util.errors import NonFiniteError, Preempted, UserError
+    from jaxtrain.util.errors import NonFiniteError, Preempted, UserError, leave_after_error
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -226,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"jaxtrain: error: {e.cli or e}", file=sys.stderr)
-        if "jaxtrain.parallel.distributed" in sys.modules:  # multi-process: leave now, don't wait for the others
-            sys.modules["jaxtrain.parallel.distributed"].exit_if_joined(2)
+        leave_after_error(2)  # multi-process: leave now, don't wait for the others
         return 2
     except NonFiniteError as e:  # not the user's typo: the run itself went wrong (README: Reliability)
         if args.debug:

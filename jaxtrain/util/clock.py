@@ -87,13 +87,6 @@ class RunClock:
         self._charge_open_phase()
         return dict(self._totals)
 
-    def get(self, name: str) -> float:
-        return self.totals().get(name, 0.0)
-
-    def total_s(self) -> float:
-        """Seconds since the start; the phases add up to it."""
-        return self._charge_open_phase() - self.start
-
     def mark(self) -> Mark:
         now = self._charge_open_phase()
         return Mark(now, dict(self._totals))

@@ -43,6 +43,23 @@ class Preempted(Exception):
                          f"a checkpoint was saved, continue with --resume")
 
 
+# What must happen before a process that reported an error exits normally (a multi-process
+# run's process leaves at once instead: parallel/distributed.py registers that when it joins).
+_LEAVE_AT_ONCE: list = []
+
+
+def on_error_leave(leave) -> None:
+    """Register `leave(status)`, called by `leave_after_error` (once per function)."""
+    if leave not in _LEAVE_AT_ONCE:
+        _LEAVE_AT_ONCE.append(leave)
+
+
+def leave_after_error(status: int) -> None:
+    """After a front end reported an error: run what registered (it may end the process)."""
+    for leave in _LEAVE_AT_ONCE:
+        leave(status)
+
+
 def check_key(cond: bool, key: str, msg: str) -> None:
     """Raise a ConfigError naming config key `key` unless `cond` holds."""
     if not cond:
