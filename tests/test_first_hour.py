@@ -295,12 +295,13 @@ def test_without_a_terminal_progress_prints_a_line_with_an_eta_every_few_seconds
 
 def test_a_rising_validation_loss_warns_and_names_early_stopping():
     from jaxtrain.training.loop import overfitting_warning
-    history = [{"epoch": e + 1, "val": {"loss": v}} for e, v in enumerate([0.3, 0.167, 0.17, 0.18, 0.196])]
+    from jaxtrain.training.record import EpochRecord
+    history = [EpochRecord(epoch=e + 1, val={"loss": v}) for e, v in enumerate([0.3, 0.167, 0.17, 0.18, 0.196])]
     warning = overfitting_warning(history)
     assert "risen 3 evaluations in a row (0.167 -> 0.196; best 0.167 at epoch 2)" in warning
     assert "train.early_stopping" in warning
     assert overfitting_warning(history[:4]) is None  # risen twice only
-    history[3]["val"]["loss"] = 0.165  # a dip: not three rises in a row
+    history[3].val["loss"] = 0.165  # a dip: not three rises in a row
     assert overfitting_warning(history) is None
 
 

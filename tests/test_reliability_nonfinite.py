@@ -91,7 +91,7 @@ def test_skip_step_skips_exactly_the_poisoned_steps(ctx, on_device):
     fit(run, hooks=[guard])
     # One poisoned row: exactly one bad step per epoch, each skipped.
     assert guard.skipped == epochs
-    assert [r["nonfinite_steps"] for r in run.lanes[0].history] == [1] * epochs
+    assert [r.nonfinite_steps for r in run.lanes[0].history] == [1] * epochs
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(run.state.params))
     assert int(run.state.step) == epochs * run.engine.steps  # skipped steps still count as steps
 

@@ -133,13 +133,13 @@ class PruneHook(Hook):
         halving.members.append(self)
 
     def on_epoch_end(self, info: StepInfo) -> Request | None:
-        value = self.objective.of_record(info.record)
-        epoch = int(info.record["epoch"])
+        value = self.objective.of_record(info.record.to_json())
+        epoch = info.record.epoch
         if value is None or self.pruned_at is not None:
             return None
         self.trial.report(value, epoch)
         if epoch in self.rungs:
-            self.rung_key = self.objective.rank_key(info.record)
+            self.rung_key = self.objective.rank_key(info.record.to_json())
             if self.halving.arrive(self, epoch):
                 return Request(stop=f"successive halving at epoch {epoch}")
         return None

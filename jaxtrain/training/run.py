@@ -22,6 +22,7 @@ from jaxtrain.engine.engine import Engine
 from jaxtrain.engine.plan import RunPlan
 from jaxtrain.engine.step import TrainState
 from jaxtrain.training.evaluator import Evaluator
+from jaxtrain.training.record import EpochRecord
 from jaxtrain.training.hooks.protocol import Hook, Request, RunContext, StepInfo
 
 
@@ -33,7 +34,7 @@ class Lane:
     index: int | None = None        # its slice of a stacked (vectorized) state; None: not stacked
     name: str = ""                  # prefixes its console lines in a vectorized run
     hooks: list[Hook] = dataclasses.field(default_factory=list)
-    history: list[dict] = dataclasses.field(default_factory=list)
+    history: list[EpochRecord] = dataclasses.field(default_factory=list)
     extra: dict = dataclasses.field(default_factory=dict)  # hooks' entries for the summary
     # Optimizer hyperparameters kept in the optimizer state (a vectorized point's): its
     # checkpoints say so, and a resume builds the same optimizer.
@@ -95,6 +96,6 @@ class Run:
         if position.epoch_sums:
             self.epoch_sums = {k: placement.put_global(np.float32(v), repl) for k, v in position.epoch_sums.items()}
         if position.last_record:
-            self.lanes[0].history[:] = [position.last_record]
+            self.lanes[0].history[:] = [EpochRecord.from_json(position.last_record)]
         if self.cfg.train.steps_per_call == "auto" and position.steps_per_call:
             self.engine.k = int(position.steps_per_call)  # the same chunk boundaries as before

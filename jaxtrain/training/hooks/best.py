@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from jaxtrain.config.metric_ref import MetricRef
+from jaxtrain.training.record import EpochRecord
 
 
 def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -30,21 +31,21 @@ class BestMetric:
         self.step: int | None = None
         self._answered: tuple[int, bool] | None = None  # (step, new best?) of the last record seen
 
-    def observe(self, record: dict, step: int) -> bool:
+    def observe(self, record: EpochRecord, step: int) -> bool:
         """Feed the epoch record that ends at `step`; True when its metric is a new best. The
         hooks sharing the tracker each observe the same record: they get the same answer."""
         if self._answered is not None and self._answered[0] == step:
             return self._answered[1]
-        value = self.ref.of_record(record)
+        value = record.metric(self.ref)
         new = (value is not None and math.isfinite(value)
                and improved(value, self.value, self.mode, self.min_delta))
         if new:
-            self.value, self.epoch, self.step = value, record.get("epoch"), step
+            self.value, self.epoch, self.step = value, record.epoch, step
         self._answered = (step, new)
         return new
 
-    def measured(self, record: dict) -> bool:
-        return self.ref.of_record(record) is not None
+    def measured(self, record: EpochRecord) -> bool:
+        return record.metric(self.ref) is not None
 
     def load(self, value: float | None, step: int | None, epoch: int | None = None) -> None:
         """The best of a resumed run, from its checkpoint (the hooks sharing the tracker each
@@ -55,7 +56,7 @@ class BestMetric:
         self._answered = None
 
 
-def observe_best(hooks, record: dict, step: int) -> None:
+def observe_best(hooks, record: EpochRecord, step: int) -> None:
     """Feed the epoch `record` ending at `step` to each tracker `hooks` read (Hook.trackers), once."""
     for tracker in {id(t): t for hook in hooks for t in hook.trackers()}.values():
         tracker.observe(record, step)

@@ -139,7 +139,8 @@ class CheckpointHook(Hook):
         return CheckpointMeta(
             kind=kind, step=info.step, epoch=info.epoch, step_in_epoch=info.step_in_epoch,
             steps_per_epoch=info.steps_per_epoch, steps_per_call=info.steps_per_call, epoch_sums=sums,
-            devices=info.devices, last_record=_json_ready(info.last_record),
+            devices=info.devices,
+            last_record=_json_ready(info.last_record.to_json()) if info.last_record is not None else None,
             hooks=_json_ready({h.name: h.state_dict() for h in [self, *self.others]
                                if h.name and hasattr(h, "state_dict")}),
             # the run's clock so far: a resumed run's summary describes every segment

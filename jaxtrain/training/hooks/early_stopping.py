@@ -75,7 +75,7 @@ class EarlyStopping(Hook):
             return None
         reason = (f"early stopping: {self.cfg.metric} did not improve for {self.cfg.patience} epochs "
                   f"(best {self.best:.6g} at epoch {self.best_epoch})")
-        self.stopped_epoch = info.record["epoch"]
+        self.stopped_epoch = info.record.epoch
         info.ctx.console.line(reason)
         return Request(stop=reason)
 

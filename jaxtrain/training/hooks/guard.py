@@ -99,7 +99,7 @@ class NonFiniteGuard(Hook):
     def on_epoch_end(self, info: StepInfo) -> Request | None:
         if self.policy != "skip_step":
             return None
-        self.skipped += int(info.record.get("nonfinite_steps", 0))
+        self.skipped += info.record.nonfinite_steps
         return self._report()
 
     def _report(self) -> Request:

@@ -58,8 +58,8 @@ class StepInfo:
     steps_per_call: int
     devices: int                      # in the run's mesh
     ctx: RunContext
-    record: dict | None = None        # on_epoch_end: the epoch's record (loss, accuracy, val, ...)
-    last_record: dict | None = None   # the latest epoch record (a resumed run's, before its first)
+    record: Any = None                # on_epoch_end: the epoch's EpochRecord (training/record.py)
+    last_record: Any = None           # the latest EpochRecord (a resumed run's, before its first)
     profile: dict | None = None       # on_train_end of a profiled run: what the profile needs of the run
     lane: int | None = None           # the point of a vectorized run; None for a plain run
     hooks: tuple = ()                 # every hook of the lane (the checkpoint hook saves their state by name)
