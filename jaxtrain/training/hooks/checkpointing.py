@@ -54,12 +54,12 @@ class CheckpointHook(Hook):
 
     def __init__(self, cfg: Config, directory: str | Path, *, stats: dict | None = None,
                  hyperparams_in_state: Sequence[str] = (), best: BestMetric | None = None):
-        self.cfg, self.directory = cfg.checkpoint, Path(directory)
+        self.settings, self.directory = cfg.checkpoint, Path(directory)  # the checkpoint section
         self.others: list[Hook] = []  # the lane's other hooks (on_train_start)
         self.config, self.stats = _json_ready(to_dict(cfg)), _json_ready(stats)
         self.hyperparams_in_state = tuple(hyperparams_in_state)
-        if best is None and self.cfg.best_metric:
-            best = BestMetric(self.cfg.best_metric, self.cfg.best_mode)
+        if best is None and self.settings.best_metric:
+            best = BestMetric(self.settings.best_metric, self.settings.best_mode)
         self.best = best
         self.saved_steps: list[int] = []   # what this run saved (tests and reports read it)
         self._manager: Checkpointer | None = None
@@ -89,9 +89,9 @@ class CheckpointHook(Hook):
     def on_train_start(self, info: StepInfo) -> None:
         self.others = [h for h in info.hooks if h is not self]
         best = Best(self.best.metric, self.best.mode) if self.best else None
-        self._manager = Checkpointer(self.directory, keep=self.cfg.keep, async_save=self.cfg.async_save,
+        self._manager = Checkpointer(self.directory, keep=self.settings.keep, async_save=self.settings.async_save,
                                      best=best)
-        every = self.cfg.every_steps
+        every = self.settings.every_steps
         self._boundary = info.step // every if every else 0
         self._last_save = info.ctx.clock()
 
@@ -102,18 +102,18 @@ class CheckpointHook(Hook):
             self.save(info, "periodic")
 
     def _steps_due(self, info: StepInfo) -> bool:
-        every = self.cfg.every_steps
+        every = self.settings.every_steps
         due = bool(every) and info.step // every > self._boundary
         if every:
             self._boundary = max(self._boundary, info.step // every)
         return due
 
     def _time_due(self, info: StepInfo) -> bool:
-        every = self.cfg.every_seconds
+        every = self.settings.every_seconds
         return bool(every) and lead_decides(info.ctx.clock() - self._last_save >= every)
 
     def on_epoch_end(self, info: StepInfo) -> None:
-        every = self.cfg.every_epochs
+        every = self.settings.every_epochs
         periodic = self._steps_due(info) | self._time_due(info)
         periodic = info.epoch_complete and (periodic or bool(every) and info.epoch % every == 0)
         new_best = self.best is not None and self.best.observe(info.record, info.step)
