@@ -81,10 +81,10 @@ def test_segments_add_up_and_each_keeps_its_own_figures():
     t = accounting.time_section(second)
     assert [s["total_s"] for s in t["segments"]] == [3.0, 2.0] and t["total_s"] == 5.0
     assert t["breakdown"]["train"] == 3.5 and t["breakdown"]["compile"] == 0.5 and t["breakdown"]["other"] == 1.0
-    assert [e["segment"] for e in second.epochs] == [0, 1]
+    assert [e["segment"] for e in second.epoch_throughput] == [0, 1]
     # each segment's first epoch is a warm-up; with nothing else, all epochs count
-    assert accounting.steady_epochs(second.epochs) == second.epochs
-    rates = accounting.throughput(second.epochs)
+    assert accounting.steady_epochs(second.epoch_throughput) == second.epoch_throughput
+    rates = accounting.throughput(second.epoch_throughput)
     assert rates == {"step_time_ms": pytest.approx(175.0), "examples_per_sec": pytest.approx(1280 / 3.5)}
 
 

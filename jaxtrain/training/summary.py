@@ -28,7 +28,7 @@ def run_summary(run: Run, lane: Lane, devices: dict, test: dict, perf: Perf) -> 
     if plan.points:
         execution["vectorized_points"] = plan.points
     # every epoch trained, in every segment of the run, after each segment's first
-    steady = steady_epochs(run.ctx.clock.epochs)
+    steady = steady_epochs(run.ctx.clock.epoch_throughput)
     return {
         "config_name": cfg.name,
         "task": dataset.task,
