@@ -30,7 +30,7 @@ class MetricRef:
     name: str    # 'loss', 'accuracy', 'mse', ...
 
     @classmethod
-    def parse(cls, text: str, key: str | None = None, splits: tuple[str, ...] = ("train", "val")) -> "MetricRef":
+    def parse(cls, text: str, key: str | None = None, splits: tuple[str, ...] = ("val", "train")) -> "MetricRef":
         """'val.loss' -> MetricRef('val', 'loss'); a ConfigError naming config key `key` (or
         the text itself) unless it is one of `splits` and a metric name."""
         split, _, name = str(text).partition(".")
