@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"jaxtrain: error: {e.cli or e}", file=sys.stderr)
+        print(f"jaxtrain: error: {e.cli}", file=sys.stderr)
         leave_after_error(2)  # multi-process: leave now, don't wait for the others
         return 2
     except NonFiniteError as e:  # not the user's typo: the run itself went wrong (README: Reliability)
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxtrain: training failed: {e}", file=sys.stderr)
         return 3
     except Preempted as e:
-        print(f"jaxtrain: {e.cli or e}", file=sys.stderr)
+        print(f"jaxtrain: {e.cli}", file=sys.stderr)
         return 128 + e.signum
     except MemoryError:  # what the memory estimate (memory.py) did not foresee: still one line
         if args.debug:

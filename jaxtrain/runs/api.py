@@ -35,7 +35,7 @@ from jaxtrain.training.preflight import check_before_training
 from jaxtrain.training.setup import setup
 from jaxtrain.training.loop import fit
 from jaxtrain.training.hooks.protocol import Hook, RunContext
-from jaxtrain.util.errors import NonFiniteError, Preempted, UserError, python_api
+from jaxtrain.util.errors import Arg, NonFiniteError, Preempted, UserError, either
 from jaxtrain.util.events import Console, format_metrics
 from jaxtrain.util.files import write_json
 from jaxtrain.util.clock import RunClock
@@ -50,7 +50,6 @@ def _config(config: Any, overrides: list[str] | dict[str, Any] | None, kw_overri
     return load_config(cfg, over) if over else cfg
 
 
-@python_api
 def train(config: str | Path | dict | Config | None = None, *, workdir: str | Path | None = None,
           model: nnx.Module | None = None, dataset: data_stage.Dataset | None = None,
           overrides: list[str] | dict[str, Any] | None = None, verbose: int = 1, console: Console | None = None,
@@ -203,7 +202,6 @@ def check_verbose(verbose: int) -> int:
     return verbose
 
 
-@python_api
 def resume(run_dir: str | Path, overrides: list[str] | dict[str, Any] | None = None, *, verbose: int = 1,
            **kw_overrides: Any) -> dict:
     """Continue the run in `run_dir` from its latest checkpoint; return the new summary."""
@@ -220,7 +218,6 @@ def next_steps(workdir: Path, kept_checkpoints: bool, python_model: str | None) 
     return f"run saved in {workdir}; next: " + ", ".join(steps)
 
 
-@python_api
 def evaluate(run_dir: str | Path, split: str | None = None, model: nnx.Module | None = None, *,
              input: str | Path | None = None, verbose: int = 1) -> dict[str, float]:
     """Re-evaluate a finished run's saved parameters on a split of its data (default test),
@@ -245,7 +242,7 @@ def _evaluate_split(run_dir: str | Path, split: str, model: nnx.Module | None) -
                                              ("train", dataset.train)) if part is not None and len(part)}
     if split not in splits:
         raise UserError(f"split '{split}' is not available for run '{run_dir}'; it has "
-                        f"{', '.join(splits)}: pass --split {' or --split '.join(splits)}")
+                        f"{', '.join(splits)}: pass ", *either(Arg("split", s) for s in splits))
     target = splits[split]
     return trained.evaluator.evaluate(trained.params, trained.rest, target)
 

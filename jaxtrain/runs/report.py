@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.util import plots
-from jaxtrain.util.errors import UserError
+from jaxtrain.util.errors import Arg, UserError
 
 CURVE_METRICS = ("loss", "accuracy", "mse", "mae", "r2")
 
@@ -42,7 +42,7 @@ def read_history(run_dir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]
     """{metric: {'train': [(epoch, value)], 'val': [...]}} from metrics.jsonl."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
-        raise UserError(f"'{run_dir}' has no metrics.jsonl; pass the --workdir of a training run")
+        raise UserError(f"'{run_dir}' has no metrics.jsonl; pass the ", Arg("workdir"), " of a training run")
     history: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for line in path.read_text().splitlines():
         try:

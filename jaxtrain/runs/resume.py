@@ -18,20 +18,20 @@ from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.engine.plan import RunPlan
 from jaxtrain.training.run import Run
 from jaxtrain.training.hooks.protocol import Hook
-from jaxtrain.util.errors import UserError
+from jaxtrain.util.errors import Arg, UserError
 
 
 def resume_source(run_dir: str | Path, config: Any, workdir: Any) -> tuple[Path, Path]:
     """(config path, work directory) of the run to resume; refuses a second config or workdir."""
     run = Path(run_dir)
     if config is not None:
-        raise UserError("--resume continues a run with its own config.yaml; drop the CONFIG argument "
-                        "and change keys with --set")
+        raise UserError(Arg("resume"), " continues a run with its own config.yaml; drop ", Arg("config"),
+                        " and change keys with ", Arg("overrides"))
     if workdir is not None and Path(workdir).resolve() != run.resolve():
-        raise UserError(f"--resume writes into the run's own directory '{run}'; drop --workdir")
+        raise UserError(Arg("resume"), f" writes into the run's own directory '{run}'; drop ", Arg("workdir"))
     if not (run / "config.yaml").is_file():
         raise UserError(f"cannot resume '{run}': it is not a jaxtrain run directory (no config.yaml); "
-                        f"pass the --workdir of an earlier training run")
+                        f"pass the ", Arg("workdir"), " of an earlier training run")
     return run / "config.yaml", run
 
 

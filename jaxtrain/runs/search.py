@@ -38,7 +38,7 @@ from jaxtrain.runs import vsweep
 from jaxtrain.runs.rundir import write_text_atomic
 from jaxtrain.runs.space import Dimension, check_space, parse_space, sample, trial_config
 from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
-from jaxtrain.util.errors import NonFiniteError, UserError, python_api
+from jaxtrain.util.errors import Arg, NonFiniteError, UserError
 from jaxtrain.util.events import Console
 from jaxtrain.util.optional import require
 
@@ -166,7 +166,6 @@ class Search:
     console: Console
 
 
-@python_api
 def search(config: Any = None, space: dict[str, str] | list[str] | None = None, *, trials: int,
            population: int = 8, sampler: str = "tpe", prune: bool = False, storage: str | None = None,
            study: str | None = None, workdir: str | Path | None = None,
@@ -180,9 +179,9 @@ def search(config: Any = None, space: dict[str, str] | list[str] | None = None, 
     check_verbose(verbose)
     optuna = require("optuna", "search", "jaxtrain search")
     if trials < 1 or population < 1:
-        raise UserError(f"--trials {trials} --population {population}: both must be at least 1")
+        raise UserError(Arg("trials", trials), " ", Arg("population", population), ": both must be at least 1")
     if sampler not in ("tpe", "random"):
-        raise UserError(f"--sampler {sampler}: choose tpe or random")
+        raise UserError(Arg("sampler", sampler), ": choose tpe or random")
     dims = parse_space(space or [])
     base = load_config(config, overrides)
     check_space(base, dims)
@@ -214,7 +213,7 @@ def open_study(optuna: Any, storage: str, name: str, objective: Objective, space
     except Exception as e:  # a bad URL, a missing database driver, an unreachable server
         if not isinstance(e, (ImportError, ValueError, OSError)) and not type(e).__module__.startswith("sqlalchemy"):
             raise
-        raise UserError(f"--storage {storage}: Optuna cannot open it ({str(e).splitlines()[0]})") from None
+        raise UserError(Arg("storage", storage), f": Optuna cannot open it ({str(e).splitlines()[0]})") from None
     # One attribute, written in one call: a second process opening the study while the first
     # creates it sees either nothing or the whole description, never half of it.
     described = {"space": {k: d.describe() for k, d in space.items()}, "metric": objective.metric}
@@ -223,7 +222,7 @@ def open_study(optuna: Any, storage: str, name: str, objective: Objective, space
     made_for = study.user_attrs["made_for"]  # read back: of two first writers, the last one's stands
     if made_for != described:
         raise UserError(f"study '{name}' in {storage} searches {made_for['space']} on {made_for['metric']}, "
-                        f"not {described['space']} on {described['metric']}; pass another --study")
+                        f"not {described['space']} on {described['metric']}; pass another ", Arg("study"))
     return study
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from jaxtrain.config.metric_ref import Ranking, summary_row
 from jaxtrain.config.schema import Config, load_config, parse_override
 from jaxtrain.runs.rundir import default_workdir
-from jaxtrain.util.errors import ConfigError, UserError, python_api
+from jaxtrain.util.errors import Arg, ConfigError, UserError
 from jaxtrain.util import plots
 from jaxtrain.util.events import Console
 
@@ -32,12 +32,13 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
         key, _, text = item.partition("=")
         values = split_values(text)
         if not key.strip() or not values:
-            raise ConfigError(f"--grid '{item}' must look like section.key=v1,v2,...")
+            raise ConfigError(Arg("grid", f"'{item}'"), " must look like section.key=v1,v2,...")
         if key.strip() in grid:
-            raise ConfigError(f"--grid key '{key.strip()}' given twice; list all its values in one --grid")
+            raise ConfigError(Arg("grid"), f" key '{key.strip()}' given twice; list all its values in one ",
+                              Arg("grid"))
         grid[key.strip()] = values
     if not grid:
-        raise ConfigError("a sweep needs at least one --grid section.key=v1,v2,...")
+        raise ConfigError("a sweep needs at least one ", Arg("grid", "section.key=v1,v2,..."))
     return grid
 
 
@@ -77,7 +78,6 @@ def ranking_for(task: str, rows: list[dict[str, Any]]) -> Ranking:
     return ranking if has_val else Ranking.for_task(task, has_val=False)
 
 
-@python_api
 def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: str | Path | None = None,
               overrides: list[str] | None = None, vectorized: bool = False, verbose: int = 1,
               console: Console | None = None) -> list[dict[str, Any]]:
@@ -94,7 +94,7 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
     cfgs = [point_config(config, overrides, values) for values in points]
     root = Path(workdir) if workdir else default_workdir(cfgs[0], "-sweep")
     if (root / "results.csv").exists():
-        raise UserError(f"sweep directory '{root}' already holds results.csv; pass a new --workdir")
+        raise UserError(f"sweep directory '{root}' already holds results.csv; pass a new ", Arg("workdir"))
     root.mkdir(parents=True, exist_ok=True)
     console = console or Console(cfgs[0].logging.progress, verbose=check_verbose(verbose))
     names = [point_name(v) for v in points]
