@@ -14,12 +14,13 @@ from conftest import make_dataset
 from run_files import clock_total_s
 
 from jaxtrain import load_config
-from jaxtrain.engine import peak
+from jaxtrain.parallel import device_peak as peak
 from jaxtrain.runs.api import train
 from jaxtrain.training import accounting
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
-from jaxtrain.training.hooks.protocol import Hook, RunContext
+from jaxtrain.training.context import RunContext
+from jaxtrain.training.hooks.protocol import Hook
 from jaxtrain.runs.api import make_model
 from jaxtrain.util.events import Console, JsonlWriter
 from jaxtrain.engine.plan import make_plan

@@ -14,7 +14,8 @@ from jaxtrain import train
 from jaxtrain.ckpt.checkpoint import Checkpointer
 from jaxtrain.config.schema import EarlyStoppingConfig
 from jaxtrain.training.hooks import EarlyStopping
-from jaxtrain.training.hooks.protocol import RunContext, StepInfo
+from jaxtrain.training.context import RunContext
+from jaxtrain.training.hooks.protocol import StepInfo
 from jaxtrain.training.record import EpochRecord
 from jaxtrain.util.events import Console, JsonlWriter
 

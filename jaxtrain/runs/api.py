@@ -18,7 +18,7 @@ from jaxtrain.parallel import distributed
 from jaxtrain.parallel.watchdog import ProgressWatchdog
 from jaxtrain.engine import memory
 from jaxtrain.engine.compilation import enable_persistent_cache
-from jaxtrain.data import apply as apply_stats
+from jaxtrain.data import user_input
 from jaxtrain.model.metrics import compute_metrics
 from jaxtrain.runs.predict import read_user_input
 from jaxtrain.engine.plan import make_plan
@@ -34,7 +34,8 @@ from jaxtrain.training.hooks.trackers import TrackerHook
 from jaxtrain.training.preflight import check_before_training
 from jaxtrain.training.setup import setup
 from jaxtrain.training.loop import fit
-from jaxtrain.training.hooks.protocol import Hook, RunContext
+from jaxtrain.training.context import RunContext
+from jaxtrain.training.hooks.protocol import Hook
 from jaxtrain.util.errors import Arg, NonFiniteError, Preempted, UserError, either
 from jaxtrain.util.events import Console, format_metrics
 from jaxtrain.util.files import write_json
@@ -254,5 +255,5 @@ def _evaluate_file(run_dir: str | Path, path: str | Path, model: nnx.Module | No
     data = read_user_input(trained, path, labels=True)
     in_csv = stats.is_table and Path(path).suffix != ".npz"
     where = f"{path} column '{trained.cfg.data.target}'" if in_csv else str(path)
-    y = apply_stats.label_targets(stats, data.labels, where)
+    y = user_input.label_targets(stats, data.labels, where)
     return compute_metrics(stats.task, trained.outputs(data.x), y, stats.target_mean, stats.target_scale)

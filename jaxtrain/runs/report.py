@@ -78,7 +78,7 @@ def sample_indices(pred: np.ndarray, y: np.ndarray, total: int = 25, max_mistake
 
 def display_images(x: np.ndarray, stats: FeatureStats, image_shape: tuple[int, ...]) -> np.ndarray:
     """Normalized model inputs back to pixel values (the saved normalization inverted)."""
-    from jaxtrain.data.apply import invert_normalizer
+    from jaxtrain.data.user_input import invert_normalizer
     images = invert_normalizer(x, stats).reshape(len(x), *image_shape)
     if images.ndim == 4 and images.shape[-1] == 3:   # colour: imshow wants [0, 1]
         low, high = images.min(), images.max()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jaxtrain.ckpt.checkpoint import has_checkpoint
 from jaxtrain.config.schema import Config, dump_yaml
-from jaxtrain.training.hooks.protocol import RunContext
+from jaxtrain.training.context import RunContext
 from jaxtrain.util.errors import Arg, UserError
 from jaxtrain.util.events import Console, JsonlWriter
 from jaxtrain.util.clock import RunClock

@@ -23,7 +23,8 @@ from jaxtrain.engine.plan import RunPlan
 from jaxtrain.engine.step import TrainState
 from jaxtrain.training.evaluator import Evaluator
 from jaxtrain.training.record import EpochRecord
-from jaxtrain.training.hooks.protocol import Hook, Request, RunContext, StepInfo
+from jaxtrain.training.context import RunContext
+from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
 
 
 @dataclasses.dataclass

@@ -16,31 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 
-from jaxtrain.parallel.watchdog import ProgressWatchdog
-from jaxtrain.util.events import Console, JsonlWriter
-from jaxtrain.util.clock import RunClock
-
-
-@dataclasses.dataclass
-class RunContext:
-    """What a run needs besides the config: where to write, and the run's clock (a RunClock, or a
-    time source for one: tests pass a fake)."""
-    console: Console
-    events: JsonlWriter
-    workdir: Path | None = None
-    clock: RunClock | Callable[[], float] = time.perf_counter  # where the run's time goes (accounting.py)
-    # Multi-process: marks each phase's start and ends a run stuck in a collective (dist/watchdog.py).
-    watchdog: ProgressWatchdog = dataclasses.field(default_factory=lambda: ProgressWatchdog(None, 0, 1))
-
-    def __post_init__(self):
-        if not isinstance(self.clock, RunClock):
-            self.clock = RunClock(self.clock)
+from jaxtrain.training.context import RunContext  # the run-wide context every StepInfo carries
 
 
 def _lane_slice(tree: Any, lane: int | None) -> Any:
