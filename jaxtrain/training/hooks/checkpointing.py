@@ -4,9 +4,10 @@ What a checkpoint holds is everything a resumed run needs to continue bit for bi
 the TrainState (params, optimizer state, RNG streams in `rest`, step), the data
 position (epoch, step in epoch: the epoch's order is a function of seed and epoch),
 the metric sums of a part-done epoch, the last epoch record (for the summary),
-the chosen steps per call (chunk boundaries), the hooks' own state (best value,
-early-stopping patience), the resolved config and the fitted preprocessing stats.
-`jaxtrain.ckpt.restore.restore_latest` reads it back as (state, position).
+the chosen steps per call (chunk boundaries), every named hook's own state (best value,
+early-stopping patience, ...), the resolved config and the fitted preprocessing stats: one
+`jaxtrain.ckpt.meta.CheckpointMeta` beside the arrays, which a resume reads back once
+(`jaxtrain.ckpt.restore.ResumePoint`).
 
 Saves happen at compiled-call boundaries when any cadence is due: `every_seconds`
 since the last save (the default, 60: a kill loses at most that much training, plus
