@@ -207,7 +207,7 @@ def test_saves_by_time_follow_the_runs_clock(tmp_path):
     from jaxtrain.training.loop import fit
     from jaxtrain.training.setup import setup
     from jaxtrain.training.context import RunContext
-from jaxtrain.training.hooks.protocol import Hook
+    from jaxtrain.training.hooks.protocol import Hook
     from jaxtrain.util.events import Console, JsonlWriter
     now = [0.0]
 
