@@ -21,7 +21,7 @@ there. Cases (each skipped with its reason when it cannot run here):
          beside one ordinary run whose time, times 64, estimates 64 sequential runs.
 
 Every case reports step time, MFU (jaxtrain's own accounting: XLA's FLOP count over the
-peak table of engine/peak.py, or the measured matmul peak on a CPU) and, on a GPU, the
+peak table of parallel/device_peak.py, or the measured matmul peak on a CPU) and, on a GPU, the
 kernel floor: the step's device kernels alone, summed from a jax.profiler trace (what the
 step would take with no launch gaps, host work or while-loop round trips).
 
@@ -163,7 +163,7 @@ class Cell(EngineEpochs):
         from jaxtrain import load_config
         from jaxtrain.runs.api import make_model
         from jaxtrain.training.setup import setup
-        from jaxtrain.training.hooks.protocol import RunContext
+        from jaxtrain.training.context import RunContext
         from jaxtrain.util.events import Console, JsonlWriter
         cfg = load_config({"model": {"hidden_sizes": list(self.hidden)}, "data": {"batch_size": self.batch},
                            "optimizer": {"name": self.optimizer, "learning_rate": 0.01},

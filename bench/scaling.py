@@ -74,7 +74,7 @@ class Cell:
         from jaxtrain import load_config
         from jaxtrain.util.events import Console, JsonlWriter
         from jaxtrain.training.setup import setup
-        from jaxtrain.training.hooks.protocol import RunContext
+        from jaxtrain.training.context import RunContext
         from jaxtrain.model.models import MLP
         a = self.args
         cfg = load_config({"model": {"hidden_sizes": a.hidden}, "data": {"batch_size": a.batch},
@@ -161,7 +161,7 @@ def wide_run(strategy: str, hidden: list[int], features: int = 784, batch: int =
     from jaxtrain.data import Dataset, Split
     from jaxtrain.model.models import MLP
     from jaxtrain.training.setup import setup
-    from jaxtrain.training.hooks.protocol import RunContext
+    from jaxtrain.training.context import RunContext
     from jaxtrain.util.events import Console, JsonlWriter
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch * 2, features)).astype(np.float32)

@@ -48,7 +48,7 @@ MODES = {"device": (1.0, "epoch"), "device_k1": (1.0, 1), "stream": (0.0, "auto"
 
 def matmul_peak(precision: str, n: int = 2048, repeats: int = 5) -> float:
     """Peak FLOP/s of an n x n x n matmul in `precision` (best of repeats)."""
-    from jaxtrain.engine.peak import measure_matmul_tflops
+    from jaxtrain.parallel.device_peak import measure_matmul_tflops
     return measure_matmul_tflops(precision, n, repeats) * 1e12
 
 
@@ -79,7 +79,7 @@ class Cell(EngineEpochs):
         from jaxtrain import load_config
         from jaxtrain.util.events import Console, JsonlWriter
         from jaxtrain.training.setup import COMPUTE_DTYPES, setup
-        from jaxtrain.training.hooks.protocol import RunContext
+        from jaxtrain.training.context import RunContext
         from jaxtrain.model.kernels import Kernels
         from jaxtrain.model.models import MLP
         fraction, k = MODES[self.mode]

@@ -52,7 +52,7 @@ def blobs():
 
 @pytest.fixture
 def ctx(tmp_path: pathlib.Path):
-    from jaxtrain.training.hooks.protocol import RunContext
+    from jaxtrain.training.context import RunContext
     events = JsonlWriter(tmp_path / "metrics.jsonl")
     yield RunContext(console=Console("none"), events=events, workdir=tmp_path)
     events.close()

@@ -1,4 +1,5 @@
-"""Readers of what runs write, for the tests: a sweep's results.csv, a profiler trace's steps."""
+"""Readers of what runs write, for the tests: a sweep's results.csv, a profiler trace's steps, a
+run clock's reading."""
 
 import csv
 from pathlib import Path
@@ -24,3 +25,9 @@ def trace_step_annotations(trace_dir) -> list[int]:
                         if "step_num" in stats:
                             steps.append(int(stats["step_num"]))
     return sorted(set(steps))
+
+
+def clock_total_s(clock) -> float:
+    """Seconds since a RunClock's start, read from its start and now (not from its phases, which
+    the tests check add up to it)."""
+    return clock.mark().at - clock.start

@@ -16,7 +16,7 @@ from jaxtrain.cli.main import main
 from jaxtrain.data import load_dataset
 from jaxtrain.runs.api import make_model
 from jaxtrain.training.setup import setup
-from jaxtrain.training.hooks.protocol import RunContext
+from jaxtrain.training.context import RunContext
 from jaxtrain.util.events import Console, JsonlWriter
 
 # 240 training rows, batch 16: 15 steps per epoch; hidden 16 splits over 8 devices (fsdp).

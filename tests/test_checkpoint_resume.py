@@ -198,7 +198,7 @@ def test_resume_keeps_early_stopping_state_and_augmentation_exact(tmp_path):
 
 def test_saves_by_time_follow_the_runs_clock(tmp_path):
     """checkpoint.every_seconds: a save at the first call boundary 25 s after the last one.
-    A fake clock moves 10 s per call (a hook ahead of the checkpoint hook), so the saves
+    A fake clock moves 10 s per call (a hook of an earlier stage than the checkpoint hook), so the saves
     fall on every third step: 3, 6, 9, 12, and 15 at the epoch's end (30 s after 12)."""
     from jaxtrain import load_config
     from jaxtrain.data import load_dataset
@@ -206,11 +206,14 @@ def test_saves_by_time_follow_the_runs_clock(tmp_path):
     from jaxtrain.training.hooks import CheckpointHook
     from jaxtrain.training.loop import fit
     from jaxtrain.training.setup import setup
-    from jaxtrain.training.hooks.protocol import Hook, RunContext
+    from jaxtrain.training.context import RunContext
+    from jaxtrain.training.hooks.protocol import Hook
     from jaxtrain.util.events import Console, JsonlWriter
     now = [0.0]
 
     class Tick(Hook):
+        stage = "validate"  # acts before the checkpoint hook (persist), whatever the list order
+
         def after_call(self, info):
             now[0] += 10.0
 
@@ -221,7 +224,7 @@ def test_saves_by_time_follow_the_runs_clock(tmp_path):
                      clock=lambda: now[0])
     run = setup(cfg, make_model(cfg, dataset), dataset, ctx)
     hook = CheckpointHook(cfg, tmp_path / "checkpoints")
-    fit(run, [Tick(), hook])
+    fit(run, [hook, Tick()])
     assert hook.saved_steps == [3, 6, 9, 12, 15]
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [3, 6, 9, 12, 15]
 

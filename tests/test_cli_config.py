@@ -123,3 +123,23 @@ def test_an_existing_directory_is_never_removed_on_rejection(capsys, tmp_path):
                    "--set", "data.target=y", "--workdir", str(workdir))
     assert code == 2 and (workdir / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in workdir.iterdir()) == ["notes.txt"]  # only the run's own files went
+
+
+def test_export_format_is_checked_and_chooses_the_exporter(capsys, tmp_path, monkeypatch):
+    """`--format onnx` (documented) runs the ONNX exporter; any other format is refused, exit 2."""
+    assert main(["export", str(tmp_path), "--format", "tflite"]) == 2
+    assert "invalid choice: 'tflite'" in capsys.readouterr().err
+    from jaxtrain.runs import export
+    called = []
+    monkeypatch.setattr(export, "export_onnx", lambda run, out: called.append((run, out)) or ("m", "c"))
+    assert main(["export", str(tmp_path), "--format", "onnx", "--output", "x.onnx"]) == 0
+    assert called == [(str(tmp_path), "x.onnx")]
+
+
+def test_an_error_runs_what_registered_to_leave_and_keeps_exit_status_2(capsys, tmp_path, monkeypatch):
+    """The CLI's one-line error calls what a joined multi-process run registered (errors.py), with 2."""
+    from jaxtrain.util import errors
+    left = []
+    monkeypatch.setattr(errors, "_LEAVE_AT_ONCE", [left.append])
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert left == [2] and "missing.yaml" in capsys.readouterr().err

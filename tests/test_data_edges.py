@@ -19,7 +19,7 @@ from jaxtrain.cli.main import main
 from jaxtrain.config.data import CleanConfig, DataConfig
 from jaxtrain.config.schema import load_config
 from jaxtrain.data import load_dataset
-from jaxtrain.data.apply import unseen_labels_message
+from jaxtrain.data.user_input import unseen_labels_message
 from jaxtrain.util.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -123,12 +123,20 @@ def test_verbose_1_prints_epoch_lines_and_2_progress_too(tmp_path, capsys, monke
         jaxtrain.train("digits_mlp", workdir=tmp_path / "other", verbose=3)
 
 
-def test_cli_phrasing_maps_to_python_terms():
-    from jaxtrain.util.errors import python_phrasing
-    assert python_phrasing("pass --set train.epochs=N with N > 3, or --set data.path=x.csv") == \
-        "pass overrides={'train.epochs': N} with N > 3, or overrides={'data.path': 'x.csv'}"
-    assert python_phrasing("read it with --set data.source=idx --set data.path=DIR") == \
-        "read it with overrides={'data.source': 'idx', 'data.path': DIR}"
+def test_an_error_names_its_arguments_in_each_front_ends_terms():
+    from jaxtrain.data.tfhelp import IDX_INSTEAD
+    from jaxtrain.util.errors import Arg, UserError, either
+    error = UserError("pass ", Arg("overrides", {"train.epochs": "N"}), " with N > 3, or ",
+                      Arg("overrides", {"data.path": "x.csv"}))
+    assert str(error) == "pass overrides={'train.epochs': N} with N > 3, or overrides={'data.path': 'x.csv'}"
+    assert error.cli == "pass --set train.epochs=N with N > 3, or --set data.path=x.csv"
+    wrapped = UserError(*error.parts, "; or ", *IDX_INSTEAD)  # wrapping keeps the arguments
+    assert wrapped.cli.endswith("; or read its four IDX files instead with --set data.source=idx --set data.path=DIR")
+    assert str(wrapped).endswith("read its four IDX files instead with overrides={'data.source': 'idx', "
+                                 "'data.path': DIR}")
+    choice = UserError("pass ", *either(Arg("split", s) for s in ("test", "val")), "; drop ", Arg("config"))
+    assert (choice.cli, str(choice)) == ("pass --split test or --split val; drop the CONFIG argument",
+                                         "pass split='test' or split='val'; drop the config argument")
 
 
 @pytest.fixture(scope="module")
@@ -295,12 +303,13 @@ def test_without_a_terminal_progress_prints_a_line_with_an_eta_every_few_seconds
 
 def test_a_rising_validation_loss_warns_and_names_early_stopping():
     from jaxtrain.training.loop import overfitting_warning
-    history = [{"epoch": e + 1, "val": {"loss": v}} for e, v in enumerate([0.3, 0.167, 0.17, 0.18, 0.196])]
+    from jaxtrain.training.record import EpochRecord
+    history = [EpochRecord(epoch=e + 1, val={"loss": v}) for e, v in enumerate([0.3, 0.167, 0.17, 0.18, 0.196])]
     warning = overfitting_warning(history)
     assert "risen 3 evaluations in a row (0.167 -> 0.196; best 0.167 at epoch 2)" in warning
     assert "train.early_stopping" in warning
     assert overfitting_warning(history[:4]) is None  # risen twice only
-    history[3]["val"]["loss"] = 0.165  # a dip: not three rises in a row
+    history[3].val["loss"] = 0.165  # a dip: not three rises in a row
     assert overfitting_warning(history) is None
 
 

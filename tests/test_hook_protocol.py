@@ -10,6 +10,7 @@ from conftest import make_dataset
 from jaxtrain import load_config
 from jaxtrain.runs.api import make_model
 from jaxtrain.training.hooks.best import BestMetric
+from jaxtrain.training.record import EpochRecord
 from jaxtrain.training.hooks.dispatch import dispatch
 from jaxtrain.training.hooks.guard import NonFiniteGuard
 from jaxtrain.training.hooks import CheckpointHook, EarlyStopping, build_hooks
@@ -78,9 +79,9 @@ def test_early_stopping_and_the_best_checkpoint_share_one_tracker(tmp_path):
 
     # Both hooks ask about the same epoch: the same answer, whatever their order.
     tracker = BestMetric("val.accuracy", "max", min_delta=0.1)
-    answers = [(tracker.observe(r, s), tracker.observe(r, s)) for s, r in enumerate(
+    answers = [(tracker.observe(r, s), tracker.observe(r, s)) for s, r in enumerate(map(EpochRecord.from_json,
         [{"epoch": 1, "val": {"accuracy": float("nan")}}, {"epoch": 2, "val": {"accuracy": 0.5}},
-         {"epoch": 3, "val": {"accuracy": 0.55}}, {"epoch": 4, "val": {"accuracy": 0.7}}, {"epoch": 5}])]
+         {"epoch": 3, "val": {"accuracy": 0.55}}, {"epoch": 4, "val": {"accuracy": 0.7}}, {"epoch": 5}]))]
     # NaN is never a best; 0.55 is not 0.1 above 0.5; no val metric: not a best.
     assert answers == [(False, False), (True, True), (False, False), (True, True), (False, False)]
     assert (tracker.value, tracker.epoch, tracker.step) == (0.7, 4, 3)

@@ -122,7 +122,7 @@ def _fit(ds, ctx, strategy="sharded", devices=None, precision="float32", batch_n
 
 @pytest.fixture(scope="module")
 def one_device(images):
-    from jaxtrain.training.hooks.protocol import RunContext
+    from jaxtrain.training.context import RunContext
     from jaxtrain.util.events import JsonlWriter
     ctx = RunContext(console=Console("none"), events=JsonlWriter(None))
     run, summary = _fit(images, ctx, devices=1)

@@ -36,7 +36,7 @@ def _train(ds, ctx, *, devices=None, strategy="sharded", on_device=True, mesh=No
 @pytest.fixture(scope="module")
 def reference(blobs, tmp_path_factory):
     from jaxtrain.util.events import Console, JsonlWriter
-    from jaxtrain.training.hooks.protocol import RunContext
+    from jaxtrain.training.context import RunContext
     ctx = RunContext(console=Console("none"), events=JsonlWriter(None))
     run, _ = _train(blobs, ctx, devices=1)
     return jax.tree.map(np.asarray, run.state.params)

@@ -53,7 +53,7 @@ def test_poisoned_batch_stops_naming_the_step_and_the_loss(ctx, on_device, strat
     position = int(np.nonzero(epoch_permutation(len(ds.train), cfg.train.seed, 0) == train_row)[0][0])
     step = position // BATCH + 1
     assert f"the loss became non-finite (NaN or inf) at step {step} (epoch 1)" in str(err.value)
-    assert run.history == []  # stopped before the epoch's record: nothing reported as trained
+    assert run.lanes[0].history == []  # stopped before the epoch's record: nothing reported as trained
 
 
 def test_nonfinite_gradient_names_the_parameter(ctx):
@@ -91,7 +91,7 @@ def test_skip_step_skips_exactly_the_poisoned_steps(ctx, on_device):
     fit(run, hooks=[guard])
     # One poisoned row: exactly one bad step per epoch, each skipped.
     assert guard.skipped == epochs
-    assert [r["nonfinite_steps"] for r in run.history] == [1] * epochs
+    assert [r.nonfinite_steps for r in run.lanes[0].history] == [1] * epochs
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(run.state.params))
     assert int(run.state.step) == epochs * run.engine.steps  # skipped steps still count as steps
 

@@ -101,7 +101,8 @@ def test_a_console_on_a_closed_pipe_goes_quiet_and_the_pipe_points_at_devnull():
 def test_the_test_session_and_every_cache_use_one_private_cache_folder(tmp_path, monkeypatch):
     from jaxtrain.config.schema import load_config
     from jaxtrain.data import images
-    from jaxtrain.engine import compilation, peak
+    from jaxtrain.engine import compilation
+    from jaxtrain.parallel import device_peak as peak
     from jaxtrain.util.files import user_cache_dir
     assert os.environ["XDG_CACHE_HOME"] == PRIVATE_CACHE  # set by conftest.py before jaxtrain loaded
     home_cache = pathlib.Path(os.path.expanduser("~")) / ".cache"
@@ -147,10 +148,10 @@ def test_flops_are_one_steps_however_the_k_step_scan_is_unrolled(tmp_path, monke
     so the run achieves the closed-form FLOPs over STEP_S; a cached peak of twice that is not
     'beaten' and not measured again (the count of 4 steps as one beat it twice over)."""
     from jaxtrain import load_config
-    from jaxtrain.engine import peak
+    from jaxtrain.parallel import device_peak as peak
     from jaxtrain.model.models import MLP
     from jaxtrain.training.hooks import build_hooks
-    from jaxtrain.training.hooks.protocol import RunContext
+    from jaxtrain.training.context import RunContext
     from jaxtrain.training.loop import fit
     from jaxtrain.training.setup import setup
     from jaxtrain.util.events import Console, JsonlWriter

@@ -102,4 +102,4 @@ def test_classification_counts_only_the_real_rows_of_a_padded_batch(ctx, strateg
     expected = np.sum(predicted[:ROWS] == y[:ROWS]) / ROWS
     assert expected == pytest.approx(0.8)
     assert summary["train"]["accuracy"] == pytest.approx(expected)
-    assert run.lanes[0].history[-1]["accuracy"] <= 1.0
+    assert run.lanes[0].history[-1].accuracy <= 1.0

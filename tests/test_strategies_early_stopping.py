@@ -14,7 +14,9 @@ from jaxtrain import train
 from jaxtrain.ckpt.checkpoint import Checkpointer
 from jaxtrain.config.schema import EarlyStoppingConfig
 from jaxtrain.training.hooks import EarlyStopping
-from jaxtrain.training.hooks.protocol import RunContext, StepInfo
+from jaxtrain.training.context import RunContext
+from jaxtrain.training.hooks.protocol import StepInfo
+from jaxtrain.training.record import EpochRecord
 from jaxtrain.util.events import Console, JsonlWriter
 
 
@@ -26,7 +28,8 @@ class _State(SimpleNamespace):
 def _info(epoch, record=None):
     state = _State(params={"w": jnp.full(2, float(epoch))}, rest={}, ema=None)
     return StepInfo(epoch=epoch, step_in_epoch=0, step=epoch * 10, steps_per_epoch=10, steps_per_call=10, devices=1,
-                    ctx=RunContext(console=Console("none"), events=JsonlWriter(None)), record=record,
+                    ctx=RunContext(console=Console("none"), events=JsonlWriter(None)),
+                    record=EpochRecord.from_json(record) if record else None,
                     run_state=state)
 
 

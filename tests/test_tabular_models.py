@@ -17,7 +17,7 @@ from jaxtrain import resume, train
 from jaxtrain.ckpt.checkpoint import Checkpointer
 from jaxtrain.cli.main import main
 from jaxtrain.config.schema import ModelConfig, load_config
-from jaxtrain.data.apply import read_input
+from jaxtrain.data.user_input import read_input
 from jaxtrain.data.bins import quantile_edges
 from jaxtrain.data.preprocess import split_indices
 from jaxtrain.engine.step import init_state, make_train_step, split_model

@@ -35,8 +35,6 @@ from jaxtrain.util.lazy import lazy_module
 
 ocp = lazy_module("orbax.checkpoint")  # imported on first use: a run without checkpoints never pays for it
 
-FORMAT = 2  # meta["format"] of a training checkpoint: the full training state and the data position
-
 
 def to_saveable(tree: Any) -> Any:
     """Typed PRNG keys become their raw uint32 data (Orbax stores plain arrays)."""
@@ -144,6 +142,12 @@ class Checkpointer:
                             f"incomplete or damaged: remove that step's folder to use the checkpoint "
                             f"before it") from None
         return out.state, dict(out.meta)
+
+    def restore_state(self, like: Any, step: int) -> Any:
+        """`restore` without the meta (already read: a ResumePoint holds it)."""
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(to_saveable(like)))))
+        return from_saveable(out.state, like)
 
     def read_meta(self, step: int) -> dict[str, Any]:
         """The meta of checkpoint `step` alone (format, position, config), without its arrays."""

@@ -135,14 +135,17 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="work directory of a finished training run")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="model format (default onnx)")
+    p.add_argument("--format", default="onnx", choices=EXPORT_FORMATS, help="model format (default onnx)")
     p.add_argument("--output", help="model file to write (default RUN_DIR/model.onnx); its input "
                    "contract goes beside it, same name with .json")
 
 
+EXPORT_FORMATS = ("onnx",)  # `--format F` runs runs/export.py:export_F; argparse refuses others (exit 2)
+
+
 def _export(args: argparse.Namespace) -> int:
-    from jaxtrain.runs.export import export_onnx
-    model, contract = export_onnx(args.run_dir, args.output)
+    from jaxtrain.runs import export
+    model, contract = getattr(export, f"export_{args.format}")(args.run_dir, args.output)
     print(f"wrote {model} and {contract}", file=sys.stderr)
     return 0
 
@@ -215,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jaxtrain.util.errors import NonFiniteError, Preempted, UserError
+    from jaxtrain.util.errors import NonFiniteError, Preempted, UserError, leave_after_error
     from jaxtrain.util.secrets import mask_secrets
     parser = build_parser()
     try:
@@ -230,9 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"jaxtrain: error: {mask_secrets(str(e.cli or e))}", file=sys.stderr)  # a storage URL's password
-        if "jaxtrain.parallel.distributed" in sys.modules:  # multi-process: leave now, don't wait for the others
-            sys.modules["jaxtrain.parallel.distributed"].exit_if_joined(2)
+        print(f"jaxtrain: error: {mask_secrets(e.cli)}", file=sys.stderr)  # a storage URL's password
+        leave_after_error(2)  # multi-process: leave now, don't wait for the others
         return 2
     except NonFiniteError as e:  # not the user's typo: the run itself went wrong (README: Reliability)
         if args.debug:
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxtrain: training failed: {e}", file=sys.stderr)
         return 3
     except Preempted as e:
-        print(f"jaxtrain: {e.cli or e}", file=sys.stderr)
+        print(f"jaxtrain: {e.cli}", file=sys.stderr)
         return 128 + e.signum
     except MemoryError:  # what the memory estimate (memory.py) did not foresee: still one line
         if args.debug:

@@ -9,19 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from jaxtrain.config.metric_ref import MetricRef
 from jaxtrain.util.errors import ConfigError
-
-# The metrics a split reports, per task (metrics.py), for early stopping and best-checkpoint keys.
-TASK_METRICS = {"classification": ("loss", "accuracy"), "regression": ("loss", "mse", "mae", "r2")}
-METRIC_SPLITS = ("train", "val")  # the splits an early-stopping or best-checkpoint metric may name
-
-
-def split_metric(value: str, key: str) -> tuple[str, str]:
-    split, _, metric = value.partition(".")
-    if split not in METRIC_SPLITS or not metric:
-        raise ConfigError(f"config key '{key}': '{value}' must look like val.<metric> or train.<metric> "
-                          f"(e.g. val.loss)")
-    return split, metric
 
 
 def check_config(cfg: Any) -> None:
@@ -31,11 +20,14 @@ def check_config(cfg: Any) -> None:
     for key, value in (("train.early_stopping.metric", train.early_stopping and train.early_stopping.metric),
                        ("checkpoint.best_metric", cfg.checkpoint.best_metric)):
         if value:
-            split, _ = split_metric(value, key)
-            if split == "val" and no_val:
+            if MetricRef.parse(value, key).split == "val" and no_val:
                 raise ConfigError(f"config key '{key}': '{value}' needs a validation split but "
                                   f"data.val_fraction is 0; set data.val_fraction (e.g. 0.1) or use a "
                                   f"train.* metric")
+    es, best = train.early_stopping, cfg.checkpoint
+    if es is not None and best.best_metric == es.metric and best.best_mode != es.mode:
+        raise ConfigError(f"config keys 'checkpoint.best_mode' and 'train.early_stopping.mode': both watch "
+                          f"{es.metric}, one best for both; set them alike ({es.mode} or {best.best_mode})")
     if data.task == "regression" and data.num_classes is not None:
         raise ConfigError("config keys 'data.num_classes' and 'data.task': num_classes is for "
                           "classification; remove it or set data.task=classification")

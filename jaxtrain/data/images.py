@@ -317,13 +317,13 @@ def _publish(partial: str, entry: str) -> None:
 
 def _read_entry(entry: str, reused: bool) -> Decoded:
     with open(os.path.join(entry, "meta.json")) as f:
-        meta = json.load(f)
+        saved = json.load(f)
     pixels = np.load(os.path.join(entry, "pixels.npy"), mmap_mode="r")
-    kept = np.asarray(meta["kept"], np.int64)
+    kept = np.asarray(saved["kept"], np.int64)
     if len(kept) != len(pixels):        # some files could not be read: gather the rest
         pixels = pixels[kept]
-    return Decoded(Target(**meta["target"]), pixels, kept,
-                   [tuple(s) for s in meta["skipped"]], entry, reused, meta["first_file"])
+    return Decoded(Target(**saved["target"]), pixels, kept,
+                   [tuple(s) for s in saved["skipped"]], entry, reused, saved["first_file"])
 
 
 # ---------------------------------------------------------------- the source

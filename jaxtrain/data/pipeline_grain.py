@@ -39,7 +39,7 @@ def _epoch_plan(n: int, batch_size: int, seed: int, epoch: int, rows: tuple) -> 
 
 
 @dataclasses.dataclass(frozen=True)
-class _RunPlan:
+class _EpochBatches:
     """Element g: the g-th batch (row indices, mask) from batch `start` of `epoch` on."""
     n: int
     batch_size: int
@@ -71,7 +71,7 @@ class _ReadBatch:
         return x, y, mask
 
 
-def _pipeline(gather: Gather, cfg: DataConfig, plan: _RunPlan) -> Iterator:
+def _pipeline(gather: Gather, cfg: DataConfig, plan: _EpochBatches) -> Iterator:
     """A grain iterator over `plan`'s batches: map threads, and worker processes if asked."""
     grain = import_grain()
     # Threads as data.num_parallel_calls says (-1: one per core); the buffer holds at least
@@ -109,7 +109,7 @@ class GrainFeed:
         where = (batch_size, seed, (rows.start, rows.stop))
         if self._iterator is None or self._at != (*where, epoch, start):
             self.close()
-            self._iterator = _pipeline(self.gather, self.cfg, _RunPlan(self.n, *where, epoch, start))
+            self._iterator = _pipeline(self.gather, self.cfg, _EpochBatches(self.n, *where, epoch, start))
         steps = -(-self.n // batch_size)
         for b in range(start, steps):
             batch = next(self._iterator)

@@ -167,7 +167,7 @@ def fit_text(cols: TrainColumns, keep: np.ndarray, stats: FeatureStats, cfg: Dat
             stats.text_columns.append(name)
 
 
-def fit_normalizer(cols: TrainColumns, keep: np.ndarray, stats: FeatureStats, cfg: DataConfig,
+def fit_table_normalizer(cols: TrainColumns, keep: np.ndarray, stats: FeatureStats, cfg: DataConfig,
                    parts: list[Normalizer] | None = None):
     """The normalizer of the numeric columns as the encoder outputs them (imputed, log1p'd,
     clipped, float32), fitted column by column (or from `parts`, fitted during `fit_numeric`)."""
@@ -224,5 +224,5 @@ def clean_and_fit(cols: TrainColumns, stats: FeatureStats, cfg: DataConfig, fit:
         keep[keep] = ~outside.any(1)
     if fit:
         fit_text(cols, keep, stats, cfg)
-        stats.normalize = fit_normalizer(cols, keep, stats, cfg, norm_parts if outside is None else None)
+        stats.normalize = fit_table_normalizer(cols, keep, stats, cfg, norm_parts if outside is None else None)
     return keep

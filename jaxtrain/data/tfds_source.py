@@ -41,8 +41,8 @@ def load_tfds(cfg: DataConfig) -> RawData:
         ds_by_split = {s: b.as_dataset(split=s) for s in splits}
     except Exception as e:  # noqa: BLE001
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        idx = f"{IDX_INSTEAD}, or " if cfg.name in IDX_NAMES else ""
-        raise DataError(f"{where} is not prepared ({msg}); {idx}prepare it with `tfds build {cfg.name} "
+        idx = (*IDX_INSTEAD, ", or ") if cfg.name in IDX_NAMES else ()
+        raise DataError(f"{where} is not prepared ({msg}); ", *idx, f"prepare it with `tfds build {cfg.name} "
                         f"--data_dir DIR` on a machine with network and copy DIR here, then set "
                         "data.data_dir=DIR (or set data.download=true where downloads work)") from None
     if "train" not in ds_by_split or "test" not in ds_by_split:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 
 from jaxtrain.config.data import DataConfig
-from jaxtrain.util.errors import UserError
+from jaxtrain.util.errors import Arg, UserError
 from jaxtrain.util.optional import require
 
 # tfds data sets that are also published as the four MNIST-format IDX files (data.source=idx).
 IDX_NAMES = ("mnist", "fashion_mnist", "kmnist")
-IDX_INSTEAD = "read its four IDX files instead with --set data.source=idx --set data.path=DIR"
+IDX_INSTEAD = ("read its four IDX files instead with ", Arg("overrides", {"data.source": "idx", "data.path": "DIR"}))
 
 
 def require_tf(cfg: DataConfig) -> None:
@@ -21,7 +21,7 @@ def require_tf(cfg: DataConfig) -> None:
         except UserError as e:  # MNIST and its kin need no TensorFlow: say so
             if cfg.name not in IDX_NAMES:
                 raise
-            raise UserError(f"{e}; or {IDX_INSTEAD}") from None
+            raise UserError(*e.parts, "; or ", *IDX_INSTEAD) from None
     elif cfg.backend == "tfdata":
         import_tf("data.backend=tfdata")
 

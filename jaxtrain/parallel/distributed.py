@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from jaxtrain.config.schema import DistributedConfig
-from jaxtrain.util.errors import UserError
+from jaxtrain.util.errors import UserError, on_error_leave
 
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAXTRAIN_NUM_PROCESSES"
@@ -131,6 +131,7 @@ def initialize(cfg: DistributedConfig) -> None:
     # A failing process must not wait in JAX's exit barrier for peers that wait on it in a
     # collective: it prints its error and leaves at once; the others then fail fast too.
     sys.excepthook = _exit_after_traceback
+    on_error_leave(exit_if_joined)  # the CLI's one-line errors too (cli/main.py)
 
 
 def _exit_after_traceback(exc_type, exc, tb) -> None:

@@ -18,13 +18,12 @@ from jaxtrain.parallel import distributed
 from jaxtrain.parallel.watchdog import ProgressWatchdog
 from jaxtrain.engine import memory
 from jaxtrain.engine.compilation import enable_persistent_cache
-from jaxtrain.data import apply as apply_stats
+from jaxtrain.data import user_input
 from jaxtrain.model.metrics import compute_metrics
 from jaxtrain.runs.predict import read_user_input
 from jaxtrain.engine.plan import make_plan
 from jaxtrain.runs.report import write_report
-from jaxtrain.runs.resume import (check_device_count, nothing_left, resume_run, resume_source,
-                                  saved_hyperparams_in_state, saved_stats)
+from jaxtrain.runs.resume import nothing_left, resume_point, resume_run, resume_source, saved_stats
 from jaxtrain.runs.rundir import RunDirectory, default_workdir
 from jaxtrain.runs.trained import (PYTHON_MODEL_FILE, fit_model_stats, load_trained, make_model,
                                    python_model_class, with_import_root)
@@ -35,8 +34,9 @@ from jaxtrain.training.hooks.trackers import TrackerHook
 from jaxtrain.training.preflight import check_before_training
 from jaxtrain.training.setup import setup
 from jaxtrain.training.loop import fit
-from jaxtrain.training.hooks.protocol import Hook, RunContext
-from jaxtrain.util.errors import NonFiniteError, Preempted, UserError, python_api
+from jaxtrain.training.context import RunContext
+from jaxtrain.training.hooks.protocol import Hook
+from jaxtrain.util.errors import Arg, NonFiniteError, Preempted, UserError, either
 from jaxtrain.util.events import Console, format_metrics
 from jaxtrain.util.files import write_json
 from jaxtrain.util.clock import RunClock
@@ -53,7 +53,6 @@ def _config(config: Any, overrides: list[str] | dict[str, Any] | None, kw_overri
     return load_config(cfg, over) if over else cfg
 
 
-@python_api
 def train(config: str | Path | dict | Config | None = None, *, workdir: str | Path | None = None,
           model: nnx.Module | None = None, dataset: data_stage.Dataset | None = None,
           overrides: list[str] | dict[str, Any] | None = None, verbose: int = 1, console: Console | None = None,
@@ -154,11 +153,9 @@ def _train_in(rundir: RunDirectory, model: nnx.Module | None, dataset: data_stag
         init_from(model, cfg.model.init_from, ctx.console, ctx.events)
     plan = make_plan(cfg, dataset)  # steps, batches, K, on-device: every part reads them from here
     estimate = check_before_training(cfg, model, dataset, rundir.workdir, plan)  # options vs data, memory, disk
-    in_state: tuple[str, ...] = ()
-    if rundir.resuming:
-        check_device_count(checkpoints, cfg, plan)
-        # A vectorized sweep's point keeps some optimizer hyperparameters in its state: resume it alike.
-        in_state = saved_hyperparams_in_state(checkpoints)
+    point = resume_point(checkpoints, cfg, plan) if rundir.resuming else None  # the meta, read once
+    # A vectorized sweep's point keeps some optimizer hyperparameters in its state: resume it alike.
+    in_state = point.meta.hyperparams_in_state if point else ()
     ctx.watchdog = ProgressWatchdog(cfg.parallel.distributed.collective_timeout_s, jax.process_index(),
                                     jax.process_count(), phase="setting up the run (compiling, restoring)")
     hooks, trained = [], False
@@ -167,7 +164,7 @@ def _train_in(rundir: RunDirectory, model: nnx.Module | None, dataset: data_stag
         hooks = build_hooks(cfg, rundir.workdir, stats=dataset.stats, lead=lead, hyperparams_in_state=in_state)
         hooks += extra_hooks
         if rundir.resuming:
-            resume_run(run, checkpoints, hooks)
+            resume_run(run, point, checkpoints, hooks)
             rundir.write_config(cfg)  # the overrides (say, more epochs) are now part of the run
         unchanged = rundir.resuming and nothing_left(run)
         summary = fit(run, hooks=hooks)
@@ -209,7 +206,6 @@ def check_verbose(verbose: int) -> int:
     return verbose
 
 
-@python_api
 def resume(run_dir: str | Path, overrides: list[str] | dict[str, Any] | None = None, *, verbose: int = 1,
            **kw_overrides: Any) -> dict:
     """Continue the run in `run_dir` from its latest checkpoint; return the new summary."""
@@ -226,7 +222,6 @@ def next_steps(workdir: Path, kept_checkpoints: bool, python_model: str | None) 
     return f"run saved in {workdir}; next: " + ", ".join(steps)
 
 
-@python_api
 def evaluate(run_dir: str | Path, split: str | None = None, model: nnx.Module | None = None, *,
              input: str | Path | None = None, verbose: int = 1) -> dict[str, float]:
     """Re-evaluate a finished run's saved parameters on a split of its data (default test),
@@ -251,7 +246,7 @@ def _evaluate_split(run_dir: str | Path, split: str, model: nnx.Module | None) -
                                              ("train", dataset.train)) if part is not None and len(part)}
     if split not in splits:
         raise UserError(f"split '{split}' is not available for run '{run_dir}'; it has "
-                        f"{', '.join(splits)}: pass --split {' or --split '.join(splits)}")
+                        f"{', '.join(splits)}: pass ", *either(Arg("split", s) for s in splits))
     target = splits[split]
     return trained.evaluator.evaluate(trained.params, trained.rest, target)
 
@@ -263,5 +258,5 @@ def _evaluate_file(run_dir: str | Path, path: str | Path, model: nnx.Module | No
     data = read_user_input(trained, path, labels=True)
     in_csv = stats.is_table and Path(path).suffix != ".npz"
     where = f"{path} column '{trained.cfg.data.target}'" if in_csv else str(path)
-    y = apply_stats.label_targets(stats, data.labels, where)
+    y = user_input.label_targets(stats, data.labels, where)
     return compute_metrics(stats.task, trained.outputs(data.x), y, stats.target_mean, stats.target_scale)

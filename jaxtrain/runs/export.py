@@ -28,7 +28,6 @@ from jaxtrain.runs.trained import check_python_model, load_run, model_from_stats
 from jaxtrain.util.errors import UserError
 from jaxtrain.util.optional import require_installed
 
-FORMATS = ("onnx",)
 NETWORK_INPUT = "features"       # pixels, or a table's encoded features (behind the preprocessing graph)
 NET_PREFIX = "jaxtrain.net/"
 

@@ -1,7 +1,7 @@
 """`jaxtrain predict`: a finished run applied to new raw inputs, predictions as CSV.
 
 The inputs go through the run's saved preprocessing (stats.json, via
-`jaxtrain.data.apply.read_input`, the one reader `eval --input` shares) and the saved
+`jaxtrain.data.user_input.read_input`, the one reader `eval --input` shares) and the saved
 parameters (`trained.load_trained`). Output: classification: `row, [kept columns,]
 predicted, prob_<class>...`; regression: `row, [kept columns,] predicted[_k]` in the
 target's original units. What preprocessing had to guess (missing values filled, values
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxtrain.data import apply as apply_stats
+from jaxtrain.data import user_input
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.util.errors import UserError
 from jaxtrain.util.events import write_out
@@ -31,14 +31,14 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def guessed(data: apply_stats.UserInput, stats: FeatureStats, fill_rule: str, where: str) -> list[str]:
+def guessed(data: user_input.UserInput, stats: FeatureStats, fill_rule: str, where: str) -> list[str]:
     """One line per column where preprocessing filled, clipped or did not know values."""
     c, n, lines = data.counts, data.rows, []
     for name in stats.feature_columns():
         if c.missing.get(name):
             fill = stats.fills[name]
             shown = f"'{fill}'" if isinstance(fill, str) else f"{fill:g}"
-            origin = apply_stats.FILL_ORIGIN.get(fill_rule, fill_rule) if not isinstance(fill, str) else \
+            origin = user_input.FILL_ORIGIN.get(fill_rule, fill_rule) if not isinstance(fill, str) else \
                 ("data.clean.fill_text" if fill_rule == "constant" else "the most frequent training value")
             lines.append(f"{where} column '{name}': {c.missing[name]} of {n} values missing, filled with "
                          f"{shown} ({origin})")
@@ -56,9 +56,9 @@ def guessed(data: apply_stats.UserInput, stats: FeatureStats, fill_rule: str, wh
 
 
 def read_user_input(trained, path: str | Path, keep: list[str] | tuple = (),
-                    labels: bool = False) -> apply_stats.UserInput:
+                    labels: bool = False) -> user_input.UserInput:
     """`path` through the run's saved preprocessing, what it guessed said on stderr."""
-    data = apply_stats.read_input(path, trained.stats, trained.cfg.data, keep=keep, labels=labels)
+    data = user_input.read_input(path, trained.stats, trained.cfg.data, keep=keep, labels=labels)
     for line in guessed(data, trained.stats, trained.cfg.data.clean.missing, str(path)):
         print(line, file=sys.stderr)
     return data

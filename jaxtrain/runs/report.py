@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.util import plots
-from jaxtrain.util.errors import UserError
+from jaxtrain.util.errors import Arg, UserError
 
 CURVE_METRICS = ("loss", "accuracy", "mse", "mae", "r2")
 
@@ -42,7 +42,7 @@ def read_history(run_dir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]
     """{metric: {'train': [(epoch, value)], 'val': [...]}} from metrics.jsonl."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
-        raise UserError(f"'{run_dir}' has no metrics.jsonl; pass the --workdir of a training run")
+        raise UserError(f"'{run_dir}' has no metrics.jsonl; pass the ", Arg("workdir"), " of a training run")
     history: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for line in path.read_text().splitlines():
         try:
@@ -78,7 +78,7 @@ def sample_indices(pred: np.ndarray, y: np.ndarray, total: int = 25, max_mistake
 
 def display_images(x: np.ndarray, stats: FeatureStats, image_shape: tuple[int, ...]) -> np.ndarray:
     """Normalized model inputs back to pixel values (the saved normalization inverted)."""
-    from jaxtrain.data.apply import invert_normalizer
+    from jaxtrain.data.user_input import invert_normalizer
     images = invert_normalizer(x, stats).reshape(len(x), *image_shape)
     if images.ndim == 4 and images.shape[-1] == 3:   # colour: imshow wants [0, 1]
         low, high = images.min(), images.max()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from jaxtrain.ckpt.checkpoint import has_checkpoint
 from jaxtrain.config.schema import Config, dump_yaml
-from jaxtrain.training.hooks.protocol import RunContext
-from jaxtrain.util.errors import UserError
+from jaxtrain.training.context import RunContext
+from jaxtrain.util.errors import Arg, UserError
 from jaxtrain.util.events import Console, JsonlWriter
 from jaxtrain.util.clock import RunClock
 from jaxtrain.util.files import write_json, write_text_atomic
@@ -31,8 +31,8 @@ def prepare_workdir(path: str | Path) -> Path:
     workdir = Path(path)
     if (workdir / "config.yaml").exists():
         # Never overwrite a run's results by accident.
-        raise UserError(f"work directory '{workdir}' already holds a run; pass a new --workdir "
-                        f"(or resume it with --resume)")
+        raise UserError(f"work directory '{workdir}' already holds a run; pass a new ", Arg("workdir"),
+                        " (or resume it with ", Arg("resume"), ")")
     return check_writable(workdir)
 
 

@@ -37,13 +37,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from jaxtrain.config.metric_ref import Ranking
 from jaxtrain.config.schema import Config, dump_yaml, load_config, to_dict
 from jaxtrain.model.optim import VECTOR_FIELDS
 from jaxtrain.runs import vsweep
 from jaxtrain.runs.rundir import write_text_atomic
 from jaxtrain.runs.space import Dimension, check_space, parse_space, sample, trial_config
 from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
-from jaxtrain.util.errors import NonFiniteError, UserError, python_api
+from jaxtrain.util.errors import Arg, NonFiniteError, UserError
 from jaxtrain.util.events import Console
 from jaxtrain.util.optional import require
 from jaxtrain.util.secrets import mask_secrets
@@ -58,39 +59,36 @@ REDUCTION = 3  # successive halving keeps the top third at each rung; rungs at 1
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """What chooses the trials: a validation metric, or the training loss without a validation split."""
-    metric: str       # 'val.accuracy', 'val.mse' or 'train.loss'
-    direction: str    # 'maximize' or 'minimize'
+    """What chooses the trials: a validation metric, or the training loss without a validation split
+    (config/metric_ref.py: Ranking.for_task, the sweep's choice too)."""
+    ranking: Ranking
+
+    @property
+    def metric(self) -> str:
+        return str(self.ranking.metric)
+
+    @property
+    def direction(self) -> str:
+        """Optuna's name for the ranking's mode."""
+        return "maximize" if self.ranking.mode == "max" else "minimize"
 
     def of_record(self, record: dict) -> float | None:
         """The metric in one epoch's record (None when that epoch was not evaluated)."""
-        section, key = self.metric.split(".")
-        value = record.get(key) if section == "train" else (record.get("val") or {}).get(key)
-        return float(value) if isinstance(value, (int, float)) else None
+        return self.ranking.metric.of_record(record)
 
-    def rank_key(self, value: float, record: dict) -> tuple[float, float]:
-        """Smaller ranks first: the metric (negated when higher is better), ties broken by the
-        validation loss (the training loss without a validation split)."""
-        loss = (record.get("val") or {}).get("loss", record.get("loss"))
-        loss = float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
-        value = value if math.isfinite(value) else (-math.inf if self.direction == "maximize" else math.inf)
-        return (-value if self.direction == "maximize" else value, loss)
+    def rank_key(self, record: dict) -> tuple[float, float]:
+        """Smaller ranks first (Ranking.record_key)."""
+        return self.ranking.record_key(record)
 
     def of_summary(self, summary: dict) -> float | None:
-        section, key = self.metric.split(".")
-        value = (summary.get(section) or {}).get(key)
-        return float(value) if isinstance(value, (int, float)) else None
+        return self.ranking.metric.of_summary(summary)
 
 
 def objective_for(cfg: Config) -> Objective:
     """Loads the data once to learn its task and whether it has a validation split."""
     from jaxtrain import data as data_stage
     dataset = data_stage.load_dataset(cfg.data)
-    if dataset.val is None or not len(dataset.val):
-        return Objective("train.loss", "minimize")
-    if dataset.task == "classification":
-        return Objective("val.accuracy", "maximize")
-    return Objective("val.mse", "minimize")
+    return Objective(Ranking.for_task(dataset.task, dataset.val is not None and len(dataset.val) > 0))
 
 
 def rungs(epochs: int) -> tuple[int, ...]:
@@ -137,6 +135,7 @@ class PruneHook(Hook):
     """Reports a trial's metric to the study after each epoch; at a rung, leaves the decision
     to the group's Halving and stops the run when some trial of the group is pruned."""
     name = "search_pruning"
+    stage = "decide"
 
     def __init__(self, trial: Any, objective: Objective, epochs: int, halving: Halving):
         self.trial, self.objective, self.rungs, self.halving = trial, objective, rungs(epochs), halving
@@ -145,13 +144,13 @@ class PruneHook(Hook):
         halving.members.append(self)
 
     def on_epoch_end(self, info: StepInfo) -> Request | None:
-        value = self.objective.of_record(info.record)
-        epoch = int(info.record["epoch"])
+        value = self.objective.of_record(info.record.to_json())
+        epoch = info.record.epoch
         if value is None or self.pruned_at is not None:
             return None
         self.trial.report(value, epoch)
         if epoch in self.rungs:
-            self.rung_key = self.objective.rank_key(value, info.record)
+            self.rung_key = self.objective.rank_key(info.record.to_json())
             if self.halving.arrive(self, epoch):
                 return Request(stop=f"successive halving at epoch {epoch}")
         return None
@@ -180,7 +179,6 @@ class Search:
     verbose: int = 1
 
 
-@python_api
 def search(config: Any = None, space: dict[str, str] | list[str] | None = None, *, trials: int,
            population: int = 8, sampler: str = "tpe", prune: bool = False, storage: str | None = None,
            study: str | None = None, workdir: str | Path | None = None,
@@ -195,9 +193,9 @@ def search(config: Any = None, space: dict[str, str] | list[str] | None = None, 
     check_verbose(verbose)
     optuna = require("optuna", "search", "jaxtrain search")
     if trials < 1 or population < 1:
-        raise UserError(f"--trials {trials} --population {population}: both must be at least 1")
+        raise UserError(Arg("trials", trials), " ", Arg("population", population), ": both must be at least 1")
     if sampler not in ("tpe", "random"):
-        raise UserError(f"--sampler {sampler}: choose tpe or random")
+        raise UserError(Arg("sampler", sampler), ": choose tpe or random")
     dims = parse_space(space or [])
     base = load_config(config, overrides)
     check_space(base, dims)
@@ -244,13 +242,13 @@ def check_workdir(optuna: Any, root: Path, name: str, storage: str | None) -> No
             owner = json.loads(marker.read_text())
         except (OSError, ValueError) as e:
             raise UserError(f"{marker} cannot be read ({e}); it names the study this work directory "
-                            f"belongs to: restore it, or pass another --workdir") from None
+                            f"belongs to: restore it, or pass another ", Arg("workdir")) from None
         if (owner.get("study"), owner.get("storage")) != (name, _owner_storage(storage)):
             theirs, ours = f" ({owner.get('storage') or root / STUDY_FILE})", f" ({_where(root, storage)})"
             same = theirs == ours  # the storages are named only where they differ
             raise UserError(f"{root} holds study '{owner.get('study')}'{'' if same else theirs}, not study "
                             f"'{name}'{'' if same else ours}: a search work directory belongs to one study; "
-                            f"pass another --workdir")
+                            f"pass another ", Arg("workdir"))
         return
     others: list[str] = []
     if (root / STUDY_FILE).is_file():  # a work directory of a jaxtrain without search.json
@@ -262,7 +260,7 @@ def check_workdir(optuna: Any, root: Path, name: str, storage: str | None) -> No
     if others:
         raise UserError(f"{root} holds the trials of study '{others[0]}', not study '{name}' "
                         f"({_where(root, storage)}): a search work directory belongs to one study; "
-                        f"pass another --workdir")
+                        f"pass another ", Arg("workdir"))
 
 
 def _owner_storage(storage: str | None) -> str | None:
@@ -332,12 +330,13 @@ def open_study(optuna: Any, storage: str, name: str, objective: Objective, space
     where = f"study '{name}' in {mask_secrets(storage)}"
     if (made_for.get("space"), made_for.get("metric")) != (described["space"], described["metric"]):
         raise UserError(f"{where} searches {made_for.get('space')} on {made_for.get('metric')}, not "
-                        f"{described['space']} on {described['metric']}; pass another --study and --workdir")
+                        f"{described['space']} on {described['metric']}; pass another ", Arg("study"), " and ",
+                        Arg("workdir"))
     differing = base_differences(made_for.get("base") or {}, base)  # a study of an older jaxtrain has none
     if differing:
         raise UserError(f"{where} was made with another base config: {', '.join(differing[:5])}"
                         f"{f' and {len(differing) - 5} more' if len(differing) > 5 else ''}; pass the same "
-                        f"CONFIG and --set, or another --study and --workdir")
+                        "CONFIG and ", Arg("overrides"), ", or another ", Arg("study"), " and ", Arg("workdir"))
     return study
 
 
@@ -362,7 +361,7 @@ def _load_or_create(optuna: Any, storage: str, name: str, objective: Objective) 
                 time.sleep(0.5 * (attempt + 1))
                 continue
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise UserError(mask_secrets(f"--storage {storage}: Optuna cannot open it ({reason})")) from None
+            raise UserError(Arg("storage", mask_secrets(storage)), f": Optuna cannot open it ({mask_secrets(reason)})") from None
     raise AssertionError("unreachable")
 
 
@@ -461,7 +460,7 @@ def train_batch(s: Search, batch: list[Any]) -> None:
         held = [d for d in dirs if d.exists() and (not d.is_dir() or any(d.iterdir()))]
         if held:  # never reuse a trial folder, never overwrite what it holds
             raise UserError(f"search: {held[0]} already holds a run (a trial folder is never reused); "
-                            f"trials {', '.join(str(t.number) for t in batch)} told FAIL; pass another --workdir")
+                            f"trials {', '.join(str(t.number) for t in batch)} told FAIL; pass another ", Arg("workdir"))
         _announce_batch(s, batch, cfgs)
         groups = vsweep.vector_groups(cfgs) if s.population > 1 else [[i] for i in range(len(batch))]
         for group in groups:

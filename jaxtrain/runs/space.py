@@ -16,7 +16,7 @@ import yaml
 
 from jaxtrain.config.schema import Config, load_config
 from jaxtrain.runs.sweep import split_values
-from jaxtrain.util.errors import ConfigError
+from jaxtrain.util.errors import Arg, ConfigError
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 FORMS = "loguniform(a,b), uniform(a,b), int(a,b) or choice(v1,v2,...)"
@@ -41,24 +41,24 @@ def parse_space(items: list[str] | dict[str, str]) -> dict[str, Dimension]:
     space: dict[str, Dimension] = {}
     for key, spec in pairs:
         if key in space:
-            raise ConfigError(f"--space key '{key}' given twice; give it one SPEC")
+            raise ConfigError(Arg("space"), f" key '{key}' given twice; give it one SPEC")
         space[key] = parse_spec(key, str(spec))
     if not space:
-        raise ConfigError(f"a search needs at least one --space section.key=SPEC, SPEC one of {FORMS}")
+        raise ConfigError("a search needs at least one ", Arg("space", "section.key=SPEC"), f", SPEC one of {FORMS}")
     return space
 
 
 def _split(item: str) -> tuple[str, str]:
     key, _, spec = item.partition("=")
     if not key.strip() or not spec.strip():
-        raise ConfigError(f"--space '{item}' must look like section.key=SPEC, SPEC one of {FORMS}")
+        raise ConfigError(Arg("space", f"'{item}'"), f" must look like section.key=SPEC, SPEC one of {FORMS}")
     return key.strip(), spec.strip()
 
 
 def parse_spec(key: str, spec: str) -> Dimension:
     """'loguniform(1e-4, 0.1)' -> Dimension('loguniform', 1e-4, 0.1); a ConfigError naming the forms."""
     match = re.fullmatch(r"\s*(\w+)\s*\((.*)\)\s*", spec, re.S)
-    where = f"--space {key}={spec}"
+    where = Arg("space", f"{key}={spec}")
     if not match or match.group(1) not in KINDS:
         raise ConfigError(f"{where}: SPEC must be {FORMS}")
     kind, body = match.group(1), match.group(2)
@@ -131,4 +131,4 @@ def check_space(base: Config, space: dict[str, Dimension]) -> None:
             try:
                 load_config(base, {key: config_value(dim, v)})
             except ConfigError as e:
-                raise ConfigError(f"--space {key}={dim.describe()}: {e}") from None
+                raise ConfigError(Arg("space", f"{key}={dim.describe()}"), ": ", *e.parts) from None

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import csv
 import itertools
-import math
 import re
 from pathlib import Path
 from typing import Any
 
+from jaxtrain.config.metric_ref import Ranking, summary_row
 from jaxtrain.config.schema import Config, load_config, parse_override
 from jaxtrain.runs.rundir import default_workdir
-from jaxtrain.util.errors import ConfigError, UserError, python_api
+from jaxtrain.util.errors import Arg, ConfigError, UserError
 from jaxtrain.util import plots
 from jaxtrain.util.events import Console
 
@@ -32,12 +32,13 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
         key, _, text = item.partition("=")
         values = split_values(text)
         if not key.strip() or not values:
-            raise ConfigError(f"--grid '{item}' must look like section.key=v1,v2,...")
+            raise ConfigError(Arg("grid", f"'{item}'"), " must look like section.key=v1,v2,...")
         if key.strip() in grid:
-            raise ConfigError(f"--grid key '{key.strip()}' given twice; list all its values in one --grid")
+            raise ConfigError(Arg("grid"), f" key '{key.strip()}' given twice; list all its values in one ",
+                              Arg("grid"))
         grid[key.strip()] = values
     if not grid:
-        raise ConfigError("a sweep needs at least one --grid section.key=v1,v2,...")
+        raise ConfigError("a sweep needs at least one ", Arg("grid", "section.key=v1,v2,..."))
     return grid
 
 
@@ -69,28 +70,14 @@ def point_config(config: Any, overrides: list[str], values: dict[str, str]) -> C
     return load_config(config, list(overrides) + [f"{k}={v}" for k, v in values.items()])
 
 
-def _flatten(summary: dict) -> dict[str, Any]:
-    """The final metrics of a run's summary as flat 'test.accuracy'-style columns."""
-    row: dict[str, Any] = {}
-    for section in ("test", "val", "train"):
-        for k, v in (summary.get(section) or {}).items():
-            if isinstance(v, (int, float)) or v is None:
-                row[f"{section}.{k}"] = v
-    row["time.total_s"] = summary.get("time", {}).get("total_s")
-    return row
+def ranking_for(task: str, rows: list[dict[str, Any]]) -> Ranking:
+    """How the best point is chosen (Ranking.for_task): on the validation metric when any point
+    reports it, else on the final training loss."""
+    ranking = Ranking.for_task(task, has_val=True)
+    has_val = any(ranking.metric.of_row(r) is not None for r in rows)
+    return ranking if has_val else Ranking.for_task(task, has_val=False)
 
 
-def ranking_metric(task: str, rows: list[dict[str, Any]]) -> tuple[str, str]:
-    """(column, 'max'|'min') that chooses the best point: a validation metric, never a test one
-    (choosing on the test split would leak it into the choice). Without a validation split,
-    the final training loss."""
-    metric, mode = ("val.accuracy", "max") if task == "classification" else ("val.mse", "min")
-    if any(isinstance(r.get(metric), float) for r in rows):
-        return metric, mode
-    return "train.loss", "min"
-
-
-@python_api
 def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: str | Path | None = None,
               overrides: list[str] | None = None, vectorized: bool = False, verbose: int = 1,
               console: Console | None = None) -> list[dict[str, Any]]:
@@ -107,7 +94,7 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
     cfgs = [point_config(config, overrides, values) for values in points]
     root = Path(workdir) if workdir else default_workdir(cfgs[0], "-sweep")
     if (root / "results.csv").exists():
-        raise UserError(f"sweep directory '{root}' already holds results.csv; pass a new --workdir")
+        raise UserError(f"sweep directory '{root}' already holds results.csv; pass a new ", Arg("workdir"))
     root.mkdir(parents=True, exist_ok=True)
     console = console or Console(cfgs[0].logging.progress, verbose=check_verbose(verbose))
     names = [point_name(v) for v in points]
@@ -133,7 +120,7 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
         summaries[i] = train(cfg, workdir=root / names[i], console=console)
 
     rows = [{"point": names[i], **{k: parse_override(f"{k}={v}")[1] for k, v in points[i].items()},
-             **_flatten(summaries[i])} for i in range(len(cfgs))]
+             **summary_row(summaries[i])} for i in range(len(cfgs))]
     table, best, metric = write_results(root, rows, list(grid), summaries[0].get("task", "classification"))
     for line in table:
         console.line(line)
@@ -150,9 +137,10 @@ def write_results(root: Path, rows: list[dict[str, Any]], keys: list[str],
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    metric, mode = ranking_metric(task, rows)
-    values = [r.get(metric) for r in rows]
-    best = _best_point(rows, values, mode)
+    ranking = ranking_for(task, rows)
+    metric, mode = str(ranking.metric), ranking.mode
+    values = [ranking.metric.of_row(r) for r in rows]
+    best = ranking.best_row(rows)
     shown = ["point"] + keys + [c for c in columns if c.startswith(("val.", "test."))] + \
         [c for c in ("train.loss", "train.examples_per_sec", "time.total_s") if c in columns]
     table = _table(rows, shown, best)
@@ -169,18 +157,6 @@ def write_results(root: Path, rows: list[dict[str, Any]], keys: list[str],
     plots.bar_per_point([r["point"] for r in rows], [v if isinstance(v, float) else float("nan") for v in values],
                   metric, root / "results.png", best)
     return table, (rows[best]["point"] if best is not None else None), metric
-
-
-def _best_point(rows: list[dict[str, Any]], values: list, mode: str) -> int | None:
-    """The index of the best finite value; ties broken by the lower validation (else train) loss."""
-    sign = -1.0 if mode == "max" else 1.0
-
-    def rank(i: int) -> tuple[float, float]:
-        loss = rows[i].get("val.loss", rows[i].get("train.loss"))
-        return sign * values[i], loss if isinstance(loss, float) and math.isfinite(loss) else math.inf
-
-    finite = [i for i, v in enumerate(values) if isinstance(v, float) and math.isfinite(v)]
-    return min(finite, key=rank) if finite else None
 
 
 def _table(rows: list[dict[str, Any]], shown: list[str], best: int | None) -> list[str]:

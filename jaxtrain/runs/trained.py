@@ -26,7 +26,7 @@ from jaxtrain.parallel import placement
 from jaxtrain.runs.resume import saved_stats
 from jaxtrain.training.evaluator import Evaluator
 from jaxtrain.training.setup import COMPUTE_DTYPES
-from jaxtrain.util.errors import UserError
+from jaxtrain.util.errors import Arg, UserError
 
 PYTHON_MODEL_FILE = "python_model.json"  # written by a run trained with train(model=...)
 
@@ -73,7 +73,7 @@ def load_run(run_dir: str | Path) -> tuple[Config, FeatureStats | None]:
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise UserError(f"'{run}' is not a jaxtrain run directory (no config.yaml); "
-                        f"pass the --workdir of a finished training run")
+                        f"pass the ", Arg("workdir"), " of a finished training run")
     cfg = load_config(run / "config.yaml")
     stats = saved_stats(run)
     return cfg, stats

@@ -20,7 +20,7 @@ time is only known at the epoch's one device sync; the summary adds up the epoch
 after each segment's first (caches warm), or all of them when that leaves none.
 
 FLOPs come from XLA's cost analysis of the compiled call (engine.flops_per_step);
-MFU is the achieved FLOP/s over the peak of the run's devices (engine/peak.py),
+MFU is the achieved FLOP/s over the peak of the run's devices (parallel/device_peak.py),
 never above 1.
 """
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from jaxtrain.engine.peak import Peak, peak_tflops
+from jaxtrain.parallel.device_peak import Peak, peak_tflops
 from jaxtrain.util.clock import RunClock
 
 TRAIN_PHASES = ("input_wait", "h2d_transfer", "dispatch", "device_compute", "metric_transfer")

@@ -20,7 +20,9 @@ from jaxtrain.parallel import placement
 from jaxtrain.engine.step import accumulate_metrics, eval_params
 from jaxtrain.training.accounting import HOOK_PART, Perf, throughput, train_seconds
 from jaxtrain.training.run import Lane, Run
-from jaxtrain.training.summary import epoch_record, run_summary
+from jaxtrain.training.record import EpochRecord
+from jaxtrain.training.summary import run_summary
+from jaxtrain.training.hooks.best import observe_best
 from jaxtrain.training.hooks.dispatch import dispatch
 from jaxtrain.training.hooks.protocol import Hook
 from jaxtrain.util.events import duration, format_metrics
@@ -112,6 +114,8 @@ def _epoch(run: Run, perf: Perf) -> None:
     finished = run.epoch + 1
     if epoch_done:
         run.epoch, run.step_in_epoch, run.epoch_sums = run.epoch + 1, 0, None
+    for lane in run.lanes:  # the lane's best metrics, before any hook reads them (hooks/best.py)
+        observe_best(lane.hooks, lane.history[-1], run.global_step)
     run.ctx.watchdog.enter(f"the hooks at the end of epoch {finished}")
     _each_hook(run, "on_epoch_end")
 
@@ -200,15 +204,15 @@ def _record_epoch(run: Run, lane: Lane, sums: dict, epoch_done: bool, rates: dic
     its console line with the run's ETA."""
     cfg, clock = run.cfg, run.ctx.clock
     lane_sums = {k: float(v if lane.index is None else v[lane.index]) for k, v in sums.items()}
-    record = epoch_record(run.epoch, run.global_step, lane_sums, rates)
+    record = EpochRecord.from_sums(run.epoch, run.global_step, lane_sums, rates)
     with clock.phase(HOOK_PART):
-        lane.ctx.events.write("train", **record)
+        lane.ctx.events.write("train", **record.to_json())
     line = _epoch_label(run, epoch_done) + " " + format_metrics(
-        {k: v for k, v in record.items() if k not in ("epoch", "step")})
+        {k: v for k, v in record.to_json().items() if k not in ("epoch", "step")})
     if run.dataset.val is not None and epoch_done and (
             (run.epoch + 1) % cfg.train.eval_every_epochs == 0 or run.epoch + 1 == cfg.train.epochs):
-        record["val"] = _validate(run, lane)
-        line += " | val " + format_metrics(record["val"])
+        record = record.with_val(_validate(run, lane))
+        line += " | val " + format_metrics(record.val)
     lane.history.append(record)
     eta = _progress(run).get("eta_s")
     if eta and run.epoch + 1 < cfg.train.epochs and run.stop_reason is None:
@@ -243,10 +247,10 @@ def _epoch_label(run: Run, epoch_done: bool) -> str:
 RISING_EVALUATIONS = 3  # validation losses in a row, each above the one before, that say "overfitting"
 
 
-def overfitting_warning(history: list[dict]) -> str | None:
+def overfitting_warning(history: list[EpochRecord]) -> str | None:
     """A warning when the validation loss has just risen for the RISING_EVALUATIONS-th
     evaluation in a row (once per such streak), naming train.early_stopping; else None."""
-    losses = [r["val"]["loss"] for r in history if "loss" in r.get("val", {})]
+    losses = [r.val["loss"] for r in history if "loss" in r.val]
     recent = losses[-(RISING_EVALUATIONS + 1):]
     if len(recent) <= RISING_EVALUATIONS or any(b <= a for a, b in zip(recent, recent[1:])):
         return None
@@ -255,7 +259,7 @@ def overfitting_warning(history: list[dict]) -> str | None:
     best = min(losses)
     return (f"warning: the validation loss has risen {RISING_EVALUATIONS} evaluations in a row "
             f"({recent[0]:.4g} -> {recent[-1]:.4g}; best {best:.4g} at epoch "
-            f"{next(r['epoch'] for r in history if r.get('val', {}).get('loss') == best)}): the model is "
+            f"{next(r.epoch for r in history if r.val.get('loss') == best)}): the model is "
             f"overfitting; set train.early_stopping (e.g. --set train.early_stopping.patience=5) to stop "
             f"there and keep the best epoch's parameters")
 

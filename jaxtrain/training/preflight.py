@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxtrain.config.rules import TASK_METRICS, split_metric
+from jaxtrain.config.metric_ref import TASK_METRICS, MetricRef
 from jaxtrain.util.errors import ConfigError, UserError
 
 def check_with_data(cfg: Any, dataset: Any) -> None:
@@ -18,11 +18,11 @@ def check_with_data(cfg: Any, dataset: Any) -> None:
     for key, value in (("train.early_stopping.metric", cfg.train.early_stopping and cfg.train.early_stopping.metric),
                        ("checkpoint.best_metric", cfg.checkpoint.best_metric)):
         if value:
-            split, metric = split_metric(value, key)
-            if metric not in metrics:
+            ref = MetricRef.parse(value, key)
+            if ref.name not in metrics:
                 raise ConfigError(f"config key '{key}': '{value}' is not reported for {dataset.task}; "
-                                  f"use one of {', '.join(f'{split}.{m}' for m in metrics)}")
-            if split == "val" and dataset.val is None:
+                                  f"use one of {', '.join(f'{ref.split}.{m}' for m in metrics)}")
+            if ref.split == "val" and dataset.val is None:
                 raise ConfigError(f"config key '{key}': '{value}' needs a validation split and the data "
                                   f"has none; set data.val_fraction > 0")
     if dataset.num_train < 1:

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxtrain.ckpt.restore import Position
+from jaxtrain.ckpt.meta import CheckpointMeta
 from jaxtrain.config.schema import Config
 from jaxtrain.data import Dataset
 from jaxtrain.parallel import placement
@@ -22,7 +22,9 @@ from jaxtrain.engine.engine import Engine
 from jaxtrain.engine.plan import RunPlan
 from jaxtrain.engine.step import TrainState
 from jaxtrain.training.evaluator import Evaluator
-from jaxtrain.training.hooks.protocol import Hook, Request, RunContext, StepInfo
+from jaxtrain.training.record import EpochRecord
+from jaxtrain.training.context import RunContext
+from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
 
 
 @dataclasses.dataclass
@@ -33,7 +35,7 @@ class Lane:
     index: int | None = None        # its slice of a stacked (vectorized) state; None: not stacked
     name: str = ""                  # prefixes its console lines in a vectorized run
     hooks: list[Hook] = dataclasses.field(default_factory=list)
-    history: list[dict] = dataclasses.field(default_factory=list)
+    history: list[EpochRecord] = dataclasses.field(default_factory=list)
     extra: dict = dataclasses.field(default_factory=dict)  # hooks' entries for the summary
     # Optimizer hyperparameters kept in the optimizer state (a vectorized point's): its
     # checkpoints say so, and a resume builds the same optimizer.
@@ -62,14 +64,6 @@ class Run:
     def ctx(self) -> RunContext:
         return self.lanes[0].ctx
 
-    @property
-    def history(self) -> list[dict]:
-        return self.lanes[0].history
-
-    @property
-    def extra(self) -> dict:
-        return self.lanes[0].extra
-
     def lane_state(self, lane: Lane) -> TrainState:
         return self.state if lane.index is None else jax.tree.map(lambda a: a[lane.index], self.state)
 
@@ -78,6 +72,7 @@ class Run:
                         steps_per_epoch=self.plan.steps_per_epoch, steps_per_call=self.engine.k,
                         devices=self.mesh.size, ctx=lane.ctx,
                         last_record=lane.history[-1] if lane.history else None, lane=lane.index,
+                        hooks=tuple(lane.hooks),
                         run_state=self.state, run_epoch_sums=self.epoch_sums, **fields)
 
     def apply(self, lane: Lane, request: Request) -> None:
@@ -93,7 +88,7 @@ class Run:
             self.state = self.state.replace(**fields)
         lane.extra.update(request.summary)
 
-    def continue_from(self, state: TrainState, position: Position) -> None:
+    def continue_from(self, state: TrainState, position: CheckpointMeta) -> None:
         """Take a restored state and position: training goes on exactly where it stopped."""
         repl = placement.replicated(self.mesh)
         self.state = state
@@ -102,6 +97,6 @@ class Run:
         if position.epoch_sums:
             self.epoch_sums = {k: placement.put_global(np.float32(v), repl) for k, v in position.epoch_sums.items()}
         if position.last_record:
-            self.lanes[0].history[:] = [position.last_record]
+            self.lanes[0].history[:] = [EpochRecord.from_json(position.last_record)]
         if self.cfg.train.steps_per_call == "auto" and position.steps_per_call:
             self.engine.k = int(position.steps_per_call)  # the same chunk boundaries as before

@@ -27,7 +27,7 @@ from jaxtrain.model.augment import make_augment
 from jaxtrain.model.optim import VECTOR_FIELDS, build_optimizer
 from jaxtrain.training.evaluator import Evaluator
 from jaxtrain.training.run import Lane, Run
-from jaxtrain.training.hooks.protocol import RunContext
+from jaxtrain.training.context import RunContext
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

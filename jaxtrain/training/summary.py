@@ -1,22 +1,11 @@
-"""What a fit reports: each epoch's record, and the summary of a run (one per lane)."""
+"""What a fit reports: the summary of a run (one per lane; each epoch's record is record.py's)."""
 
 from __future__ import annotations
 
 from jaxtrain.model.kernels import resolve_conv_impl
 from jaxtrain.training.accounting import Perf, steady_epochs, throughput
+from jaxtrain.training.record import EpochRecord
 from jaxtrain.training.run import Lane, Run
-
-
-def epoch_record(epoch: int, step: int, sums: dict, rates: dict) -> dict:
-    """An epoch's metrics.jsonl record; `rates`: its step_time_ms, examples_per_sec and mfu, all
-    from the epoch's training seconds on the run's clock (accounting.throughput)."""
-    record = {"epoch": epoch + 1, "step": step, "loss": sums["loss_sum"] / max(sums["count"], 1.0),
-              **{k: rates[k] for k in ("examples_per_sec", "step_time_ms", "mfu") if rates.get(k) is not None}}
-    if "correct" in sums:
-        record["accuracy"] = sums["correct"] / max(sums["count"], 1.0)
-    if sums["nonfinite"]:
-        record["nonfinite_steps"] = int(sums["nonfinite"])
-    return record
 
 
 def model_section(cfg, platform: str) -> dict:
@@ -31,7 +20,7 @@ def run_summary(run: Run, lane: Lane, devices: dict, test: dict, perf: Perf) -> 
     """A lane's summary. Its `time` section is added when it is written (api.finish_summary),
     so that it covers the test evaluation too."""
     cfg, plan, dataset, engine = lane.cfg, run.plan, run.dataset, run.engine
-    last = lane.history[-1] if lane.history else {}
+    last = lane.history[-1] if lane.history else EpochRecord(epoch=0)
     execution = {"on_device_data": plan.on_device, "steps_per_epoch": plan.steps_per_epoch,
                  "steps_per_call": engine.k,
                  "steps_per_call_measured_ms": {str(k): t * 1e3 for k, t in engine.k_timings.items()},
@@ -39,16 +28,16 @@ def run_summary(run: Run, lane: Lane, devices: dict, test: dict, perf: Perf) -> 
     if plan.points:
         execution["vectorized_points"] = plan.points
     # every epoch trained, in every segment of the run, after each segment's first
-    steady = steady_epochs(run.ctx.clock.epochs)
+    steady = steady_epochs(run.ctx.clock.epoch_throughput)
     return {
         "config_name": cfg.name,
         "task": dataset.task,
         "model": model_section(cfg, devices["platform"]),
         "test": test,
-        "val": last.get("val", {}),
+        "val": dict(last.val),
         "train": {"examples_per_sec": throughput(steady)["examples_per_sec"],
-                  "loss": last.get("loss"), "epochs": run.epoch, "steps": run.global_step,
-                  **({"accuracy": last["accuracy"]} if "accuracy" in last else {})},
+                  "loss": last.loss, "epochs": run.epoch, "steps": run.global_step,
+                  **({"accuracy": last.accuracy} if last.accuracy is not None else {})},
         # a vectorized step trains every point's batch: FLOPs per example count them all
         "perf": perf.section(steady, plan.batch_size * (plan.points or 1), engine.k),
         "devices": devices,

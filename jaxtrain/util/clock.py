@@ -53,7 +53,7 @@ class RunClock:
         # The run's earlier segments (a resumed run's: each {"total_s", "phases", ...}) and the
         # training record of every epoch trained, in all segments ({"train_s", "steps", ...}).
         self.segments: list[dict] = []
-        self.epochs: list[dict] = []
+        self.epoch_throughput: list[dict] = []
 
     def __call__(self) -> float:
         """The current time of the clock's source (seconds)."""
@@ -92,13 +92,6 @@ class RunClock:
         self._charge_open_phase()
         return dict(self._totals)
 
-    def get(self, name: str) -> float:
-        return self.totals().get(name, 0.0)
-
-    def total_s(self) -> float:
-        """Seconds since the start; the phases add up to it."""
-        return self._charge_open_phase() - self.start
-
     def mark(self) -> Mark:
         now = self._charge_open_phase()
         return Mark(now, dict(self._totals))
@@ -112,7 +105,7 @@ class RunClock:
 
     def record_epoch(self, **record) -> None:
         """Keep an epoch's training record (its seconds, steps, examples), tagged with the segment."""
-        self.epochs.append({**record, "segment": len(self.segments)})
+        self.epoch_throughput.append({**record, "segment": len(self.segments)})
 
     def this_segment(self) -> dict:
         """The current segment's figures: its seconds in all and per phase, read at one moment
@@ -123,12 +116,12 @@ class RunClock:
     def state_dict(self) -> dict:
         """What a resumed run needs to describe the whole run: every segment so far (this one
         up to now) and every epoch's training record. Saved with each checkpoint."""
-        return {"segments": [*self.segments, self.this_segment()], "epochs": list(self.epochs)}
+        return {"segments": [*self.segments, self.this_segment()], "epochs": list(self.epoch_throughput)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue a run: its earlier segments and epoch records come before this segment's."""
         self.segments = list(state.get("segments", []))
-        self.epochs = list(state.get("epochs", []))
+        self.epoch_throughput = list(state.get("epochs", []))
 
 
 def since_jaxtrain_import(now: Callable[[], float] = time.perf_counter,

@@ -19,7 +19,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from jaxtrain.util.errors import UserError
+from jaxtrain.util.errors import Arg, UserError
 
 LOCK_FILE = ".lock"
 
@@ -40,7 +40,7 @@ class WorkdirLock:
             os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise UserError(f"work directory '{self.path.parent}' is in use by a live run "
-                                f"({holder}); wait for it to finish or pass another --workdir") from None
+                                f"({holder}); wait for it to finish or pass another ", Arg("workdir")) from None
             raise UserError(f"work directory '{self.path.parent}': cannot lock {self.path} "
                             f"({e.strerror})") from None
         # Ours now: record who holds it, for the message a second run prints.
@@ -80,8 +80,8 @@ def check_writable(workdir: str | os.PathLike) -> Path:
         probe.replace(path / ".write-test")
         (path / ".write-test").unlink()
     except OSError as e:
-        raise UserError(f"work directory '{path}' is not writable ({e.strerror or e}); "
-                        f"pass --workdir with a writable path") from None
+        raise UserError(f"work directory '{path}' is not writable ({e.strerror or e}); pass ",
+                        Arg("workdir"), " with a writable path") from None
     return path
 
 
@@ -91,7 +91,7 @@ def check_free_space(workdir: str | os.PathLike, need_bytes: int, what: str = "c
     if free < need_bytes:
         raise UserError(f"work directory '{workdir}' has {format_bytes(free)} free but the run needs "
                         f"about {format_bytes(need_bytes)} for {what}; free space, lower "
-                        f"checkpoint.keep, or pass another --workdir")
+                        f"checkpoint.keep, or pass another ", Arg("workdir"))
 
 
 def explain_os_error(e: OSError, workdir: str | os.PathLike, doing: str) -> UserError | None:
@@ -102,7 +102,7 @@ def explain_os_error(e: OSError, workdir: str | os.PathLike, doing: str) -> User
     if e.errno not in reasons:
         return None
     return UserError(f"work directory '{workdir}': {doing} failed, {reasons[e.errno]}; free space or "
-                     f"pass another --workdir, then resume with --resume")
+                     f"pass another ", Arg("workdir"), ", then resume with ", Arg("resume"))
 
 
 def format_bytes(n: float) -> str:

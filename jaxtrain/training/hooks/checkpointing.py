@@ -4,9 +4,10 @@ What a checkpoint holds is everything a resumed run needs to continue bit for bi
 the TrainState (params, optimizer state, RNG streams in `rest`, step), the data
 position (epoch, step in epoch: the epoch's order is a function of seed and epoch),
 the metric sums of a part-done epoch, the last epoch record (for the summary),
-the chosen steps per call (chunk boundaries), the hooks' own state (best value,
-early-stopping patience), the resolved config and the fitted preprocessing stats.
-`jaxtrain.ckpt.restore.restore_latest` reads it back as (state, position).
+the chosen steps per call (chunk boundaries), every named hook's own state (best value,
+early-stopping patience, ...), the resolved config and the fitted preprocessing stats: one
+`jaxtrain.ckpt.meta.CheckpointMeta` beside the arrays, which a resume reads back once
+(`jaxtrain.ckpt.restore.ResumePoint`).
 
 Saves happen at compiled-call boundaries when any cadence is due: `every_seconds`
 since the last save (the default, 60: a kill loses at most that much training, plus
@@ -20,11 +21,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 
-from jaxtrain.ckpt.checkpoint import FORMAT, Best, Checkpointer, state_tree
+from jaxtrain.ckpt.checkpoint import Best, Checkpointer, state_tree
+from jaxtrain.ckpt.meta import CheckpointMeta
 from jaxtrain.config.schema import Config, to_dict
 from jaxtrain.parallel.distributed import lead_decides
 from jaxtrain.training.hooks.best import BestMetric
@@ -38,30 +40,36 @@ def _json_ready(obj: Any) -> Any:
 class CheckpointHook(Hook):
     """Saves to `directory`: the last `checkpoint.keep` steps are kept, and the best one.
 
-    `stateful` hooks (anything with `name`, `state_dict()`, `load_state_dict()`) have
-    their state saved in every checkpoint's metadata and given back on resume. `meta`:
-    what every checkpoint records besides the position (the data stats, a vectorized
-    point's optimizer hyperparameters kept in its state). `best`: the tracker of the metric
-    whose best checkpoint is kept (early stopping's, shared, when checkpoint.best_metric is
-    unset; build_hooks); by default one for checkpoint.best_metric, or none.
+    Every other hook of the lane with a `name` and `state_dict()` (whatever its stage or place
+    in the list: the lane's hooks come with the StepInfo at the start) has its state saved in
+    every checkpoint's metadata, by name, and given back on resume (runs/resume.py).
+    `stats`, `hyperparams_in_state`: what every checkpoint records besides the position (the
+    data stats, a vectorized point's optimizer hyperparameters kept in its state). `best`: the
+    tracker of the metric whose best checkpoint is kept (early stopping's, shared, when both
+    watch the same metric; build_hooks); by default one for checkpoint.best_metric, or none.
     """
 
     name = "checkpoint"
+    stage = "persist"  # after the hooks that decide: the final checkpoint holds what they restored
     time_part = "checkpointing"  # its time in the run's breakdown (training/accounting.py)
 
-    def __init__(self, cfg: Config, directory: str | Path, stateful: list = (), meta: dict | None = None,
-                 best: BestMetric | None = None):
-        self.cfg, self.directory = cfg.checkpoint, Path(directory)
-        self.stateful = list(stateful)
-        self.run_meta = {"config": to_dict(cfg), **(meta or {})}
-        if best is None and self.cfg.best_metric:
-            best = BestMetric(self.cfg.best_metric, self.cfg.best_mode)
+    def __init__(self, cfg: Config, directory: str | Path, *, stats: dict | None = None,
+                 hyperparams_in_state: Sequence[str] = (), best: BestMetric | None = None):
+        self.settings, self.directory = cfg.checkpoint, Path(directory)  # the checkpoint section
+        self.others: list[Hook] = []  # the lane's other hooks (on_train_start)
+        self.config, self.stats = _json_ready(to_dict(cfg)), _json_ready(stats)
+        self.hyperparams_in_state = tuple(hyperparams_in_state)
+        if best is None and self.settings.best_metric:
+            best = BestMetric(self.settings.best_metric, self.settings.best_mode)
         self.best = best
         self.saved_steps: list[int] = []   # what this run saved (tests and reports read it)
         self._manager: Checkpointer | None = None
         self._saved_state: Any = None      # the run's state object last written
         self._boundary = 0                 # every_steps intervals passed at the last step save
         self._last_save = 0.0              # the run's clock at the last save (or the start)
+
+    def trackers(self) -> tuple[BestMetric, ...]:
+        return (self.best,) if self.best is not None else ()
 
     @property
     def best_metric(self) -> str | None:
@@ -80,10 +88,11 @@ class CheckpointHook(Hook):
 
     # ---- hook
     def on_train_start(self, info: StepInfo) -> None:
+        self.others = [h for h in info.hooks if h is not self]
         best = Best(self.best.metric, self.best.mode) if self.best else None
-        self._manager = Checkpointer(self.directory, keep=self.cfg.keep, async_save=self.cfg.async_save,
+        self._manager = Checkpointer(self.directory, keep=self.settings.keep, async_save=self.settings.async_save,
                                      best=best)
-        every = self.cfg.every_steps
+        every = self.settings.every_steps
         self._boundary = info.step // every if every else 0
         self._last_save = info.ctx.clock()
 
@@ -94,18 +103,18 @@ class CheckpointHook(Hook):
             self.save(info, "periodic")
 
     def _steps_due(self, info: StepInfo) -> bool:
-        every = self.cfg.every_steps
+        every = self.settings.every_steps
         due = bool(every) and info.step // every > self._boundary
         if every:
             self._boundary = max(self._boundary, info.step // every)
         return due
 
     def _time_due(self, info: StepInfo) -> bool:
-        every = self.cfg.every_seconds
+        every = self.settings.every_seconds
         return bool(every) and lead_decides(info.ctx.clock() - self._last_save >= every)
 
     def on_epoch_end(self, info: StepInfo) -> None:
-        every = self.cfg.every_epochs
+        every = self.settings.every_epochs
         periodic = self._steps_due(info) | self._time_due(info)
         periodic = info.epoch_complete and (periodic or bool(every) and info.epoch % every == 0)
         new_best = self.best is not None and self.best.observe(info.record, info.step)
@@ -124,19 +133,20 @@ class CheckpointHook(Hook):
         self._manager = None
 
     # ---- saving
-    def meta(self, info: StepInfo, kind: str) -> dict:
+    def meta(self, info: StepInfo, kind: str) -> CheckpointMeta:
         sums = None
         if info.epoch_sums is not None:
             sums = {k: float(v) for k, v in jax.device_get(info.epoch_sums).items()}
-        return _json_ready({
-            "format": FORMAT, "kind": kind, "step": info.step, "epoch": info.epoch,
-            "step_in_epoch": info.step_in_epoch, "steps_per_epoch": info.steps_per_epoch,
-            "steps_per_call": info.steps_per_call, "epoch_sums": sums, "devices": info.devices,
-            "last_record": info.last_record,
-            "hooks": {h.name: h.state_dict() for h in [self, *self.stateful]},
+        return CheckpointMeta(
+            kind=kind, step=info.step, epoch=info.epoch, step_in_epoch=info.step_in_epoch,
+            steps_per_epoch=info.steps_per_epoch, steps_per_call=info.steps_per_call, epoch_sums=sums,
+            devices=info.devices,
+            last_record=_json_ready(info.last_record.to_json()) if info.last_record is not None else None,
+            hooks=_json_ready({h.name: h.state_dict() for h in [self, *self.others]
+                               if h.name and hasattr(h, "state_dict")}),
             # the run's clock so far: a resumed run's summary describes every segment
-            "timeline": info.ctx.clock.state_dict(), **self.run_meta,
-        })
+            timeline=_json_ready(info.ctx.clock.state_dict()), config=self.config, stats=self.stats,
+            hyperparams_in_state=self.hyperparams_in_state)
 
     def save(self, info: StepInfo, kind: str, best_value: float | None = None) -> None:
         # Between calls the last ones may still be running on the device: that wait is training,
@@ -144,9 +154,9 @@ class CheckpointHook(Hook):
         # too short). At epoch ends the loop has already waited, and this returns at once.
         with info.ctx.clock.phase("device_compute"):
             jax.block_until_ready(info.state)
-        for hook in self.stateful:  # e.g. the non-finite guard: a bad state is never written
+        for hook in self.others:  # e.g. the non-finite guard: a bad state is never written
             hook.before_save(info)
-        self._manager.save(info.step, state_tree(info.state), self.meta(info, kind), best_value)
+        self._manager.save(info.step, state_tree(info.state), self.meta(info, kind).to_json(), best_value)
         self._last_save = info.ctx.clock()
         self._saved_state = info.run_state
         self.saved_steps.append(info.step)

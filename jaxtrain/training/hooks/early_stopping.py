@@ -24,14 +24,16 @@ from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
 
 class EarlyStopping(Hook):
     name = "early_stopping"
+    stage = "decide"
 
-    def __init__(self, cfg: EarlyStoppingConfig, checkpoint_dir: str | Path | None = None,
+    def __init__(self, settings: EarlyStoppingConfig, checkpoint_dir: str | Path | None = None,
                  tracker: BestMetric | None = None):
-        """`tracker`: the run's best-metric tracker for cfg's metric (shared with the checkpoint
-        hook, build_hooks); a new one when None."""
-        self.cfg = cfg
+        """`settings`: the config's train.early_stopping section. `tracker`: the run's
+        best-metric tracker for its metric (shared with the checkpoint hook, build_hooks); a new
+        one when None."""
+        self.settings = settings
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        self.tracker = tracker or BestMetric(cfg.metric, cfg.mode, cfg.min_delta)
+        self.tracker = tracker or BestMetric(settings.metric, settings.mode, settings.min_delta)
         self.wait = 0
         self.stopped_epoch: int | None = None
         self._best_copy = None  # {params, rest, ema} on the device
@@ -48,12 +50,15 @@ class EarlyStopping(Hook):
     def best_step(self) -> int | None:
         return self.tracker.step
 
+    def trackers(self) -> tuple[BestMetric, ...]:
+        return (self.tracker,)
+
     def state_dict(self) -> dict:
-        return {"metric": self.cfg.metric, "best": self.best, "best_epoch": self.best_epoch,
+        return {"metric": self.settings.metric, "best": self.best, "best_epoch": self.best_epoch,
                 "best_step": self.best_step, "wait": self.wait}
 
     def load_state_dict(self, d: dict) -> None:
-        if d.get("metric") == self.cfg.metric:
+        if d.get("metric") == self.settings.metric:
             self.tracker.load(d["best"], d["best_step"], d["best_epoch"])
             self.wait = d["wait"]
 
@@ -67,24 +72,24 @@ class EarlyStopping(Hook):
             self._best_copy = jax.tree.map(jnp.copy, {"params": state.params, "rest": state.rest, "ema": state.ema})
             return None
         self.wait += 1
-        if self.wait < self.cfg.patience:
+        if self.wait < self.settings.patience:
             return None
-        reason = (f"early stopping: {self.cfg.metric} did not improve for {self.cfg.patience} epochs "
+        reason = (f"early stopping: {self.settings.metric} did not improve for {self.settings.patience} epochs "
                   f"(best {self.best:.6g} at epoch {self.best_epoch})")
-        self.stopped_epoch = info.record["epoch"]
+        self.stopped_epoch = info.record.epoch
         info.ctx.console.line(reason)
         return Request(stop=reason)
 
     def on_train_end(self, info: StepInfo) -> Request:
         best = self._best_copy if self._best_copy is not None else self._load_best(info)
         restore = best if best is not None and self.best_step != info.step else None
-        summary = {"metric": self.cfg.metric, "mode": self.cfg.mode, "best": self.best,
+        summary = {"metric": self.settings.metric, "mode": self.settings.mode, "best": self.best,
                    "best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch,
                    "restored_best": restore is not None}
         info.ctx.events.write("early_stopping", **summary)
         if restore is not None:
             info.ctx.console.line(f"early stopping: restored the parameters of epoch {self.best_epoch} "
-                                  f"({self.cfg.metric}={self.best:.6g})")
+                                  f"({self.settings.metric}={self.best:.6g})")
         return Request(restore=restore, summary={"early_stopping": summary})
 
     def _load_best(self, info: StepInfo):
@@ -95,6 +100,6 @@ class EarlyStopping(Hook):
         if found is None:
             return None
         state, meta = found
-        if meta.get("hooks", {}).get("checkpoint", {}).get("best_metric") != self.cfg.metric:
+        if meta.hook_state("checkpoint").get("best_metric") != self.settings.metric:
             return None
         return {"params": state.params, "rest": state.rest, "ema": state.ema}

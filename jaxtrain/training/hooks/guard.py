@@ -46,6 +46,7 @@ def describe(what: int, params: Any) -> str:
 
 class NonFiniteGuard(Hook):
     name = "nonfinite_guard"  # its count of skipped steps travels in checkpoints
+    stage = "validate"        # it reads each call's flags before anything acts on them
 
     def __init__(self, policy: str = "stop"):
         self.policy = policy
@@ -98,7 +99,7 @@ class NonFiniteGuard(Hook):
     def on_epoch_end(self, info: StepInfo) -> Request | None:
         if self.policy != "skip_step":
             return None
-        self.skipped += int(info.record.get("nonfinite_steps", 0))
+        self.skipped += info.record.nonfinite_steps
         return self._report()
 
     def _report(self) -> Request:

@@ -45,7 +45,7 @@ from typing import Callable
 
 import jax
 
-from jaxtrain.engine import peak
+from jaxtrain.parallel import device_peak as peak
 from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
 from jaxtrain.util.clock import Mark
 

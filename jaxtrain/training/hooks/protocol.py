@@ -16,31 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 
-from jaxtrain.parallel.watchdog import ProgressWatchdog
-from jaxtrain.util.events import Console, JsonlWriter
-from jaxtrain.util.clock import RunClock
-
-
-@dataclasses.dataclass
-class RunContext:
-    """What a run needs besides the config: where to write, and the run's clock (a RunClock, or a
-    time source for one: tests pass a fake)."""
-    console: Console
-    events: JsonlWriter
-    workdir: Path | None = None
-    clock: RunClock | Callable[[], float] = time.perf_counter  # where the run's time goes (accounting.py)
-    # Multi-process: marks each phase's start and ends a run stuck in a collective (dist/watchdog.py).
-    watchdog: ProgressWatchdog = dataclasses.field(default_factory=lambda: ProgressWatchdog(None, 0, 1))
-
-    def __post_init__(self):
-        if not isinstance(self.clock, RunClock):
-            self.clock = RunClock(self.clock)
+from jaxtrain.training.context import RunContext  # the run-wide context every StepInfo carries
 
 
 def _lane_slice(tree: Any, lane: int | None) -> Any:
@@ -58,10 +38,11 @@ class StepInfo:
     steps_per_call: int
     devices: int                      # in the run's mesh
     ctx: RunContext
-    record: dict | None = None        # on_epoch_end: the epoch's record (loss, accuracy, val, ...)
-    last_record: dict | None = None   # the latest epoch record (a resumed run's, before its first)
+    record: Any = None                # on_epoch_end: the epoch's EpochRecord (training/record.py)
+    last_record: Any = None           # the latest EpochRecord (a resumed run's, before its first)
     profile: dict | None = None       # on_train_end of a profiled run: what the profile needs of the run
     lane: int | None = None           # the point of a vectorized run; None for a plain run
+    hooks: tuple = ()                 # every hook of the lane (the checkpoint hook saves their state by name)
     # The run's state and device sums (stacked for a vectorized run); read through the properties.
     run_state: Any = dataclasses.field(default=None, repr=False)
     run_epoch_sums: dict | None = dataclasses.field(default=None, repr=False)
@@ -100,13 +81,30 @@ class Request:
     summary: dict = dataclasses.field(default_factory=dict)  # entries for the run's summary.json
 
 
+# The stages a hook acts in, in the order the loop calls them at each point of training
+# (dispatch.py): whatever order the hooks were built or added in, a stage's hooks run before
+# the next stage's. validate: check what the call produced before anything acts on it (the
+# non-finite guard); decide: stop, or put back earlier parameters (early stopping, a search's
+# pruning); persist: write what the deciders left (checkpoints: the final one holds the best
+# parameters early stopping restored); observe: report (profiles, TensorBoard, trackers); exit:
+# leave the process (preemption: only after the final checkpoint is written).
+STAGES = ("validate", "decide", "persist", "observe", "exit")
+
+
 class Hook:
     """Periodic work around the hot loop. Override what you need; each returns a Request or None.
 
-    A hook with a `name`, `state_dict()` and `load_state_dict()` has its state carried in
-    checkpoints. `close()` runs however training ended."""
+    `stage`: where among the others it acts (STAGES). A hook with a `name`, `state_dict()` and
+    `load_state_dict()` has its state carried in checkpoints, whatever its stage or place in
+    the list. `trackers()`: the best-metric trackers it reads, which the loop updates after each
+    evaluation (best.py). `close()` runs however training ended."""
 
     name: str | None = None
+    stage: str = "observe"
+
+    def trackers(self) -> tuple:
+        """The BestMetric trackers this hook reads (hooks/best.py); the loop feeds them each epoch."""
+        return ()
 
     def on_train_start(self, info: StepInfo) -> Request | None: ...
 
@@ -118,6 +116,6 @@ class Hook:
     def on_train_end(self, info: StepInfo) -> Request | None: ...
 
     def before_save(self, info: StepInfo) -> None:
-        """Right before the checkpoint hook writes a checkpoint (called on its `stateful` hooks)."""
+        """Right before the checkpoint hook writes a checkpoint (called on every hook of the lane)."""
 
     def close(self) -> None: ...

@@ -43,6 +43,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class PreemptionHook(Hook):
+    stage = "exit"  # it raises only after the final checkpoint is written
     def __init__(self):
         self.received: int | None = None
         self._announced = False

@@ -27,9 +27,10 @@ class TensorBoardHook(Hook):
         if self.writer is None:
             return
         record = info.record
-        self.writer.scalars("train", {k: v for k, v in record.items() if k not in SKIP}, info.step)
-        if record.get("val"):
-            self.writer.scalars("val", record["val"], info.step)
+        self.writer.scalars("train", {k: v for k, v in record.to_json(with_val=False).items() if k not in SKIP},
+                            info.step)
+        if record.val:
+            self.writer.scalars("val", record.val, info.step)
 
     def on_train_end(self, info: StepInfo) -> None:
         self.close()

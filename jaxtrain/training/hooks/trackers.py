@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from jaxtrain.training.record import EpochRecord
 from jaxtrain.config.schema import Config, to_dict
 from jaxtrain.training.hooks.protocol import Hook, StepInfo
 from jaxtrain.util.errors import UserError
@@ -38,10 +39,10 @@ def _numbers(values: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def epoch_metrics(record: dict) -> dict[str, float]:
+def epoch_metrics(record: EpochRecord) -> dict[str, float]:
     """An epoch's record as tracker metrics: train/<metric> and val/<metric>."""
-    train = {f"train/{k}": v for k, v in record.items() if k not in ("epoch", "step", "val")}
-    return _numbers({**train, **{f"val/{k}": v for k, v in (record.get("val") or {}).items()}})
+    train = {f"train/{k}": v for k, v in record.to_json(with_val=False).items() if k not in ("epoch", "step")}
+    return _numbers({**train, **{f"val/{k}": v for k, v in record.val.items()}})
 
 
 class TrackerHook(Hook):
