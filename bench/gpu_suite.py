@@ -161,7 +161,7 @@ class Cell(EngineEpochs):
 
     def setup(self) -> None:
         from jaxtrain import load_config
-        from jaxtrain.runs.api import make_model
+        from jaxtrain.runs.trained import make_model
         from jaxtrain.training.setup import setup
         from jaxtrain.training.hooks.protocol import RunContext
         from jaxtrain.util.events import Console, JsonlWriter

@@ -19,7 +19,7 @@ from jaxtrain.training import accounting
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
 from jaxtrain.training.hooks.protocol import Hook, RunContext
-from jaxtrain.runs.api import make_model
+from jaxtrain.runs.trained import make_model
 from jaxtrain.util.events import Console, JsonlWriter
 from jaxtrain.engine.plan import make_plan
 from jaxtrain.util.clock import RunClock, process_age_s

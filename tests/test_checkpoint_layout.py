@@ -14,7 +14,7 @@ from jaxtrain.ckpt.params import load_named_params
 from jaxtrain.ckpt.restore import restore_latest
 from jaxtrain.cli.main import main
 from jaxtrain.data import load_dataset
-from jaxtrain.runs.api import make_model
+from jaxtrain.runs.trained import make_model
 from jaxtrain.training.setup import setup
 from jaxtrain.training.hooks.protocol import RunContext
 from jaxtrain.util.events import Console, JsonlWriter

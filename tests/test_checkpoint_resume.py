@@ -202,7 +202,7 @@ def test_saves_by_time_follow_the_runs_clock(tmp_path):
     fall on every third step: 3, 6, 9, 12, and 15 at the epoch's end (30 s after 12)."""
     from jaxtrain import load_config
     from jaxtrain.data import load_dataset
-    from jaxtrain.runs.api import make_model
+    from jaxtrain.runs.trained import make_model
     from jaxtrain.training.hooks import CheckpointHook
     from jaxtrain.training.loop import fit
     from jaxtrain.training.setup import setup

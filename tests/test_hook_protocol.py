@@ -8,7 +8,7 @@ import pytest
 from conftest import make_dataset
 
 from jaxtrain import load_config
-from jaxtrain.runs.api import make_model
+from jaxtrain.runs.trained import make_model
 from jaxtrain.training.hooks.best import BestMetric
 from jaxtrain.training.hooks.dispatch import dispatch
 from jaxtrain.training.hooks.guard import NonFiniteGuard

@@ -37,7 +37,7 @@ from jaxtrain.training.setup import setup
 from jaxtrain.training.loop import fit
 from jaxtrain.training.hooks.protocol import Hook, RunContext
 from jaxtrain.util.errors import NonFiniteError, Preempted, UserError, python_api
-from jaxtrain.util.events import Console, format_metrics
+from jaxtrain.util.events import Console, check_verbose, format_metrics
 from jaxtrain.util.files import write_json
 from jaxtrain.util.clock import RunClock
 from jaxtrain.util.workdir import explain_os_error
@@ -198,12 +198,6 @@ def finish_trackers(hooks: list, summary: dict, workdir: Path, console: Console)
         files += [path for path in write_report(workdir) if path.suffix == ".png"]
     for tracker in trackers:
         tracker.finish(summary, files)
-
-
-def check_verbose(verbose: int) -> int:
-    if verbose not in (0, 1, 2):
-        raise UserError(f"verbose={verbose!r}: pass 0 (silent), 1 (a line per epoch) or 2 (progress too)")
-    return verbose
 
 
 @python_api

@@ -34,11 +34,11 @@ from typing import Any
 from jaxtrain.config.schema import Config, dump_yaml, load_config, to_dict
 from jaxtrain.model.optim import VECTOR_FIELDS
 from jaxtrain.runs import vsweep
-from jaxtrain.runs.rundir import write_text_atomic
 from jaxtrain.runs.space import Dimension, check_space, parse_space, sample, trial_config
 from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
 from jaxtrain.util.errors import NonFiniteError, UserError, python_api
-from jaxtrain.util.events import Console
+from jaxtrain.util.events import Console, check_verbose
+from jaxtrain.util.files import write_text_atomic
 from jaxtrain.util.optional import require
 
 STUDY_FILE = "study.journal"
@@ -177,7 +177,6 @@ def search(config: Any = None, space: dict[str, str] | list[str] | None = None, 
     trials in all, `population` at a time. Returns the best trial's parameters and value, the
     paths of best.yaml, results.csv and the best trial's run directory, and the rows.
     `verbose`: 0 prints nothing, 1 the lines of each trial and the results, 2 progress too."""
-    from jaxtrain.runs.api import check_verbose
     check_verbose(verbose)
     optuna = require("optuna", "search", "jaxtrain search")
     if trials < 1 or population < 1:

@@ -21,7 +21,8 @@ from jaxtrain.config.schema import Config, load_config, parse_override
 from jaxtrain.runs.rundir import default_workdir
 from jaxtrain.util.errors import ConfigError, UserError, python_api
 from jaxtrain.util import plots
-from jaxtrain.util.events import Console
+from jaxtrain.util.events import Console, check_verbose
+from jaxtrain.util.values import split_values
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -39,19 +40,6 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     if not grid:
         raise ConfigError("a sweep needs at least one --grid section.key=v1,v2,...")
     return grid
-
-
-def split_values(text: str) -> list[str]:
-    """'0.1,[32,16],[16]' -> ['0.1', '[32,16]', '[16]']: commas inside brackets belong to a value."""
-    values, depth, current = [], 0, ""
-    for ch in text:
-        depth += (ch in "[{") - (ch in "]}")
-        if ch == "," and depth == 0:
-            values.append(current)
-            current = ""
-        else:
-            current += ch
-    return [v.strip() for v in [*values, current] if v.strip()]
 
 
 def point_name(values: dict[str, str]) -> str:
@@ -96,7 +84,7 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
               console: Console | None = None) -> list[dict[str, Any]]:
     """Train every grid point; write results.csv/.md/.png into `workdir`; return the rows (a
     point's values as the config reads them: numbers are numbers). `verbose` as `train`'s."""
-    from jaxtrain.runs.api import check_verbose, train
+    from jaxtrain.runs.api import train
     plots.require_matplotlib()           # results.png: refuse before any training
     grid = parse_grid(grid) if isinstance(grid, list) else grid
     overrides = list(overrides or [])

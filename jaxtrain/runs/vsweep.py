@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from jaxtrain import data as data_stage
 from jaxtrain.config.schema import Config, to_dict
 from jaxtrain.model.optim import VECTOR_FIELDS
-from jaxtrain.runs.api import finish_summary, load_data, make_model
+from jaxtrain.runs.api import finish_summary, load_data
+from jaxtrain.runs.trained import make_model
 from jaxtrain.engine.compilation import enable_persistent_cache
 from jaxtrain.runs.rundir import RunDirectory
 from jaxtrain.training.hooks import build_hooks
