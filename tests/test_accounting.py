@@ -133,7 +133,7 @@ def test_fake_clock_breakdown_step_time_and_hook_parts(monkeypatch, tmp_path):
     ds = _mnist_shaped()
     cfg = _mnist_cfg(steps_per_call=2, epochs=2)   # 384 examples, batch 64: 6 steps, 3 calls an epoch
     ctx = RunContext(console=Console("none"), events=JsonlWriter(tmp_path / "m.jsonl"), clock=clock)
-    run = setup(cfg, make_model(cfg, ds), ds, ctx)
+    run = setup(cfg, make_model(cfg, ds), ds, ctx, plan=make_plan(cfg, ds))
     epoch = run.engine.run_epoch
 
     def slow_epoch(*args):  # every compiled call "takes" 0.2 s of training, compiling 3 s more
@@ -187,7 +187,7 @@ def test_a_save_between_calls_charges_the_device_wait_to_training_not_checkpoint
                        "checkpoint.async_save": False})
     ds = _mnist_shaped()
     ctx = RunContext(console=Console("none"), events=JsonlWriter(tmp_path / "m.jsonl"), clock=clock)
-    run = setup(cfg, make_model(cfg, ds), ds, ctx)
+    run = setup(cfg, make_model(cfg, ds), ds, ctx, plan=make_plan(cfg, ds))
     epoch = run.engine.run_epoch
 
     def async_epoch(*args):

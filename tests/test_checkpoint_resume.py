@@ -205,6 +205,7 @@ def test_saves_by_time_follow_the_runs_clock(tmp_path):
     from jaxtrain.runs.trained import make_model
     from jaxtrain.training.hooks import CheckpointHook
     from jaxtrain.training.loop import fit
+    from jaxtrain.engine.plan import make_plan
     from jaxtrain.training.setup import setup
     from jaxtrain.training.hooks.protocol import Hook, RunContext
     from jaxtrain.util.events import Console, JsonlWriter
@@ -219,7 +220,7 @@ def test_saves_by_time_follow_the_runs_clock(tmp_path):
     dataset = load_dataset(cfg.data)
     ctx = RunContext(console=Console("none"), events=JsonlWriter(None), workdir=tmp_path,
                      clock=lambda: now[0])
-    run = setup(cfg, make_model(cfg, dataset), dataset, ctx)
+    run = setup(cfg, make_model(cfg, dataset), dataset, ctx, plan=make_plan(cfg, dataset))
     hook = CheckpointHook(cfg, tmp_path / "checkpoints")
     fit(run, [Tick(), hook])
     assert hook.saved_steps == [3, 6, 9, 12, 15]

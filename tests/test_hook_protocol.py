@@ -15,6 +15,7 @@ from jaxtrain.training.hooks.guard import NonFiniteGuard
 from jaxtrain.training.hooks import CheckpointHook, EarlyStopping, build_hooks
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.training.hooks.signals import PreemptionHook
 from jaxtrain.training.hooks.protocol import Hook, Request
 from jaxtrain.util.clock import RunClock
@@ -27,7 +28,7 @@ def _run(ctx, epochs=2):
     cfg = load_config({"data": {"batch_size": 16}, "model": {"hidden_sizes": []},
                        "optimizer": {"name": "sgd", "learning_rate": 0.1},
                        "train": {"epochs": epochs, "steps_per_call": 2}, "checkpoint": {"enabled": False}})
-    return setup(cfg, make_model(cfg, ds), ds, ctx)  # 64 training rows: 4 steps an epoch, 2 calls
+    return setup(cfg, make_model(cfg, ds), ds, ctx, plan=make_plan(cfg, ds))  # 64 training rows: 4 steps an epoch, 2 calls
 
 
 class Recorder(Hook):

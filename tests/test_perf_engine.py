@@ -11,6 +11,7 @@ from jaxtrain.engine import autotune
 from jaxtrain import load_config
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.model.models import MLP
 
 
@@ -26,7 +27,7 @@ def _train(ctx, ds, k, fraction=1.0, epochs=2):
                        "optimizer": {"name": "adam", "learning_rate": 0.01},
                        "train": {"epochs": epochs, "steps_per_call": k, "on_device_fraction": fraction},
                        "parallel": {"data_axis_size": 1}})
-    run = setup(cfg, MLP(6, (16,), 2, rngs=nnx.Rngs(0)), ds, ctx)
+    run = setup(cfg, MLP(6, (16,), 2, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
     summary = fit(run)
     return run, summary, jax.tree.map(np.asarray, run.state.params)
 
@@ -105,7 +106,8 @@ def test_k_divides_the_checkpoint_interval(ctx, steps_per_call):
     cfg = load_config({"model": {"hidden_sizes": [16]}, "data": {"batch_size": 16},
                        "train": {"steps_per_call": steps_per_call, "on_device_fraction": 1.0},
                        "checkpoint": {"enabled": True, "every_steps": 6}, "parallel": {"data_axis_size": 1}})
-    run = setup(cfg, MLP(6, (16,), 2, rngs=nnx.Rngs(0)), _problem(), ctx)  # 13 steps per epoch
+    ds = _problem()
+    run = setup(cfg, MLP(6, (16,), 2, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))  # 13 steps per epoch
     run.engine.prepare(run.state)
     if steps_per_call == "auto":
         assert sorted(run.engine.k_timings) == [1, 6]   # the candidates 1 and 13, moved to divisors of 6

@@ -4,11 +4,11 @@ Ask and tell: the study proposes P trials (`population`), jaxtrain trains them, 
 the study each one's validation metric (the final training loss without a validation split;
 never a test metric). Trials that differ only in optimizer hyperparameters
 (`model/optim.py:VECTOR_FIELDS`) train as one population, one compiled program, through the
-vectorized sweep's path (vsweep.py); the others train one after another.
+vectorized sweep's path (lanes.py); the others train one after another.
 
 `--prune` adds successive halving at epoch rungs 1, 3, 9, ...: a trial whose metric at a
 rung is not in the top third of the study's trials at that rung is told PRUNED and stops;
-its population is rebuilt from the lanes left (vsweep.compact), so it costs nothing more.
+its population is rebuilt from the lanes left (lanes.py: compact), so it costs nothing more.
 
 The study lives in an Optuna storage: by default a journal file in the work directory, so
 running the same command again continues it up to N trials in all; any Optuna URL
@@ -34,6 +34,7 @@ from typing import Any
 from jaxtrain.config.schema import Config, dump_yaml, load_config, to_dict
 from jaxtrain.model.optim import VECTOR_FIELDS
 from jaxtrain.runs import vsweep
+from jaxtrain.runs.lanes import train_lanes
 from jaxtrain.runs.space import Dimension, check_space, parse_space, sample, trial_config
 from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
 from jaxtrain.util.errors import NonFiniteError, UserError, python_api
@@ -349,14 +350,14 @@ def _train_group(s: Search, trials: list[Any], cfgs: list[Config], dirs: list[Pa
     """(summary, epoch pruned at) of each trial of a group: one population, or one trial alone.
     A population that hits a non-finite loss trains its trials one by one (the failing trial
     alone fails); a trial that does is told FAILED (summary None)."""
-    from jaxtrain.runs.api import train
     halving = Halving(s.study, s.objective)
     hooks = [PruneHook(t, s.objective, c.train.epochs, halving) if s.prune else None for t, c in zip(trials, cfgs)]
     if len(trials) > 1:
         try:
-            summaries = vsweep.train_vectorized(cfgs, dirs, s.console, extra_hooks=[[h] if h else [] for h in hooks],
-                                                leaves=lambda lane: any(h is not None and h.pruned_at is not None
-                                                                        for h in lane.hooks if isinstance(h, PruneHook)))
+            summaries = train_lanes(cfgs, dirs, console=s.console,
+                                    extra_hooks=[[h] if h else [] for h in hooks],
+                                    leaves=lambda lane: any(h is not None and h.pruned_at is not None
+                                                            for h in lane.hooks if isinstance(h, PruneHook)))
             return [(summary, h.pruned_at if h else None) for summary, h in zip(summaries, hooks)]
         except NonFiniteError as e:
             s.console.line(f"search: the population of trials {', '.join(str(t.number) for t in trials)} "
@@ -365,7 +366,8 @@ def _train_group(s: Search, trials: list[Any], cfgs: list[Config], dirs: list[Pa
                 shutil.rmtree(d, ignore_errors=True)
             return [r for t, c, d in zip(trials, cfgs, dirs) for r in _train_group(s, [t], [c], [d])]
     try:
-        summary = train(cfgs[0], workdir=dirs[0], console=s.console, hooks=[hooks[0]] if hooks[0] else [])
+        summary = train_lanes(cfgs, dirs, console=s.console,
+                              extra_hooks=[[hooks[0]] if hooks[0] else []])[0]
     except NonFiniteError as e:
         trials[0].set_user_attr("error", str(e))
         return [(None, None)]

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from jaxtrain.config.schema import Config, load_config, parse_override
+from jaxtrain.runs import vsweep
+from jaxtrain.runs.lanes import train_lanes
 from jaxtrain.runs.rundir import default_workdir
 from jaxtrain.util.errors import ConfigError, UserError, python_api
 from jaxtrain.util import plots
@@ -84,7 +86,6 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
               console: Console | None = None) -> list[dict[str, Any]]:
     """Train every grid point; write results.csv/.md/.png into `workdir`; return the rows (a
     point's values as the config reads them: numbers are numbers). `verbose` as `train`'s."""
-    from jaxtrain.runs.api import train
     plots.require_matplotlib()           # results.png: refuse before any training
     grid = parse_grid(grid) if isinstance(grid, list) else grid
     overrides = list(overrides or [])
@@ -102,7 +103,6 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
     summaries: dict[int, dict] = {}
 
     if vectorized:
-        from jaxtrain.runs import vsweep
         for group in vsweep.vector_groups(cfgs):
             if len(group) < 2:
                 why = vsweep.why_not_vectorized(cfgs[group[0]])
@@ -111,14 +111,13 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
                 continue
             console.line(f"sweep: {len(group)} points in one vectorized program: "
                          + ", ".join(names[i] for i in group))
-            results = vsweep.train_vectorized([cfgs[i] for i in group], [root / names[i] for i in group],
-                                              console=console)
+            results = train_lanes([cfgs[i] for i in group], [root / names[i] for i in group], console=console)
             summaries.update(zip(group, results))
     for i, cfg in enumerate(cfgs):
         if i in summaries:
             continue
         console.line(f"sweep: point {i + 1}/{len(cfgs)} {names[i]}")
-        summaries[i] = train(cfg, workdir=root / names[i], console=console)
+        summaries[i] = train_lanes([cfg], [root / names[i]], console=console)[0]
 
     rows = [{"point": names[i], **{k: parse_override(f"{k}={v}")[1] for k, v in points[i].items()},
              **_flatten(summaries[i])} for i in range(len(cfgs))]
