@@ -72,10 +72,8 @@ class Objective:
         return float(value) if isinstance(value, (int, float)) else None
 
 
-def objective_for(cfg: Config) -> Objective:
-    """Loads the data once to learn its task and whether it has a validation split."""
-    from jaxtrain import data as data_stage
-    dataset = data_stage.load_dataset(cfg.data)
+def objective_for(dataset: Any) -> Objective:
+    """The objective for a data set's task and splits (the search's data, loaded once)."""
     if dataset.val is None or not len(dataset.val):
         return Objective("train.loss", "minimize")
     if dataset.task == "classification":
@@ -166,6 +164,12 @@ class Search:
     population: int
     prune: bool
     console: Console
+    dataset: Any      # the base config's data, loaded once: every trial with the same data trains on it
+
+    def data_for(self, cfg: Config) -> Any | None:
+        """The loaded data set when `cfg` reads the same data as the base config (else None: the
+        trial loads its own, say when the space varies a data option)."""
+        return self.dataset if cfg.data == self.base.data else None
 
 
 @python_api
@@ -190,11 +194,13 @@ def search(config: Any = None, space: dict[str, str] | list[str] | None = None, 
     root = Path(workdir) if workdir else Path("runs") / f"{base.name}-search"
     root.mkdir(parents=True, exist_ok=True)
     console = console or Console(base.logging.progress, verbose=verbose)
-    objective = objective_for(base)
+    from jaxtrain import data as data_stage
+    dataset = data_stage.load_dataset(base.data)  # once per search process: the task, then every trial
+    objective = objective_for(dataset)
     name = study or base.name
     opened = open_study(optuna, storage or f"journal:{root / STUDY_FILE}", name, objective, dims)
     opened.sampler = _sampler(optuna, sampler, base.train.seed if seed is None else seed, opened)
-    s = Search(optuna, opened, base, dims, root, objective, trials, population, prune, console)
+    s = Search(optuna, opened, base, dims, root, objective, trials, population, prune, console, dataset)
     fail_stale_trials(s)
     console.line(f"search: study '{name}' ({storage or root / STUDY_FILE}): {_taken(s)} of {trials} "
                  f"trials taken; choosing on {objective.metric} ({objective.direction}), {sampler} sampler"
@@ -352,9 +358,10 @@ def _train_group(s: Search, trials: list[Any], cfgs: list[Config], dirs: list[Pa
     alone fails); a trial that does is told FAILED (summary None)."""
     halving = Halving(s.study, s.objective)
     hooks = [PruneHook(t, s.objective, c.train.epochs, halving) if s.prune else None for t, c in zip(trials, cfgs)]
+    data = s.data_for(cfgs[0])  # a group shares its data options: only optimizer fields vary in it
     if len(trials) > 1:
         try:
-            summaries = train_lanes(cfgs, dirs, console=s.console,
+            summaries = train_lanes(cfgs, dirs, dataset=data, console=s.console,
                                     extra_hooks=[[h] if h else [] for h in hooks],
                                     leaves=lambda lane: any(h is not None and h.pruned_at is not None
                                                             for h in lane.hooks if isinstance(h, PruneHook)))
@@ -366,7 +373,7 @@ def _train_group(s: Search, trials: list[Any], cfgs: list[Config], dirs: list[Pa
                 shutil.rmtree(d, ignore_errors=True)
             return [r for t, c, d in zip(trials, cfgs, dirs) for r in _train_group(s, [t], [c], [d])]
     try:
-        summary = train_lanes(cfgs, dirs, console=s.console,
+        summary = train_lanes(cfgs, dirs, dataset=data, console=s.console,
                               extra_hooks=[[hooks[0]] if hooks[0] else []])[0]
     except NonFiniteError as e:
         trials[0].set_user_attr("error", str(e))
