@@ -10,7 +10,7 @@ from conftest import make_dataset
 from flax import nnx
 
 from jaxtrain import load_config
-from jaxtrain.engine.engine import RecompileWarning, calls_only
+from jaxtrain.engine.engine import RecompileWarning
 from jaxtrain.training.setup import setup
 from jaxtrain.engine.plan import make_plan
 from jaxtrain.model.models import MLP
@@ -29,7 +29,7 @@ def _run(ctx, fraction, k=3, data_axis_size=1):
 
 def _epoch(run, epoch):
     sums = None
-    for run.state, chunk, _ in calls_only(run.engine.run_epoch(run.state, epoch)):
+    for run.state, chunk, _ in run.engine.run_epoch(run.state, epoch):
         sums = chunk if sums is None else jax.tree.map(jnp.add, sums, chunk)
     return jax.device_get(sums)  # the epoch's one explicit read-back
 

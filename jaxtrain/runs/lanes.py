@@ -46,6 +46,7 @@ from jaxtrain.util.clock import RunClock
 from jaxtrain.util.errors import NonFiniteError, Preempted
 from jaxtrain.util.events import Console, check_verbose
 from jaxtrain.util.files import write_json
+from jaxtrain.util.phases import Phase
 from jaxtrain.util.workdir import explain_os_error
 
 Leaves = Callable[[Lane], bool]
@@ -101,7 +102,8 @@ def load_data(cfg: Config, ctx: RunContext, dataset: data_stage.Dataset | None =
               stats: FeatureStats | None = None, lead: bool = True) -> data_stage.Dataset:
     """The run's data set (loaded unless given; its time is the clock's 'data' phase), its
     preprocessing artifacts written to the work directory."""
-    with ctx.clock.phase("data"):
+    # The data loads before there is a loop to move the clock: the orchestrator charges it.
+    with ctx.clock.phase(Phase.DATA):
         if dataset is None:
             dataset = data_stage.load_dataset(cfg.data, stats=stats)
         if lead:

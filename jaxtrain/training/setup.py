@@ -21,6 +21,7 @@ from jaxtrain.config.schema import Config
 from jaxtrain.data import Dataset
 from jaxtrain.parallel import placement
 from jaxtrain.engine.engine import Engine
+from jaxtrain.engine.timeline import Timeline
 from jaxtrain.engine.executors import Executor, make_executor
 from jaxtrain.engine.plan import RunPlan
 from jaxtrain.engine.step import init_state, make_train_step, split_model
@@ -44,7 +45,8 @@ def _train_step(cfg: Config, dataset: Dataset, graphdef, tx, executor: Executor)
 
 def _engine(cfg: Config, dataset: Dataset, executor: Executor, train_step, ctx: RunContext,
             plan: RunPlan) -> Engine:
-    return Engine(train_step, dataset, executor, plan, seed=cfg.train.seed, watchdog=ctx.watchdog)
+    return Engine(train_step, dataset, executor, plan, seed=cfg.train.seed,
+                  timeline=Timeline(ctx.clock, ctx.watchdog), sync_each_call=cfg.train.profile)
 
 
 def _mesh(cfg: Config, plan: RunPlan) -> tuple[Any, placement.Layout]:

@@ -1,5 +1,7 @@
 """The one way hooks are called: in their order, each one's time charged to its part of the
-run's clock (a hook's `time_part`, else hooks_and_logging; training/accounting.py)."""
+run's clock (a hook's `time_part`, else Phase.HOOKS; training/accounting.py). The loop
+calls hooks through here (and a run's end closes them): this is the loop's hand on the
+clock for hook time, kept beside the hooks because only a hook says which phase it is."""
 
 from __future__ import annotations
 
