@@ -147,7 +147,8 @@ def test_an_imported_model_vectorizes_and_each_point_names_its_import_root(user_
     from jaxtrain.runs.sweep import run_sweep
     from jaxtrain.runs.vsweep import why_not_vectorized
     from jaxtrain.config.schema import load_config
-    cfg = {"model": {"name": "user_nets_cli:make"}, "train": {"epochs": 1, "steps_per_call": "epoch"},
+    (user_dir / "user_nets_vsweep.py").write_text(MODULE)  # a module no other test has imported
+    cfg = {"model": {"name": "user_nets_vsweep:make"}, "train": {"epochs": 1, "steps_per_call": "epoch"},
            "checkpoint": {"enabled": False}, "parallel": {"data_axis_size": 1}, "logging": {"progress": "plain"}}
     assert why_not_vectorized(load_config(cfg)) is None
     rows = run_sweep(cfg, ["optimizer.learning_rate=0.1,0.01"], workdir=tmp_path / "sweep", vectorized=True)
@@ -155,4 +156,4 @@ def test_an_imported_model_vectorizes_and_each_point_names_its_import_root(user_
     assert len(rows) == 2
     for row in rows:
         saved = yaml.safe_load((tmp_path / "sweep" / row["point"] / "config.yaml").read_text())["model"]
-        assert saved["name"] == "user_nets_cli:make" and saved["import_root"] == str(user_dir)
+        assert saved["name"] == "user_nets_vsweep:make" and saved["import_root"] == str(user_dir)
