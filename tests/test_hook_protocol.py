@@ -17,6 +17,7 @@ from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
 from jaxtrain.engine.plan import make_plan
 from jaxtrain.training.hooks.signals import PreemptionHook
+from jaxtrain.training.hooks.progress import ProgressHook
 from jaxtrain.training.hooks.protocol import Hook, Request
 from jaxtrain.util.clock import RunClock
 
@@ -63,8 +64,9 @@ def test_build_hooks_owns_the_order(tmp_path):
                        "checkpoint": {"enabled": True}})
     kinds = [type(h) for h in build_hooks(cfg, tmp_path)]
     # The guard first (nothing non-finite is acted on), early stopping before the checkpoint
-    # (which holds what it restores), preemption last (after the final save).
-    assert kinds == [NonFiniteGuard, EarlyStopping, CheckpointHook, PreemptionHook]
+    # (which holds what it restores), preemption after the final save, then the progress (it
+    # only prints).
+    assert kinds == [NonFiniteGuard, EarlyStopping, CheckpointHook, PreemptionHook, ProgressHook]
 
 
 def test_early_stopping_and_the_best_checkpoint_share_one_tracker(tmp_path):

@@ -111,7 +111,7 @@ def _epoch(run: Run, perf: Perf) -> None:
     if epoch_done:
         run.epoch, run.step_in_epoch, run.epoch_sums = run.epoch + 1, 0, None
     run.timeline.enter(f"the hooks at the end of epoch {finished}")
-    _each_hook(run, "on_epoch_end")
+    _each_hook(run, "on_epoch_end", progress=_progress(run))
 
 
 def _train_epoch(run: Run) -> dict | None:
@@ -119,21 +119,16 @@ def _train_epoch(run: Run) -> dict | None:
     (None when nothing was left to train in it). The engine charges its work to its phases of
     the run's timeline (compiling, input, transfers, calls, device waits); the loop's own work
     between calls is `dispatch` (host work)."""
-    engine, clock, steps = run.engine, run.ctx.clock, run.plan.steps_per_epoch
+    engine, steps = run.engine, run.plan.steps_per_epoch
     sums, run.epoch_sums = run.epoch_sums, None
-    with clock.phase(Phase.HOOKS):  # the rate so far, for the heartbeat within a long first call
-        latest = _progress(run) if run.progress_from is not None else {}
-        run.ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, steps, **latest)
     with run.timeline.phase(Phase.DISPATCH):
         for call in engine.run_epoch(run.state, run.epoch, run.step_in_epoch):
             run.state, run.step_in_epoch = call.state, call.steps_done
             run.global_step = run.epoch * steps + run.step_in_epoch
             sums = call.sums if sums is None else accumulate_metrics(sums, call.sums)
             run.epoch_sums = sums
-            with clock.phase(Phase.HOOKS):
-                run.ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, steps, **_progress(run))
             run.timeline.enter(f"the hooks after step {run.global_step}")
-            _each_hook(run, "after_call", run_call_sums=call.sums)
+            _each_hook(run, "after_call", run_call_sums=call.sums, progress=_progress(run))
             if run.stop_reason is not None:
                 break
         if sums is None:

@@ -7,7 +7,8 @@
 3. checkpoints (with a work directory), carrying the guard's and early stopping's state;
 4. profiling (`train.profile`), TensorBoard (`logging.tensorboard`), the experiment trackers
    (`logging.mlflow`, `logging.wandb`): these two on the lead process only;
-5. preemption last: it raises only after the final checkpoint is written.
+5. preemption: it raises only after the final checkpoint is written;
+6. the console's progress.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from jaxtrain.training.hooks.early_stopping import EarlyStopping
 from jaxtrain.training.hooks.tensorboard import TensorBoardHook
 from jaxtrain.training.hooks.trackers import tracker_hooks
 from jaxtrain.training.hooks.profiling import ProfileHook
+from jaxtrain.training.hooks.progress import ProgressHook
 from jaxtrain.training.hooks.signals import PreemptionHook
 from jaxtrain.training.hooks.protocol import Hook
 
@@ -61,4 +63,5 @@ def build_hooks(cfg: Config, workdir: str | Path | None, *, stats: FeatureStats 
         hooks += tracker_hooks(cfg, workdir)
     if preemption:
         hooks.append(PreemptionHook())
+    hooks.append(ProgressHook(cfg.train.epochs))
     return hooks

@@ -61,6 +61,7 @@ class StepInfo:
     record: dict | None = None        # on_epoch_end: the epoch's record (loss, accuracy, val, ...)
     last_record: dict | None = None   # the latest epoch record (a resumed run's, before its first)
     profile: dict | None = None       # on_train_end of a profiled run: what the profile needs of the run
+    progress: dict | None = None      # after_call, on_epoch_end: examples/s ('rate') and 'eta_s' so far
     lane: int | None = None           # the point of a vectorized run; None for a plain run
     # The run's state and device sums (stacked for a vectorized run); read through the properties.
     run_state: Any = dataclasses.field(default=None, repr=False)
