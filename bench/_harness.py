@@ -86,8 +86,7 @@ class EngineEpochs:
     epoch = 0
 
     def run_epoch(self) -> None:
-        from jaxtrain.engine.engine import calls_only
-        for self.run.state, _, _ in calls_only(self.run.engine.run_epoch(self.run.state, self.epoch)):
+        for self.run.state, _, _ in self.run.engine.run_epoch(self.run.state, self.epoch):
             pass
         self.epoch += 1
 

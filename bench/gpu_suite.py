@@ -161,7 +161,8 @@ class Cell(EngineEpochs):
 
     def setup(self) -> None:
         from jaxtrain import load_config
-        from jaxtrain.runs.api import make_model
+        from jaxtrain.engine.plan import make_plan
+        from jaxtrain.runs.trained import make_model
         from jaxtrain.training.setup import setup
         from jaxtrain.training.context import RunContext
         from jaxtrain.util.events import Console, JsonlWriter
@@ -171,7 +172,7 @@ class Cell(EngineEpochs):
                                      "on_device_fraction": 0.5 if self.data == "device" else 0.0},
                            "parallel": {"data_axis_size": 1}, "logging": {"progress": "none"}})
         ctx = RunContext(console=Console("none"), events=JsonlWriter(None))
-        self.run = setup(cfg, make_model(cfg, self.dataset), self.dataset, ctx)
+        self.run = setup(cfg, make_model(cfg, self.dataset), self.dataset, ctx, plan=make_plan(cfg, self.dataset))
         self.run.engine.prepare(self.run.state)
 
 
@@ -344,13 +345,14 @@ def case_e2e(sizes: Sizes, ctx: dict) -> list[dict]:
 def case_sweep(sizes: Sizes, ctx: dict) -> list[dict]:
     from jaxtrain import load_config
     from jaxtrain.runs.api import train
-    from jaxtrain.runs.vsweep import train_vectorized
+    from jaxtrain.runs.lanes import train_lanes
+    from jaxtrain.util.events import Console
     base = {"data.source": "idx", "data.path": str(ctx["idx_dir"]()), "train.epochs": sizes.sweep_epochs,
             "checkpoint.enabled": False, "logging.progress": "none", "train.steps_per_call": "epoch"}
     rates = np.logspace(-4, -1, sizes.sweep_points)
     cfgs = [load_config("mnist_mlp", {**base, "optimizer.learning_rate": float(lr)}) for lr in rates]
     t0 = time.perf_counter()
-    summaries = train_vectorized(cfgs, [ctx["tmp"] / f"sweep{i}" for i in range(len(cfgs))])
+    summaries = train_lanes(cfgs, [ctx["tmp"] / f"sweep{i}" for i in range(len(cfgs))], console=Console("none"))
     vector_wall = time.perf_counter() - t0
     t0 = time.perf_counter()
     single = train(load_config("mnist_mlp", base), workdir=ctx["tmp"] / "sweep_single")

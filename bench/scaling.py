@@ -73,6 +73,7 @@ class Cell:
 
         from jaxtrain import load_config
         from jaxtrain.util.events import Console, JsonlWriter
+        from jaxtrain.engine.plan import make_plan
         from jaxtrain.training.setup import setup
         from jaxtrain.training.context import RunContext
         from jaxtrain.model.models import MLP
@@ -83,7 +84,7 @@ class Cell:
                            "parallel": {"strategy": self.strategy, "data_axis_size": self.devices}})
         model = MLP(a.features, tuple(a.hidden), 10, rngs=nnx.Rngs(0))
         ctx = RunContext(console=Console("none"), events=JsonlWriter(None))
-        self.run = setup(cfg, model, self.dataset, ctx)
+        self.run = setup(cfg, model, self.dataset, ctx, plan=make_plan(cfg, self.dataset))
         self.epoch = 0  # the harness's warm-up epoch compiles; timed epochs exclude it
 
     def run_epoch(self) -> None:
@@ -160,6 +161,7 @@ def wide_run(strategy: str, hidden: list[int], features: int = 784, batch: int =
     from jaxtrain import load_config
     from jaxtrain.data import Dataset, Split
     from jaxtrain.model.models import MLP
+    from jaxtrain.engine.plan import make_plan
     from jaxtrain.training.setup import setup
     from jaxtrain.training.context import RunContext
     from jaxtrain.util.events import Console, JsonlWriter
@@ -173,7 +175,7 @@ def wide_run(strategy: str, hidden: list[int], features: int = 784, batch: int =
                        "train": {"epochs": 1, "steps_per_call": 1},
                        "parallel": {"strategy": strategy, "data_axis_size": 8}})
     ctx = RunContext(console=Console("none"), events=JsonlWriter(None))
-    return setup(cfg, MLP(features, tuple(hidden), 10, rngs=nnx.Rngs(0)), dataset, ctx)
+    return setup(cfg, MLP(features, tuple(hidden), 10, rngs=nnx.Rngs(0)), dataset, ctx, plan=make_plan(cfg, dataset))
 
 
 def to_host(tree):

@@ -78,6 +78,7 @@ class Cell(EngineEpochs):
 
         from jaxtrain import load_config
         from jaxtrain.util.events import Console, JsonlWriter
+        from jaxtrain.engine.plan import make_plan
         from jaxtrain.training.setup import COMPUTE_DTYPES, setup
         from jaxtrain.training.context import RunContext
         from jaxtrain.model.kernels import Kernels
@@ -92,7 +93,8 @@ class Cell(EngineEpochs):
         model = MLP(784, tuple(hidden), 10, rngs=nnx.Rngs(0), compute_dtype=COMPUTE_DTYPES[self.precision],
                     kernels=Kernels.for_platform(jax.devices()[0].platform))
         self._events = JsonlWriter(Path(os.devnull))
-        self.run = setup(cfg, model, self.dataset, RunContext(console=Console("none"), events=self._events))
+        self.run = setup(cfg, model, self.dataset, RunContext(console=Console("none"), events=self._events),
+                         plan=make_plan(cfg, self.dataset))
         self.run.engine.prepare(self.run.state)
         self.flops_per_step = self._flops_per_step(cfg, model)
 

@@ -17,7 +17,7 @@ from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
 from jaxtrain.training.context import RunContext
 from jaxtrain.training.hooks.protocol import Hook
-from jaxtrain.runs.api import make_model
+from jaxtrain.runs.trained import make_model
 from jaxtrain.util.events import Console, JsonlWriter
 from jaxtrain.engine.plan import make_plan
 from jaxtrain.util.clock import RunClock
@@ -116,16 +116,18 @@ def test_fake_clock_breakdown_step_time_and_hook_parts(monkeypatch, tmp_path):
     ds = _mnist_shaped()
     cfg = _mnist_cfg(steps_per_call=2, epochs=2)   # 384 examples, batch 64: 6 steps, 3 calls an epoch
     ctx = RunContext(console=Console("none"), events=JsonlWriter(tmp_path / "m.jsonl"), clock=clock)
-    run = setup(cfg, make_model(cfg, ds), ds, ctx)
-    epoch = run.engine.run_epoch
+    run = setup(cfg, make_model(cfg, ds), ds, ctx, plan=make_plan(cfg, ds))
+    epoch, compile_ = run.engine.run_epoch, run.engine._compile
 
-    def slow_epoch(*args):  # every compiled call "takes" 0.2 s of training, compiling 3 s more
-        previous = None
-        for out in epoch(*args):  # the work between two items happens before the second
-            clock.advance(3.0 if previous == "compile" else 0.2 if not isinstance(out, str) else 0.0)
-            previous = out
-            yield out
-    run.engine.run_epoch = slow_epoch
+    def slow_compile(*args):  # compiling "takes" 3 s, inside the engine's compile phase
+        clock.advance(3.0)
+        return compile_(*args)
+
+    def slow_epoch(*args):  # every compiled call "takes" 0.2 s of training
+        for call in epoch(*args):
+            clock.advance(0.2)
+            yield call
+    run.engine._compile, run.engine.run_epoch = slow_compile, slow_epoch
     ckpt, other = Sleeper(clock, 1.0, "checkpointing"), Sleeper(clock, 0.5, "hooks_and_logging")
     summary = fit(run, hooks=[ckpt, other])
     totals = ctx.clock.totals()
@@ -170,15 +172,14 @@ def test_a_save_between_calls_charges_the_device_wait_to_training_not_checkpoint
                        "checkpoint.async_save": False})
     ds = _mnist_shaped()
     ctx = RunContext(console=Console("none"), events=JsonlWriter(tmp_path / "m.jsonl"), clock=clock)
-    run = setup(cfg, make_model(cfg, ds), ds, ctx)
-    epoch = run.engine.run_epoch
+    run = setup(cfg, make_model(cfg, ds), ds, ctx, plan=make_plan(cfg, ds))
+    call = run.engine._call
 
-    def async_epoch(*args):
-        for out in epoch(*args):
-            if not isinstance(out, str):
-                pending[0] += 0.2  # dispatched: the device works on it from now on
-            yield out
-    run.engine.run_epoch = async_epoch
+    def async_call(*args):
+        out = call(*args)
+        pending[0] += 0.2  # dispatched: the device works on it from now on
+        return out
+    run.engine._call = async_call
     summary = fit(run, hooks=build_hooks(cfg, tmp_path / "run"))
     parts = accounting.parts(ctx.clock.totals())
     assert parts["train"] == pytest.approx(12 * 0.2) and parts["checkpointing"] == 0.0

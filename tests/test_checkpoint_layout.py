@@ -14,8 +14,9 @@ from jaxtrain.ckpt.params import load_named_params
 from jaxtrain.ckpt.restore import restore_latest
 from jaxtrain.cli.main import main
 from jaxtrain.data import load_dataset
-from jaxtrain.runs.api import make_model
+from jaxtrain.runs.trained import make_model
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.training.context import RunContext
 from jaxtrain.util.events import Console, JsonlWriter
 
@@ -41,7 +42,7 @@ def _fresh_run(cfg, tmp_path):
     cfg = load_config(cfg)
     dataset = load_dataset(cfg.data)
     ctx = RunContext(console=Console("none"), events=JsonlWriter(None), workdir=tmp_path)
-    return setup(cfg, make_model(cfg, dataset), dataset, ctx)
+    return setup(cfg, make_model(cfg, dataset), dataset, ctx, plan=make_plan(cfg, dataset))
 
 
 @pytest.mark.parametrize("strategy", ["sharded", "pmap", "fsdp"])

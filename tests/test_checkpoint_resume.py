@@ -202,9 +202,10 @@ def test_saves_by_time_follow_the_runs_clock(tmp_path):
     fall on every third step: 3, 6, 9, 12, and 15 at the epoch's end (30 s after 12)."""
     from jaxtrain import load_config
     from jaxtrain.data import load_dataset
-    from jaxtrain.runs.api import make_model
+    from jaxtrain.runs.trained import make_model
     from jaxtrain.training.hooks import CheckpointHook
     from jaxtrain.training.loop import fit
+    from jaxtrain.engine.plan import make_plan
     from jaxtrain.training.setup import setup
     from jaxtrain.training.context import RunContext
     from jaxtrain.training.hooks.protocol import Hook
@@ -222,7 +223,7 @@ def test_saves_by_time_follow_the_runs_clock(tmp_path):
     dataset = load_dataset(cfg.data)
     ctx = RunContext(console=Console("none"), events=JsonlWriter(None), workdir=tmp_path,
                      clock=lambda: now[0])
-    run = setup(cfg, make_model(cfg, dataset), dataset, ctx)
+    run = setup(cfg, make_model(cfg, dataset), dataset, ctx, plan=make_plan(cfg, dataset))
     hook = CheckpointHook(cfg, tmp_path / "checkpoints")
     fit(run, [hook, Tick()])
     assert hook.saved_steps == [3, 6, 9, 12, 15]

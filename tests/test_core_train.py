@@ -15,6 +15,7 @@ from jaxtrain.data import load_dataset
 from jaxtrain.data.sources import house_prices
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.model.models import MLP, LinearRegression
 
 
@@ -33,7 +34,7 @@ def test_linear_regression_recovers_lstsq_coefficients(ctx):
                        "data": {"batch_size": len(ds.train)}, "train": {"epochs": 200},
                        "parallel": {"data_axis_size": 1}})
     model = LinearRegression(3, 1, rngs=nnx.Rngs(0))
-    run = setup(cfg, model, ds, ctx)
+    run = setup(cfg, model, ds, ctx, plan=make_plan(cfg, ds))
     fit(run)
     params = run.state.params
     w = np.asarray(params["linear"]["kernel"][...])[:, 0]
@@ -67,7 +68,7 @@ def test_streaming_and_on_device_modes_train_identically(ctx):
         cfg = load_config({"model": {"hidden_sizes": [8]}, "data": {"batch_size": 16},
                            "train": {"epochs": 2, "on_device_fraction": fraction, "steps_per_call": k},
                            "parallel": {"data_axis_size": 1}})
-        run = setup(cfg, MLP(6, (8,), 2, rngs=nnx.Rngs(0)), ds, ctx)
+        run = setup(cfg, MLP(6, (8,), 2, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
         assert run.engine.on_device == (fraction > 0)
         fit(run)
         finals.append(jax.tree.map(np.asarray, run.state.params))
@@ -92,7 +93,7 @@ def test_compiled_step_is_traced_once(ctx, monkeypatch):
     ds = make_dataset(x, y)  # 192 train rows, batch 32: 6 steps, chunks of 3
     cfg = load_config({"model": {"name": "linear"}, "data": {"batch_size": 32},
                        "train": {"epochs": 3, "steps_per_call": 3}, "parallel": {"data_axis_size": 1}})
-    run = setup(cfg, LinearRegression(3, rngs=nnx.Rngs(0)), ds, ctx)
+    run = setup(cfg, LinearRegression(3, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
     fit(run)
     assert run.global_step == 18
     assert len(traces) == 1  # six calls of one chunk length: traced and compiled once
@@ -112,7 +113,7 @@ def test_evaluation_covers_the_last_partial_batch(ctx):
     y = rng.integers(0, 3, 397).astype(np.int32)
     ds = make_dataset(x, y, "classification", 3)
     cfg = load_config({"model": {"hidden_sizes": [7]}, "data": {"eval_batch_size": 64}})
-    run = setup(cfg, MLP(5, (7,), 3, rngs=nnx.Rngs(3)), ds, ctx)
+    run = setup(cfg, MLP(5, (7,), 3, rngs=nnx.Rngs(3)), ds, ctx, plan=make_plan(cfg, ds))
     got = run.evaluator.evaluate(run.state.params, run.state.rest, ds.test)
     logits = _numpy_mlp(jax.tree.map(np.asarray, run.state.params), ds.test.x).astype(np.float64)
     logp = logits - logits.max(1, keepdims=True)

@@ -404,3 +404,17 @@ def test_training_with_one_call_per_epoch_prints_heartbeats_while_it_waits(tmp_p
     beats = [line for line in out.getvalue().splitlines() if " elapsed" in line]
     assert any(line.startswith("epoch 1: 0/") for line in beats), out.getvalue()
     assert any(line.startswith("epoch 2: ") for line in beats), out.getvalue()
+
+
+def test_the_progress_between_calls_shows_steps_rate_and_eta(tmp_path):
+    """The progress hook shows each epoch's start and, after each call, the steps done with the
+    rate and ETA the loop measured on the run's clock."""
+    import io
+    out = io.StringIO()
+    jaxtrain.train("digits_mlp", workdir=tmp_path / "run", console=Console("plain", out, plain_every_s=0.0),
+                   overrides={**FAST, "train.epochs": 2, "train.steps_per_call": 1})
+    lines = out.getvalue().splitlines()
+    assert any(line.startswith("epoch 2: 0/") for line in lines), lines
+    between = [line for line in lines if line.startswith("epoch 2: ") and not line.startswith("epoch 2: 0/")
+               and " elapsed" not in line]  # not the heartbeat's repeats
+    assert between and all(" ex/s ETA " in line for line in between), lines

@@ -8,7 +8,7 @@ import pytest
 from conftest import make_dataset
 
 from jaxtrain import load_config
-from jaxtrain.runs.api import make_model
+from jaxtrain.runs.trained import make_model
 from jaxtrain.training.hooks.best import BestMetric
 from jaxtrain.training.record import EpochRecord
 from jaxtrain.training.hooks.dispatch import dispatch
@@ -16,7 +16,9 @@ from jaxtrain.training.hooks.guard import NonFiniteGuard
 from jaxtrain.training.hooks import CheckpointHook, EarlyStopping, build_hooks
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.training.hooks.signals import PreemptionHook
+from jaxtrain.training.hooks.progress import ProgressHook
 from jaxtrain.training.hooks.protocol import Hook, Request
 from jaxtrain.util.clock import RunClock
 
@@ -28,7 +30,7 @@ def _run(ctx, epochs=2):
     cfg = load_config({"data": {"batch_size": 16}, "model": {"hidden_sizes": []},
                        "optimizer": {"name": "sgd", "learning_rate": 0.1},
                        "train": {"epochs": epochs, "steps_per_call": 2}, "checkpoint": {"enabled": False}})
-    return setup(cfg, make_model(cfg, ds), ds, ctx)  # 64 training rows: 4 steps an epoch, 2 calls
+    return setup(cfg, make_model(cfg, ds), ds, ctx, plan=make_plan(cfg, ds))  # 64 training rows: 4 steps an epoch, 2 calls
 
 
 class Recorder(Hook):
@@ -63,8 +65,9 @@ def test_build_hooks_owns_the_order(tmp_path):
                        "checkpoint": {"enabled": True}})
     kinds = [type(h) for h in build_hooks(cfg, tmp_path)]
     # The guard first (nothing non-finite is acted on), early stopping before the checkpoint
-    # (which holds what it restores), preemption last (after the final save).
-    assert kinds == [NonFiniteGuard, EarlyStopping, CheckpointHook, PreemptionHook]
+    # (which holds what it restores), preemption after the final save, then the progress (it
+    # only prints).
+    assert kinds == [NonFiniteGuard, EarlyStopping, CheckpointHook, PreemptionHook, ProgressHook]
 
 
 def test_early_stopping_and_the_best_checkpoint_share_one_tracker(tmp_path):

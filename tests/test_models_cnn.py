@@ -16,6 +16,7 @@ from jaxtrain.model.models import CNN, build_model
 from jaxtrain.runs.api import train
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.util.events import Console
 
 
@@ -116,7 +117,7 @@ def _fit(ds, ctx, strategy="sharded", devices=None, precision="float32", batch_n
                        "parallel": {"strategy": strategy, "data_axis_size": devices}})
     model = build_model(cfg.model, ds.feature_shape, 4, seed=0, platform="cpu", compute_dtype=jax.numpy.dtype(
         "bfloat16" if precision == "bfloat16" else "float32"))
-    run = setup(cfg, model, ds, ctx)
+    run = setup(cfg, model, ds, ctx, plan=make_plan(cfg, ds))
     return run, fit(run)
 
 

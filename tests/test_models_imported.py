@@ -138,3 +138,22 @@ def test_a_broken_user_model_is_one_line_naming_model_name(user_dir, tmp_path, c
 def test_kwargs_need_an_imported_model(capsys, tmp_path):
     assert _train(tmp_path / "run", "--set", "model.kwargs={hidden: 3}") == 2
     assert "model.kwargs" in capsys.readouterr().err
+
+
+def test_an_imported_model_vectorizes_and_each_point_names_its_import_root(user_dir, tmp_path, capsys):
+    """A vectorized sweep of an imported model trains its points in one program, and each
+    point's config.yaml says where the module was found, as a separate run's does (so eval,
+    predict and --resume of a point work from any directory)."""
+    from jaxtrain.runs.sweep import run_sweep
+    from jaxtrain.runs.vsweep import why_not_vectorized
+    from jaxtrain.config.schema import load_config
+    (user_dir / "user_nets_vsweep.py").write_text(MODULE)  # a module no other test has imported
+    cfg = {"model": {"name": "user_nets_vsweep:make"}, "train": {"epochs": 1, "steps_per_call": "epoch"},
+           "checkpoint": {"enabled": False}, "parallel": {"data_axis_size": 1}, "logging": {"progress": "plain"}}
+    assert why_not_vectorized(load_config(cfg)) is None
+    rows = run_sweep(cfg, ["optimizer.learning_rate=0.1,0.01"], workdir=tmp_path / "sweep", vectorized=True)
+    assert "sweep: 2 points in one vectorized program" in capsys.readouterr().out
+    assert len(rows) == 2
+    for row in rows:
+        saved = yaml.safe_load((tmp_path / "sweep" / row["point"] / "config.yaml").read_text())["model"]
+        assert saved["name"] == "user_nets_vsweep:make" and saved["import_root"] == str(user_dir)

@@ -43,12 +43,12 @@ SCRIPT = textwrap.dedent("""
     if mode == "differ":  # measured although the plan has CPU processes take the longest K untimed
         import dataclasses
         from jaxtrain.engine import autotune, plan
-        from jaxtrain.runs import api
+        from jaxtrain.runs import lanes
         def plan_that_measures(*args, **kwargs):
             p = plan.make_plan(*args, **kwargs)
             return dataclasses.replace(p, steps_per_call=None,
                                        k_candidates=tuple(autotune.candidates(p.steps_per_epoch)))
-        api.make_plan = plan_that_measures
+        lanes.make_plan = plan_that_measures
         Engine._time_calls = lambda self, state, k, make_args: 1e-3 if jax.process_index() == 0 else 1e-3 / k
     if mode == "lead_extra":
         after_call = NonFiniteGuard.after_call

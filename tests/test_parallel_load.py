@@ -2,7 +2,7 @@
 
 XLA's CPU client deadlocked (and aborted at its 40 s rendezvous timeout) when the host ran
 far ahead of devices slowed by a loaded machine: the fix bounds the calls in flight
-(placement.calls_in_flight_limit, loop.CallPacer). The run here is one compiled call per
+(placement.calls_in_flight_limit, engine.CallPacer). The run here is one compiled call per
 step so that the host has many calls to run ahead with. Bounded: the run has its own
 timeout, and the busy processes end with the test (or by themselves after 10 minutes)."""
 
@@ -18,7 +18,7 @@ import pytest
 from jaxtrain import train
 from jaxtrain.ckpt.params import load_named_params
 from jaxtrain.parallel import placement
-from jaxtrain.training.loop import CallPacer
+from jaxtrain.engine.engine import CallPacer
 
 RUN = ["--set", "data.source=synthetic", "--set", "data.name=blobs", "--set", "data.synthetic_rows=256",
        "--set", "data.batch_size=32", "--set", "model.hidden_sizes=[32]", "--set", "train.epochs=2",

@@ -17,6 +17,7 @@ from jaxtrain.parallel.distributed import settings
 from jaxtrain.util.errors import ConfigError, UserError
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.model.models import MLP
 
 
@@ -27,7 +28,7 @@ def _train(ds, ctx, *, devices=None, strategy="sharded", on_device=True, mesh=No
                        "train": {"epochs": 2, "steps_per_call": 3,
                                  "on_device_fraction": 1.0 if on_device else 0.0},
                        "parallel": par})
-    run = setup(cfg, MLP(6, (16,), 3, rngs=nnx.Rngs(0)), ds, ctx)
+    run = setup(cfg, MLP(6, (16,), 3, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
     summary = fit(run)
     assert run.global_step == 20 and run.engine.on_device == on_device
     return run, summary

@@ -11,6 +11,7 @@ from jaxtrain.engine import autotune
 from jaxtrain import load_config
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.model.models import MLP
 
 
@@ -26,7 +27,7 @@ def _train(ctx, ds, k, fraction=1.0, epochs=2):
                        "optimizer": {"name": "adam", "learning_rate": 0.01},
                        "train": {"epochs": epochs, "steps_per_call": k, "on_device_fraction": fraction},
                        "parallel": {"data_axis_size": 1}})
-    run = setup(cfg, MLP(6, (16,), 2, rngs=nnx.Rngs(0)), ds, ctx)
+    run = setup(cfg, MLP(6, (16,), 2, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
     summary = fit(run)
     return run, summary, jax.tree.map(np.asarray, run.state.params)
 
@@ -105,10 +106,42 @@ def test_k_divides_the_checkpoint_interval(ctx, steps_per_call):
     cfg = load_config({"model": {"hidden_sizes": [16]}, "data": {"batch_size": 16},
                        "train": {"steps_per_call": steps_per_call, "on_device_fraction": 1.0},
                        "checkpoint": {"enabled": True, "every_steps": 6}, "parallel": {"data_axis_size": 1}})
-    run = setup(cfg, MLP(6, (16,), 2, rngs=nnx.Rngs(0)), _problem(), ctx)  # 13 steps per epoch
+    ds = _problem()
+    run = setup(cfg, MLP(6, (16,), 2, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))  # 13 steps per epoch
     run.engine.prepare(run.state)
     if steps_per_call == "auto":
         assert sorted(run.engine.k_timings) == [1, 6]   # the candidates 1 and 13, moved to divisors of 6
         assert run.engine.k in (1, 6)
     else:
         assert run.engine.k == 6                         # the largest divisor of 6 not above 10 or 13
+
+
+def test_auto_times_its_candidates_on_the_runs_timeline_and_charges_them_to_compile(tmp_path):
+    """`steps_per_call: auto` measures each K on the run's own clock (no timer of its own): on
+    a fake clock where every call takes 1 s whatever its length, each K measures exactly 1/K s
+    a step, the longest wins, and the measuring time is all `compile`."""
+    from jaxtrain.training.hooks.protocol import RunContext
+    from jaxtrain.util.clock import RunClock
+    from jaxtrain.util.events import Console, JsonlWriter
+    from jaxtrain.util.phases import Phase
+    now = [0.0]
+    clock = RunClock(lambda: now[0])
+    ctx = RunContext(console=Console("none"), events=JsonlWriter(tmp_path / "m.jsonl"), clock=clock)
+    cfg = load_config({"model": {"hidden_sizes": [16]}, "data": {"batch_size": 16},
+                       "train": {"steps_per_call": "auto", "on_device_fraction": 1.0},
+                       "parallel": {"data_axis_size": 1}})
+    ds = _problem()
+    run = setup(cfg, MLP(6, (16,), 2, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
+    call, calls = run.engine._call, []
+
+    def one_second_call(*args):
+        out = call(*args)
+        now[0] += 1.0
+        calls.append(args[1])
+        return out
+    run.engine._call = one_second_call
+    with clock.phase(Phase.COMPILE):
+        run.engine.prepare(run.state)
+    assert run.engine.k_timings and all(t == pytest.approx(1.0 / k) for k, t in run.engine.k_timings.items())
+    assert run.engine.k == max(run.engine.k_timings)
+    assert {phase: s for phase, s in clock.totals().items() if s} == {Phase.COMPILE: float(len(calls))}

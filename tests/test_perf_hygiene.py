@@ -10,8 +10,9 @@ from conftest import make_dataset
 from flax import nnx
 
 from jaxtrain import load_config
-from jaxtrain.engine.engine import RecompileWarning, calls_only
+from jaxtrain.engine.engine import RecompileWarning
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.model.models import MLP
 
 
@@ -23,12 +24,12 @@ def _run(ctx, fraction, k=3, data_axis_size=1):
     cfg = load_config({"model": {"hidden_sizes": [8]}, "data": {"batch_size": 16},
                        "train": {"epochs": 2, "on_device_fraction": fraction, "steps_per_call": k},
                        "parallel": {"data_axis_size": data_axis_size}})
-    return setup(cfg, MLP(5, (8,), 2, rngs=nnx.Rngs(0)), ds, ctx)
+    return setup(cfg, MLP(5, (8,), 2, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
 
 
 def _epoch(run, epoch):
     sums = None
-    for run.state, chunk, _ in calls_only(run.engine.run_epoch(run.state, epoch)):
+    for run.state, chunk, _ in run.engine.run_epoch(run.state, epoch):
         sums = chunk if sums is None else jax.tree.map(jnp.add, sums, chunk)
     return jax.device_get(sums)  # the epoch's one explicit read-back
 

@@ -13,6 +13,7 @@ from flax import nnx
 from jaxtrain import load_config
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.model.kernels import Kernels, mixed_dot
 from jaxtrain.model.models import MLP
 from jaxtrain.engine.step import init_state, make_train_step, split_model
@@ -91,7 +92,7 @@ def test_bf16_training_keeps_fp32_state_and_matches_fp32_accuracy(ctx):
                            "train": {"epochs": 5, "precision": precision, "steps_per_call": "epoch"},
                            "parallel": {"data_axis_size": 1}})
         dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
-        run = setup(cfg, MLP(10, (32,), 3, rngs=nnx.Rngs(0), compute_dtype=dtype), ds, ctx)
+        run = setup(cfg, MLP(10, (32,), 3, rngs=nnx.Rngs(0), compute_dtype=dtype), ds, ctx, plan=make_plan(cfg, ds))
         summary = fit(run)
         leaves = jax.tree.leaves((run.state.params, run.state.opt_state))
         assert all(a.dtype in (jnp.float32, jnp.int32) for a in leaves)

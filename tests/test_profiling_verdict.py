@@ -15,6 +15,7 @@ from jaxtrain.model.models import MLP
 from jaxtrain.training.hooks import build_hooks
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.training.hooks.profiling import profile_table
 from run_files import trace_step_annotations
 
@@ -51,7 +52,7 @@ def _profile_with_clock(tmp_path, ctx, clock, **train_keys):
                        "logging": {"progress": "none"}})
     ds = _dataset()
     ctx = dataclasses.replace(ctx, clock=clock)
-    run = setup(cfg, MLP(8, (4,), 2, rngs=nnx.Rngs(0)), ds, ctx)
+    run = setup(cfg, MLP(8, (4,), 2, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
     fit(run, hooks=build_hooks(cfg, tmp_path))
     return json.loads((tmp_path / "profile.json").read_text())
 

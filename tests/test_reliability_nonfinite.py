@@ -13,9 +13,15 @@ from jaxtrain.util.errors import NonFiniteError
 from jaxtrain.training.hooks.guard import NonFiniteGuard
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.model.models import MLP, LinearRegression
 
 BATCH = 16
+
+
+def _setup(cfg, model, ds, ctx):
+    """A run of `cfg` on `ds` with its plan."""
+    return setup(cfg, model, ds, ctx, plan=make_plan(cfg, ds))
 
 
 def _data(n=200, seed=0):
@@ -45,7 +51,7 @@ def _poisoned(row: int):
 def test_poisoned_batch_stops_naming_the_step_and_the_loss(ctx, on_device, strategy):
     ds, train_row = _poisoned(57)
     cfg = _cfg(on_device=on_device, strategy=strategy)
-    run = setup(cfg, LinearRegression(4, 1, rngs=nnx.Rngs(0)), ds, ctx)
+    run = setup(cfg, LinearRegression(4, 1, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
     assert run.engine.on_device == on_device
     with pytest.raises(NonFiniteError) as err:
         fit(run, hooks=[NonFiniteGuard("stop")])
@@ -68,7 +74,7 @@ def test_nonfinite_gradient_names_the_parameter(ctx):
             return self.linear(x) + 0.0 * jnp.sqrt(self.offset[...])
 
     x, y = _data()
-    run = setup(_cfg(), SqrtBias(), make_dataset(x, y), ctx)
+    run = _setup(_cfg(), SqrtBias(), make_dataset(x, y), ctx)
     with pytest.raises(NonFiniteError, match=r"the gradient of offset became non-finite .* at step 1 "):
         fit(run, hooks=[NonFiniteGuard("stop")])
 
@@ -76,7 +82,7 @@ def test_nonfinite_gradient_names_the_parameter(ctx):
 def test_diverging_learning_rate_stops(ctx):
     x, y = _data()
     x = x * 100.0  # large inputs: plain SGD at this rate blows up within a few steps
-    run = setup(_cfg(lr=10.0), LinearRegression(4, 1, rngs=nnx.Rngs(0)), make_dataset(x, y), ctx)
+    run = _setup(_cfg(lr=10.0), LinearRegression(4, 1, rngs=nnx.Rngs(0)), make_dataset(x, y), ctx)
     with pytest.raises(NonFiniteError, match=r"became non-finite \(NaN or inf\) at step \d+ \(epoch 1\)"):
         fit(run, hooks=[NonFiniteGuard("stop")])
 
@@ -85,7 +91,7 @@ def test_diverging_learning_rate_stops(ctx):
 def test_skip_step_skips_exactly_the_poisoned_steps(ctx, on_device):
     ds, _ = _poisoned(57)
     epochs = 3
-    run = setup(_cfg("skip_step", on_device=on_device, epochs=epochs), LinearRegression(4, 1, rngs=nnx.Rngs(0)),
+    run = _setup(_cfg("skip_step", on_device=on_device, epochs=epochs), LinearRegression(4, 1, rngs=nnx.Rngs(0)),
                 ds, ctx)
     guard = NonFiniteGuard("skip_step")
     fit(run, hooks=[guard])
@@ -103,7 +109,7 @@ def test_skip_step_leaves_the_state_untouched_on_a_bad_step(ctx):
     ds = make_dataset(x, y)
     model = MLP(4, (8,), 1, rngs=nnx.Rngs(3))
     initial = jax.tree.map(np.array, nnx.state(model, nnx.Param))
-    run = setup(_cfg("skip_step", opt="adam", epochs=2), model, ds, ctx)
+    run = _setup(_cfg("skip_step", opt="adam", epochs=2), model, ds, ctx)
     guard = NonFiniteGuard("skip_step")
     fit(run, hooks=[guard])
     assert guard.skipped == 2 * run.engine.steps
@@ -114,9 +120,9 @@ def test_skip_step_leaves_the_state_untouched_on_a_bad_step(ctx):
 def test_clean_run_is_not_disturbed_by_the_guard(ctx):
     x, y = _data()
     ds = make_dataset(x, y)
-    a = setup(_cfg(), LinearRegression(4, 1, rngs=nnx.Rngs(0)), ds, ctx)
+    a = _setup(_cfg(), LinearRegression(4, 1, rngs=nnx.Rngs(0)), ds, ctx)
     fit(a, hooks=[NonFiniteGuard("stop")])
-    b = setup(_cfg(), LinearRegression(4, 1, rngs=nnx.Rngs(0)), ds, ctx)
+    b = _setup(_cfg(), LinearRegression(4, 1, rngs=nnx.Rngs(0)), ds, ctx)
     fit(b)
     for p, q in zip(jax.tree.leaves(a.state.params), jax.tree.leaves(b.state.params)):
         np.testing.assert_array_equal(np.asarray(p), np.asarray(q))
@@ -135,7 +141,7 @@ class NotYetComputed:
 def test_guard_does_not_wait_for_a_call_mid_epoch(ctx):
     """The host only reads the flags of finished calls, except at an epoch's end or a save."""
     x, y = _data()
-    run = setup(_cfg(k=2), LinearRegression(4, 1, rngs=nnx.Rngs(0)), make_dataset(x, y), ctx)
+    run = _setup(_cfg(k=2), LinearRegression(4, 1, rngs=nnx.Rngs(0)), make_dataset(x, y), ctx)
     guard = NonFiniteGuard("stop")
     guard.on_train_start(run.view(run.lanes[0]))
 

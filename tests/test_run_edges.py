@@ -154,6 +154,7 @@ def test_flops_are_one_steps_however_the_k_step_scan_is_unrolled(tmp_path, monke
     from jaxtrain.training.context import RunContext
     from jaxtrain.training.loop import fit
     from jaxtrain.training.setup import setup
+    from jaxtrain.engine.plan import make_plan
     from jaxtrain.util.events import Console, JsonlWriter
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(jax.lax, "scan", functools.partial(jax.lax.scan, unroll=K))
@@ -173,7 +174,8 @@ def test_flops_are_one_steps_however_the_k_step_scan_is_unrolled(tmp_path, monke
                        "logging": {"progress": "none"}})
     clock = FakeClock()
     ctx = RunContext(console=Console("none"), events=JsonlWriter(tmp_path / "m.jsonl"), clock=clock)
-    run = setup(cfg, MLP(SIZES[0], SIZES[1:-1], SIZES[-1], rngs=nnx.Rngs(0)), ds, ctx)
+    model = MLP(SIZES[0], SIZES[1:-1], SIZES[-1], rngs=nnx.Rngs(0))
+    run = setup(cfg, model, ds, ctx, plan=make_plan(cfg, ds))
     epoch = run.engine.run_epoch
 
     def timed_epoch(*args):

@@ -212,3 +212,21 @@ def test_python_search_with_verbose_0_prints_nothing_and_its_errors_name_python_
     with pytest.raises(UserError) as e:
         jaxtrain.search(config, space=space, trials=0, workdir=tmp_path / "t", verbose=0)
     assert "trials=0" in str(e.value) and "--trials" not in str(e.value)
+
+
+def test_a_search_loads_its_data_once_for_the_objective_and_every_trial(config, tmp_path, monkeypatch):
+    """The data set is read once per search process: the objective learns the task from it and
+    every trial (a population of two, then one alone) trains on it; a trial whose data options
+    differ loads its own."""
+    from jaxtrain import data as data_stage
+    loads, real = [], data_stage.load_dataset
+    monkeypatch.setattr(data_stage, "load_dataset", lambda cfg, **kw: loads.append(cfg) or real(cfg, **kw))
+    assert main(["search", config, *SPACE, "--trials", "3", "--population", "2", "--set", "train.epochs=1",
+                 "--workdir", str(tmp_path / "s")]) == 0
+    assert len(loads) == 1 and {r["state"] for r in _rows(tmp_path / "s")} == {"COMPLETE"}
+    loads.clear()
+    assert main(["search", config, "--space", "data.val_fraction=choice(0.2,0.3)", "--sampler", "random",
+                 "--trials", "1", "--population", "1", "--set", "train.epochs=1", "--seed", "1",
+                 "--workdir", str(tmp_path / "d")]) == 0
+    (row,) = _rows(tmp_path / "d")
+    assert len(loads) == (1 if float(row["data.val_fraction"]) == 0.2 else 2)

@@ -26,6 +26,7 @@ from jaxtrain.model.models import MLP
 from jaxtrain.runs.api import evaluate, load_trained
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.training.hooks.protocol import Hook
 
 
@@ -35,7 +36,7 @@ def _fit(ds, ctx, hooks=(), model=None, batch_size=32, **train_keys):
                        "optimizer": {"name": "adam", "learning_rate": 0.01, "l2": 1e-3},
                        "train": {"epochs": 2, "steps_per_call": 3, "on_device_fraction": 1.0, **train_keys},
                        "parallel": par})
-    run = setup(cfg, model or MLP(6, (16,), 3, rngs=nnx.Rngs(0)), ds, ctx)
+    run = setup(cfg, model or MLP(6, (16,), 3, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
     return run, fit(run, hooks=list(hooks))
 
 

@@ -15,6 +15,7 @@ from jaxtrain.data import Dataset, Split
 from jaxtrain.model.models import LinearRegression
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 
 LR = 0.1
 ROWS, BATCH, FEATURES = 5, 8, 8
@@ -57,7 +58,7 @@ def _linear_run(ctx, ds, kernel0, bias0, strategy, devices, on_device):
                                  "on_device_fraction": 1.0 if on_device else 0.0},
                        "parallel": {"strategy": strategy, "data_axis_size": devices},
                        "checkpoint": {"enabled": False}})
-    return setup(cfg, model, ds, ctx)
+    return setup(cfg, model, ds, ctx, plan=make_plan(cfg, ds))
 
 
 @pytest.mark.parametrize("strategy,devices,on_device", PATHS)

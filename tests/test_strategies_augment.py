@@ -14,6 +14,7 @@ from jaxtrain.config.schema import AugmentConfig
 from jaxtrain.util.errors import ConfigError
 from jaxtrain.training.loop import fit
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.model.models import MLP
 
 
@@ -86,7 +87,7 @@ def test_training_sees_augmented_inputs_and_evaluation_does_not(ctx):
                            "optimizer": {"name": "sgd", "learning_rate": 0.1},
                            "train": {"epochs": 1, "augment": augment, "steps_per_call": 1},
                            "parallel": {"data_axis_size": 1}, "checkpoint": {"enabled": False}})
-        return setup(cfg, MLP(16, (8,), 2, rngs=nnx.Rngs(0)), ds, ctx)
+        return setup(cfg, MLP(16, (8,), 2, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
 
     plain, augmented = run_with({}), run_with({"shift": 1, "noise": 0.3, "image_shape": [4, 4]})
     # Evaluation: the same parameters give the same outputs, augmentation or not.
@@ -104,7 +105,7 @@ def test_training_sees_augmented_inputs_and_evaluation_does_not(ctx):
                        "optimizer": {"name": "sgd", "learning_rate": 0.1},
                        "train": {"epochs": 1, "steps_per_call": 1},
                        "parallel": {"data_axis_size": 1}, "checkpoint": {"enabled": False}})
-    reference = setup(cfg, MLP(16, (8,), 2, rngs=nnx.Rngs(0)), ds2, ctx)
+    reference = setup(cfg, MLP(16, (8,), 2, rngs=nnx.Rngs(0)), ds2, ctx, plan=make_plan(cfg, ds2))
     fit(reference)  # permutes the pre-augmented rows; a full batch's mean gradient ignores order
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  augmented.state.params, reference.state.params)
@@ -127,7 +128,7 @@ def test_flattened_images_shift_along_the_rows_the_data_recorded(ctx, tmp_path, 
     cfg = load_config({"model": {"hidden_sizes": [8]}, "data": {"batch_size": 8},
                        "train": {"epochs": 1, "augment": {"shift": 2}, "steps_per_call": 1},
                        "parallel": {"data_axis_size": 1}, "checkpoint": {"enabled": False}})
-    setup(cfg, MLP(64, (8,), 2, rngs=nnx.Rngs(0)), ds, ctx)
+    setup(cfg, MLP(64, (8,), 2, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
     images = ds.train.x.reshape(-1, 16, 4, 1)
     got = np.asarray(built[0](jnp.asarray(ds.train.x), jnp.int32(0))).reshape(images.shape)
     shifts = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]

@@ -10,6 +10,7 @@ from flax import nnx
 
 from jaxtrain import load_config
 from jaxtrain.training.setup import setup
+from jaxtrain.engine.plan import make_plan
 from jaxtrain.model.models import MLP, LinearRegression
 from jaxtrain.model.optim import build_optimizer
 from jaxtrain.engine.step import init_state, make_train_step, split_model
@@ -75,7 +76,7 @@ def test_dropout_is_active_in_training_only(ctx):
     model = MLP(10, (32,), 3, rngs=nnx.Rngs(params=0, dropout=1), dropout=0.5)
     twin = MLP(10, (32,), 3, rngs=nnx.Rngs(params=0, dropout=1), dropout=0.0)  # same weights
     train_def, _, params, rest = split_model(model)
-    run = setup(cfg, model, ds, ctx)
+    run = setup(cfg, model, ds, ctx, plan=make_plan(cfg, ds))
     # Evaluation: deterministic, and equal to the same weights without dropout.
     first = run.evaluator.outputs(run.state.params, run.state.rest, ds.test.x)
     np.testing.assert_array_equal(first, run.evaluator.outputs(run.state.params, run.state.rest, ds.test.x))

@@ -135,3 +135,16 @@ def test_vectorized_adamw_points_match_a_numpy_update_with_weight_decay(tmp_path
                                    rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(np.asarray(trained.params["linear"]["bias"][...]), bias,
                                    rtol=1e-4, atol=1e-6)
+
+
+def test_a_vectorized_run_shows_its_progress_once_per_call(tmp_path):
+    """Every lane has the progress hook, the first lane alone shows it: one line per call."""
+    import io
+    import re
+    out = io.StringIO()
+    cfg = {**CFG, "train": {"epochs": 1, "steps_per_call": 1}, "parallel": {"data_axis_size": 1}}
+    run_sweep(cfg, ["optimizer.learning_rate=0.1,0.02"], workdir=tmp_path / "vec", vectorized=True,
+              console=Console("plain", out, plain_every_s=0.0))
+    shown = [re.match(r"epoch 1: \d+/\d+ steps", line).group(0) for line in out.getvalue().splitlines()
+             if re.match(r"epoch 1: [1-9]\d*/\d+ steps", line) and " elapsed" not in line]
+    assert shown and len(shown) == len(set(shown)), shown

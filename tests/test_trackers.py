@@ -150,6 +150,7 @@ def test_a_blocked_tracker_does_not_hold_up_training(ctx):
     from jaxtrain import load_config
     from jaxtrain.model.models import MLP
     from jaxtrain.training.loop import fit
+    from jaxtrain.engine.plan import make_plan
     from jaxtrain.training.setup import setup
     rng = np.random.default_rng(0)
     x = rng.normal(size=(80, 3)).astype(np.float32)
@@ -158,7 +159,7 @@ def test_a_blocked_tracker_does_not_hold_up_training(ctx):
                        "parallel": {"data_axis_size": 1}})
     writer = _BlockedWriter()
     hook = TrackerHook(lambda: writer, {})
-    run = setup(cfg, MLP(3, (4,), 2, rngs=nnx.Rngs(0)), ds, ctx)
+    run = setup(cfg, MLP(3, (4,), 2, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
     fit(run, hooks=[hook])                      # returns although the tracker has logged nothing
     assert run.epoch == 3 and writer.calls == ["start"]
     writer.release.set()

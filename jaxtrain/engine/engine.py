@@ -1,7 +1,7 @@
 """Execution: how batches reach the compiled step, K steps per call.
 
 Two modes with one interface, `Engine.run_epoch(state, epoch, start_step)`, a
-generator yielding `(state, metric_sums, steps_done)` after every compiled call:
+generator yielding a `CallResult(state, metric_sums, steps_done)` after every compiled call:
 
 - on-device: the preprocessed training set is uploaded once; each epoch uploads
   only its permutation, and batches are gathered on the device;
@@ -16,16 +16,18 @@ K (`train.steps_per_call`) is an integer, `epoch`, or `auto`: then `prepare()`
 times a few candidates on throwaway calls over a copy of the state (autotune.py)
 before training starts, so the measurement never changes the results.
 
-The engine keeps no time. While it runs an epoch it tells the loop what it does
-next by yielding a phase name between its results: `compile` before it compiles
-a chunk length (once, ahead of time, or again with a warning when the arguments
-no longer match the compiled signature: compilation.py), `input_wait` before it
-waits for the next streamed chunk, `h2d_transfer` before it uploads an epoch's
-order, and `dispatch` before it calls the compiled step. The loop charges the
-time to those phases on the run's clock (training/accounting.py), so compilation
-never pollutes throughput figures. Each call runs inside a
-`jax.profiler.StepTraceAnnotation` named `train` with its first step, which costs
-nothing unless a trace is being recorded (train.profile).
+The engine reads no clock of its own: it is given the run's timeline (timeline.py, the
+clock and the watchdog behind one `with timeline.phase(Phase.X):`) and charges its work
+to the phase it is in: `compile` when it compiles a chunk length (once, ahead of time, or
+again with a warning when the arguments no longer match the compiled signature:
+compilation.py) and while it measures K, `input_wait` while it waits for the next streamed
+chunk, `h2d_transfer` while it uploads an epoch's order, `dispatch` while it calls the
+compiled step, and `device_compute` while it waits for the device: to keep at most
+`placement.calls_in_flight_limit` calls in flight, after each call with `train.profile`
+(so the device's share shows apart from the host's), and at the epoch's end (its one
+sync). Compilation never pollutes throughput figures (training/accounting.py). Each call
+runs inside a `jax.profiler.StepTraceAnnotation` named `train` with its first step, which
+costs nothing unless a trace is being recorded (train.profile).
 
 The hot loop makes no implicit transfers: the per-call start offsets are uploaded
 once, and only `jax.device_put` moves data (see tests/test_perf_hygiene.py).
@@ -33,11 +35,11 @@ once, and only `jax.device_put` moves data (see tests/test_perf_hygiene.py).
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
-import time
 import warnings
-from typing import Any, Callable, Generator, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,14 +47,15 @@ import numpy as np
 
 from jaxtrain.engine import autotune
 
-from jaxtrain.parallel import distributed
-from jaxtrain.parallel.watchdog import ProgressWatchdog
+from jaxtrain.parallel import distributed, placement
 from jaxtrain.engine.compilation import abstract, one_step_program, signature_mismatch
 from jaxtrain.engine.plan import RunPlan
 from jaxtrain.data import Dataset, epoch_permutation
 from jaxtrain.engine.prefetch import prefetch_to_device, stack
 from jaxtrain.engine.executors import Executor
 from jaxtrain.engine.step import TrainState, accumulate_metrics
+from jaxtrain.engine.timeline import Timeline
+from jaxtrain.util.phases import Phase
 
 class RecompileWarning(UserWarning):
     """A compiled step had to be compiled again after its first call."""
@@ -65,31 +68,37 @@ def padded_order(n: int, seed: int, epoch: int, total: int) -> np.ndarray:
     return order
 
 
-# What the engine does next, yielded between its results (see the module's docstring).
-COMPILE, INPUT_WAIT, H2D_TRANSFER, DISPATCH = "compile", "input_wait", "h2d_transfer", "dispatch"
+class CallResult(NamedTuple):
+    """What one compiled call of K steps returns: the new state, the metric sums of its steps
+    (on the device), and the steps of the epoch done after it."""
+    state: TrainState
+    sums: dict
+    steps_done: int
 
 
-def run_through(gen: Generator) -> Any:
-    """Run a generator that yields phase names to the end; its return value."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+class CallPacer:
+    """Waits for the call `limit` calls back after each dispatch, so that at most `limit` calls
+    are in flight (None: no wait; see placement.calls_in_flight_limit for why)."""
 
+    def __init__(self, limit: int | None, wait=jax.block_until_ready):
+        self.limit, self.wait, self.in_flight = limit, wait, collections.deque()
 
-def calls_only(epoch: Iterator) -> Iterator[tuple[TrainState, dict, int]]:
-    """The results of `Engine.run_epoch` without its phase names (for code that keeps no clock)."""
-    return (item for item in epoch if not isinstance(item, str))
+    def __call__(self, outputs) -> None:
+        if self.limit is None:
+            return
+        self.in_flight.append(outputs)
+        if len(self.in_flight) > self.limit:
+            self.wait(self.in_flight.popleft())
 
 
 class Engine:
     def __init__(self, train_step: Callable, dataset: Dataset, executor: Executor, plan: RunPlan, *,
-                 seed: int, watchdog: ProgressWatchdog | None = None):
+                 seed: int, timeline: Timeline | None = None, sync_each_call: bool = False):
         """`executor` (executors.py) compiles the runners of `train_step` for the mesh and places
         their inputs; `plan` (plan.py) gives the batch, K and whether the training set sits on the
         device. `plan.points`: the state is P points stacked (a vectorized sweep), each trained on
-        the same batches by a vmapped step."""
+        the same batches by a vmapped step. `timeline`: where the engine's time goes (none by
+        default); `sync_each_call`: wait for the device after every call (train.profile)."""
         self.executor, self.plan = executor, plan
         self.dataset, self.mesh, self.seed = dataset, executor.mesh, seed
         self.batch_size, self.on_device, self.points = plan.batch_size, plan.on_device, plan.points
@@ -100,7 +109,8 @@ class Engine:
         self.k_timings: dict[int, float] = {}   # auto: seconds per step for each K tried
         self.compiles = 0     # chunk lengths compiled (recompiles included)
         self.recompiles = 0
-        self.watchdog = watchdog or ProgressWatchdog(None, 0, 1)  # multi-process: ends a stuck run
+        self.timeline = timeline or Timeline()
+        self.sync_each_call = sync_each_call
         self._wait_each_call = plan.calls_wait  # several CPU processes (plan.py says why)
         self._compiled: dict[int, Any] = {}
         self._shapes: tuple | None = None  # (state, args) of the last compiled call, abstract
@@ -136,13 +146,11 @@ class Engine:
             self._step_flops = float(flops) * self.mesh.size if flops and flops > 0 else None
         return self._step_flops
 
-    def _call(self, state: TrainState, num: int, *args) -> Generator[str, None, tuple[TrainState, dict]]:
-        """Run `num` fused steps, compiling that chunk length once, ahead of time. A generator
-        that yields the phase it enters (COMPILE, DISPATCH) and returns the call's results."""
+    def _call(self, state: TrainState, num: int, *args) -> tuple[TrainState, dict]:
+        """Run `num` fused steps, compiling that chunk length once, ahead of time."""
         if num not in self._compiled:
-            yield COMPILE
-            self._compiled[num] = self._compile(num, state, args)
-            yield DISPATCH
+            with self.timeline.phase(Phase.COMPILE):
+                self._compiled[num] = self._compile(num, state, args)
         compiled = self._compiled[num]
         if self._wait_each_call:
             jax.block_until_ready((state, args))
@@ -156,13 +164,30 @@ class Engine:
             warnings.warn(f"recompiling the {num}-step train call after its first use: {cause}. "
                           f"Keep shapes, dtypes and shardings of the state and batches fixed.",
                           RecompileWarning, stacklevel=2)
-            yield COMPILE
-            self._compiled[num] = self._compile(num, state, args)
-            yield DISPATCH
+            with self.timeline.phase(Phase.COMPILE):
+                self._compiled[num] = self._compile(num, state, args)
             out = self._compiled[num](state, *args)
         if self._wait_each_call:
             jax.block_until_ready(out)
         return out
+
+    def _train_call(self, state: TrainState, num: int, step: int, *args) -> tuple[TrainState, dict]:
+        """One call of the epoch, from global step `step`, charged to `dispatch`."""
+        with self.timeline.phase(Phase.DISPATCH, f"the train call at step {step}"):
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                return self._call(state, num, *args)
+
+    def _wait_for_device(self, pace: CallPacer, sums: dict, epoch_end: bool) -> None:
+        """The device waits, charged to `device_compute`: keeping at most the pacer's calls in
+        flight, and with profiling (the device's share of every call) or at the epoch's end (its
+        one sync, before hooks that would wait for it) the call just dispatched."""
+        sync = self.sync_each_call or epoch_end
+        if pace.limit is None and not sync:
+            return
+        with self.timeline.phase(Phase.DEVICE_COMPUTE):
+            pace(sums)
+            if sync:
+                jax.block_until_ready(sums)
 
     def executable(self) -> Any | None:
         """The compiled call for the longest chunk (None before the first call)."""
@@ -204,22 +229,22 @@ class Engine:
         the training loop does, waiting only at the end: with asynchronous dispatch the
         per-call host cost only shows where the device outruns the host, as in training.
         """
-        phase = f"measuring {k} steps per call (train.steps_per_call: auto)"
-        self.watchdog.enter(phase)
+        doing = f"measuring {k} steps per call (train.steps_per_call: auto)"
+        self.timeline.enter(doing)
         scratch = self._copy(state)
         calls = max(1, min(8, 64 // k))
         best = math.inf
-        scratch, _ = run_through(self._call(scratch, k, *make_args(0)))  # warm-up: allocations, caches
+        scratch, _ = self._call(scratch, k, *make_args(0))  # warm-up: allocations, caches
         jax.block_until_ready(scratch)
         for _ in range(2 if calls * k <= 128 else 1):
-            t0 = time.perf_counter()
+            t0 = self.timeline.now()
             sums = None
             for i in range(calls):
-                self.watchdog.enter(phase)
-                scratch, chunk = run_through(self._call(scratch, k, *make_args(i)))
+                self.timeline.enter(doing)
+                scratch, chunk = self._call(scratch, k, *make_args(i))
                 sums = chunk if sums is None else accumulate_metrics(sums, chunk)
             jax.block_until_ready((scratch, sums))
-            best = min(best, (time.perf_counter() - t0) / (calls * k))
+            best = min(best, (self.timeline.now() - t0) / (calls * k))
         del scratch
         return best
 
@@ -243,40 +268,36 @@ class Engine:
         """This process's rows of the epoch's batches from batch `start` on (all rows in one process)."""
         return self.executor.local_batches(self.dataset, self.seed, epoch, start)
 
-    def run_epoch(self, state: TrainState, epoch: int, start_step: int = 0
-                  ) -> Iterator[str | tuple[TrainState, dict, int]]:
-        """Train one epoch from step `start_step` of it. Yields `(state, metric_sums, steps_done)`
-        after every compiled call, and before each piece of work the phase it enters (a str)."""
+    def run_epoch(self, state: TrainState, epoch: int, start_step: int = 0) -> Iterator[CallResult]:
+        """Train one epoch from step `start_step` of it: a `CallResult` after every compiled call."""
         if self.k is None:
-            yield COMPILE
-            self.prepare(state)
+            with self.timeline.phase(Phase.COMPILE):
+                self.prepare(state)
+        pace = CallPacer(placement.calls_in_flight_limit(self.mesh))
         first_step = epoch * self.steps
         if self.on_device:
-            yield H2D_TRANSFER
-            order = self.executor.put_order(padded_order(self.n_train, self.seed, epoch,
-                                                         self.steps * self.batch_size))
+            with self.timeline.phase(Phase.H2D_TRANSFER):
+                order = self.executor.put_order(padded_order(self.n_train, self.seed, epoch,
+                                                             self.steps * self.batch_size))
             for start in range(start_step, self.steps, self.k):
                 num = min(self.k, self.steps - start)
-                self.watchdog.enter(f"the train call at step {first_step + start}")
-                yield DISPATCH
-                with jax.profiler.StepTraceAnnotation("train", step_num=first_step + start):
-                    state, sums = yield from self._call(state, num, self._x, self._y, order, self._start(start))
-                yield state, sums, start + num
+                state, sums = self._train_call(state, num, first_step + start, self._x, self._y, order,
+                                               self._start(start))
+                self._wait_for_device(pace, sums, epoch_end=start + num >= self.steps)
+                yield CallResult(state, sums, start + num)
             return
         batches = self._local_batches(epoch, start_step)  # a resumed epoch seeks: nothing is re-read
         done = start_step
         chunks = prefetch_to_device(batches, self.k, self._put_chunk)
         try:
             while True:
-                yield INPUT_WAIT
-                num, chunk = next(chunks, (0, None))
+                with self.timeline.phase(Phase.INPUT_WAIT):
+                    num, chunk = next(chunks, (0, None))
                 if not num:
                     return
-                self.watchdog.enter(f"the train call at step {first_step + done}")
-                yield DISPATCH
-                with jax.profiler.StepTraceAnnotation("train", step_num=first_step + done):
-                    state, sums = yield from self._call(state, num, *chunk)
+                state, sums = self._train_call(state, num, first_step + done, *chunk)
                 done += num
-                yield state, sums, done
+                self._wait_for_device(pace, sums, epoch_end=done >= self.steps)
+                yield CallResult(state, sums, done)
         finally:
             chunks.close()  # stops the prefetch thread however the epoch ended

@@ -4,11 +4,11 @@ Ask and tell: the study proposes P trials (`population`), jaxtrain trains them, 
 the study each one's validation metric (the final training loss without a validation split;
 never a test metric). Trials that differ only in optimizer hyperparameters
 (`model/optim.py:VECTOR_FIELDS`) train as one population, one compiled program, through the
-vectorized sweep's path (vsweep.py); the others train one after another.
+vectorized sweep's path (lanes.py); the others train one after another.
 
 `--prune` adds successive halving at epoch rungs 1, 3, 9, ...: a trial whose metric at a
 rung is not in the top third of the study's trials at that rung is told PRUNED and stops;
-its population is rebuilt from the lanes left (vsweep.compact), so it costs nothing more.
+its population is rebuilt from the lanes left (lanes.py: compact), so it costs nothing more.
 
 The study lives in an Optuna storage: by default a journal file in the work directory, so
 running the same command again continues it up to N trials in all; any Optuna URL
@@ -41,11 +41,12 @@ from jaxtrain.config.metric_ref import Ranking
 from jaxtrain.config.schema import Config, dump_yaml, load_config, to_dict
 from jaxtrain.model.optim import VECTOR_FIELDS
 from jaxtrain.runs import vsweep
-from jaxtrain.runs.rundir import write_text_atomic
+from jaxtrain.runs.lanes import train_lanes
 from jaxtrain.runs.space import Dimension, check_space, parse_space, sample, trial_config
 from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
 from jaxtrain.util.errors import Arg, NonFiniteError, UserError
-from jaxtrain.util.events import Console
+from jaxtrain.util.events import Console, check_verbose
+from jaxtrain.util.files import write_text_atomic
 from jaxtrain.util.optional import require
 from jaxtrain.util.secrets import mask_secrets
 
@@ -84,10 +85,8 @@ class Objective:
         return self.ranking.metric.of_summary(summary)
 
 
-def objective_for(cfg: Config) -> Objective:
-    """Loads the data once to learn its task and whether it has a validation split."""
-    from jaxtrain import data as data_stage
-    dataset = data_stage.load_dataset(cfg.data)
+def objective_for(dataset: Any) -> Objective:
+    """The objective for a data set's task and splits (the search's data, loaded once)."""
     return Objective(Ranking.for_task(dataset.task, dataset.val is not None and len(dataset.val) > 0))
 
 
@@ -176,7 +175,13 @@ class Search:
     prune: bool
     console: Console        # the search's own lines
     trial_console: Console  # the trials' runs' lines: quiet unless verbose=2
+    dataset: Any            # the base config's data, loaded once: every trial with the same data trains on it
     verbose: int = 1
+
+    def data_for(self, cfg: Config) -> Any | None:
+        """The loaded data set when `cfg` reads the same data as the base config (else None: the
+        trial loads its own, say when the space varies a data option)."""
+        return self.dataset if cfg.data == self.base.data else None
 
 
 def search(config: Any = None, space: dict[str, str] | list[str] | None = None, *, trials: int,
@@ -189,7 +194,6 @@ def search(config: Any = None, space: dict[str, str] | list[str] | None = None, 
     paths of best.yaml, results.csv and the best trial's run directory, and the rows.
     `verbose`: 0 prints nothing, 1 one line per trial and the choice, 2 also every trial's run
     (its epochs, progress) and the results table."""
-    from jaxtrain.runs.api import check_verbose
     check_verbose(verbose)
     optuna = require("optuna", "search", "jaxtrain search")
     if trials < 1 or population < 1:
@@ -201,7 +205,9 @@ def search(config: Any = None, space: dict[str, str] | list[str] | None = None, 
     check_space(base, dims)
     root = Path(workdir) if workdir else default_workdir(base, dims)
     console = console or Console(base.logging.progress, verbose=verbose)
-    objective = objective_for(base)
+    from jaxtrain import data as data_stage
+    dataset = data_stage.load_dataset(base.data)  # once per search process: the task, then every trial
+    objective = objective_for(dataset)
     name = study or base.name
     check_workdir(optuna, root, name, storage)  # before anything is opened or written
     opened = _undo_new_workdir(root, lambda: open_study(optuna, storage or f"journal:{root / STUDY_FILE}", name,
@@ -209,7 +215,8 @@ def search(config: Any = None, space: dict[str, str] | list[str] | None = None, 
     claim_workdir(root, name, storage)
     opened.sampler = _sampler(optuna, sampler, base.train.seed if seed is None else seed, opened)
     quiet = console if verbose >= 2 else Console("none")
-    s = Search(optuna, opened, base, dims, root, objective, trials, population, prune, console, quiet, verbose)
+    s = Search(optuna, opened, base, dims, root, objective, trials, population, prune, console, quiet, dataset,
+               verbose)
     fail_stale_trials(s)
     console.line(f"search: study '{name}' ({_where(root, storage)}): {_taken(s)} of {trials} "
                  f"trials taken; choosing on {objective.metric} ({objective.direction}), {sampler} sampler"
@@ -520,14 +527,15 @@ def _train_group(s: Search, trials: list[Any], cfgs: list[Config],
     """(summary, epoch pruned at, trials in the program that trained it) of each trial of a
     group: one population, or one trial alone. A population that hits a non-finite loss trains
     its trials one by one (the failing trial alone fails: summary None)."""
-    from jaxtrain.runs.api import train
     halving = Halving(s.study, s.objective)
     hooks = [PruneHook(t, s.objective, c.train.epochs, halving) if s.prune else None for t, c in zip(trials, cfgs)]
+    data = s.data_for(cfgs[0])  # a group shares its data options: only optimizer fields vary in it
     if len(trials) > 1:
         try:
-            summaries = vsweep.train_vectorized(cfgs, dirs, s.trial_console, extra_hooks=[[h] if h else [] for h in hooks],
-                                                leaves=lambda lane: any(h is not None and h.pruned_at is not None
-                                                                        for h in lane.hooks if isinstance(h, PruneHook)))
+            summaries = train_lanes(cfgs, dirs, dataset=data, console=s.trial_console,
+                                    extra_hooks=[[h] if h else [] for h in hooks],
+                                    leaves=lambda lane: any(h is not None and h.pruned_at is not None
+                                                            for h in lane.hooks if isinstance(h, PruneHook)))
             return [(summary, h.pruned_at if h else None, len(trials)) for summary, h in zip(summaries, hooks)]
         except NonFiniteError as e:
             s.console.line(f"search: the population of trials {', '.join(str(t.number) for t in trials)} "
@@ -536,7 +544,8 @@ def _train_group(s: Search, trials: list[Any], cfgs: list[Config],
                 shutil.rmtree(d, ignore_errors=True)
             return [r for t, c, d in zip(trials, cfgs, dirs) for r in _train_group(s, [t], [c], [d])]
     try:
-        summary = train(cfgs[0], workdir=dirs[0], console=s.trial_console, hooks=[hooks[0]] if hooks[0] else [])
+        summary = train_lanes(cfgs, dirs, dataset=data, console=s.trial_console,
+                              extra_hooks=[[hooks[0]] if hooks[0] else []])[0]
     except NonFiniteError as e:
         trials[0].set_user_attr("error", str(e).splitlines()[0] if str(e) else "non-finite loss")
         return [(None, None, 1)]

@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 
 from jaxtrain.config.schema import Config, load_config
-from jaxtrain.runs.sweep import split_values
 from jaxtrain.util.errors import Arg, ConfigError
+from jaxtrain.util.values import split_values
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 FORMS = "loguniform(a,b), uniform(a,b), int(a,b) or choice(v1,v2,...)"

@@ -18,10 +18,13 @@ from typing import Any
 
 from jaxtrain.config.metric_ref import Ranking, summary_row
 from jaxtrain.config.schema import Config, load_config, parse_override
+from jaxtrain.runs import vsweep
+from jaxtrain.runs.lanes import train_lanes
 from jaxtrain.runs.rundir import default_workdir
 from jaxtrain.util.errors import Arg, ConfigError, UserError
 from jaxtrain.util import plots
-from jaxtrain.util.events import Console
+from jaxtrain.util.events import Console, check_verbose
+from jaxtrain.util.values import split_values
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -40,19 +43,6 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     if not grid:
         raise ConfigError("a sweep needs at least one ", Arg("grid", "section.key=v1,v2,..."))
     return grid
-
-
-def split_values(text: str) -> list[str]:
-    """'0.1,[32,16],[16]' -> ['0.1', '[32,16]', '[16]']: commas inside brackets belong to a value."""
-    values, depth, current = [], 0, ""
-    for ch in text:
-        depth += (ch in "[{") - (ch in "]}")
-        if ch == "," and depth == 0:
-            values.append(current)
-            current = ""
-        else:
-            current += ch
-    return [v.strip() for v in [*values, current] if v.strip()]
 
 
 def point_name(values: dict[str, str]) -> str:
@@ -83,7 +73,6 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
               console: Console | None = None) -> list[dict[str, Any]]:
     """Train every grid point; write results.csv/.md/.png into `workdir`; return the rows (a
     point's values as the config reads them: numbers are numbers). `verbose` as `train`'s."""
-    from jaxtrain.runs.api import check_verbose, train
     plots.require_matplotlib()           # results.png: refuse before any training
     grid = parse_grid(grid) if isinstance(grid, list) else grid
     overrides = list(overrides or [])
@@ -101,7 +90,6 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
     summaries: dict[int, dict] = {}
 
     if vectorized:
-        from jaxtrain.runs import vsweep
         for group in vsweep.vector_groups(cfgs):
             if len(group) < 2:
                 why = vsweep.why_not_vectorized(cfgs[group[0]])
@@ -110,14 +98,13 @@ def run_sweep(config: Any, grid: dict[str, list[str]] | list[str], *, workdir: s
                 continue
             console.line(f"sweep: {len(group)} points in one vectorized program: "
                          + ", ".join(names[i] for i in group))
-            results = vsweep.train_vectorized([cfgs[i] for i in group], [root / names[i] for i in group],
-                                              console=console)
+            results = train_lanes([cfgs[i] for i in group], [root / names[i] for i in group], console=console)
             summaries.update(zip(group, results))
     for i, cfg in enumerate(cfgs):
         if i in summaries:
             continue
         console.line(f"sweep: point {i + 1}/{len(cfgs)} {names[i]}")
-        summaries[i] = train(cfg, workdir=root / names[i], console=console)
+        summaries[i] = train_lanes([cfg], [root / names[i]], console=console)[0]
 
     rows = [{"point": names[i], **{k: parse_override(f"{k}={v}")[1] for k, v in points[i].items()},
              **summary_row(summaries[i])} for i in range(len(cfgs))]

@@ -1,12 +1,13 @@
 """A run's accounts, all read from its clock: where the wall time went, step time, FLOPs, MFU.
 
-The loop charges every moment of a run to one phase of the run's `RunClock`
-(util/clock.py): the CLI's `startup` (jaxtrain's import to the run's start), `data`
-(api.py), `compile` (the engine says when it compiles; measuring K for
-`steps_per_call: auto` counts too), the training phases (TRAIN_PHASES: waiting for
-input, host-to-device copies, dispatching the compiled calls with the loop's own
-bookkeeping between them, the device's share when profiling syncs after each call,
-and reading the epoch's metrics back), `evaluation`, `checkpointing` (the
+The loop charges every moment of a run to one `Phase` (util/phases.py) of the run's
+`RunClock` (util/clock.py), itself or through the timeline it hands the engine
+(engine/timeline.py): the CLI's `startup` (jaxtrain's import to the run's start), `data`
+(runs/lanes.py), `compile` (the engine's compiling; measuring K for `steps_per_call:
+auto` counts too), the training phases (TRAIN_PHASES: waiting for input, host-to-device
+copies, dispatching the compiled calls with the loop's own bookkeeping between them, the
+engine's waits for the device (pacing, profiling's sync after each call, the epoch's
+end), and reading the epoch's metrics back), `evaluation`, `checkpointing` (the
 checkpoint hook) and `hooks_and_logging` (every other hook, the console,
 metrics.jsonl). What no phase claims is `other` (building the model and the mesh,
 preflight checks, writing the summary). The summary's `time.breakdown` lists the
@@ -30,15 +31,18 @@ from typing import Callable, Iterable
 
 from jaxtrain.parallel.device_peak import Peak, peak_tflops
 from jaxtrain.util.clock import RunClock
+from jaxtrain.util.phases import Phase
 
-TRAIN_PHASES = ("input_wait", "h2d_transfer", "dispatch", "device_compute", "metric_transfer")
-PARTS = ("startup", "data", "compile", "train", "evaluation", "checkpointing", "hooks_and_logging", "other")
-HOOK_PART = "hooks_and_logging"
+TRAIN_PHASES = (Phase.INPUT_WAIT, Phase.H2D_TRANSFER, Phase.DISPATCH, Phase.DEVICE_COMPUTE,
+                Phase.METRIC_TRANSFER)
+TRAIN_PART = "train"  # not a phase: the training phases added up in time.breakdown
+PARTS = (Phase.STARTUP, Phase.DATA, Phase.COMPILE, TRAIN_PART, Phase.EVALUATION, Phase.CHECKPOINTING,
+         Phase.HOOKS, Phase.OTHER)
 
 
-def hook_part(hook) -> str:
-    """The phase a hook's time is charged to: its `time_part` ('checkpointing'), else hooks."""
-    return getattr(hook, "time_part", HOOK_PART)
+def hook_part(hook) -> Phase:
+    """The phase a hook's time is charged to: its `time_part` (Phase.CHECKPOINTING), else hooks."""
+    return getattr(hook, "time_part", Phase.HOOKS)
 
 
 def train_seconds(phases: dict[str, float]) -> float:
@@ -49,7 +53,7 @@ def parts(phases: dict[str, float]) -> dict[str, float]:
     """Seconds per part of PARTS (all listed; the training phases as `train`), then any other phase."""
     folded = {name: 0.0 for name in PARTS}
     for name, seconds in phases.items():
-        key = "train" if name in TRAIN_PHASES else name
+        key = TRAIN_PART if name in TRAIN_PHASES else name
         folded[key] = folded.get(key, 0.0) + seconds
     return folded
 

@@ -5,20 +5,17 @@ a value back from the device inside an epoch: metric sums stay on the device and
 read once per epoch. Between calls and at epoch ends each lane's hooks get a
 read-only `StepInfo` and the loop applies what they ask for (hooks/protocol.py); the
 hook list and its order come from `hooks.build_hooks`. The loop owns the run's clock
-and charges every moment to one phase of it (accounting.py), switching phase where the
-engine says what it does next; with `train.profile` it also waits for the device after
-each call, so the device's share shows apart from the host's.
+and charges every moment to one phase of it (accounting.py); the engine charges its own
+work (compiling, input, the calls, the device waits) to its phases of the same timeline.
 """
 
 from __future__ import annotations
-
-import collections
 
 import jax
 
 from jaxtrain.parallel import placement
 from jaxtrain.engine.step import accumulate_metrics, eval_params
-from jaxtrain.training.accounting import HOOK_PART, Perf, throughput, train_seconds
+from jaxtrain.training.accounting import Perf, throughput, train_seconds
 from jaxtrain.training.run import Lane, Run
 from jaxtrain.training.record import EpochRecord
 from jaxtrain.training.summary import run_summary
@@ -27,6 +24,7 @@ from jaxtrain.training.hooks.dispatch import dispatch
 from jaxtrain.training.hooks.protocol import Hook
 from jaxtrain.util.events import duration, format_metrics
 from jaxtrain.util.heartbeat import Heartbeat
+from jaxtrain.util.phases import Phase
 
 
 def fit(run: Run, hooks: list[Hook] | None = None) -> dict:
@@ -40,9 +38,9 @@ def fit_lanes(run: Run) -> list[dict]:
     """Train from `run.epoch`/`run.step_in_epoch` to the configured end; each lane's summary."""
     cfg, engine, clock = run.cfg, run.engine, run.ctx.clock
     devices = placement.device_summary(run.mesh)
-    with clock.phase("compile"):
+    with clock.phase(Phase.COMPILE):
         engine.prepare(run.state)  # steps_per_call=auto: time a few K on a copy of the state
-    with clock.phase(HOOK_PART):
+    with clock.phase(Phase.HOOKS):
         _announce(run, devices)
     # the train step scans the microbatches: XLA counts its body once
     perf = Perf(lambda: _flops_per_step(run), list(run.mesh.devices.flat), cfg.train.precision)
@@ -50,7 +48,7 @@ def fit_lanes(run: Run) -> list[dict]:
     with Heartbeat(run.ctx.console):  # a line every 10 s, also within a long compiled call
         while run.epoch < cfg.train.epochs and run.stop_reason is None:
             _epoch(run, perf)
-    run.ctx.watchdog.enter("the hooks at the end of training (the final checkpoint)")
+    run.timeline.enter("the hooks at the end of training (the final checkpoint)")
     _each_hook(run, "on_train_end", profile=_profile(run, perf) if cfg.train.profile else None)
     tests = [_test(run, lane) for lane in run.lanes]
     return [run_summary(run, lane, devices, test, perf) for lane, test in zip(run.lanes, tests)]
@@ -103,7 +101,7 @@ def _epoch(run: Run, perf: Perf) -> None:
     timed = {"train_s": train_seconds(clock.since(mark)[1]), "steps": run.step_in_epoch - steps_before,
              "examples": int(count)}
     rates = throughput([timed])
-    with clock.phase(HOOK_PART):  # reporting: the first MFU may measure the CPU's peak
+    with clock.phase(Phase.HOOKS):  # reporting: the first MFU may measure the CPU's peak
         rates["mfu"] = perf.rates(rates["step_time_ms"])["mfu"]
         # this program's FLOPs: a search's population shrinks at its rungs, and its program too
         timed["flops"] = perf.flops * timed["steps"] if perf.flops else None
@@ -116,70 +114,31 @@ def _epoch(run: Run, perf: Perf) -> None:
         run.epoch, run.step_in_epoch, run.epoch_sums = run.epoch + 1, 0, None
     for lane in run.lanes:  # the lane's best metrics, before any hook reads them (hooks/best.py)
         observe_best(lane.hooks, lane.history[-1], run.global_step)
-    run.ctx.watchdog.enter(f"the hooks at the end of epoch {finished}")
-    _each_hook(run, "on_epoch_end")
-
-
-class CallPacer:
-    """Waits for the call `limit` calls back after each dispatch, so that at most `limit` calls
-    are in flight (None: no wait; see placement.calls_in_flight_limit for why)."""
-
-    def __init__(self, limit: int | None, wait=jax.block_until_ready):
-        self.limit, self.wait, self.in_flight = limit, wait, collections.deque()
-
-    def __call__(self, outputs) -> None:
-        if self.limit is None:
-            return
-        self.in_flight.append(outputs)
-        if len(self.in_flight) > self.limit:
-            self.wait(self.in_flight.popleft())
+    run.timeline.enter(f"the hooks at the end of epoch {finished}")
+    _each_hook(run, "on_epoch_end", progress=_progress(run))
 
 
 def _train_epoch(run: Run) -> dict | None:
     """The epoch's compiled calls with the hooks between them; its metric sums, read back once
-    (None when nothing was left to train in it). The time goes to the phase the engine says
-    it is in; the loop's own work between calls is `dispatch` (host work)."""
-    engine, clock, steps = run.engine, run.ctx.clock, run.plan.steps_per_epoch
+    (None when nothing was left to train in it). The engine charges its work to its phases of
+    the run's timeline (compiling, input, transfers, calls, device waits); the loop's own work
+    between calls is `dispatch` (host work)."""
+    engine, steps = run.engine, run.plan.steps_per_epoch
     sums, run.epoch_sums = run.epoch_sums, None
-    pace = CallPacer(placement.calls_in_flight_limit(run.mesh))
-    with clock.phase(HOOK_PART):  # the rate so far, for the heartbeat within a long first call
-        latest = _progress(run) if run.progress_from is not None else {}
-        run.ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, steps, **latest)
-    with clock.phase("dispatch"):
-        for item in engine.run_epoch(run.state, run.epoch, run.step_in_epoch):
-            if isinstance(item, str):  # what the engine does next
-                clock.switch(item)
-                continue
-            run.state, call_sums, run.step_in_epoch = item
+    with run.timeline.phase(Phase.DISPATCH):
+        for call in engine.run_epoch(run.state, run.epoch, run.step_in_epoch):
+            run.state, run.step_in_epoch = call.state, call.steps_done
             run.global_step = run.epoch * steps + run.step_in_epoch
-            sums = call_sums if sums is None else accumulate_metrics(sums, call_sums)
+            sums = call.sums if sums is None else accumulate_metrics(sums, call.sums)
             run.epoch_sums = sums
-            _wait_for_device(run, pace, sums, epoch_end=run.step_in_epoch >= steps)
-            clock.switch("dispatch")
-            with clock.phase(HOOK_PART):
-                run.ctx.console.progress(f"epoch {run.epoch + 1}", run.step_in_epoch, steps, **_progress(run))
-            run.ctx.watchdog.enter(f"the hooks after step {run.global_step}")
-            _each_hook(run, "after_call", run_call_sums=call_sums)
+            run.timeline.enter(f"the hooks after step {run.global_step}")
+            _each_hook(run, "after_call", run_call_sums=call.sums, progress=_progress(run))
             if run.stop_reason is not None:
                 break
         if sums is None:
             return None
-        run.ctx.watchdog.enter(f"reading epoch {run.epoch + 1}'s metrics")
-        clock.switch("metric_transfer")
-        return jax.device_get(sums)  # the epoch's one sync
-
-
-def _wait_for_device(run: Run, pace: CallPacer, sums, epoch_end: bool) -> None:
-    """The device waits, charged to `device_compute`: keeping at most the pacer's calls in flight,
-    and with profiling (the device's share of every call) or at the epoch's end (its one sync,
-    before hooks that would wait for it) the call just dispatched."""
-    sync = run.cfg.train.profile or epoch_end
-    if pace.limit is None and not sync:
-        return
-    run.ctx.clock.switch("device_compute")
-    pace(sums)
-    if sync:
-        jax.block_until_ready(sums)
+        with run.timeline.phase(Phase.METRIC_TRANSFER, f"reading epoch {run.epoch + 1}'s metrics"):
+            return jax.device_get(sums)  # the epoch's one read back
 
 
 def _progress(run: Run) -> dict[str, float]:
@@ -205,7 +164,7 @@ def _record_epoch(run: Run, lane: Lane, sums: dict, epoch_done: bool, rates: dic
     cfg, clock = run.cfg, run.ctx.clock
     lane_sums = {k: float(v if lane.index is None else v[lane.index]) for k, v in sums.items()}
     record = EpochRecord.from_sums(run.epoch, run.global_step, lane_sums, rates)
-    with clock.phase(HOOK_PART):
+    with clock.phase(Phase.HOOKS):
         lane.ctx.events.write("train", **record.to_json())
     line = _epoch_label(run, epoch_done) + " " + format_metrics(
         {k: v for k, v in record.to_json().items() if k not in ("epoch", "step")})
@@ -219,7 +178,7 @@ def _record_epoch(run: Run, lane: Lane, sums: dict, epoch_done: bool, rates: dic
         line += f" | ETA {duration(eta)}"
     warning = overfitting_warning(lane.history) if cfg.train.early_stopping is None else None
     prefix = f"{lane.name}: " if lane.name else ""
-    with clock.phase(HOOK_PART):
+    with clock.phase(Phase.HOOKS):
         lane.ctx.console.line(prefix + line)
         if warning:
             lane.ctx.console.line(prefix + warning)
@@ -227,11 +186,10 @@ def _record_epoch(run: Run, lane: Lane, sums: dict, epoch_done: bool, rates: dic
 
 def _validate(run: Run, lane: Lane) -> dict:
     """The lane's metrics on the validation split, logged."""
-    run.ctx.watchdog.enter(f"evaluating the validation split after epoch {run.epoch + 1}")
     state = run.lane_state(lane)
-    with run.ctx.clock.phase("evaluation"):
+    with run.timeline.phase(Phase.EVALUATION, f"evaluating the validation split after epoch {run.epoch + 1}"):
         val = run.evaluator.evaluate(eval_params(state), state.rest, run.dataset.val)
-    with run.ctx.clock.phase(HOOK_PART):
+    with run.ctx.clock.phase(Phase.HOOKS):
         lane.ctx.events.write("eval", split="val", epoch=run.epoch + 1, step=run.global_step, **val)
     return val
 
@@ -271,11 +229,10 @@ def _test(run: Run, lane: Lane) -> dict:
         return {}
     if not lane.cfg.train.evaluate_test:  # a search trial: chosen on validation, test left alone
         return {}
-    run.ctx.watchdog.enter("evaluating the test split")
     state = run.lane_state(lane)
-    with run.ctx.clock.phase("evaluation"):
+    with run.timeline.phase(Phase.EVALUATION, "evaluating the test split"):
         test = run.evaluator.evaluate(eval_params(state), state.rest, dataset.test)
-    with run.ctx.clock.phase(HOOK_PART):
+    with run.ctx.clock.phase(Phase.HOOKS):
         lane.ctx.events.write("eval", split="test", epoch=run.epoch, step=run.global_step, **test)
         lane.ctx.console.line((f"{lane.name}: " if lane.name else "") + "test " + format_metrics(test))
     return test

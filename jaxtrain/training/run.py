@@ -20,6 +20,7 @@ from jaxtrain.data import Dataset
 from jaxtrain.parallel import placement
 from jaxtrain.engine.engine import Engine
 from jaxtrain.engine.plan import RunPlan
+from jaxtrain.engine.timeline import Timeline
 from jaxtrain.engine.step import TrainState
 from jaxtrain.training.evaluator import Evaluator
 from jaxtrain.training.record import EpochRecord
@@ -58,6 +59,11 @@ class Run:
     stop_reason: str | None = None
     epoch_sums: dict | None = None  # the epoch's metric sums so far (device); a resumed run's start
     progress_from: tuple[float, int] | None = None  # (clock time, step) the progress rate counts from
+
+    @property
+    def timeline(self) -> Timeline:
+        """The run's clock and watchdog, as the engine charges them (engine/timeline.py)."""
+        return self.engine.timeline
 
     # The single lane's, for a plain run.
     @property

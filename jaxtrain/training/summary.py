@@ -17,7 +17,7 @@ def model_section(cfg, platform: str) -> dict:
 
 
 def run_summary(run: Run, lane: Lane, devices: dict, test: dict, perf: Perf) -> dict:
-    """A lane's summary. Its `time` section is added when it is written (api.finish_summary),
+    """A lane's summary. Its `time` section is added when it is written (runs/finish.py:finish_summary),
     so that it covers the test evaluation too."""
     cfg, plan, dataset, engine = lane.cfg, run.plan, run.dataset, run.engine
     last = lane.history[-1] if lane.history else EpochRecord(epoch=0)

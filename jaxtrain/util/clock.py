@@ -1,20 +1,20 @@
 """The run clock: one timeline of a run, every moment charged to exactly one phase.
 
-The training loop owns the run's `RunClock` and is the only code that moves it: it
-opens a phase around each piece of work and switches phase when the engine says
-what it does next (compiling, waiting for input, dispatching). The clock keeps a
-stack of open phases and charges the time between two changes to the innermost
-one, so nested phases never count twice and the phases always add up to the wall
-time since the clock started:
+The training loop owns the run's `RunClock` and moves it, directly or through the
+timeline it hands the engine (engine/timeline.py), which charges the engine's own work
+(compiling, waiting for input, dispatching, waiting for the device). The phases are the
+members of `Phase` (phases.py). The clock keeps a stack of open phases and charges the
+time between two changes to the innermost one, so nested phases never count twice and
+the phases always add up to the wall time since the clock started:
 
     clock = RunClock()
-    with clock.phase("dispatch"):
-        ...                              # charged to "dispatch"
-        with clock.phase("checkpointing"):
-            ...                          # charged to "checkpointing", not "dispatch"
-        clock.switch("compile")          # from here on the open phase is "compile"
+    with clock.phase(Phase.DISPATCH):
+        ...                              # charged to dispatch
+        with clock.phase(Phase.CHECKPOINTING):
+            ...                          # charged to checkpointing, not dispatch
+        clock.switch(Phase.COMPILE)      # from here on the open phase is compile
 
-Time outside every phase is charged to the base phase ("other"). Every time figure
+Time outside every phase is charged to the base phase (Phase.OTHER). Every time figure
 a run reports (summary.json, metrics.jsonl, the console, `jaxtrain profile`) is a
 difference of two readings of this clock (`mark` and `since` for a window), so no
 two figures about the same time can disagree. Reading the clock never waits for the
@@ -28,6 +28,8 @@ import contextlib
 import dataclasses
 import time
 from typing import Callable
+
+from jaxtrain.util.phases import Phase
 
 # jaxtrain's first moment: jaxtrain/__init__.py imports this module before anything else, so a
 # run's `startup` is the time from here (Python and jaxtrain's imports), not from the process's
@@ -44,7 +46,7 @@ class Mark:
 
 
 class RunClock:
-    def __init__(self, now: Callable[[], float] = time.perf_counter, base: str = "other"):
+    def __init__(self, now: Callable[[], float] = time.perf_counter, base: Phase = Phase.OTHER):
         self.now = now
         self.start = now()
         self._totals: dict[str, float] = {}
@@ -67,7 +69,7 @@ class RunClock:
         return now
 
     @contextlib.contextmanager
-    def phase(self, name: str):
+    def phase(self, name: Phase):
         """Charge the time inside the block to `name` (nested phases take their own time)."""
         self._charge_open_phase()
         self._stack.append(name)
@@ -77,12 +79,12 @@ class RunClock:
             self._charge_open_phase()
             self._stack.pop()
 
-    def switch(self, name: str) -> None:
+    def switch(self, name: Phase) -> None:
         """From now on the innermost open phase is `name` (until the next switch or its end)."""
         self._charge_open_phase()
         self._stack[-1] = name
 
-    def add_before_start(self, name: str, seconds: float) -> None:
+    def add_before_start(self, name: Phase, seconds: float) -> None:
         """Time spent before the clock existed (say, process start-up): it moves the start back."""
         self._totals[name] = self._totals.get(name, 0.0) + seconds
         self.start -= seconds
@@ -128,5 +130,5 @@ def since_jaxtrain_import(now: Callable[[], float] = time.perf_counter,
                           imported_at: float | None = None) -> RunClock:
     """A clock whose first phase, 'startup', is the time from jaxtrain's import until now."""
     clock = RunClock(now)
-    clock.add_before_start("startup", max(0.0, clock.start - (IMPORTED_AT if imported_at is None else imported_at)))
+    clock.add_before_start(Phase.STARTUP, max(0.0, clock.start - (IMPORTED_AT if imported_at is None else imported_at)))
     return clock

@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from jaxtrain.util.errors import UserError
 from jaxtrain.util.optional import require
+
+
+def check_verbose(verbose: int) -> int:
+    """A Python caller's `verbose` for a Console, refused unless 0, 1 or 2."""
+    if verbose not in (0, 1, 2):
+        raise UserError(f"verbose={verbose!r}: pass 0 (silent), 1 (a line per epoch) or 2 (progress too)")
+    return verbose
 
 
 def _plain(value: Any) -> Any:

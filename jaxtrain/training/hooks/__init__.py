@@ -21,6 +21,7 @@ from jaxtrain.training.hooks.early_stopping import EarlyStopping
 from jaxtrain.training.hooks.tensorboard import TensorBoardHook
 from jaxtrain.training.hooks.trackers import tracker_hooks
 from jaxtrain.training.hooks.profiling import ProfileHook
+from jaxtrain.training.hooks.progress import ProgressHook
 from jaxtrain.training.hooks.signals import PreemptionHook
 from jaxtrain.training.hooks.protocol import Hook
 
@@ -68,4 +69,5 @@ def build_hooks(cfg: Config, workdir: str | Path | None, *, stats: FeatureStats 
         hooks += tracker_hooks(cfg, workdir)
     if preemption:
         hooks.append(PreemptionHook())
+    hooks.append(ProgressHook(cfg.train.epochs))
     return hooks

@@ -31,6 +31,7 @@ from jaxtrain.config.schema import Config, to_dict
 from jaxtrain.parallel.distributed import lead_decides
 from jaxtrain.training.hooks.best import BestMetric
 from jaxtrain.training.hooks.protocol import Hook, StepInfo
+from jaxtrain.util.phases import Phase
 
 
 def _json_ready(obj: Any) -> Any:
@@ -51,7 +52,7 @@ class CheckpointHook(Hook):
 
     name = "checkpoint"
     stage = "persist"  # after the hooks that decide: the final checkpoint holds what they restored
-    time_part = "checkpointing"  # its time in the run's breakdown (training/accounting.py)
+    time_part = Phase.CHECKPOINTING  # its time in the run's breakdown (training/accounting.py)
 
     def __init__(self, cfg: Config, directory: str | Path, *, stats: dict | None = None,
                  hyperparams_in_state: Sequence[str] = (), best: BestMetric | None = None):
@@ -151,8 +152,9 @@ class CheckpointHook(Hook):
     def save(self, info: StepInfo, kind: str, best_value: float | None = None) -> None:
         # Between calls the last ones may still be running on the device: that wait is training,
         # not checkpointing (charged here, step times of runs saving every few steps came out 8x
-        # too short). At epoch ends the loop has already waited, and this returns at once.
-        with info.ctx.clock.phase("device_compute"):
+        # too short). At epoch ends the engine has already waited, and this returns at once.
+        # The wait stays here, not in the engine: only this hook knows that a save is due.
+        with info.ctx.clock.phase(Phase.DEVICE_COMPUTE):
             jax.block_until_ready(info.state)
         for hook in self.others:  # e.g. the non-finite guard: a bad state is never written
             hook.before_save(info)

@@ -1,6 +1,7 @@
 """The one way hooks are called: stage by stage (protocol.STAGES; in the order given within a
 stage), each one's time charged to its part of the run's clock (a hook's `time_part`, else
-hooks_and_logging; training/accounting.py)."""
+Phase.HOOKS; training/accounting.py). This is the loop's hand on the clock for hook time, kept
+beside the hooks because only a hook says which phase it is."""
 
 from __future__ import annotations
 

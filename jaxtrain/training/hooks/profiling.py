@@ -48,31 +48,33 @@ import jax
 from jaxtrain.parallel import device_peak as peak
 from jaxtrain.training.hooks.protocol import Hook, Request, StepInfo
 from jaxtrain.util.clock import Mark
+from jaxtrain.util.phases import Phase
 
 # The clock's phases (training/accounting.py), in the table's order, with their labels.
-ROWS = [("input_wait", "input wait"), ("h2d_transfer", "host-to-device transfer"),
-        ("dispatch", "dispatch + Python overhead"), ("device_compute", "device compute"),
-        ("metric_transfer", "metric transfer"), ("checkpointing", "checkpointing"),
-        ("hooks_and_logging", "other hooks and logging"), ("evaluation", "validation evaluation"),
-        ("other", "other host work")]
+ROWS = [(Phase.INPUT_WAIT, "input wait"), (Phase.H2D_TRANSFER, "host-to-device transfer"),
+        (Phase.DISPATCH, "dispatch + Python overhead"), (Phase.DEVICE_COMPUTE, "device compute"),
+        (Phase.METRIC_TRANSFER, "metric transfer"), (Phase.CHECKPOINTING, "checkpointing"),
+        (Phase.HOOKS, "other hooks and logging"), (Phase.EVALUATION, "validation evaluation"),
+        (Phase.OTHER, "other host work")]
 IDLE_LIMIT = 0.30
 DISPATCH_LIMIT = 0.25
 # Each row of the table (ROWS) in exactly one verdict; ties go to the earlier verdict.
-SHARES = {"input-bound": ("input_wait", "h2d_transfer"), "dispatch-bound": ("dispatch", "metric_transfer"),
-          "compute-bound": ("device_compute",), "checkpoint-bound": ("checkpointing",),
-          "eval-bound": ("evaluation",), "hooks-bound": ("hooks_and_logging",), "host-bound": ("other",)}
+SHARES = {"input-bound": (Phase.INPUT_WAIT, Phase.H2D_TRANSFER),
+          "dispatch-bound": (Phase.DISPATCH, Phase.METRIC_TRANSFER),
+          "compute-bound": (Phase.DEVICE_COMPUTE,), "checkpoint-bound": (Phase.CHECKPOINTING,),
+          "eval-bound": (Phase.EVALUATION,), "hooks-bound": (Phase.HOOKS,), "host-bound": (Phase.OTHER,)}
 
 
 def profile_table(phases: dict[str, float], wall: float, steps: int, k: int, steps_per_epoch: int = 0,
                   bf16: "Bf16Advice | None" = None) -> dict:
     """Per-step seconds and share of each phase (clock seconds over `wall`, compilation left
     out), the device's idle fraction and the verdict."""
-    wall = wall - phases.get("compile", 0.0)
+    wall = wall - phases.get(Phase.COMPILE, 0.0)
     rows = {name: phases.get(name, 0.0) for name, _ in ROWS}
-    rows["other"] += sum(s for name, s in phases.items() if name not in rows and name != "compile")
+    rows[Phase.OTHER] += sum(s for name, s in phases.items() if name not in rows and name != Phase.COMPILE)
     steps = max(steps, 1)
     fraction = {name: (s / wall if wall > 0 else 0.0) for name, s in rows.items()}
-    idle = max(0.0, min(1.0, 1.0 - fraction["device_compute"])) if wall > 0 else 0.0
+    idle = max(0.0, min(1.0, 1.0 - fraction[Phase.DEVICE_COMPUTE])) if wall > 0 else 0.0
     verdict, advice = judge(fraction, idle, k, steps_per_epoch, bf16)
     return {
         "steps": steps, "wall_s": wall, "steps_per_call": k,
@@ -116,7 +118,7 @@ def judge(fraction: dict[str, float], idle: float, k: int, steps_per_epoch: int 
     the device idles IDLE_LIMIT of the time or dispatch takes DISPATCH_LIMIT of it."""
     shares = {verdict: sum(fraction.get(p, 0.0) for p in phases) for verdict, phases in SHARES.items()}
     verdict = max(shares, key=shares.get)  # ties: the order of SHARES
-    if verdict == "compute-bound" and (idle >= IDLE_LIMIT or fraction.get("dispatch", 0.0) >= DISPATCH_LIMIT):
+    if verdict == "compute-bound" and (idle >= IDLE_LIMIT or fraction.get(Phase.DISPATCH, 0.0) >= DISPATCH_LIMIT):
         verdict = max((v for v in shares if v != "compute-bound"), key=shares.get)
     if verdict == "input-bound":
         return verdict, ("the step waits for data: keep the training set on the device "
@@ -229,7 +231,7 @@ class ProfileHook(Hook):
             report["advice"] += ("; but only traced calls were measured, and tracing inflates dispatch: "
                                  "profile more steps (--steps, train.profile_steps) for a sound verdict")
         report["trace_dir"] = str(self.trace_dir) if self.trace_dir else None
-        report["compile_s"] = window["phases"].get("compile", 0.0)
+        report["compile_s"] = window["phases"].get(Phase.COMPILE, 0.0)
         report["steps_per_call_measured_ms"] = profile.get("steps_per_call_measured_ms", {})
         report.update(profile["perf"].rates(report["wall_s"] * 1e3 / report["steps"]))
         for line in format_report(report):

@@ -41,6 +41,7 @@ class StepInfo:
     record: Any = None                # on_epoch_end: the epoch's EpochRecord (training/record.py)
     last_record: Any = None           # the latest EpochRecord (a resumed run's, before its first)
     profile: dict | None = None       # on_train_end of a profiled run: what the profile needs of the run
+    progress: dict | None = None      # after_call, on_epoch_end: examples/s ('rate') and 'eta_s' so far
     lane: int | None = None           # the point of a vectorized run; None for a plain run
     hooks: tuple = ()                 # every hook of the lane (the checkpoint hook saves their state by name)
     # The run's state and device sums (stacked for a vectorized run); read through the properties.
