@@ -34,6 +34,8 @@ class CacheDir:
     """A temp directory for the caches, deleted when this object is garbage (or at exit)."""
 
     def __init__(self, parent: str | None):
+        if parent:  # data.cache_dir may name a folder not made yet
+            os.makedirs(parent, exist_ok=True)
         self.path = tempfile.mkdtemp(prefix="jaxtrain-stream-", dir=parent)
         self._remove = weakref.finalize(self, shutil.rmtree, self.path, True)
 
