@@ -24,7 +24,7 @@ from jaxtrain.data import apply, load_dataset
 from jaxtrain.data.csvfile import NULL_SPELLINGS
 
 # No shrinking: a failure reports the example as found, in seconds rather than minutes.
-SETTINGS = settings(max_examples=20, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
+SETTINGS = settings(max_examples=12, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                            HealthCheck.data_too_large])
 CATEGORIES = ["red", "green", "blue, dark", 'say "hi"', "a;b|c"]
