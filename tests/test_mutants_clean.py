@@ -1,6 +1,8 @@
 """data/clean.py against NumPy and plain-Python references on random columns (Hypothesis): the
 cases mutmut's surviving mutants showed untested (docs/testing.md)."""
 
+import difflib
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -79,3 +81,50 @@ def test_duplicates_and_missing_counts_match_a_python_reference(rows):
     assert clean.outlier_mask(num, bounds)[:, 0].tolist() == [bool(v < -1.0 or v > 0.5) for v in num[:, 0]]
     clipped = clean.clip_(num.copy(), bounds)
     np.testing.assert_array_equal(clipped, np.clip(num, -1.0, 0.5))
+
+
+@FAST
+@given(y=st.lists(st.sampled_from([0.0, 1.0, 2.0, 3.0, -1.0, 1.5, np.nan, np.inf]), min_size=1, max_size=12),
+       task=st.sampled_from(["classification", "regression"]))
+def test_number_label_problems_match_a_python_reference(y, task):
+    arr = np.array(y)
+    bad, problem = clean.label_problems(arr, task, 3, None)
+    for i, v in enumerate(y):
+        if np.isnan(v):
+            want = "missing label" if task == "classification" else "missing target"
+        elif task == "regression":
+            want = "target is infinite" if np.isinf(v) else None
+        elif np.isinf(v):
+            want = f"label {v:g} is out of range [0, 3); closest known: {2 if v > 0 else 0}"
+        elif v != round(v):
+            want = f"label {v:g} is not an integer"
+        elif not 0 <= v < 3:
+            want = f"label {v:g} is out of range [0, 3); closest known: {min(max(v, 0), 2):g}"
+        else:
+            want = None
+        assert bool(bad[i]) == (want is not None), (v, task)
+        if want is not None:
+            assert problem(i) == want
+
+
+@FAST
+@given(y=st.lists(st.sampled_from(["cat", "dog", "Cat", "bird", None]), min_size=1, max_size=12),
+       task=st.sampled_from(["classification", "regression"]))
+def test_text_label_problems_match_a_python_reference(y, task):
+    classes = ["cat", "dog"]
+    bad, problem = clean.label_problems(np.array(y, object), task, None, classes)
+    for i, v in enumerate(y):
+        if v is None:
+            want = "missing label"
+        elif task == "regression":
+            want = f"target '{v}' is not a number"
+        elif v not in classes:
+            want = f"label '{v}' is not one of the classes seen in training (cat, dog)"
+        else:
+            want = None
+        assert bool(bad[i]) == (want is not None), (v, task)
+        if want is not None:
+            assert problem(i).startswith(want)
+            if task == "classification" and v is not None:
+                closest = difflib.get_close_matches(v, classes, n=1, cutoff=0.0)[0]
+                assert problem(i) == want + f"; closest known: '{closest}'"
