@@ -140,3 +140,21 @@ def test_text_label_problems_match_a_python_reference(y, task):
             if task == "classification" and v is not None:
                 closest = difflib.get_close_matches(v, classes, n=1, cutoff=0.0)[0]
                 assert problem(i) == want + f"; closest known: '{closest}'"
+
+
+@FAST
+@given(picks=st.lists(st.integers(0, 3), min_size=1, max_size=20), width=st.integers(1, 5),
+       dtype=st.sampled_from([np.uint8, np.float32]))
+def test_duplicate_images_match_a_python_reference(picks, width, dtype):
+    """Array examples (images): rows of any byte width (padded to 8-byte words), equal bytes and
+    label = a duplicate."""
+    pool = np.arange(4 * width * 3, dtype=np.float64).reshape(4, width, 3) % 7
+    x = pool[picks].astype(dtype)
+    y = np.array([p % 2 for p in picks], np.float64)
+    part = Part(y=y, rows=np.arange(len(picks)), x=x)
+    seen, want = set(), []
+    for p in picks:
+        key = (x[picks.index(p)].tobytes(), p % 2)
+        want.append(key in seen)
+        seen.add(key)
+    assert clean.duplicate_mask(part).tolist() == want
