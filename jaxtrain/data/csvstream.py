@@ -65,8 +65,9 @@ def string_hashes(col: np.ndarray) -> np.ndarray:
     data = data[offsets[0]:offsets[-1]]
     starts, lengths = offsets[:-1] - offsets[0], np.diff(offsets)
     pos = np.arange(len(data)) - np.repeat(starts, lengths)
-    contrib = (data.astype(np.uint64) + np.uint64(1)) * _KEYS[pos % len(_KEYS)]
-    sums = np.add.reduceat(contrib, np.minimum(starts, max(len(data) - 1, 0))) if len(data) else \
-        np.zeros(len(arr), np.uint64)
+    # a trailing 0 makes every start a valid index: clipping the starts of empty values at the
+    # end to the last byte cut the last byte off the value before them
+    contrib = np.append((data.astype(np.uint64) + np.uint64(1)) * _KEYS[pos % len(_KEYS)], np.uint64(0))
+    sums = np.add.reduceat(contrib, starts) if len(arr) else np.zeros(0, np.uint64)
     h = np.where(lengths > 0, sums, np.uint64(0)) + lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     return np.where(np.asarray(arr.is_null()), np.uint64(0xDEADBEEF), h)
