@@ -99,7 +99,7 @@ def test_dict_config_rejects_unknown_section():
 
 
 def test_shipped_configs_all_load():
-    for name in ("digits_mlp", "house_prices_linear", "mnist_mlp"):
+    for name in ("digits_mlp", "house_prices_linear", "mnist_mlp", "tabular"):
         assert load_config(name).name == name
 
 
