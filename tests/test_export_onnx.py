@@ -73,6 +73,23 @@ NEW_ROWS = [["3", "75.5", "paris"], ["", "20", "lyon"], ["6", "90000", "nice"], 
 
 @pytest.mark.parametrize("task", ["regression", "classification"])
 def test_the_exported_table_model_takes_raw_rows_and_matches_predict(tmp_path, task):
+    _check_table_export(tmp_path, task, [])
+
+
+# The tabular mlp (model/tabular.py): its encodings and the ensemble's mean are in the graph.
+@pytest.mark.parametrize("task, model", [
+    ("classification", {"numeric_embedding": "piecewise_linear", "bins": 8, "embedding_dim": 0}),
+    ("regression", {"numeric_embedding": "piecewise_linear", "bins": 16}),
+    ("regression", {"numeric_embedding": "periodic", "frequencies": 8, "frequency_scale": 0.5}),
+    ("classification", {"category_embedding": "learned"}),
+    ("classification", {"ensemble": 3, "numeric_embedding": "piecewise_linear", "bins": 8}),
+    ("regression", {"ensemble": 4, "category_embedding": "learned"}),
+], ids=["ple-flat", "ple-dim", "periodic", "learned-categories", "ensemble-classes", "ensemble-regression"])
+def test_the_tabular_mlp_exports_its_encodings_and_ensemble_mean(tmp_path, task, model):
+    _check_table_export(tmp_path, task, [a for k, v in model.items() for a in ("--set", f"model.{k}={v}")])
+
+
+def _check_table_export(tmp_path, task, extra):
     rows = _houses(240, np.random.default_rng(0))
     if task == "classification":        # three price bands
         edges = np.quantile([float(r[3]) for r in rows], [1 / 3, 2 / 3])
@@ -84,7 +101,7 @@ def test_the_exported_table_model_takes_raw_rows_and_matches_predict(tmp_path, t
                  "--set", f"data.path={tmp_path / 'houses.csv'}", "--set", "data.target=price",
                  "--set", f"data.task={task}", "--set", "data.log_columns=[area]",
                  "--set", "data.clean.outliers=iqr", "--set", "model.hidden_sizes=[8]",
-                 "--set", "train.epochs=3"]) == 0
+                 "--set", "train.epochs=3", *extra]) == 0
     stats = json.loads((run / "stats.json").read_text())
     bounds = dict(zip(stats["numeric_columns"], stats["outliers"]["bounds"]))
     assert float(NEW_ROWS[2][1]) > np.expm1(bounds["area"][1]) and -40 < bounds["rooms"][0]  # clipped rows

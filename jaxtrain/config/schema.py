@@ -66,6 +66,29 @@ class ModelConfig:
     conv_impl: Literal["auto", "xla", "im2col"] = "auto"
     # Fine-tuning: a run directory or checkpoint whose matching parameters seed this model.
     init_from: str | None = None
+    # mlp on a table: how numeric columns enter the network (docs/models.md). none: the
+    # normalized value; piecewise_linear: `bins` components from the training split's
+    # quantiles (edges saved in stats.json); periodic: sin/cos of `frequencies` trainable
+    # frequencies (initial N(0, frequency_scale)), then a per-column linear layer and ReLU.
+    numeric_embedding: Literal["none", "piecewise_linear", "periodic"] = "none"
+    bins: int = 64
+    frequencies: int = 48
+    frequency_scale: float = 0.01
+    # The width of each numeric column's embedding (periodic; piecewise_linear: a per-column
+    # linear layer and ReLU over the bins, or 0 for the bins themselves).
+    embedding_dim: int = 16
+    # mlp on a table: category columns one-hot, or a learned vector per category of
+    # min(16, round(1.6 * n ** 0.56)) dimensions (n: the column's categories), unseen: a reserved one.
+    category_embedding: Literal["onehot", "learned"] = "onehot"
+    # mlp: k members with their own parameters trained as one model on the mean of their
+    # losses; evaluated and served on the mean prediction (probabilities for classes).
+    ensemble: int = 1
+
+    @property
+    def tabular(self) -> bool:
+        """Whether the mlp is built with embeddings or as an ensemble (model/tabular.py)."""
+        return (self.numeric_embedding != "none" or self.category_embedding != "onehot"
+                or self.ensemble != 1)
 
     @property
     def imported(self) -> bool:
@@ -85,6 +108,18 @@ class ModelConfig:
         check_key(len(self.kernel_sizes) == len(self.channels) and all(k > 0 for k in self.kernel_sizes),
                   f"{key}.kernel_sizes", f"needs one positive size per entry of model.channels "
                   f"({len(self.channels)}), got {list(self.kernel_sizes)}")
+        self._validate_tabular(key)
+
+    def _validate_tabular(self, key: str) -> None:
+        check_key(self.bins >= 1, f"{key}.bins", f"needs at least one bin, got {self.bins}")
+        check_key(self.frequencies >= 1, f"{key}.frequencies", f"needs at least one, got {self.frequencies}")
+        check_key(self.frequency_scale > 0, f"{key}.frequency_scale", f"must be positive, got {self.frequency_scale}")
+        check_key(self.embedding_dim >= (1 if self.numeric_embedding == "periodic" else 0),
+                  f"{key}.embedding_dim", f"must be positive (0 only with piecewise_linear), got {self.embedding_dim}")
+        check_key(self.ensemble >= 1, f"{key}.ensemble", f"needs at least one member, got {self.ensemble}")
+        check_key(self.name == "mlp" or not self.tabular, f"{key}.name",
+                  "numeric_embedding, category_embedding and ensemble apply to model.name=mlp, "
+                  f"not {self.name}")
 
 
 _IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
@@ -466,9 +501,19 @@ MODEL_KEYS = {"mlp": ("hidden_sizes", "activation", "dropout"), "linear": (),
 COMMON_MODEL_KEYS = ("name", "import_root", "init_from")
 
 
+def tabular_model_keys(m: ModelConfig) -> tuple[str, ...]:
+    """The tabular mlp's keys that shape a run's model (none for the plain mlp)."""
+    if not m.tabular:
+        return ()
+    numeric = {"none": (), "piecewise_linear": ("bins", "embedding_dim"),
+               "periodic": ("frequencies", "frequency_scale", "embedding_dim")}[m.numeric_embedding]
+    return ("numeric_embedding", *numeric, "category_embedding", "ensemble")
+
+
 def dump_yaml(cfg: Config) -> str:
     """The config as YAML, less the model keys its model does not read (they load back as defaults)."""
     raw = to_dict(cfg)
-    used = COMMON_MODEL_KEYS + (("kwargs",) if cfg.model.imported else MODEL_KEYS[cfg.model.name])
+    used = COMMON_MODEL_KEYS + (("kwargs",) if cfg.model.imported else MODEL_KEYS[cfg.model.name]) \
+        + tabular_model_keys(cfg.model)
     raw["model"] = {k: v for k, v in raw["model"].items() if k in used}
     return yaml.safe_dump(raw, sort_keys=False)

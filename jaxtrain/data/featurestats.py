@@ -63,6 +63,10 @@ class FeatureStats:
     feature_names: list[str] = dataclasses.field(default_factory=list)
     feature_shape: list[int] = dataclasses.field(default_factory=list)
     image_shape: list[int] | None = None
+    # model.numeric_embedding=piecewise_linear: per numeric column, the increasing bin edges of
+    # its normalized values, quantiles of the training split (bins.py); None when not fitted.
+    bin_edges: list[list[float]] | None = None
+    bins: int = 0                      # the model.bins the edges were fitted for
     version: int = STATS_VERSION
 
     @property

@@ -61,6 +61,8 @@ def eval_params(state: TrainState):
 
 def per_example_loss(task: str, outputs: jax.Array, y: jax.Array) -> jax.Array:
     outputs = outputs.astype(jnp.float32)
+    if outputs.ndim == 3:  # an ensemble's members in training, (batch, k, out): the mean of their losses
+        return jax.vmap(lambda member: per_example_loss(task, member, y), in_axes=1, out_axes=1)(outputs).mean(1)
     if task == "classification":
         return optax.softmax_cross_entropy_with_integer_labels(outputs, y)
     pred = outputs[:, 0] if y.ndim == 1 else outputs
@@ -72,6 +74,8 @@ def batch_metrics(task: str, outputs: jax.Array, y: jax.Array, losses: jax.Array
                   mask: jax.Array) -> Metrics:
     m = {"loss_sum": jnp.sum(losses * mask), "count": jnp.sum(mask)}
     if task == "classification":
+        if outputs.ndim == 3:  # an ensemble's members: the class of the mean probability
+            outputs = jax.nn.softmax(outputs.astype(jnp.float32), -1).mean(1)
         m["correct"] = jnp.sum((jnp.argmax(outputs, -1) == y) * mask)
     return m
 

@@ -21,19 +21,11 @@ from flax import nnx
 
 from jaxtrain.config.schema import ModelConfig
 from jaxtrain.model import images
+from jaxtrain.model.activations import ACTIVATIONS
 from jaxtrain.model.imported import build_imported
 from jaxtrain.model.kernels import Kernels, max_pool_2x2
+from jaxtrain.model.tabular import EnsembleMLP, TableLayout, TabularMLP
 from jaxtrain.util.errors import ConfigError
-
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "gelu": jax.nn.gelu,
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "silu": jax.nn.silu,
-    "elu": jax.nn.elu,
-}
-
 
 class Dense(nnx.Module):
     """y = x @ kernel + bias, with the matmul in `compute_dtype` and fp32 accumulation."""
@@ -147,17 +139,22 @@ def cnn_image_shape(cfg: ModelConfig, feature_shape: tuple[int, ...],
 
 def build_model(cfg: ModelConfig, feature_shape: tuple[int, ...], out_features: int, *, seed: int,
                 image_shape: tuple[int, ...] | None = None, compute_dtype: jnp.dtype = jnp.float32,
-                platform: str) -> nnx.Module:
+                platform: str, layout: TableLayout | None = None, task: str = "classification") -> nnx.Module:
     """The model `cfg` names, for examples of `feature_shape` (`image_shape`: the images'
     (H, W[, C]) when the data stage flattened them), computing with the kernels of `platform`
     (the devices it trains on) and `model.conv_impl` (kernels.py). Built-in models are initialised in one
     compiled call: eagerly, each initializer op compiles on its own (19 small compiles,
     seconds on 2 cores), and one call hits the persistent compilation cache as a whole. The
-    values are the same. An imported factory runs eagerly, so its errors stay plain."""
+    values are the same. An imported factory runs eagerly, so its errors stay plain.
+    `layout` (a table's columns) and `task` shape the tabular mlp (model/tabular.py)."""
     if cfg.imported:
         return build_imported(cfg, tuple(image_shape or feature_shape), tuple(feature_shape),
                               out_features, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
     kernels = Kernels.for_platform(platform, cfg.conv_impl)
+    if cfg.tabular:
+        check_tabular(cfg, layout)
+        return nnx.jit(lambda: _construct_tabular(cfg, math.prod(feature_shape), out_features, seed, compute_dtype,
+                                                  kernels, layout, task == "classification"))()
     return nnx.jit(lambda: _construct(cfg, tuple(feature_shape), out_features, seed, compute_dtype,
                                       image_shape, kernels))()
 
@@ -177,3 +174,36 @@ def _construct(cfg: ModelConfig, feature_shape: tuple[int, ...], out_features: i
                    tuple(cfg.kernel_sizes), tuple(cfg.hidden_sizes), out_features,
                    activation=cfg.activation, dropout=cfg.dropout, batch_norm=cfg.batch_norm, **common)
     raise ValueError(f"unknown model {cfg.name!r}")  # unreachable: the config validates names
+
+
+def check_tabular(cfg: ModelConfig, layout: TableLayout | None) -> None:
+    """Embeddings need a table's columns (and piecewise_linear its fitted edges)."""
+    if layout is None and (cfg.numeric_embedding != "none" or cfg.category_embedding != "onehot"):
+        key = "numeric_embedding" if cfg.numeric_embedding != "none" else "category_embedding"
+        raise ConfigError(f"config key 'model.{key}': applies to tables (CSV or Parquet columns), and this data "
+                          f"has none; leave it at its default for arrays and images")
+    if cfg.numeric_embedding == "piecewise_linear" and layout.numeric and layout.bin_edges is None:
+        raise ConfigError("config key 'model.numeric_embedding': piecewise_linear needs the bin edges fitted on "
+                          "the training split, and the run's statistics have none; retrain the run")
+
+
+def _construct_tabular(cfg: ModelConfig, in_features: int, out_features: int, seed: int,
+                       compute_dtype: jnp.dtype, kernels: Kernels, layout: TableLayout | None,
+                       classification: bool) -> nnx.Module:
+    """The mlp with embeddings over `layout`'s columns and/or as an ensemble of `cfg.ensemble`
+    members (member j initialised as the plain mlp of params seed `seed + j`)."""
+    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+
+    def backbone(width: int) -> nnx.Module:
+        def member(j: int) -> MLP:
+            member_rngs = rngs if cfg.ensemble == 1 else nnx.Rngs(params=seed + j, dropout=seed + 1)
+            return MLP(width, tuple(cfg.hidden_sizes), out_features, activation=cfg.activation,
+                       dropout=cfg.dropout if cfg.ensemble == 1 else 0.0, rngs=member_rngs,
+                       compute_dtype=compute_dtype, kernels=kernels)
+        if cfg.ensemble == 1:
+            return member(0)
+        return EnsembleMLP([member(j) for j in range(cfg.ensemble)], classification, dropout=cfg.dropout,
+                           activation=cfg.activation, compute_dtype=compute_dtype, rngs=rngs)
+    if layout is None:
+        return backbone(in_features)
+    return TabularMLP(cfg, layout, backbone, rngs=rngs)

@@ -26,8 +26,8 @@ from jaxtrain.runs.report import write_report
 from jaxtrain.runs.resume import (check_device_count, nothing_left, resume_run, resume_source,
                                   saved_hyperparams_in_state, saved_stats)
 from jaxtrain.runs.rundir import RunDirectory, default_workdir
-from jaxtrain.runs.trained import (PYTHON_MODEL_FILE, load_trained, make_model, python_model_class,
-                                   with_import_root)
+from jaxtrain.runs.trained import (PYTHON_MODEL_FILE, fit_model_stats, load_trained, make_model,
+                                   python_model_class, with_import_root)
 from jaxtrain.training.accounting import closing_lines, time_section
 from jaxtrain.training.hooks.dispatch import close_all
 from jaxtrain.training.hooks import build_hooks
@@ -128,6 +128,7 @@ def load_data(cfg: Config, ctx: RunContext, dataset: data_stage.Dataset | None =
     with ctx.clock.phase("data"):
         if dataset is None:
             dataset = data_stage.load_dataset(cfg.data, stats=stats)
+        fit_model_stats(cfg, dataset)   # into stats.json: the bin edges of model.numeric_embedding
         if lead:
             data_stage.write_artifacts(dataset, ctx.workdir)   # stats.json + preprocess_report.json
     ctx.console.line(data_stage.summary(dataset))

@@ -16,10 +16,12 @@ from jaxtrain import data as data_stage
 from jaxtrain.ckpt.checkpoint import has_checkpoint
 from jaxtrain.ckpt.params import restore_params
 from jaxtrain.config.schema import Config, load_config
+from jaxtrain.data.bins import fit_bin_edges
 from jaxtrain.data.featurestats import FeatureStats
 from jaxtrain.engine.step import split_model
 from jaxtrain.model.imported import import_root
 from jaxtrain.model.models import build_model
+from jaxtrain.model.tabular import TableLayout
 from jaxtrain.parallel import placement
 from jaxtrain.runs.resume import saved_stats
 from jaxtrain.training.evaluator import Evaluator
@@ -30,13 +32,33 @@ PYTHON_MODEL_FILE = "python_model.json"  # written by a run trained with train(m
 
 
 def make_model(cfg: Config, dataset: data_stage.Dataset) -> nnx.Module:
-    return _build(cfg, dataset.feature_shape, dataset.image_shape, dataset.num_outputs)
+    fit_model_stats(cfg, dataset)
+    return _build(cfg, dataset.feature_shape, dataset.image_shape, dataset.num_outputs, dataset.stats,
+                  dataset.task)
 
 
-def _build(cfg: Config, feature_shape, image_shape, num_outputs: int) -> nnx.Module:
+def fit_model_stats(cfg: Config, dataset: data_stage.Dataset) -> None:
+    """What the model fits on the training split into the run's statistics (before stats.json
+    is written): the piecewise-linear encoding's bin edges."""
+    if cfg.model.numeric_embedding == "piecewise_linear":
+        fit_bin_edges(dataset, cfg.model.bins)
+
+
+def table_layout(stats: FeatureStats | None) -> TableLayout | None:
+    """Where a table's columns sit in the features the encoder writes (None: not a table)."""
+    if stats is None or not stats.is_table:
+        return None
+    edges = tuple(tuple(e) for e in stats.bin_edges) if stats.bin_edges is not None else None
+    return TableLayout(len(stats.numeric_columns), tuple(len(c) for c in stats.categories.values()),
+                       len(stats.text_columns) * stats.hash_dim, edges)
+
+
+def _build(cfg: Config, feature_shape, image_shape, num_outputs: int, stats: FeatureStats | None,
+           task: str) -> nnx.Module:
     return build_model(cfg.model, tuple(feature_shape), num_outputs, seed=cfg.train.seed,
                        image_shape=tuple(image_shape) if image_shape else None,
-                       compute_dtype=COMPUTE_DTYPES[cfg.train.precision], platform=placement.platform())
+                       compute_dtype=COMPUTE_DTYPES[cfg.train.precision], platform=placement.platform(),
+                       layout=table_layout(stats), task=task)
 
 
 def with_import_root(cfg: Config) -> Config:
@@ -60,7 +82,7 @@ def load_run(run_dir: str | Path) -> tuple[Config, FeatureStats | None]:
 def model_from_stats(cfg: Config, stats: FeatureStats) -> nnx.Module:
     """The run's model, shaped by its saved statistics instead of its data set."""
     outputs = stats.num_classes if stats.task == "classification" else 1
-    return _build(cfg, stats.feature_shape, stats.image_shape, int(outputs))
+    return _build(cfg, stats.feature_shape, stats.image_shape, int(outputs), stats, stats.task)
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
