@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -128,18 +129,18 @@ def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- the models
 
-def fit_lightgbm(task: dict, seed: int, quick: bool) -> tuple[np.ndarray, float]:
+def fit_lightgbm(task: dict, seed: int, quick: bool) -> tuple[np.ndarray, float, float]:
     import lightgbm as lgb
     kwargs = dict(n_estimators=QUICK_TREES if quick else TREES, learning_rate=0.05, random_state=seed,
                   n_jobs=os.cpu_count(), verbose=-1)
     model = lgb.LGBMClassifier(**kwargs) if task["classes"] else lgb.LGBMRegressor(**kwargs)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     model.fit(task["x_train"], task["y_train"], categorical_feature=task["text"] or "auto")
-    wall = time.perf_counter() - start
-    return model.predict(task["x_test"]), wall
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return model.predict(task["x_test"]), wall, cpu
 
 
-def fit_xgboost(task: dict, seed: int, quick: bool) -> tuple[np.ndarray, float]:
+def fit_xgboost(task: dict, seed: int, quick: bool) -> tuple[np.ndarray, float, float]:
     import xgboost as xgb
     n = task["x_train"].shape[1]
     types = ["c" if i in task["text"] else "q" for i in range(n)]
@@ -148,13 +149,13 @@ def fit_xgboost(task: dict, seed: int, quick: bool) -> tuple[np.ndarray, float]:
     params = {"eta": 0.05, "max_depth": 6, "tree_method": "hist", "seed": seed, "nthread": os.cpu_count()}
     if task["classes"]:
         params.update(objective="multi:softmax", num_class=task["num_classes"])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     booster = xgb.train(params, train, num_boost_round=QUICK_TREES if quick else TREES)
-    wall = time.perf_counter() - start
-    return booster.predict(test), wall
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return booster.predict(test), wall, cpu
 
 
-def fit_linear(task: dict, seed: int, quick: bool) -> tuple[np.ndarray, float]:
+def fit_linear(task: dict, seed: int, quick: bool) -> tuple[np.ndarray, float, float]:
     """Ridge or (multinomial) logistic regression on median-filled, z-scored numbers and one-hot text."""
     from sklearn.compose import make_column_transformer
     from sklearn.impute import SimpleImputer
@@ -169,10 +170,10 @@ def fit_linear(task: dict, seed: int, quick: bool) -> tuple[np.ndarray, float]:
          task["text"]))
     head = LogisticRegression(max_iter=200 if quick else 2000, random_state=seed) if task["classes"] else Ridge()
     model = make_pipeline(prep, head)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     model.fit(task["x_train"], task["y_train"])
-    wall = time.perf_counter() - start
-    return model.predict(task["x_test"]), wall
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return model.predict(task["x_test"]), wall, cpu
 
 
 def jaxtrain_command(task: dict, seed: int, workdir: Path, quick: bool) -> list[str]:
@@ -186,13 +187,15 @@ def jaxtrain_command(task: dict, seed: int, workdir: Path, quick: bool) -> list[
     return command
 
 
-def fit_jaxtrain(task: dict, seed: int, quick: bool) -> tuple[np.ndarray, float]:
+def fit_jaxtrain(task: dict, seed: int, quick: bool) -> tuple[np.ndarray, float, float]:
     """One `jaxtrain train` run; its test predictions come back from `jaxtrain predict` on the
     20% file, so that the metric is computed here exactly as for the other models."""
     workdir = task["out"] / "runs" / f"{task['name']}-seed{seed}"
+    cpu = _children_cpu_s()
     done = subprocess.run(jaxtrain_command(task, seed, workdir, quick), capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"jaxtrain train failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    cpu = _children_cpu_s() - cpu
     summary = json.loads((workdir / "summary.json").read_text())
     predictions = workdir / "test_predictions.csv"
     done = subprocess.run([sys.executable, "-m", "jaxtrain", "predict", str(workdir), "--input",
@@ -203,7 +206,13 @@ def fit_jaxtrain(task: dict, seed: int, quick: bool) -> tuple[np.ndarray, float]
     if task["classes"]:
         column = np.array([task["levels"].index(v) if v in task["levels"] else -1 for v in column])
     task.setdefault("jaxtrain_summaries", []).append(summary)
-    return column, float(summary["time"]["total_s"])
+    return column, float(summary["time"]["total_s"]), cpu
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 FITS = {"jaxtrain": fit_jaxtrain, "lightgbm": fit_lightgbm, "xgboost": fit_xgboost, "linear": fit_linear}
@@ -247,20 +256,21 @@ def run_model(task: dict, model: str, seeds: list[int], quick: bool) -> dict:
     """A model's metric and wall time on one table, each the median over the seeds."""
     if model != "jaxtrain":
         seeds = seeds[:task["baseline_seeds"]]
-    metrics, walls = [], []
+    metrics, walls, cpus = [], [], []
     for seed in seeds:
         try:
-            pred, wall = FITS[model](task, seed, quick)
+            pred, wall, cpu = FITS[model](task, seed, quick)
         except ImportError as e:
             return {"status": "skipped", "reason": f"{type(e).__name__}: {e}"}
         except Exception as e:  # one model failing leaves the others' figures
             return {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:2000]}
         metrics.append(score(task, pred))
         walls.append(wall)
+        cpus.append(cpu)
         print(f"  {task['name']:<20} {model:<9} seed {seed}: {task['metric']} {metrics[-1]:.6g}, "
-              f"{wall:.2f} s", flush=True)
+              f"{wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
     return {"status": "ok", "metric": statistics.median(metrics), "wall_s": statistics.median(walls),
-            "metrics": metrics, "walls_s": walls}
+            "cpu_s": statistics.median(cpus), "metrics": metrics, "walls_s": walls, "cpus_s": cpus}
 
 
 def jaxtrain_details(task: dict) -> dict:
@@ -296,13 +306,14 @@ def markdown(results: dict, meta: dict) -> str:
                 continue
             value = f"{r['metric']:.4f}" if row["metric"] == "accuracy" else f"{r['metric']:,.0f}"
             ratio = f", {r['wall_s'] / lgb:.1f}x" if lgb else ""
-            cells.append(f"{value} ({r['wall_s']:.1f} s{ratio})")
+            cells.append(f"{value} ({r['wall_s']:.1f} s{ratio}; {r['cpu_s']:.0f} CPU s)")
         metric = "test accuracy" if row["metric"] == "accuracy" else f"test RMSE ({row['target']})"
         lines.append(f"| {table} | {metric} | {' | '.join(cells)} |")
     lines += ["", f"Each cell: the median over seeds {meta['seeds']} (other models: the first "
               f"{meta['baseline_seeds']}) of the metric (wall time in seconds, "
-              "and its ratio to LightGBM's). jaxtrain's wall time is its summary's time.total_s; "
-              "the others' the whole fit.", f"CPU: {meta['cpu']} ({meta['cores']} cores), {meta['date']}.",
+              "and its ratio to LightGBM's; CPU seconds, user + system). jaxtrain's wall time is its "
+              "summary's time.total_s and its CPU time the whole `jaxtrain train` process's; the "
+              "others' the whole fit.", f"CPU: {meta['cpu']} ({meta['cores']} cores), {meta['date']}.",
               f"Command: `{meta['command']}`"]
     return "\n".join(lines) + "\n"
 
