@@ -66,9 +66,11 @@ def _houses(n, rng):
 
 
 # Rows a model has to guess about: missing numbers (empty, NA), values far past the clip bounds
-# (both sides), a category never seen in training, missing categories (empty, NA, null).
+# (both sides), a category never seen in training, missing categories (empty, NA, null), inf
+# and -inf (missing, as in training).
 NEW_ROWS = [["3", "75.5", "paris"], ["", "20", "lyon"], ["6", "90000", "nice"], ["2", "", "berlin"],
-            ["-40", "1", ""], ["4", "NA", "NA"], ["250", "0", "null"], ["1", "60", "Lyon"]]
+            ["-40", "1", ""], ["4", "NA", "NA"], ["250", "0", "null"], ["1", "60", "Lyon"],
+            ["inf", "-inf", "nice"]]
 
 
 @pytest.mark.parametrize("task", ["regression", "classification"])

@@ -330,3 +330,53 @@ def test_predict_and_eval_input_on_an_ensemble_with_embeddings_serve_the_mean_of
     labels = np.array([int(rows[i][3]) for i in test_idx])
     accuracy = float(np.mean(probs.argmax(1) == labels))
     assert f"{accuracy:.4f}" in out or f"{accuracy:.3f}" in out, out
+
+
+def test_a_streamed_run_fits_the_same_bin_edges_and_predicts_with_them(tmp_path):
+    model = {"numeric_embedding": "piecewise_linear", "bins": 10}
+    (tmp_path / "mem").mkdir()
+    (tmp_path / "stream").mkdir()
+    _, run_mem = _train_table(tmp_path / "mem", model, epochs=1)
+    rows, run_stream = _train_table(tmp_path / "stream", model, epochs=1,
+                                    data={"source": "csv", "path": str(tmp_path / "stream" / "data.csv"),
+                                          "target": "label", "task": "classification", "batch_size": 16,
+                                          "streaming": True})
+    (_, mem), (_, streamed) = load_run(run_mem), load_run(run_stream)
+    assert len(streamed.bin_edges) == 2
+    for a, b in zip(mem.bin_edges, streamed.bin_edges):
+        assert a == pytest.approx(b, abs=1e-5)      # every training row, shuffled: the same quantiles
+    _write_rows(tmp_path / "new.csv", [r[:3] for r in rows[:20]], ("a", "b", "c"))
+    assert main(["predict", str(run_stream), "--input", str(tmp_path / "new.csv"),
+                 "--output", str(tmp_path / "p.csv")]) == 0
+
+
+def test_a_vectorized_sweep_of_ensembles_equals_its_separate_runs(tmp_path):
+    from jaxtrain.runs.sweep import run_sweep
+    from run_files import read_results
+    cfg = {"data": {"source": "synthetic", "name": "blobs", "synthetic_rows": 240, "batch_size": 32},
+           "model": {"hidden_sizes": [16], "dropout": 0.1, "ensemble": 2}, "optimizer": {"name": "sgd"},
+           "train": {"epochs": 2}}
+    grid = ["optimizer.learning_rate=0.1,0.02"]
+    from jaxtrain.runs.vsweep import why_not_vectorized
+    assert why_not_vectorized(load_config(cfg)) is None       # the two points train as one program
+    run_sweep(cfg, grid, workdir=tmp_path / "vec", vectorized=True, console=Console("none"))
+    run_sweep(cfg, grid, workdir=tmp_path / "sep", console=Console("none"))
+    for a, b in zip(read_results(tmp_path / "vec"), read_results(tmp_path / "sep")):
+        for key in ("test.loss", "test.accuracy", "val.loss", "train.loss"):
+            assert abs(float(a[key]) - float(b[key])) <= 1e-5, (a["point"], key, a[key], b[key])
+
+
+def test_the_default_mlp_is_the_plain_mlp_and_its_config_names_no_tabular_key(tmp_path):
+    """The defaults (none, onehot, 1) leave the mlp (and so the default digits run) as it was."""
+    from jaxtrain.config.schema import dump_yaml
+    from jaxtrain.model.models import MLP
+    from jaxtrain.model.tabular import TableLayout
+    layout = TableLayout(3, (2,), 0, ((0.0, 1.0),) * 3)
+    got = build_model(ModelConfig(hidden_sizes=(8,)), (5,), 3, seed=4, platform="cpu", layout=layout)
+    want = MLP(5, (8,), 3, rngs=nnx.Rngs(params=4, dropout=5))
+    assert type(got) is MLP
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 nnx.state(got, nnx.Param), nnx.state(want, nnx.Param))
+    text = dump_yaml(load_config(None))
+    assert "ensemble" not in text and "numeric_embedding" not in text
+    assert "bins: 12" in dump_yaml(load_config(None, ["model.numeric_embedding=piecewise_linear", "model.bins=12"]))
