@@ -380,3 +380,15 @@ def test_the_default_mlp_is_the_plain_mlp_and_its_config_names_no_tabular_key(tm
     text = dump_yaml(load_config(None))
     assert "ensemble" not in text and "numeric_embedding" not in text
     assert "bins: 12" in dump_yaml(load_config(None, ["model.numeric_embedding=piecewise_linear", "model.bins=12"]))
+
+
+def test_a_bfloat16_ensemble_trains_on_cpu_and_stays_near_float32():
+    """bf16 inputs with fp32 results, one 2-D dot per member: a batched one does not run on CPUs."""
+    cfg = ModelConfig(hidden_sizes=(16,), ensemble=3)
+    x = jnp.asarray(np.random.default_rng(0).normal(0, 1, (8, 5)), jnp.float32)
+    nets = [build_model(cfg, (5,), 3, seed=0, platform="cpu", compute_dtype=dt) for dt in (jnp.bfloat16, jnp.float32)]
+    grads = [jax.jit(nnx.grad(lambda m: jnp.sum(jnp.square(m(x)))))(net) for net in nets]
+    np.testing.assert_allclose(np.asarray(nets[0](x)), np.asarray(nets[1](x)), rtol=5e-2, atol=5e-2)
+    for g16, g32 in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        assert g16.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(g16), np.asarray(g32), rtol=0.1, atol=0.1 * float(np.abs(g32).max()))

@@ -203,7 +203,7 @@ def _construct_tabular(cfg: ModelConfig, in_features: int, out_features: int, se
         if cfg.ensemble == 1:
             return member(0)
         return EnsembleMLP([member(j) for j in range(cfg.ensemble)], classification, dropout=cfg.dropout,
-                           activation=cfg.activation, compute_dtype=compute_dtype, rngs=rngs)
+                           activation=cfg.activation, compute_dtype=compute_dtype, rngs=rngs, matmul=kernels)
     if layout is None:
         return backbone(in_features)
     return TabularMLP(cfg, layout, backbone, rngs=rngs)

@@ -35,6 +35,7 @@ import numpy as np
 from flax import nnx
 
 from jaxtrain.model.activations import ACTIVATIONS
+from jaxtrain.model.kernels import Kernels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +140,7 @@ class EnsembleMLP(nnx.Module):
     params seed `seed + j`. Training mode: (batch, k, out); eval mode: the mean prediction."""
 
     def __init__(self, members: list[nnx.Module], classification: bool, *, dropout: float, activation: str,
-                 compute_dtype: jnp.dtype, rngs: nnx.Rngs):
+                 compute_dtype: jnp.dtype, rngs: nnx.Rngs, matmul: Kernels = Kernels()):
         def stacked(get: Callable) -> nnx.Param:
             return nnx.Param(jnp.stack([get(m)[...] for m in members]))
         depth = len(members[0].layers)
@@ -152,13 +153,18 @@ class EnsembleMLP(nnx.Module):
         self.classification = classification
         self.activation = activation
         self.compute_dtype = compute_dtype
+        self.matmul = matmul
         self.deterministic = False            # set by model.eval() / model.train()
 
     def _dense(self, x: jax.Array, i: int) -> jax.Array:
         kernel = self.kernels[i][...]
-        spec = "bi,kio->bko" if x.ndim == 2 else "bki,kio->bko"    # the input is shared by every member
         if self.compute_dtype != jnp.float32:
-            x, kernel = x.astype(self.compute_dtype), kernel.astype(self.compute_dtype)
+            # One 2-D mixed-precision dot per member (model/kernels.py): CPUs run no batched
+            # bf16 x bf16 -> fp32 dot, and the 2-D one has the fast backward.
+            out = jnp.stack([self.matmul.dot(x if x.ndim == 2 else x[:, j], kernel[j], self.compute_dtype)
+                             for j in range(self.members)], axis=1)
+            return out + self.biases[i][...]
+        spec = "bi,kio->bko" if x.ndim == 2 else "bki,kio->bko"    # the input is shared by every member
         return jnp.einsum(spec, x, kernel, preferred_element_type=jnp.float32) + self.biases[i][...]
 
     def members_out(self, x: jax.Array) -> jax.Array:
