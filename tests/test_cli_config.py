@@ -101,6 +101,11 @@ def test_dict_config_rejects_unknown_section():
 def test_shipped_configs_all_load():
     for name in ("digits_mlp", "house_prices_linear", "mnist_mlp"):
         assert load_config(name).name == name
+    # the table recipe names no file of its own: it needs data.path (and data.target) to load
+    with pytest.raises(ConfigError, match="data.path"):
+        load_config("tabular")
+    cfg = load_config("tabular", ["data.path=t.csv", "data.target=y"])
+    assert (cfg.name, cfg.data.source, cfg.model.numeric_embedding) == ("tabular", "csv", "piecewise_linear")
 
 
 def test_rejected_data_leaves_no_run_directory_so_a_retry_works(capsys, tmp_path):
