@@ -138,8 +138,10 @@ def test_text_label_problems_match_a_python_reference(y, task):
         if want is not None:
             assert problem(i).startswith(want)
             if task == "classification" and v is not None:
-                closest = difflib.get_close_matches(v, classes, n=1, cutoff=0.0)[0]
-                assert problem(i) == want + f"; closest known: '{closest}'"
+                # a label is suggested only when it is close (0.6: difflib's own default), so
+                # 'bird' gets none and 'Cat' gets 'cat'
+                close = difflib.get_close_matches(v, classes, n=1, cutoff=0.6)
+                assert problem(i) == want + (f"; closest known: '{close[0]}'" if close else "")
 
 
 @FAST
