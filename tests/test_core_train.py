@@ -96,7 +96,9 @@ def test_compiled_step_is_traced_once(ctx, monkeypatch):
     run = setup(cfg, LinearRegression(3, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
     fit(run)
     assert run.global_step == 18
-    assert len(traces) == 1  # six calls of one chunk length: traced and compiled once
+    # Six calls of one chunk length: traced and compiled once; the only other trace is the
+    # one-step program whose cost analysis gives the FLOPs (engine.flops_per_step).
+    assert len(traces) == 2 and 1 not in run.engine._compiled and 3 in run.engine._compiled
 
 
 def _numpy_mlp(params, x):

@@ -44,7 +44,7 @@ def _wait_for_checkpoint(proc, workdir, timeout=120):
 # its 3rd compiled call: the signal arrives while training is under way, however fast the machine.
 SIGTERM_AFTER_3_CALLS = """
 import os, signal, sys
-import jaxtrain.runs.api as api
+import jaxtrain.runs.lanes as api
 from jaxtrain.cli.main import entry
 from jaxtrain.training.hooks.protocol import Hook
 build = api.build_hooks
@@ -132,9 +132,9 @@ def known_handlers():
 
 
 def _with_hook(monkeypatch, hook):
-    import jaxtrain.runs.api
+    import jaxtrain.runs.lanes
     from jaxtrain.training.hooks import build_hooks
-    monkeypatch.setattr(jaxtrain.runs.api, "build_hooks",
+    monkeypatch.setattr(jaxtrain.runs.lanes, "build_hooks",
                         lambda cfg, wd, **kw: [hook, *build_hooks(cfg, wd, **kw)])
 
 
