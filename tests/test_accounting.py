@@ -9,6 +9,7 @@ import pytest
 from conftest import make_dataset
 from run_files import clock_total_s
 
+from run_files import FakeClock
 from jaxtrain import load_config
 from jaxtrain.parallel import device_peak as peak
 from jaxtrain.runs.api import train
@@ -25,15 +26,6 @@ from jaxtrain.util.clock import RunClock
 MNIST_MLP = (784, 256, 128, 64, 10)
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def test_nested_phases_and_switches_charge_each_moment_once():

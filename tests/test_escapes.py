@@ -79,7 +79,8 @@ def test_an_epoch_with_a_partial_last_batch_takes_one_step_more_and_counts_every
 
 
 # ---------------------------------------------------------------- a trained table run
-CITIES = ["lyon", "nice", "paris"]
+# The houses of the ONNX tests: rooms and city with gaps, a log-normal area, a price.
+from test_export_onnx import _houses  # noqa: E402
 
 
 def _write_csv(path, header, rows):
@@ -92,15 +93,6 @@ def _write_csv(path, header, rows):
 def _read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def _houses(n, rng):
-    rooms, area = rng.integers(1, 7, n).astype(float), rng.lognormal(4, 0.5, n)
-    city = rng.choice(CITIES, n)
-    price = 50 + 3 * area + 20 * rooms + np.select([city == "paris", city == "nice"], [100, 40], 0) \
-        + rng.normal(0, 5, n)
-    return [["" if i % 13 == 0 else f"{rooms[i]:g}", f"{area[i]:.3f}", "" if i % 11 == 0 else city[i],
-             f"{price[i]:.2f}"] for i in range(n)]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import PRIVATE_CACHE, make_dataset
 from flax import nnx
+from run_files import FakeClock
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SLEEP_S = 5  # the child process waits this long before it imports jaxtrain
@@ -119,15 +120,6 @@ def test_the_test_session_and_every_cache_use_one_private_cache_folder(tmp_path,
 # ---------------------------------------------------------------- one step's FLOPs
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 SIZES = (64, 128, 64, 10)   # the MLP: 64 features, hidden 128 and 64, 10 classes
@@ -172,7 +164,7 @@ def test_flops_are_one_steps_however_the_k_step_scan_is_unrolled(tmp_path, monke
                        "train": {"epochs": 2, "steps_per_call": K, "on_device_fraction": on_device_fraction},
                        "parallel": {"data_axis_size": 1}, "checkpoint": {"enabled": False},
                        "logging": {"progress": "none"}})
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     ctx = RunContext(console=Console("none"), events=JsonlWriter(tmp_path / "m.jsonl"), clock=clock)
     model = MLP(SIZES[0], SIZES[1:-1], SIZES[-1], rngs=nnx.Rngs(0))
     run = setup(cfg, model, ds, ctx, plan=make_plan(cfg, ds))

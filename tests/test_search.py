@@ -1,6 +1,5 @@
 """jaxtrain search: Optuna trials trained as vectorized populations, pruned, shared through storage."""
 
-import csv
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from run_files import read_results
 from jaxtrain.cli.main import main
 from jaxtrain.config.schema import load_config
 from jaxtrain.runs.api import train
@@ -33,11 +33,6 @@ def config(tmp_path):
     return str(path)
 
 
-def _rows(root: Path) -> list[dict]:
-    with open(root / "results.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _summary(row: dict) -> dict:
     return json.loads((Path(row["workdir"]) / "summary.json").read_text())
 
@@ -48,7 +43,7 @@ def test_population_search_writes_results_and_a_best_yaml_that_trains(config, tm
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "train as one population" in out
-    rows = _rows(root)
+    rows = read_results(root)
     assert len(rows) == 16 and {r["state"] for r in rows} == {"COMPLETE"}
     assert sorted(int(r["number"]) for r in rows) == list(range(16))
     for row in rows:  # every figure of results.csv is the trial's own summary.json's
@@ -67,7 +62,7 @@ def test_population_search_writes_results_and_a_best_yaml_that_trains(config, tm
     assert abs(retrained["val"]["loss"] - _summary(chosen[0])["val"]["loss"]) <= 1e-5
     # The same command again: the study already has its 16 trials, none is added.
     assert main(args) == 0
-    assert len(_rows(root)) == 16
+    assert len(read_results(root)) == 16
     assert sorted(p.name for p in root.glob("trial-*")) == [f"trial-{i:04d}" for i in range(16)]
 
 
@@ -87,7 +82,7 @@ def test_prune_stops_the_bottom_trials_at_a_rung_and_survivors_match_their_runs_
     root = tmp_path / "p"
     assert main(["search", config, *SPACE, "--trials", "6", "--population", "6", "--prune",
                  "--set", "train.epochs=3", "--workdir", str(root)]) == 0
-    rows = _rows(root)
+    rows = read_results(root)
     pruned = [r for r in rows if r["state"] == "PRUNED"]
     complete = [r for r in rows if r["state"] == "COMPLETE"]
     # Rung 1 (epochs 1, then 3, 9, ...): 6 trials, the top third (2) goes on.
@@ -115,7 +110,7 @@ def test_a_survivor_of_two_rungs_reports_the_flops_of_each_population_it_trained
     root = tmp_path / "p"
     assert main(["search", config, *SPACE, "--trials", "9", "--population", "9", "--prune",
                  "--set", "train.epochs=5", "--workdir", str(root)]) == 0
-    (winner,) = [r for r in _rows(root) if r["state"] == "COMPLETE"]
+    (winner,) = [r for r in read_results(root) if r["state"] == "COMPLETE"]
     perf, summary = _summary(winner)["perf"], _summary(winner)
     one_point = perf["flops_per_example"] * summary["batch"]["global"]  # a step of 1 point
     assert summary["execution"]["vectorized_points"] == 1  # it ended alone
@@ -151,7 +146,7 @@ def test_trials_that_cannot_share_a_program_train_one_after_another_and_say_why(
                  "--workdir", str(tmp_path / "s")]) == 0
     lines = [l for l in capsys.readouterr().out.splitlines() if "groups" in l]
     assert len(lines) == 1 and "differ in model.hidden_sizes" in lines[0], lines
-    rows = _rows(tmp_path / "s")
+    rows = read_results(tmp_path / "s")
     assert [load_config(Path(r["workdir"]) / "config.yaml").model.hidden_sizes for r in rows] == \
         [tuple(yaml.safe_load(r["model.hidden_sizes"])) for r in rows]
 
@@ -207,7 +202,7 @@ def test_python_search_with_verbose_0_prints_nothing_and_its_errors_name_python_
     space = {"optimizer.learning_rate": "loguniform(1e-3,3e-1)"}
     found = jaxtrain.search(config, space=space, trials=2, population=2, workdir=tmp_path / "s", verbose=0)
     captured = capsys.readouterr()
-    assert captured.out == "" and len(_rows(tmp_path / "s")) == 2
+    assert captured.out == "" and len(read_results(tmp_path / "s")) == 2
     assert Path(found["best_yaml"]).is_file()
     with pytest.raises(UserError) as e:
         jaxtrain.search(config, space=space, trials=0, workdir=tmp_path / "t", verbose=0)
@@ -223,10 +218,10 @@ def test_a_search_loads_its_data_once_for_the_objective_and_every_trial(config, 
     monkeypatch.setattr(data_stage, "load_dataset", lambda cfg, **kw: loads.append(cfg) or real(cfg, **kw))
     assert main(["search", config, *SPACE, "--trials", "3", "--population", "2", "--set", "train.epochs=1",
                  "--workdir", str(tmp_path / "s")]) == 0
-    assert len(loads) == 1 and {r["state"] for r in _rows(tmp_path / "s")} == {"COMPLETE"}
+    assert len(loads) == 1 and {r["state"] for r in read_results(tmp_path / "s")} == {"COMPLETE"}
     loads.clear()
     assert main(["search", config, "--space", "data.val_fraction=choice(0.2,0.3)", "--sampler", "random",
                  "--trials", "1", "--population", "1", "--set", "train.epochs=1", "--seed", "1",
                  "--workdir", str(tmp_path / "d")]) == 0
-    (row,) = _rows(tmp_path / "d")
+    (row,) = read_results(tmp_path / "d")
     assert len(loads) == (1 if float(row["data.val_fraction"]) == 0.2 else 2)

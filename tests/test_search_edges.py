@@ -2,7 +2,6 @@
 trial folders never reused, masked storage URLs, what results.csv says after failures, one
 console line per trial, the best by the metric's direction, and PostgreSQL shared by workers."""
 
-import csv
 import json
 import math
 import os
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from run_files import read_results
 from jaxtrain.cli.main import main
 from jaxtrain.config.schema import load_config
 from jaxtrain.util.secrets import mask_secrets
@@ -34,11 +34,6 @@ def config(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(CFG))
     return str(path)
-
-
-def _rows(root: Path) -> list[dict]:
-    with open(root / "results.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -65,7 +60,7 @@ def test_the_collision_sequence_leaves_the_first_study_byte_identical(config, tm
     assert main(["search", config, *LR, "--trials", "4", "--population", "4", "--workdir", str(w),
                  "--study", "A"]) == 0
     before = _tree(w)
-    assert {"results.csv", "best.yaml", "search.json"} <= set(before) and len(_rows(w)) == 4
+    assert {"results.csv", "best.yaml", "search.json"} <= set(before) and len(read_results(w)) == 4
     assert sorted(p.name for p in w.glob("trial-*")) == [f"trial-{i:04d}" for i in range(4)]
     capsys.readouterr()
     b = ["search", config, "--space", "optimizer.learning_rate=uniform(1e-4,1e-1)", "--trials", "2",
@@ -103,9 +98,9 @@ def test_another_search_without_a_workdir_gets_a_folder_of_its_own(config, tmp_p
     assert main(first) == 0 and main(second) == 0
     folders = sorted(p for p in (tmp_path / "runs").iterdir())
     assert len(folders) == 2 and all(p.name.startswith("tiny-search-") for p in folders), folders
-    assert sorted(len(_rows(p)) for p in folders) == [1, 1]
+    assert sorted(len(read_results(p)) for p in folders) == [1, 1]
     assert main([*first[:-4], "--trials", "2", "--population", "1"]) == 0  # continues the first study
-    assert sorted(len(_rows(p)) for p in (tmp_path / "runs").iterdir()) == [1, 2]
+    assert sorted(len(read_results(p)) for p in (tmp_path / "runs").iterdir()) == [1, 2]
 
 
 def test_a_study_records_its_base_config_without_the_searched_keys(config, tmp_path):
@@ -124,7 +119,7 @@ def test_a_study_records_its_base_config_without_the_searched_keys(config, tmp_p
     # Continuing with the same base config (a different --set spelling of the same value) is accepted.
     assert main(["search", config, *LR, "--trials", "2", "--population", "1", "--workdir", str(w),
                  "--set", "train.epochs=2", "--set", "model.hidden_sizes=[8]"]) == 0
-    assert [r["state"] for r in _rows(w)] == ["COMPLETE", "COMPLETE"]
+    assert [r["state"] for r in read_results(w)] == ["COMPLETE", "COMPLETE"]
 
 
 def test_a_trial_folder_that_holds_a_run_is_never_reused_and_its_trials_are_told_fail(config, tmp_path, capsys):
@@ -148,7 +143,7 @@ def test_a_trial_folder_that_holds_a_run_is_never_reused_and_its_trials_are_told
     (planted / "config.yaml").unlink()
     planted.rmdir()
     assert main([*args, "--trials", "4"]) == 0
-    rows = _rows(w)
+    rows = read_results(w)
     assert [(r["number"], r["state"]) for r in rows] == [("0", "COMPLETE"), ("1", "COMPLETE"), ("2", "FAIL"),
                                                           ("3", "FAIL"), ("4", "COMPLETE"), ("5", "COMPLETE")]
     assert "already holds a run" in rows[2]["error"]
@@ -200,7 +195,7 @@ def test_after_the_non_finite_fallback_results_say_what_happened_and_failed_tria
     assert main(["search", str(path), "--space", "optimizer.learning_rate=loguniform(1e-3,1e9)", "--trials", "4",
                  "--population", "4", "--sampler", "random", "--seed", "5", "--workdir", str(w)]) == 0
     out = capsys.readouterr().out
-    rows = _rows(w)
+    rows = read_results(w)
     assert len(rows) == 4 and "training them one at a time" in out
     failed = [r for r in rows if r["state"] == "FAIL"]
     complete = [r for r in rows if r["state"] == "COMPLETE"]
@@ -230,7 +225,7 @@ def test_one_console_line_per_trial_and_no_test_split_in_the_trials(config, tmp_
     # besides: the opening line, a line per batch (2), the counts, the choice, the files, the plots
     assert len(lines) <= len(per_trial) + 7, lines
     assert all(l.startswith("search: ") for l in lines), lines  # no trial's run prints its epochs
-    for row in _rows(w):
+    for row in read_results(w):
         records = [json.loads(l) for l in (Path(row["workdir"]) / "metrics.jsonl").read_text().splitlines()]
         assert not [r for r in records if r.get("split") == "test"], row  # never evaluated on test
         assert json.loads((Path(row["workdir"]) / "summary.json").read_text())["test"] == {}
@@ -251,7 +246,7 @@ def test_a_regression_search_chooses_the_lowest_val_mse(tmp_path):
     w = tmp_path / "w"
     assert main(["search", str(path), "--space", "optimizer.learning_rate=loguniform(1e-4,3e-1)", "--trials", "5",
                  "--population", "5", "--sampler", "random", "--workdir", str(w)]) == 0
-    rows = [r for r in _rows(w) if r["state"] == "COMPLETE"]
+    rows = [r for r in read_results(w) if r["state"] == "COMPLETE"]
     assert len(rows) == 5
     for r in rows:
         summary = json.loads((Path(r["workdir"]) / "summary.json").read_text())

@@ -6,7 +6,6 @@ after a resume, bit for bit.
 """
 
 import json
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +15,8 @@ import pytest
 from conftest import make_dataset
 from flax import nnx
 
-from jaxtrain import load_config, resume, train
+from run_files import straight_and_resumed
+from jaxtrain import load_config, train
 from jaxtrain.ckpt.checkpoint import Checkpointer
 from jaxtrain.parallel.placement import is_key
 from jaxtrain.cli.main import main
@@ -234,13 +234,7 @@ def test_resume_with_accumulation_ema_and_dropout_is_bit_exact(tmp_path, strateg
            "parallel": {"strategy": strategy},
            "checkpoint": {"every_steps": 22, "every_epochs": 100, "keep": 10, "best_metric": "val.loss"},
            "logging": {"progress": "none"}}
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    train(cfg, workdir=full)
-    shutil.copytree(full, cut)
-    for s in (44, 45):
-        shutil.rmtree(cut / "checkpoints" / str(s))
-    (cut / "summary.json").unlink()
-    resume(cut)
+    full, cut = straight_and_resumed(cfg, tmp_path, dropped_steps=(44, 45))
     (state_full, meta_full), (state_cut, meta_cut) = _final_state(full), _final_state(cut)
     assert meta_full["step"] == meta_cut["step"] == 45 and "ema" in state_full
     for a, b in zip(jax.tree.leaves(state_full), jax.tree.leaves(state_cut)):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import make_dataset
 
+from run_files import FakeClock
 from jaxtrain import load_config, train
 from jaxtrain.parallel import device_peak as peak
 from jaxtrain.runs.trained import make_model
@@ -21,15 +22,6 @@ from jaxtrain.training.setup import setup
 from jaxtrain.util.events import Console, JsonlWriter
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def test_unequal_epochs_give_the_steady_epochs_figures(monkeypatch, tmp_path):

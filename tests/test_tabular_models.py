@@ -4,7 +4,6 @@ independent NumPy (or separately trained) answer; runs with them resume, predict
 
 import csv
 import json
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,8 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxtrain import resume, train
+from run_files import straight_and_resumed
+from jaxtrain import train
 from jaxtrain.ckpt.checkpoint import Checkpointer
 from jaxtrain.cli.main import main
 from jaxtrain.config.schema import ModelConfig, load_config
@@ -275,13 +275,7 @@ def _state(workdir):
 def test_an_ensemble_run_resumes_bit_exactly(tmp_path, devices):
     cfg = json.loads(json.dumps(BLOBS))
     cfg["parallel"] = {"data_axis_size": devices}
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    train(cfg, workdir=full)
-    shutil.copytree(full, cut)
-    for s in (44, 45):
-        shutil.rmtree(cut / "checkpoints" / str(s))
-    (cut / "summary.json").unlink()
-    resume(cut)
+    full, cut = straight_and_resumed(cfg, tmp_path, dropped_steps=(44, 45))
     (a, meta_a), (b, meta_b) = _state(full), _state(cut)
     assert meta_a["step"] == meta_b["step"] == 45
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
