@@ -141,7 +141,10 @@ class Engine:
         loop body, which holds as many steps as the loop is unrolled). The analysis describes
         one device's program, so it is multiplied by the devices of the mesh."""
         if self._step_flops is None and (1 in self._compiled or self._shapes is not None):
-            compiled = self._compiled.get(1) or one_step_program(self._runner, *self._shapes, self.on_device)
+            compiled = self._compiled.get(1)
+            if compiled is None:  # a compile, whoever asks for the count (the loop asks while reporting)
+                with self.timeline.phase(Phase.COMPILE, "compiling one step to count its FLOPs"):
+                    compiled = one_step_program(self._runner, *self._shapes, self.on_device)
             flops = (compiled.cost_analysis() or {}).get("flops")
             self._step_flops = float(flops) * self.mesh.size if flops and flops > 0 else None
         return self._step_flops
