@@ -160,3 +160,218 @@ def test_duplicate_images_match_a_python_reference(picks, width, dtype):
         want.append(key in seen)
         seen.add(key)
     assert clean.duplicate_mask(part).tolist() == want
+
+
+# ---------------------------------------------------------------- labels: the whole message
+
+NUM_POOL = [0.0, 1.0, 2.0, -1.0, 3.0, 4.0, 5.0, 7.0, 9.0, 1.5, 2.5, np.nan]     # num_classes 3
+TXT_POOL = ["cat", "dog", "cow", "ant", "bee", "elk", "fox", "gnu", "Cat", "dgo", None]
+CLASSES = ["cat", "dog"]
+
+
+def _label_text(v) -> str:
+    return f"'{v}'" if isinstance(v, str) else f"{v:g}"
+
+
+def _reference_problem(v) -> str | None:
+    """What is wrong with one label (classification, 3 numeric classes or CLASSES), None if nothing."""
+    if v is None or (not isinstance(v, str) and np.isnan(v)):
+        return "missing label"
+    if isinstance(v, str):
+        if v in CLASSES:
+            return None
+        close = difflib.get_close_matches(v, CLASSES, n=1, cutoff=0.6)
+        return (f"label '{v}' is not one of the classes seen in training (cat, dog)"
+                + (f"; closest known: '{close[0]}'" if close else ""))
+    if v != round(v):
+        return f"label {v:g} is not an integer"
+    if 0 <= v < 3:
+        return None
+    return f"label {v:g} is out of range [0, 3); closest known: {min(max(v, 0), 2):g}"
+
+
+def _reference_others(bad_labels: list, first) -> str:
+    """The other distinct bad labels (missing ones never named), the first four, then a count."""
+    shown, first_text = [], None if first is None else _label_text(first)
+    for v in bad_labels:
+        if v is None or (not isinstance(v, str) and np.isnan(v)):
+            continue
+        t = _label_text(v)
+        if t != first_text and t not in shown:
+            shown.append(t)
+    if not shown:
+        return ""
+    return "; also " + ", ".join(shown[:4]) + (f" and {len(shown) - 4} more" if len(shown) > 4 else "")
+
+
+def _raw(source: str):
+    """A data set of file f.csv (lines: record r on line r + 2), of no lines, or with the val split
+    read from its own file v.csv."""
+    from jaxtrain.data.raw import RawData
+    lines = (lambda r: r + 2) if source != "no lines" else None
+    files = {"val": ("v.csv", lambda r: r + 10)} if source == "val file" else {}
+    return RawData("table", {}, where="f.csv", target="band", line_of=lines, split_files=files)
+
+
+def _reference_where(source: str, split: str, row: int) -> str:
+    if source == "val file" and split == "val":
+        return f"v.csv line {row + 10}"
+    return f"f.csv line {row + 2}" if source != "no lines" else f"f.csv {split} example {row}"
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(picks=st.lists(st.integers(0, 10), min_size=1, max_size=14), text=st.booleans(),
+       split=st.sampled_from(["train", "val", "test"]), source=st.sampled_from(["lines", "no lines", "val file"]),
+       policy=st.sampled_from(["error", "drop"]), first_row=st.integers(0, 50))
+def test_invalid_labels_raise_the_message_built_from_the_inputs_or_are_dropped(picks, text, split, source,
+                                                                              policy, first_row):
+    """check_labels against a plain-Python reference: the exact message (which row and file, the
+    column only for line-based sources, the problem, the count, up to four other distinct bad
+    labels and how many more), or, for training rows with policy=drop, the rows kept and the count
+    dropped (0 when nothing is bad)."""
+    from jaxtrain.util.errors import DataError
+    labels = [TXT_POOL[p] if text else NUM_POOL[p] for p in picks]
+    y = np.array(labels, object) if text else np.array(labels, np.float64)
+    rows = first_row + 3 * np.arange(len(y))          # source record numbers, not positions
+    part = Part(y=y, rows=rows, num=np.arange(len(y), dtype=np.float64)[:, None])
+    raw = _raw(source)
+    problems = [_reference_problem(v) for v in labels]
+    bad = [p is not None for p in problems]
+    args = (raw, split, part, "classification", None if text else 3, CLASSES if text else None, policy)
+    if not any(bad):
+        kept, dropped = clean.check_labels(*args)
+        assert kept is part and dropped == 0
+        return
+    if split == "train" and policy == "drop":
+        kept, dropped = clean.check_labels(*args)
+        assert dropped == sum(bad)
+        assert kept.rows.tolist() == [r for r, b in zip(rows.tolist(), bad) if not b]
+        assert kept.num[:, 0].tolist() == [float(i) for i, b in enumerate(bad) if not b]
+        return
+    i = bad.index(True)
+    where = _reference_where(source, split, int(rows[i]))
+    col = " column 'band'" if source != "no lines" else ""
+    others = _reference_others([v for v, b in zip(labels, bad) if b], labels[i])
+    if split == "train":
+        want = (f"{where}{col}: {problems[i]} ({sum(bad)} such rows in the training split{others}); "
+                "fix the data, set data.num_classes, or set data.clean.invalid_labels=drop")
+    else:
+        want = (f"{where}{col}: {problems[i]} in the {split} split ({sum(bad)} such rows{others}); "
+                "evaluation rows are never dropped: fix the data or the classes")
+    with pytest.raises(DataError) as e:
+        clean.check_labels(*args)
+    assert str(e.value) == want
+
+
+@pytest.mark.parametrize("labels, others", [
+    ([5.0], ""),                                    # one bad label: nothing else to name
+    ([5.0, 5.0, np.nan], ""),                       # missing labels are counted, never named
+    ([5.0, np.nan, 7.0, 1.5], "; also 7, 1.5"),
+    ([5.0, 4.0, 7.0, 9.0], "; also 4, 7, 9"),
+    ([5.0, 4.0, 7.0, 9.0, -1.0], "; also 4, 7, 9, -1"),
+    ([5.0, 4.0, 7.0, 9.0, -1.0, 1.5], "; also 4, 7, 9, -1 and 1 more"),
+    ([5.0, 4.0, 7.0, 9.0, -1.0, 1.5, 2.5, 5.0], "; also 4, 7, 9, -1 and 2 more"),
+])
+def test_other_bad_labels_name_four_then_count_the_rest(labels, others):
+    """The cases around UNSEEN_EXAMPLES (five labels in one message), written out by hand."""
+    y = np.array(labels)
+    assert clean._other_bad_labels(y, np.ones(len(y), bool), 0) == others
+    assert _reference_others(labels, labels[0]) == others
+
+
+@pytest.mark.parametrize("labels, others", [([None], ""), ([None, "cow", None, "ant"], "; also 'cow', 'ant'")])
+def test_a_missing_text_label_first_gives_the_message_not_a_crash(labels, others):
+    """The first invalid row's label missing (a text target): the one-line error, not a
+    TypeError from formatting None as a number."""
+    from jaxtrain.util.errors import DataError
+    part = Part(y=np.array(labels, object), rows=np.arange(len(labels)), num=np.zeros((len(labels), 1)))
+    with pytest.raises(DataError) as e:
+        clean.check_labels(_raw("lines"), "train", part, "classification", None, CLASSES, "error")
+    assert str(e.value) == (f"f.csv line 2 column 'band': missing label ({len(labels)} such rows in the training "
+                            f"split{others}); fix the data, set data.num_classes, or set data.clean.invalid_labels=drop")
+
+
+@pytest.mark.parametrize("where", ["", "f.csv"])
+def test_all_missing_names_the_column_and_the_fix(where):
+    err = clean.all_missing(where, "rooms")
+    assert str(err) == (f"{where + ' ' if where else ''}column 'rooms': every value in the training split "
+                        "is missing; drop it with data.drop_columns or fill it in")
+
+
+# ---------------------------------------------------------------- missing values: most frequent
+
+
+@FAST
+@given(values=st.lists(st.integers(-3, 3), min_size=1, max_size=30))
+def test_most_frequent_fill_is_the_commonest_value_ties_the_smallest(values):
+    from collections import Counter
+    counts = Counter(values)
+    top = max(counts.values())
+    assert clean.fit_fill(np.array(values, np.float64), "most_frequent", 0.0) == \
+        float(min(v for v, c in counts.items() if c == top))
+
+
+# ---------------------------------------------------------------- duplicates: the hash
+
+
+u64 = st.integers(0, 2**64 - 1)
+
+
+@FAST
+@given(rows=st.integers(1, 4), wa=st.integers(1, 5), wb=st.integers(1, 5), first_key=st.integers(0, 9000),
+       data=st.data())
+def test_hash_of_blocks_side_by_side_is_the_sum_of_their_hashes(rows, wa, wb, first_key, data):
+    """hash_words' contract: word j takes key first_key + j (any first key, past the key table's
+    length too), so a row's blocks can be hashed apart and summed."""
+    a = np.array(data.draw(st.lists(st.lists(u64, min_size=wa, max_size=wa), min_size=rows, max_size=rows)),
+                 np.uint64)
+    b = np.array(data.draw(st.lists(st.lists(u64, min_size=wb, max_size=wb), min_size=rows, max_size=rows)),
+                 np.uint64)
+    both = np.concatenate([a, b], 1)
+    np.testing.assert_array_equal(clean.hash_words(both), clean.hash_words(a) + clean.hash_words(b, wa))
+    np.testing.assert_array_equal(clean.hash_words(both, first_key),
+                                  clean.hash_words(a, first_key) + clean.hash_words(b, first_key + wa))
+
+
+def _reference_duplicates(keys: list) -> list[bool]:
+    seen, out = set(), []
+    for k in keys:
+        out.append(k in seen)
+        seen.add(k)
+    return out
+
+
+@pytest.mark.parametrize("with_text", [False, True])
+def test_a_row_with_its_number_and_label_swapped_is_no_duplicate_but_its_copy_is(with_text):
+    """(1, 2), (2, 1), (2, 1): the third row repeats the second. A hash that gave the number and
+    the label the same key would put all three in one group, compare the copy with the first row
+    only, and keep it."""
+    num, y = [1.0, 2.0, 2.0, 1.0], [2.0, 1.0, 1.0, 2.0]
+    txt = {"c": pa.array(["a"] * 4, pa.string())} if with_text else {}
+    part = Part(y=np.array(y), rows=np.arange(4), num=np.array(num)[:, None], txt=txt)
+    assert clean.duplicate_mask(part).tolist() == _reference_duplicates(list(zip(num, y))) == \
+        [False, False, True, True]
+
+
+def test_rows_whose_hashes_differ_in_the_last_bit_stay_apart():
+    """Images of one 8-byte word: the second's word is chosen so that its hash is the first's + 1
+    (the multilinear hash with odd keys: word * key mod 2**64), so only an exact 64-bit sum of the
+    blocks' hashes (no float rounding) tells the rows apart and finds the third row's copy."""
+    key = int(clean._KEYS[0])
+    inverse = pow(key, -1, 2**64)
+    words = [(2**63 * inverse) % 2**64, ((2**63 + 1) * inverse) % 2**64]
+    x = np.array([words[0], words[1], words[1]], np.uint64).view(np.uint8).reshape(3, 8)
+    part = Part(y=np.ones(3), rows=np.arange(3), x=x)
+    assert clean.hash_words(x.view(np.uint64)).tolist() == [2**63, 2**63 + 1, 2**63 + 1]
+    assert clean.duplicate_mask(part).tolist() == [False, False, True]
+
+
+@pytest.mark.parametrize("n, copies", [(0, False), (3, False), (3, True)])
+def test_duplicate_mask_is_a_boolean_mask_of_every_row(n, copies):
+    """Empty, without duplicates, with one: one bool per row, which callers negate to keep rows."""
+    num = np.zeros((n, 1)) if copies else np.arange(n, dtype=np.float64)[:, None]
+    part = Part(y=np.zeros(n), rows=np.arange(n), num=num)
+    mask = clean.duplicate_mask(part)
+    assert mask.dtype == np.bool_ and mask.shape == (n,)
+    kept = part.take(np.flatnonzero(~mask))
+    assert kept.rows.tolist() == ([0] if copies else list(range(n)))

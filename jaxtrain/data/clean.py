@@ -259,7 +259,7 @@ def _other_bad_labels(y: np.ndarray, bad: np.ndarray, first: int) -> str:
     (one message names up to five, so a file with two typos shows both)."""
     def text(v) -> str:
         return f"'{v}'" if isinstance(v, str) else f"{v:g}"
-    first_text = text(y[first])
+    first_text = None if y[first] is None else text(y[first])      # a missing label has no text
     shown = [t for t in dict.fromkeys(text(v) for v in y[bad] if v is not None and v == v) if t != first_text]
     if not shown:
         return ""
