@@ -212,7 +212,7 @@ def per_feature(width: int, seed: int = 0) -> Normalizer:
 
 
 @pytest.mark.parametrize("given,trained", [((4, 3), (12,)), ((12,), (4, 3)), ((2, 3, 2), (4, 3)),
-                                           ((4, 3), (4, 3))])
+                                           ((4, 3), (4, 3)), ((1, 4, 3), (4, 3))])
 def test_encode_arrays_reshapes_to_the_trained_shape(given, trained):
     x = np.random.default_rng(1).integers(0, 256, (5, *given), dtype=np.uint8)
     got = encoder.encode_arrays(image_stats(trained, per_feature(12)), x, "w")   # not normalized by default
@@ -234,10 +234,11 @@ def test_encode_arrays_refuses_non_numbers(values):
     assert str(e.value) == f"pics.npz: inputs must be numeric, got {values.dtype}"
 
 
-def test_encode_arrays_names_both_shapes_when_the_sizes_differ():
+@pytest.mark.parametrize("given", [(3, 5), (2, 4, 3), (4,)])
+def test_encode_arrays_names_both_shapes_when_the_sizes_differ(given):
     with pytest.raises(DataError) as e:
-        encoder.encode_arrays(image_stats((4, 3)), np.zeros((2, 3, 5)), "new.npz")
-    assert str(e.value) == ("new.npz: examples have shape (3, 5) but the model was trained on (4, 3); "
+        encoder.encode_arrays(image_stats((4, 3)), np.zeros((2, *given)), "new.npz")
+    assert str(e.value) == (f"new.npz: examples have shape {given} but the model was trained on (4, 3); "
                             "pass inputs shaped like the training data")
 
 
