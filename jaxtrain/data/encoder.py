@@ -14,6 +14,7 @@ import functools
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 
 from jaxtrain.data import clean, transforms
 from jaxtrain.data.featurestats import FeatureStats
@@ -63,12 +64,12 @@ def feature_names(stats: FeatureStats) -> list[str]:
         [f"{n}#{k}" for n in stats.text_columns for k in range(stats.hash_dim)]
 
 
-def encode_table(stats: FeatureStats, num: np.ndarray, txt: dict[str, np.ndarray], where: str,
+def encode_table(stats: FeatureStats, num: np.ndarray, txt: dict[str, pa.Array], where: str,
                  line_of: Callable[[int], int] | None = None, normalize: bool = False
                  ) -> tuple[np.ndarray, Counts]:
     """Raw table rows -> (n, features) float32 (normalized too with `normalize`), and what was
     changed. `num` (n, k) float (NaN: missing) is modified in place; `txt` maps text columns to
-    Arrow or object arrays (null / None: missing). The numbers go through every rule a block
+    Arrow string arrays (null: missing). The numbers go through every rule a block
     of rows at a time, so that the block stays in cache across the rules; the blocks and the
     text columns are shared among the thread pool's workers, counted in their order."""
     names = stats.numeric_columns
