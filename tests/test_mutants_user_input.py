@@ -3,6 +3,7 @@ Parquet and CSV inputs through a run's statistics (built here, no training), lab
 messages a user gets for a wrong file or wrong labels. Each answer is computed from the
 inputs written (a plain-Python encoding of the rows, the arrays saved)."""
 
+import os
 import struct
 
 import numpy as np
@@ -225,3 +226,95 @@ def test_unseen_labels_message_counts_those_it_does_not_show(n):
     more = f" and {n - user_input.UNSEEN_EXAMPLES} more" if n > user_input.UNSEEN_EXAMPLES else ""
     assert msg == (f"f: {n + 1} row(s) have labels the run never saw in training: {shown}{more}; its labels "
                    "are cat, dog: fix the labels, or score only rows with known labels")
+
+
+def test_numbered_classes_take_a_fractional_label_as_no_class():
+    stats = FeatureStats(task="classification", num_classes=3, categories={"b": CITIES})
+    with pytest.raises(DataError) as e:
+        user_input.label_targets(stats, np.array(["1", "1.5"], object), "in.csv")
+    assert str(e.value) == ("in.csv: 1 row(s) have labels the run never saw in training: '1.5'; its labels are "
+                            "0, 1, 2: fix the labels, or score only rows with known labels")
+
+
+# ---------------------------------------------------------------- wrong files and messages
+def test_missing_and_unexpected_columns_are_both_named(tmp_path):
+    _write_csv(tmp_path / "in.csv", ROWS, ["a", "b", "id"])
+    with pytest.raises(DataError) as e:
+        user_input.read_input(tmp_path / "in.csv", _table_stats(), CFG)
+    assert str(e.value) == (f"{tmp_path / 'in.csv'}: columns do not match the training data (missing column(s): "
+                            "c; unexpected column(s): id); the input needs exactly the training columns: a, c, b "
+                            "(--keep COLUMN copies other columns to the output)")
+
+
+def test_a_csv_for_an_image_run_is_an_error_naming_what_it_takes(tmp_path):
+    _write_csv(tmp_path / "in.csv", ROWS, ["a", "b", "c"])
+    with pytest.raises(DataError) as e:
+        user_input.read_input(tmp_path / "in.csv", _image_stats(), CFG)
+    assert str(e.value) == (f"{tmp_path / 'in.csv'}: this run was trained on images, not table columns; image "
+                            "runs take an IDX images file, an .npz with an array 'x' of images or PNG/JPEG "
+                            "images, not a CSV")
+
+
+def test_an_npz_value_below_minus_one_in_a_log_column_names_the_file(tmp_path):
+    stats = _table_stats()
+    stats.log_columns = ["c"]
+    np.savez(tmp_path / "in.npz", x=np.array([[1.0, 3.0, 0.0], [1.0, -4.0, 0.0]]))
+    with pytest.raises(DataError) as e:
+        user_input.read_input(tmp_path / "in.npz", stats, CFG)
+    assert str(e.value) == (f"{tmp_path / 'in.npz'} column 'c': value -4 <= -1 has no log1p; remove the column "
+                            "from data.log_columns")
+
+
+def test_a_word_in_a_numeric_parquet_column_names_its_row(tmp_path):
+    rows = [dict(ROWS[0]), dict(ROWS[1]), dict(ROWS[2], c="lots")]
+    pq.write_table(pa.table({"a": [1.0, None, 2.0], "b": [r["b"] for r in rows], "c": [r["c"] for r in rows]}),
+                   tmp_path / "in.parquet")
+    with pytest.raises(DataError) as e:
+        user_input.read_input(tmp_path / "in.parquet", _table_stats(), CFG)
+    # rows counted from 0, as training's reader of the same file counts them
+    assert str(e.value) == (f"{tmp_path / 'in.parquet'} row 2 column 'c': 'lots' is not a number in a numeric "
+                            "column; fix the value, write it as empty/NA to mark it missing")
+
+
+def test_read_parquet_input_reads_no_labels_unless_asked(tmp_path):
+    _write_parquet(tmp_path / "in.parquet", ROWS, ("a", "b", "c"))
+    got = user_input.read_parquet_input(str(tmp_path / "in.parquet"), _table_stats(), CFG)
+    np.testing.assert_array_equal(got.x, _encoded(ROWS))
+    assert got.labels is None
+
+
+# ---------------------------------------------------------------- image folders
+def _grey_stats():
+    return FeatureStats(task="classification", num_classes=2, classes=["cat", "dog"], feature_shape=[2, 2, 1],
+                        image_shape=[2, 2],
+                        normalize=Normalizer(kind="minmax", scope="global", shift=[0.0], scale=[255.0], width=4))
+
+
+def _write_png(path, pixels):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8), "L").save(path)
+
+
+def test_an_image_folder_gives_its_pixels_names_and_class_folders_as_labels(tmp_path):
+    pictures = {"cat/a.png": np.array([[0, 50], [100, 150]]), "dog/b.png": np.array([[255, 0], [10, 20]])}
+    for name, pixels in pictures.items():
+        _write_png(tmp_path / "imgs" / name, pixels)
+    got = user_input.read_input(tmp_path / "imgs", _grey_stats(), CFG, labels=True)
+    order = got.kept["file"]
+    assert sorted(order) == sorted(n.replace("/", os.sep) for n in pictures)
+    np.testing.assert_allclose(got.x, np.stack([pictures[n.replace(os.sep, "/")] for n in order])
+                               .reshape(2, 2, 2, 1) / 255.0, rtol=1e-6)
+    assert list(got.labels) == [n.split(os.sep)[0] for n in order]
+    np.testing.assert_array_equal(user_input.label_targets(_grey_stats(), got.labels, "imgs"),
+                                  [["cat", "dog"].index(n.split(os.sep)[0]) for n in order])
+
+
+def test_scoring_an_image_folder_with_a_loose_image_names_it(tmp_path):
+    _write_png(tmp_path / "imgs" / "cat" / "a.png", np.zeros((2, 2)))
+    _write_png(tmp_path / "imgs" / "loose.png", np.zeros((2, 2)))
+    assert user_input.read_input(tmp_path / "imgs", _grey_stats(), CFG).rows == 2     # fine without labels
+    with pytest.raises(DataError) as e:
+        user_input.read_input(tmp_path / "imgs", _grey_stats(), CFG, labels=True)
+    assert str(e.value) == (f"{tmp_path / 'imgs'}: scoring images needs a folder with one sub-folder per class, "
+                            "named as the run's classes; loose.png is in no sub-folder")
