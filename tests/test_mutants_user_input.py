@@ -297,17 +297,18 @@ def _write_png(path, pixels):
 
 
 def test_an_image_folder_gives_its_pixels_names_and_class_folders_as_labels(tmp_path):
-    pictures = {"cat/a.png": np.array([[0, 50], [100, 150]]), "dog/b.png": np.array([[255, 0], [10, 20]])}
-    for name, pixels in pictures.items():
+    pictures = {os.path.join("cat", "a.png"): (np.array([[0, 50], [100, 150]]), "cat"),
+                os.path.join("dog", "b.png"): (np.array([[255, 0], [10, 20]]), "dog")}
+    for name, (pixels, _) in pictures.items():
         _write_png(tmp_path / "imgs" / name, pixels)
     got = user_input.read_input(tmp_path / "imgs", _grey_stats(), CFG, labels=True)
     order = got.kept["file"]
-    assert sorted(order) == sorted(n.replace("/", os.sep) for n in pictures)
-    np.testing.assert_allclose(got.x, np.stack([pictures[n.replace(os.sep, "/")] for n in order])
-                               .reshape(2, 2, 2, 1) / 255.0, rtol=1e-6)
-    assert list(got.labels) == [n.split(os.sep)[0] for n in order]
+    assert sorted(order) == sorted(pictures)
+    np.testing.assert_allclose(got.x, np.stack([pictures[n][0] for n in order]).reshape(2, 2, 2, 1) / 255.0,
+                               rtol=1e-6)
+    assert list(got.labels) == [pictures[n][1] for n in order]
     np.testing.assert_array_equal(user_input.label_targets(_grey_stats(), got.labels, "imgs"),
-                                  [["cat", "dog"].index(n.split(os.sep)[0]) for n in order])
+                                  [["cat", "dog"].index(pictures[n][1]) for n in order])
 
 
 def test_scoring_an_image_folder_with_a_loose_image_names_it(tmp_path):
