@@ -184,3 +184,37 @@ def test_signature_mismatch_names_the_first_three_differences_and_counts_the_res
         "argument 1: compiled as float32[3], called with int32[3]")
     assert signature_mismatch(compiled, (state,)) == "the arguments' structure changed: 4 arrays, compiled with 5"
     assert signature_mismatch(compiled, (state, x)) == "an argument differs from the compiled signature"
+
+
+# ---------------------------------------------------------------- the persistent compilation cache
+
+
+@pytest.fixture
+def jax_cache_settings(monkeypatch):
+    """enable_persistent_cache changes JAX's global settings: put them back afterwards."""
+    from jaxtrain.engine import compilation
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {name: getattr(jax.config, name) for name in names}
+    monkeypatch.setattr(compilation, "_cache_dir", None)
+    yield compilation
+    for name, value in saved.items():
+        jax.config.update(name, value)
+
+
+@pytest.mark.parametrize("setting", [None, "off", "none", ""])
+def test_an_off_cache_setting_leaves_jax_alone_and_creates_nothing(jax_cache_settings, tmp_path, monkeypatch,
+                                                                  setting):
+    monkeypatch.chdir(tmp_path)
+    before = jax.config.jax_compilation_cache_dir
+    assert jax_cache_settings.enable_persistent_cache(setting) is None
+    assert jax.config.jax_compilation_cache_dir == before and list(tmp_path.iterdir()) == []
+
+
+def test_a_cache_folder_that_already_exists_is_used(jax_cache_settings, tmp_path):
+    folder = tmp_path / "xla"
+    folder.mkdir()
+    assert jax_cache_settings.enable_persistent_cache(str(folder)) == str(folder)
+    assert jax.config.jax_compilation_cache_dir == str(folder)
+    fresh = tmp_path / "new" / "xla"
+    assert jax_cache_settings.enable_persistent_cache(str(fresh)) == str(fresh) and fresh.is_dir()
