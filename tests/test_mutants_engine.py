@@ -218,3 +218,30 @@ def test_a_cache_folder_that_already_exists_is_used(jax_cache_settings, tmp_path
     assert jax.config.jax_compilation_cache_dir == str(folder)
     fresh = tmp_path / "new" / "xla"
     assert jax_cache_settings.enable_persistent_cache(str(fresh)) == str(fresh) and fresh.is_dir()
+
+
+# ---------------------------------------------------------------- the work is split over the devices
+
+
+def test_a_sharded_step_on_8_devices_splits_the_batch_instead_of_repeating_it(ctx):
+    """XLA's FLOPs of one step on all devices: with the batch split over 8 devices the total stays
+    near one device's (only the small parameter update is repeated on each); with every device
+    computing the whole batch it would be 8 times one device's."""
+    from jaxtrain.model.models import MLP
+    from jaxtrain.training.loop import fit
+    from jaxtrain.training.setup import setup
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(320, 16)).astype(np.float32)
+    ds = make_dataset(x, x.sum(1), test_fraction=0.2)
+    flops = {}
+    for devices in (1, 8):
+        cfg = load_config({"model": {"name": "mlp", "hidden_sizes": [64]}, "data": {"batch_size": 64},
+                           "train": {"epochs": 1, "steps_per_call": 1, "on_device_fraction": 1.0},
+                           "parallel": {"strategy": "sharded", "data_axis_size": devices},
+                           "checkpoint": {"enabled": False}})
+        run = setup(cfg, MLP(16, (64,), 1, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
+        assert run.engine.on_device
+        fit(run)
+        flops[devices] = run.engine.flops_per_step()
+    assert flops[1] > 0 and flops[8] < 3 * flops[1], flops
