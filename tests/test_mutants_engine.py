@@ -14,7 +14,7 @@ from jaxtrain import load_config
 from jaxtrain.engine import memory
 from jaxtrain.engine.compilation import signature_mismatch
 from jaxtrain.engine.plan import make_plan
-from jaxtrain.engine.step import init_state, make_train_step, split_model
+from jaxtrain.engine.step import batch_metrics, init_state, make_train_step, split_model
 from jaxtrain.model.models import LinearRegression
 
 FEATURES = 3
@@ -267,3 +267,20 @@ def test_one_step_flops_of_a_streamed_run_do_not_depend_on_the_steps_per_call(ct
         fit(run)
         flops[k] = run.engine.flops_per_step()
     assert flops[1] > 0 and flops[4] == flops[1], flops
+
+
+# ---------------------------------------------------------------- an ensemble's accuracy
+
+
+def test_an_ensembles_class_is_the_argmax_of_its_members_mean_probability():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(scale=3.0, size=(32, 3, 4)).astype(np.float32)  # (batch, members, classes)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    expected = probs.mean(1).argmax(-1)
+    y = np.where(np.arange(32) % 4 == 0, (expected + 1) % 4, expected)  # every 4th row wrong
+    mask = np.ones(32, np.float32)
+    mask[-2:] = 0
+    got = batch_metrics("classification", jnp.asarray(logits), jnp.asarray(y), jnp.zeros(32), jnp.asarray(mask))
+    assert len(set(expected.tolist())) > 1  # not every row the same class
+    assert float(got["correct"]) == float(((expected == y) * mask).sum()) and float(got["count"]) == 30
