@@ -284,3 +284,29 @@ def test_an_ensembles_class_is_the_argmax_of_its_members_mean_probability():
     got = batch_metrics("classification", jnp.asarray(logits), jnp.asarray(y), jnp.zeros(32), jnp.asarray(mask))
     assert len(set(expected.tolist())) > 1  # not every row the same class
     assert float(got["correct"]) == float(((expected == y) * mask).sum()) and float(got["count"]) == 30
+
+
+def test_pmap_steps_augment_each_device_shard(ctx):
+    """strategy pmap with train.augment: the step runs per device under shard_map, each device
+    folding its index into the augmentation key; the run trains, and differently from no augmentation."""
+    from jaxtrain.model.models import MLP
+    from jaxtrain.training.loop import fit
+    from jaxtrain.training.setup import setup
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(96, 16)).astype(np.float32)
+    ds = make_dataset(x, rng.integers(0, 2, 96), "classification", 2)
+
+    def trained(augment):
+        cfg = load_config({"model": {"hidden_sizes": [8]}, "data": {"batch_size": 24},
+                           "optimizer": {"name": "sgd", "learning_rate": 0.1},
+                           "train": {"epochs": 1, "augment": augment, "steps_per_call": 1},
+                           "parallel": {"strategy": "pmap"}, "checkpoint": {"enabled": False}})
+        run = setup(cfg, MLP(16, (8,), 2, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
+        fit(run)
+        assert int(run.state.step) == run.engine.steps == 3
+        return _leaves(run.state.params)
+
+    plain, augmented = trained({}), trained({"noise": 0.3, "image_shape": [4, 4]})
+    assert all(np.isfinite(leaf).all() for leaf in augmented)
+    assert any(not np.allclose(a, b) for a, b in zip(plain, augmented))
