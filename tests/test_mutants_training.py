@@ -163,3 +163,39 @@ def test_the_tracker_hook_hands_its_writer_the_summary_numbers_and_files_in_orde
     assert lines == ["recorder: run 1"]
     assert writer.calls == [("start", {"train.epochs": 2}), ("summary", {"val/loss": 0.5, "epochs": 2.0}),
                             ("files", [Path(tmp_path / "s.json")]), ("close", True)]
+
+
+def test_one_timed_step_still_has_a_step_time():
+    from jaxtrain.training.accounting import throughput
+    assert throughput([{"train_s": 0.5, "steps": 1, "examples": 32}]) == pytest.approx(
+        {"step_time_ms": 500.0, "examples_per_sec": 64.0})
+
+
+def test_a_streamed_runs_lines_say_so_give_an_eta_before_the_last_epoch_and_its_summary_the_last_loss(tmp_path):
+    import io
+
+    from conftest import make_dataset
+    from flax import nnx
+
+    from jaxtrain.engine.plan import make_plan
+    from jaxtrain.model.models import MLP
+    from jaxtrain.training.context import RunContext
+    from jaxtrain.training.loop import fit
+    from jaxtrain.training.setup import setup
+    from jaxtrain.util.events import Console, JsonlWriter
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 3)).astype(np.float32)
+    ds = make_dataset(x, (x[:, 0] > 0).astype(np.int32), "classification", 2)
+    cfg = load_config({"data": {"batch_size": 20}, "parallel": {"data_axis_size": 1},
+                       "train": {"epochs": 3, "steps_per_call": 1, "on_device_fraction": 0.0}})
+    ticks = iter(range(10**6))
+    out = io.StringIO()
+    ctx = RunContext(console=Console("plain", stream=out), events=JsonlWriter(None), workdir=tmp_path,
+                     clock=lambda: 0.01 * next(ticks))              # every read of the clock: 10 ms later
+    run = setup(cfg, MLP(3, (4,), 2, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
+    summary = fit(run, hooks=[])
+    lines = out.getvalue().splitlines()
+    assert any(line.startswith("data: ") and "(streamed)" in line for line in lines), lines
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    assert [(" | ETA " in line) for line in epoch_lines] == [True, True, False], epoch_lines
+    assert summary["train"]["loss"] == run.lanes[0].history[-1].loss
