@@ -133,6 +133,21 @@ def test_a_missing_wandb_is_one_message_naming_the_key_and_the_extra(monkeypatch
                             "installed: pip install 'jaxtrain[wandb]'")
 
 
+@pytest.mark.parametrize("module", ["mlflow", "sqlalchemy", "alembic"])
+def test_a_missing_mlflow_part_is_one_message_naming_the_key_and_the_extra(monkeypatch, tmp_path, module):
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(UserError) as e:
+        tracker_hooks(load_config({"logging": {"mlflow": True}}), tmp_path)
+    assert str(e.value) == (f"config key 'logging.mlflow' (or set it to false) needs {module}, which is not "
+                            "installed: pip install 'jaxtrain[mlflow]'")
+
+
+@pytest.mark.parametrize("mlflow, wandb", [(False, False), (True, False), (False, True), (True, True)])
+def test_each_tracker_asked_for_gets_one_hook(tmp_path, mlflow, wandb):
+    hooks = tracker_hooks(load_config({"logging": {"mlflow": mlflow, "wandb": wandb}}), tmp_path)
+    assert len(hooks) == mlflow + wandb and all(isinstance(hook, TrackerHook) for hook in hooks)
+
+
 @dataclasses.dataclass
 class _Recorder:
     name: str = "recorder"
