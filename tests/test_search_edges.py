@@ -209,8 +209,11 @@ def test_after_the_non_finite_fallback_results_say_what_happened_and_failed_tria
             summary = json.loads((Path(r["workdir"]) / "summary.json").read_text())
             assert "vectorized_points" not in summary["execution"]  # trained as a plain run
             assert float(r["val.mse"]) == pytest.approx(summary["val"]["mse"], rel=1e-12)
+            assert float(r["time_s"]) == round(summary["time"]["total_s"], 3)  # the trial's own run time
         else:
             assert "non-finite" in r["error"] and not (Path(r["workdir"]) / "summary.json").exists(), r
+            # the console's line for it gives the error's first clause
+            assert f"search: trial {r['number']} FAIL: {r['error'].split(';')[0]} (" in out, out
     assert f"4 of 4 trials: {len(complete)} complete, 0 pruned, {len(failed)} failed" in out
     assert len(_journal_study(w, "houses").trials) == 4  # none asked to replace a failed one
 
