@@ -223,26 +223,30 @@ def test_a_cache_folder_that_already_exists_is_used(jax_cache_settings, tmp_path
 # ---------------------------------------------------------------- the work is split over the devices
 
 
-def test_a_sharded_step_on_8_devices_splits_the_batch_instead_of_repeating_it(ctx):
-    """XLA's FLOPs of one step on all devices: with the batch split over 8 devices the total stays
-    near one device's (only the small parameter update is repeated on each); with every device
-    computing the whole batch it would be 8 times one device's."""
+def _fitted_mlp(ctx, train: dict, parallel: dict):
+    """An MLP fitted for one epoch on 256 rows at batch 64, with these train/parallel settings."""
     from jaxtrain.model.models import MLP
     from jaxtrain.training.loop import fit
     from jaxtrain.training.setup import setup
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(320, 16)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(320, 16)).astype(np.float32)
     ds = make_dataset(x, x.sum(1), test_fraction=0.2)
+    cfg = load_config({"model": {"name": "mlp", "hidden_sizes": [64]}, "data": {"batch_size": 64},
+                       "train": {"epochs": 1, **train}, "parallel": parallel, "checkpoint": {"enabled": False}})
+    run = setup(cfg, MLP(16, (64,), 1, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
+    fit(run)
+    return run
+
+
+def test_a_sharded_step_on_8_devices_splits_the_batch_instead_of_repeating_it(ctx):
+    """XLA's FLOPs of one step on all devices: with the batch split over 8 devices the total stays
+    near one device's (only the small parameter update is repeated on each); with every device
+    computing the whole batch it would be 8 times one device's."""
     flops = {}
     for devices in (1, 8):
-        cfg = load_config({"model": {"name": "mlp", "hidden_sizes": [64]}, "data": {"batch_size": 64},
-                           "train": {"epochs": 1, "steps_per_call": 1, "on_device_fraction": 1.0},
-                           "parallel": {"strategy": "sharded", "data_axis_size": devices},
-                           "checkpoint": {"enabled": False}})
-        run = setup(cfg, MLP(16, (64,), 1, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
+        run = _fitted_mlp(ctx, {"steps_per_call": 1, "on_device_fraction": 1.0},
+                          {"strategy": "sharded", "data_axis_size": devices})
         assert run.engine.on_device
-        fit(run)
         flops[devices] = run.engine.flops_per_step()
     assert flops[1] > 0 and flops[8] < 3 * flops[1], flops
 
@@ -250,21 +254,10 @@ def test_a_sharded_step_on_8_devices_splits_the_batch_instead_of_repeating_it(ct
 def test_one_step_flops_of_a_streamed_run_do_not_depend_on_the_steps_per_call(ctx):
     """flops_per_step compiles one step from the abstract shapes of the last K-step call, its
     stacked batches cut to one: the same program, so exactly the same count, for K = 1 and 4."""
-    from jaxtrain.model.models import MLP
-    from jaxtrain.training.loop import fit
-    from jaxtrain.training.setup import setup
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(320, 16)).astype(np.float32)
-    ds = make_dataset(x, x.sum(1), test_fraction=0.2)
     flops = {}
     for k in (1, 4):
-        cfg = load_config({"model": {"name": "mlp", "hidden_sizes": [64]}, "data": {"batch_size": 64},
-                           "train": {"epochs": 1, "steps_per_call": k, "on_device_fraction": 0.0},
-                           "parallel": {"data_axis_size": 1}, "checkpoint": {"enabled": False}})
-        run = setup(cfg, MLP(16, (64,), 1, rngs=nnx.Rngs(0)), ds, ctx, plan=make_plan(cfg, ds))
+        run = _fitted_mlp(ctx, {"steps_per_call": k, "on_device_fraction": 0.0}, {"data_axis_size": 1})
         assert not run.engine.on_device and run.engine.k == k
-        fit(run)
         flops[k] = run.engine.flops_per_step()
     assert flops[1] > 0 and flops[4] == flops[1], flops
 
