@@ -94,12 +94,15 @@ def main() -> int:
     parser.add_argument("module", nargs="?", help="a key of [tool.jaxtrain.mutation] in pyproject.toml")
     parser.add_argument("--list", action="store_true", help="the modules and the tests each one runs")
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once (mutmut's --max-children)")
-    parser.add_argument("--sample", type=int, default=0,
-                        help="test a random sample of this many mutants (default: all of them)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--sample", type=int, default=0,
+                       help="test a random sample of this many mutants (default: all of them)")
+    which.add_argument("--mutants", nargs="+", default=[],
+                       help="test only these mutants (names as mutmut prints them; * matches any text)")
     parser.add_argument("--seed", type=int, default=0, help="the sample's seed")
-    parser.add_argument("--mutants", nargs="+", default=[],
-                        help="test only these mutants (names as mutmut prints them; * matches any text)")
-    parser.add_argument("--dir", type=pathlib.Path, help="scratch folder (default: a new temporary one)")
+    parser.add_argument("--dir", type=pathlib.Path,
+                        help="scratch folder (default: a new temporary one; an earlier run's results there are "
+                             "removed, so that none of its verdicts stands for the tests as they are now)")
     args = parser.parse_args()
     table = modules()
     if args.list or not args.module:
@@ -111,6 +114,7 @@ def main() -> int:
               file=sys.stderr)
         return 2
     folder = args.dir or pathlib.Path(tempfile.mkdtemp(prefix="jaxtrain-mutmut-"))
+    shutil.rmtree(folder / "mutants", ignore_errors=True)
     scratch_copy(folder, args.module, selection(args.module))
     # No PYTHONPATH: mutmut puts mutants/ first on the path itself (and drops a path to the original
     # code); code run only in a subprocess (the CLI's tests) is not covered, so not mutated either.
@@ -136,13 +140,20 @@ def main() -> int:
             print(f"mutate: mutmut generated no mutants in {folder}", file=sys.stderr)
             return 1
         chosen = sorted(random.Random(args.seed).sample(generated, min(args.sample, len(generated))))
-    subprocess.run(mutmut + ["run", "--max-children", str(args.children)] + chosen,
-                   cwd=folder, env=env, check=False)
+    ran = subprocess.run(mutmut + ["run", "--max-children", str(args.children)] + chosen,
+                         cwd=folder, env=env, check=False)
     seconds = time.monotonic() - start
     codes = all_mutants(folder)
     if chosen:
         codes = {name: code for name, code in codes.items()
                  if any(fnmatch.fnmatchcase(name, pattern) for pattern in chosen)}
+        if not codes:
+            print(f"mutate: no mutant of {args.module} matches {' '.join(chosen)}", file=sys.stderr)
+            return 2
+    if ran.returncode:  # e.g. "Failed to run clean test": the tests fail without any mutant
+        print(f"mutate: mutmut stopped with status {ran.returncode} (its output is above); "
+              f"scratch folder {folder}", file=sys.stderr)
+        return 1
     by = verdicts(codes)
     for name in sorted(by.get("survived", []) + by.get("no tests", [])):
         print(f"  {'survived' if name in by.get('survived', []) else 'no tests'}: {name}")
